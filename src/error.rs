@@ -1,0 +1,109 @@
+//! One error type for the whole engine. Every variant says, in the user's terms, what was
+//! expected and what was found, so the CLI and the page can show it as it is.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{what} is empty (0 bytes)")]
+    EmptyFile { what: String },
+
+    #[error("{what} is not a valid safetensors file: {reason}")]
+    InvalidSafetensors { what: String, reason: String },
+
+    #[error("{what} is not a PyTorch checkpoint candle-xai can read: {reason}")]
+    InvalidCheckpoint { what: String, reason: String },
+
+    #[error("tensor `{name}` is missing from {what}")]
+    MissingTensor { name: String, what: String },
+
+    #[error("tensor `{name}` has shape {found:?}, expected {expected}")]
+    TensorShape {
+        name: String,
+        expected: String,
+        found: Vec<usize>,
+    },
+
+    #[error("tensor `{name}` has dtype {found}, expected {expected}")]
+    TensorDtype {
+        name: String,
+        expected: String,
+        found: String,
+    },
+
+    #[error(
+        "the weights fit no known architecture ({tried}); tensors that did not fit: {unmatched}. \
+         Pass --arch NAME to force one, or describe the model with a graph JSON file"
+    )]
+    UnknownLayout { tried: String, unmatched: String },
+
+    #[error("unknown architecture `{0}`; known: resnet18/34/50/101/152, vgg11/13/16/19[_bn], mobilenet_v2, alexnet")]
+    UnknownArchitecture(String),
+
+    #[error("architecture `{arch}` does not fit these weights: {reason}")]
+    ArchitectureMismatch { arch: String, reason: String },
+
+    #[error("invalid model graph: {0}")]
+    InvalidGraph(String),
+
+    #[error("layer `{layer}` ({kind}) is not supported: {reason}")]
+    UnsupportedLayer {
+        layer: String,
+        kind: String,
+        reason: String,
+    },
+
+    #[error("no layer named `{name}`; layers are: {available}")]
+    UnknownLayerName { name: String, available: String },
+
+    #[error("input has shape {found:?}; the model expects [N, {channels}, H, W] with N >= 1")]
+    InputShape { found: Vec<usize>, channels: usize },
+
+    #[error("input is {height}x{width} pixels, too small for this model (at least {min}x{min})")]
+    InputTooSmall { height: usize, width: usize, min: usize },
+
+    #[error("input contains {0} non-finite values (NaN or infinity)")]
+    NonFiniteInput(usize),
+
+    #[error("target class {target} is out of range: the model has {num_classes} classes (0..={max})", max = num_classes - 1)]
+    TargetOutOfRange { target: i64, num_classes: usize },
+
+    #[error("{found} targets given for a batch of {batch}")]
+    TargetCount { found: usize, batch: usize },
+
+    #[error("invalid value for {parameter}: {reason}")]
+    InvalidParameter { parameter: String, reason: String },
+
+    #[error("unknown method `{0}`")]
+    UnknownMethod(String),
+
+    #[error("{0}")]
+    Image(String),
+
+    #[error("cancelled")]
+    Cancelled,
+
+    #[error("device: {0}")]
+    Device(String),
+
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid_parameter(parameter: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidParameter {
+            parameter: parameter.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The model graph: nodes in topological order, named as torchvision names its modules, and
+//! the two passes every method is made of — a forward that keeps what the backward needs, and
+//! a backward walk whose step (input-VJP or an LRP rule) the caller chooses.
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::layers::{Layer, Op};
+
+pub type NodeId = usize;
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The module name (`layer3.1.conv2`, `features.18`), unique in the graph.
+    pub name: String,
+    /// Other names of the same output, e.g. a block's final ReLU is also `layer4.1` and `layer4`.
+    pub aliases: Vec<String>,
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+}
+
+impl Node {
+    pub fn new(name: impl Into<String>, op: Op, inputs: Vec<NodeId>) -> Self {
+        Self {
+            name: name.into(),
+            aliases: Vec::new(),
+            op,
+            inputs,
+        }
+    }
+
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Graph {
+    nodes: Vec<Node>,
+}
+
+/// Every node's output from one forward pass, indexed by node.
+pub struct Activations(Vec<Tensor>);
+
+impl Activations {
+    pub fn get(&self, id: NodeId) -> &Tensor {
+        &self.0[id]
+    }
+
+    pub fn output(&self) -> &Tensor {
+        self.0.last().expect("a graph has at least its input node")
+    }
+}
+
+/// A backward step: given a node, its inputs, its output and the signal arriving at its output,
+/// return the signal for each of its inputs.
+pub type BackwardStep<'a> = dyn FnMut(NodeId, &Node, &[&Tensor], &Tensor, &Tensor) -> Result<Vec<Tensor>> + 'a;
+
+impl Graph {
+    /// Checks that node 0 is the input, every other node only reads earlier nodes, and names are unique.
+    pub fn new(nodes: Vec<Node>) -> Result<Self> {
+        match nodes.first() {
+            Some(Node { op: Op::Input, .. }) => {}
+            _ => return Err(Error::InvalidGraph("the first node must be the input".into())),
+        }
+        if nodes.len() < 2 {
+            return Err(Error::InvalidGraph("the graph has no layers".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (id, node) in nodes.iter().enumerate() {
+            if !seen.insert(node.name.as_str()) {
+                return Err(Error::InvalidGraph(format!("two nodes are named `{}`", node.name)));
+            }
+            if id > 0 && matches!(node.op, Op::Input) {
+                return Err(Error::InvalidGraph(format!(
+                    "`{}`: only the first node can be the input",
+                    node.name
+                )));
+            }
+            let arity_ok = match node.op {
+                Op::Input => node.inputs.is_empty(),
+                Op::Add(_) => node.inputs.len() >= 2,
+                _ => node.inputs.len() == 1,
+            };
+            if !arity_ok {
+                return Err(Error::InvalidGraph(format!(
+                    "`{}` ({}) has {} inputs",
+                    node.name,
+                    node.op.kind(),
+                    node.inputs.len()
+                )));
+            }
+            if let Some(&bad) = node.inputs.iter().find(|&&i| i >= id) {
+                return Err(Error::InvalidGraph(format!(
+                    "`{}` reads node {bad}, which does not come before it",
+                    node.name
+                )));
+            }
+        }
+        Ok(Self { nodes })
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id]
+    }
+
+    pub fn output_id(&self) -> NodeId {
+        self.nodes.len() - 1
+    }
+
+    /// The node a module name (or alias) refers to.
+    pub fn find(&self, name: &str) -> Result<NodeId> {
+        self.nodes
+            .iter()
+            .position(|n| n.answers_to(name))
+            .ok_or_else(|| Error::UnknownLayerName {
+                name: name.to_string(),
+                available: self.nodes[1..]
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Runs the graph on `input`, keeping every node's output. With `replace = Some((id, t))`,
+    /// node `id` outputs `t` instead of computing (captum's layer-output override).
+    pub fn forward(&self, input: &Tensor, replace: Option<(NodeId, &Tensor)>) -> Result<Activations> {
+        let mut outputs: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
+        outputs.push(input.clone());
+        for (id, node) in self.nodes.iter().enumerate().skip(1) {
+            let out = match replace {
+                Some((target, t)) if target == id => t.clone(),
+                _ => {
+                    let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &outputs[i]).collect();
+                    node.op.forward(&inputs).map_err(|e| in_layer(node, e))?
+                }
+            };
+            outputs.push(out);
+        }
+        Ok(Activations(outputs))
+    }
+
+    /// Runs the graph keeping only what later nodes still read: for predictions.
+    pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
+        let mut last_use = vec![0usize; self.nodes.len()];
+        for (id, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = id;
+            }
+        }
+        let mut outputs: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
+        outputs[0] = Some(input.clone());
+        for (id, node) in self.nodes.iter().enumerate().skip(1) {
+            let inputs: Vec<&Tensor> = node
+                .inputs
+                .iter()
+                .map(|&i| {
+                    outputs[i]
+                        .as_ref()
+                        .expect("inputs are computed first and kept until last use")
+                })
+                .collect();
+            let out = node.op.forward(&inputs).map_err(|e| in_layer(node, e))?;
+            for &i in &node.inputs {
+                if last_use[i] == id {
+                    outputs[i] = None;
+                }
+            }
+            outputs[id] = Some(out);
+        }
+        Ok(outputs.pop().flatten().expect("the output node was computed"))
+    }
+
+    /// Walks back from node `from` (seeded with `seed`, shaped like its output) to node `to`,
+    /// applying `step` at every node in between, and returns the signal at `to`'s output.
+    /// Branches add up where they meet.
+    pub fn backward(
+        &self,
+        activations: &Activations,
+        from: NodeId,
+        seed: Tensor,
+        to: NodeId,
+        step: &mut BackwardStep<'_>,
+    ) -> Result<Tensor> {
+        let mut signals: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
+        signals[from] = Some(seed);
+        for id in (to + 1..=from).rev() {
+            let Some(signal) = signals[id].take() else { continue };
+            let node = &self.nodes[id];
+            let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| activations.get(i)).collect();
+            let back = step(id, node, &inputs, activations.get(id), &signal).map_err(|e| in_layer(node, e))?;
+            for (&input, s) in node.inputs.iter().zip(back) {
+                signals[input] = Some(match signals[input].take() {
+                    Some(acc) => (acc + s)?,
+                    None => s,
+                });
+            }
+        }
+        match signals[to].take() {
+            Some(s) => Ok(s),
+            // The output does not depend on `to`: its gradient is zero.
+            None => Ok(activations.get(to).zeros_like()?),
+        }
+    }
+
+    /// The plain gradient walk: every node applies its input-VJP.
+    pub fn gradient(&self, activations: &Activations, from: NodeId, seed: Tensor, to: NodeId) -> Result<Tensor> {
+        self.backward(activations, from, seed, to, &mut |_, node, inputs, output, signal| {
+            node.op.input_vjp(inputs, output, signal)
+        })
+    }
+}
+
+/// Attaches the layer's name to errors that do not already carry one.
+fn in_layer(node: &Node, error: Error) -> Error {
+    match error {
+        Error::InvalidGraph(msg) => Error::InvalidGraph(format!("layer `{}` ({}): {msg}", node.name, node.op.kind())),
+        Error::Tensor(e) => Error::InvalidGraph(format!("layer `{}` ({}): {e}", node.name, node.op.kind())),
+        other => other,
+    }
+}

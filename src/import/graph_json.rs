@@ -1,0 +1,310 @@
+//! The custom graph format: a JSON list of nodes, each a PyTorch module with its attributes,
+//! whose parameters are read from the state dict as `<params>.weight`, `<params>.bias`, ...
+//! (`params` defaults to the node's name). The torchvision importers produce the same
+//! `GraphSpec`, so there is one way from a description to a graph.
+//!
+//! ```json
+//! { "input_channels": 1,
+//!   "nodes": [
+//!     {"name": "conv1", "op": "Conv2d", "kernel_size": 3, "padding": 1},
+//!     {"name": "bn1", "op": "BatchNorm2d"},
+//!     {"name": "relu", "op": "ReLU"},
+//!     {"name": "skip", "op": "Add", "inputs": ["relu", "input"]} ] }
+//! ```
+//! A node reads the node before it unless `inputs` names others; `input` is the image.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::StateDict;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node};
+use crate::layers::{
+    Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Op, PoolWindow,
+    WindowGeometry,
+};
+
+/// The name of the graph's input node.
+pub const INPUT: &str = "input";
+
+/// The key under which a graph description may sit in a safetensors file's `__metadata__`.
+pub const METADATA_KEY: &str = "candle_xai_graph";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GraphSpec {
+    /// Channels of the input image (3 for RGB, 1 for grey).
+    pub input_channels: usize,
+    /// Smallest input side the model accepts; checked before running.
+    #[serde(default)]
+    pub min_input_size: Option<usize>,
+    /// The layer Grad-CAM uses when none is named.
+    #[serde(default)]
+    pub default_cam_layer: Option<String>,
+    pub nodes: Vec<NodeSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub op: OpSpec,
+    /// Nodes read; the previous node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// State-dict prefix of this node's tensors, when it differs from `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+}
+
+/// An int or an [h, w] pair, as PyTorch accepts for sizes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Pair {
+    Same(usize),
+    Each([usize; 2]),
+}
+
+impl Pair {
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Pair::Same(v) => (v, v),
+            Pair::Each([h, w]) => (h, w),
+        }
+    }
+}
+
+const fn one() -> Pair {
+    Pair::Same(1)
+}
+const fn zero() -> Pair {
+    Pair::Same(0)
+}
+const fn one_group() -> usize {
+    1
+}
+const fn bn_eps() -> f64 {
+    1e-5
+}
+const fn leaky_slope() -> f64 {
+    0.01
+}
+const fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op")]
+pub enum OpSpec {
+    Conv2d {
+        kernel_size: Pair,
+        #[serde(default = "one")]
+        stride: Pair,
+        #[serde(default = "zero")]
+        padding: Pair,
+        #[serde(default = "one")]
+        dilation: Pair,
+        #[serde(default = "one_group")]
+        groups: usize,
+    },
+    Linear,
+    BatchNorm2d {
+        #[serde(default = "bn_eps")]
+        eps: f64,
+    },
+    ReLU,
+    ReLU6,
+    LeakyReLU {
+        #[serde(default = "leaky_slope")]
+        negative_slope: f64,
+    },
+    MaxPool2d {
+        kernel_size: Pair,
+        #[serde(default)]
+        stride: Option<Pair>,
+        #[serde(default = "zero")]
+        padding: Pair,
+        #[serde(default = "one")]
+        dilation: Pair,
+        #[serde(default)]
+        ceil_mode: bool,
+    },
+    AvgPool2d {
+        kernel_size: Pair,
+        #[serde(default)]
+        stride: Option<Pair>,
+        #[serde(default = "zero")]
+        padding: Pair,
+        #[serde(default)]
+        ceil_mode: bool,
+        #[serde(default = "yes")]
+        count_include_pad: bool,
+        #[serde(default)]
+        divisor_override: Option<usize>,
+    },
+    AdaptiveAvgPool2d {
+        output_size: Pair,
+    },
+    Flatten,
+    Dropout,
+    Identity,
+    Add,
+}
+
+impl GraphSpec {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::InvalidGraph(format!("graph JSON: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a GraphSpec always serialises")
+    }
+
+    /// Builds the graph with parameters from `state`. Returns it with the names of the
+    /// state-dict tensors it used.
+    pub fn build(&self, state: &StateDict) -> Result<(Graph, HashSet<String>)> {
+        let mut used = HashSet::new();
+        let mut nodes = vec![Node::new(INPUT, Op::Input, vec![])];
+        for spec in &self.nodes {
+            let inputs = match &spec.inputs {
+                Some(names) => names
+                    .iter()
+                    .map(|n| {
+                        nodes.iter().position(|node: &Node| node.answers_to(n)).ok_or_else(|| {
+                            Error::InvalidGraph(format!("`{}` reads `{n}`, which is not defined before it", spec.name))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                None => vec![nodes.len() - 1],
+            };
+            let prefix = spec.params.as_deref().unwrap_or(&spec.name);
+            let op = build_op(&spec.name, &spec.op, prefix, state, &mut used)?;
+            let mut node = Node::new(spec.name.clone(), op, inputs);
+            node.aliases = spec.aliases.clone();
+            nodes.push(node);
+        }
+        Ok((Graph::new(nodes)?, used))
+    }
+}
+
+fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &mut HashSet<String>) -> Result<Op> {
+    let mut take = |suffix: &str, rank: usize| -> Result<candle_core::Tensor> {
+        let key = format!("{prefix}.{suffix}");
+        let t = state.require(&key, rank)?;
+        used.insert(key);
+        Ok(t)
+    };
+    let optional_bias = |used: &mut HashSet<String>| -> Result<Option<candle_core::Tensor>> {
+        let key = format!("{prefix}.bias");
+        if !state.contains(&key) {
+            return Ok(None);
+        }
+        used.insert(key.clone());
+        Ok(Some(state.require(&key, 1)?))
+    };
+    let unsupported = |reason: &str| Error::UnsupportedLayer {
+        layer: name.to_string(),
+        kind: format!("{spec:?}").split([' ', '{']).next().unwrap_or("").to_string(),
+        reason: reason.to_string(),
+    };
+    Ok(match *spec {
+        OpSpec::Conv2d {
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+        } => {
+            let weight = take("weight", 4)?;
+            let (sh, sw) = stride.hw();
+            let (dh, dw) = dilation.hw();
+            if sh != sw || dh != dw {
+                return Err(unsupported("different strides or dilations along height and width"));
+            }
+            if sh == 0 || dh == 0 {
+                return Err(unsupported("zero stride or dilation"));
+            }
+            let (ph, pw) = padding.hw();
+            let geometry = WindowGeometry {
+                kernel: kernel_size.hw(),
+                stride: sh,
+                dilation: dh,
+                padding: (ph, ph, pw, pw),
+                groups,
+            };
+            Op::Conv2d(Conv2d::new(weight, optional_bias(used)?, geometry).map_err(|e| named(name, e))?)
+        }
+        OpSpec::Linear => {
+            let weight = take("weight", 2)?;
+            Op::Linear(Linear::new(weight, optional_bias(used)?).map_err(|e| named(name, e))?)
+        }
+        OpSpec::BatchNorm2d { eps } => {
+            let weight = take("weight", 1)?;
+            let bias = take("bias", 1)?;
+            let mean = take("running_mean", 1)?;
+            let var = take("running_var", 1)?;
+            Op::BatchNorm2d(BatchNorm2d::new(weight, bias, mean, var, eps).map_err(|e| named(name, e))?)
+        }
+        OpSpec::ReLU => Op::Activation(Activation::Relu),
+        OpSpec::ReLU6 => Op::Activation(Activation::Relu6),
+        OpSpec::LeakyReLU { negative_slope } => Op::Activation(Activation::LeakyRelu { negative_slope }),
+        OpSpec::MaxPool2d {
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+        } => {
+            let window = PoolWindow {
+                kernel: kernel_size.hw(),
+                stride: stride.unwrap_or(kernel_size).hw(),
+                padding: padding.hw(),
+                dilation: dilation.hw(),
+                ceil_mode,
+            };
+            window.validate(name)?;
+            Op::MaxPool2d(MaxPool2d { window })
+        }
+        OpSpec::AvgPool2d {
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            count_include_pad,
+            divisor_override,
+        } => {
+            let window = PoolWindow {
+                kernel: kernel_size.hw(),
+                stride: stride.unwrap_or(kernel_size).hw(),
+                padding: padding.hw(),
+                dilation: (1, 1),
+                ceil_mode,
+            };
+            window.validate(name)?;
+            Op::AvgPool2d(AvgPool2d {
+                window,
+                count_include_pad,
+                divisor_override,
+            })
+        }
+        OpSpec::AdaptiveAvgPool2d { output_size } => {
+            let output = output_size.hw();
+            if output.0 == 0 || output.1 == 0 {
+                return Err(unsupported("output size 0"));
+            }
+            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output })
+        }
+        OpSpec::Flatten => Op::Flatten(Flatten),
+        OpSpec::Dropout | OpSpec::Identity => Op::Identity,
+        OpSpec::Add => Op::Add(Add),
+    })
+}
+
+fn named(name: &str, error: Error) -> Error {
+    match error {
+        Error::InvalidGraph(msg) => Error::InvalidGraph(format!("layer `{name}`: {msg}")),
+        other => other,
+    }
+}

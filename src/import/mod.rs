@@ -1,0 +1,118 @@
+//! From bytes to a model graph: safetensors state dicts, torchvision layouts recognised from
+//! tensor names and shapes, the custom graph JSON format, and PyTorch `.pth` checkpoints.
+
+pub mod graph_json;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod pth;
+pub mod torchvision;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Named tensors as PyTorch's `state_dict()` has them, already on the model's device as f32.
+#[derive(Debug, Clone)]
+pub struct StateDict {
+    tensors: HashMap<String, Tensor>,
+    /// Where the tensors came from, for error messages ("model.safetensors").
+    source: String,
+}
+
+impl StateDict {
+    pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
+        Self {
+            tensors,
+            source: source.into(),
+        }
+    }
+
+    /// Parses safetensors bytes, converting floating-point tensors to f32 on `device`
+    /// (integer bookkeeping such as `num_batches_tracked` is dropped). Returns the
+    /// `__metadata__` map as well.
+    pub fn from_safetensors(bytes: &[u8], source: &str, device: &Device) -> Result<(Self, HashMap<String, String>)> {
+        if bytes.is_empty() {
+            return Err(Error::EmptyFile {
+                what: source.to_string(),
+            });
+        }
+        let invalid = |reason: String| Error::InvalidSafetensors {
+            what: source.to_string(),
+            reason,
+        };
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| invalid(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut tensors = HashMap::new();
+        for (name, view) in file.tensors() {
+            use safetensors::Dtype as S;
+            let dtype = match view.dtype() {
+                S::F32 => DType::F32,
+                S::F16 => DType::F16,
+                S::BF16 => DType::BF16,
+                S::F64 => DType::F64,
+                S::I64 | S::I32 | S::U8 | S::BOOL | S::I8 | S::I16 | S::U16 | S::U32 | S::U64 => continue,
+                other => return Err(invalid(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            };
+            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+                .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?
+                .to_dtype(DType::F32)?
+                .to_device(device)?;
+            tensors.insert(name, t);
+        }
+        if tensors.is_empty() {
+            return Err(invalid("it holds no floating-point tensors".into()));
+        }
+        Ok((Self::new(tensors, source), metadata))
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.dims())
+    }
+
+    /// The tensor `name`, which must have `rank` dimensions.
+    pub fn require(&self, name: &str, rank: usize) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            what: self.source.clone(),
+        })?;
+        if t.rank() != rank {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: format!("{rank} dimensions"),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(t.clone())
+    }
+
+    /// The tensor `name` with exactly `shape`.
+    pub fn require_shape(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.require(name, shape.len())?;
+        if t.dims() != shape {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: format!("{shape:?}"),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(t)
+    }
+}

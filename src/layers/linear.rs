@@ -1,0 +1,76 @@
+//! Linear: y = x W^T + b; its input-VJP is g W.
+
+use candle_core::Tensor;
+
+use super::Layer;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, _) = weight.dims2()?;
+        if let Some(bias) = &bias {
+            if bias.dims() != [out_features] {
+                return Err(Error::InvalidGraph(format!(
+                    "linear bias has shape {:?}, expected [{out_features}]",
+                    bias.dims()
+                )));
+            }
+        }
+        Ok(Self { weight, bias })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn with_parameters(&self, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::new(weight, bias)
+    }
+
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+
+    pub fn transpose_apply(&self, grad: &Tensor) -> Result<Tensor> {
+        Ok(grad.matmul(&self.weight)?)
+    }
+}
+
+impl Layer for Linear {
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        let x = inputs[0];
+        match x.dims() {
+            [_, f] if *f == self.in_features() => self.apply(x),
+            dims => Err(Error::InvalidGraph(format!(
+                "linear layer expects [N, {}] inputs, got {dims:?}",
+                self.in_features()
+            ))),
+        }
+    }
+
+    fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![self.transpose_apply(grad)?])
+    }
+}

@@ -1,0 +1,101 @@
+//! The layers a model graph is made of. Each file holds one layer kind with its forward and
+//! its input-VJP side by side; LRP rules build on the same two (see `crate::lrp`).
+
+mod activation;
+mod add;
+mod batch_norm;
+mod conv2d;
+mod flatten;
+mod linear;
+mod pool;
+
+pub use activation::Activation;
+pub use add::Add;
+pub use batch_norm::BatchNorm2d;
+pub use conv2d::{Conv2d, WindowGeometry};
+pub use flatten::Flatten;
+pub use linear::Linear;
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolWindow};
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// What every layer knows: its forward, and the gradient of a scalar with respect to its
+/// inputs given the gradient with respect to its output. No weight gradients, ever.
+pub trait Layer {
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor>;
+
+    /// `grad` has the output's shape; the result holds one tensor per input, in order.
+    fn input_vjp(&self, inputs: &[&Tensor], output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>>;
+}
+
+/// One node's operation. An enum rather than trait objects so that LRP rules, canonizers and
+/// importers can look inside a layer.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// The graph's input image batch.
+    Input,
+    Conv2d(Conv2d),
+    Linear(Linear),
+    BatchNorm2d(BatchNorm2d),
+    Activation(Activation),
+    MaxPool2d(MaxPool2d),
+    AvgPool2d(AvgPool2d),
+    AdaptiveAvgPool2d(AdaptiveAvgPool2d),
+    Flatten(Flatten),
+    /// Dropout in eval mode, and BatchNorm after it has been folded away.
+    Identity,
+    Add(Add),
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Conv2d(_) => "Conv2d",
+            Op::Linear(_) => "Linear",
+            Op::BatchNorm2d(_) => "BatchNorm2d",
+            Op::Activation(Activation::Relu) => "ReLU",
+            Op::Activation(Activation::Relu6) => "ReLU6",
+            Op::Activation(Activation::LeakyRelu { .. }) => "LeakyReLU",
+            Op::MaxPool2d(_) => "MaxPool2d",
+            Op::AvgPool2d(_) => "AvgPool2d",
+            Op::AdaptiveAvgPool2d(_) => "AdaptiveAvgPool2d",
+            Op::Flatten(_) => "Flatten",
+            Op::Identity => "Identity",
+            Op::Add(_) => "Add",
+        }
+    }
+
+    fn layer(&self) -> Option<&dyn Layer> {
+        Some(match self {
+            Op::Input | Op::Identity => return None,
+            Op::Conv2d(l) => l,
+            Op::Linear(l) => l,
+            Op::BatchNorm2d(l) => l,
+            Op::Activation(l) => l,
+            Op::MaxPool2d(l) => l,
+            Op::AvgPool2d(l) => l,
+            Op::AdaptiveAvgPool2d(l) => l,
+            Op::Flatten(l) => l,
+            Op::Add(l) => l,
+        })
+    }
+}
+
+impl Layer for Op {
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        match self.layer() {
+            Some(layer) => layer.forward(inputs),
+            None => Ok(inputs[0].clone()),
+        }
+    }
+
+    fn input_vjp(&self, inputs: &[&Tensor], output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        match self.layer() {
+            Some(layer) => layer.input_vjp(inputs, output, grad),
+            None => Ok(vec![grad.clone()]),
+        }
+    }
+}

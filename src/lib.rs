@@ -1,0 +1,18 @@
+//! candle-xai: explanations for image classifiers — saliency, Integrated Gradients,
+//! SmoothGrad, Grad-CAM and Layer-wise Relevance Propagation — matching captum and zennit.
+
+pub mod error;
+pub mod graph;
+pub mod layers;
+pub mod ops;
+
+pub use error::{Error, Result};
+pub mod import;
+pub mod model;
+
+pub use model::{LoadOptions, Model};
+pub mod lrp;
+pub mod methods;
+mod rng;
+
+pub use methods::{explain, Explanation, Method, Progress, Request, Targets};

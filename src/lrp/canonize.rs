@@ -1,0 +1,55 @@
+//! Canonizers: rewrite the graph into the form LRP rules are defined on. BatchNorm is merged
+//! into the convolution or linear layer before it (zennit's MergeBatchNorm); residual sums are
+//! already explicit `Add` nodes in our graphs, which the composites give the Norm rule.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::graph::{Graph, Node};
+use crate::layers::{BatchNorm2d, Op};
+
+/// What remains of a BatchNorm after merging.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeConvention {
+    /// zennit >= 1.0: the merged BatchNorm is an exact identity (eps set to 0).
+    #[default]
+    Exact,
+    /// zennit 0.5: the merged BatchNorm keeps its eps, so it still divides by sqrt(1 + eps).
+    KeepEps,
+}
+
+/// Merges every BatchNorm2d whose input is a Conv2d read by nothing else into that conv.
+pub fn merge_batch_norms(graph: &Graph, convention: MergeConvention) -> Result<Graph> {
+    let mut readers = vec![0usize; graph.nodes().len()];
+    for node in graph.nodes() {
+        for &i in &node.inputs {
+            readers[i] += 1;
+        }
+    }
+    let mut nodes: Vec<Node> = graph.nodes().to_vec();
+    for id in 0..nodes.len() {
+        let Op::BatchNorm2d(bn) = &nodes[id].op else { continue };
+        let source = nodes[id].inputs[0];
+        if readers[source] != 1 {
+            continue;
+        }
+        let Op::Conv2d(conv) = &nodes[source].op else { continue };
+        let (scale, shift) = bn.affine_parameters()?;
+        let weight = conv.weight().broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+        let bias = match conv.bias() {
+            Some(b) => ((b * &scale)? + &shift)?,
+            None => shift,
+        };
+        let merged = conv.with_parameters(weight, Some(bias))?;
+        let remainder = match convention {
+            MergeConvention::Exact => Op::Identity,
+            MergeConvention::KeepEps => {
+                Op::BatchNorm2d(BatchNorm2d::identity(bn.channels(), bn.eps(), conv.weight().device())?)
+            }
+        };
+        nodes[source].op = Op::Conv2d(merged);
+        nodes[id].op = remainder;
+    }
+    Graph::new(nodes)
+}

@@ -1,0 +1,256 @@
+//! LRP rules with zennit's exact semantics. Every rule on a linear-type layer is "forward with
+//! modified inputs and parameters, divide the relevance by the stabilised output, take the
+//! input-VJP with the same parameters, multiply by the modified inputs" — so each rule is a
+//! few calls to `Affine::apply` / `Affine::transpose_apply`.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::layers::{Conv2d, Layer, Linear, Op};
+use crate::ops::stabilize;
+
+/// zennit's default stabiliser for every rule but Epsilon.
+pub const STABILIZER: f64 = 1e-6;
+
+const fn stabilizer() -> f64 {
+    STABILIZER
+}
+
+/// A lower or upper input bound for ZBox: one value, or one per input channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bound {
+    Scalar(f64),
+    PerChannel(Vec<f64>),
+}
+
+impl Bound {
+    /// The bound as a tensor shaped like `x` ([N, C, ...]).
+    fn like(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Bound::Scalar(v) => Ok((x.zeros_like()? + *v)?),
+            Bound::PerChannel(values) => {
+                let c = values.len();
+                let mut shape = vec![1; x.rank()];
+                shape[1] = c;
+                let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                let t = Tensor::from_vec(values, shape, x.device())?;
+                Ok(t.broadcast_as(x.dims())
+                    .map_err(|_| {
+                        crate::Error::invalid_parameter(
+                            "zbox bounds",
+                            format!("{c} per-channel values for an input of shape {:?}", x.dims()),
+                        )
+                    })?
+                    .contiguous()?)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "kebab-case")]
+pub enum Rule {
+    /// R_in = x * W^T (R / stabilize(z, epsilon)).
+    Epsilon { epsilon: f64 },
+    /// zennit's generalised Gamma, chosen per output by the sign of the original output.
+    Gamma {
+        gamma: f64,
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    /// Alpha=1, beta=0 with zennit's handling of negative inputs.
+    #[serde(rename = "zplus")]
+    ZPlus {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    AlphaBeta {
+        alpha: f64,
+        beta: f64,
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    /// For the input layer, with the input's lowest and highest values (normalised space).
+    #[serde(rename = "zbox")]
+    ZBox {
+        low: Bound,
+        high: Bound,
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    Flat {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    #[serde(rename = "wsquare")]
+    WSquare {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    /// Relevance passes through unchanged (element-wise layers).
+    Pass,
+    /// Relevance split in proportion to each input's contribution (pooling, sums).
+    Norm {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+}
+
+/// A linear-type layer whose parameters a rule may replace.
+enum Affine {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl Affine {
+    fn of(op: &Op) -> Option<Self> {
+        match op {
+            Op::Conv2d(c) => Some(Affine::Conv(c.clone())),
+            Op::Linear(l) => Some(Affine::Linear(l.clone())),
+            _ => None,
+        }
+    }
+
+    fn weight(&self) -> &Tensor {
+        match self {
+            Affine::Conv(c) => c.weight(),
+            Affine::Linear(l) => l.weight(),
+        }
+    }
+
+    fn bias(&self) -> Option<&Tensor> {
+        match self {
+            Affine::Conv(c) => c.bias(),
+            Affine::Linear(l) => l.bias(),
+        }
+    }
+
+    /// The same layer with `modify` applied to its weight and to its bias (zennit modifies
+    /// both), or with no bias when `with_bias` is false.
+    fn modified(&self, modify: impl Fn(&Tensor) -> Result<Tensor>, with_bias: bool) -> Result<Self> {
+        let weight = modify(self.weight())?;
+        let bias = match (with_bias, self.bias()) {
+            (true, Some(b)) => Some(modify(b)?),
+            _ => None,
+        };
+        Ok(match self {
+            Affine::Conv(c) => Affine::Conv(c.with_parameters(weight, bias)?),
+            Affine::Linear(l) => Affine::Linear(l.with_parameters(weight, bias)?),
+        })
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Affine::Conv(c) => c.apply(x),
+            Affine::Linear(l) => l.apply(x),
+        }
+    }
+
+    /// Input-VJP, for an input shaped like `like`.
+    fn transpose_apply(&self, grad: &Tensor, like: &Tensor) -> Result<Tensor> {
+        match self {
+            Affine::Conv(c) => c.transpose_apply(grad, (like.dim(2)?, like.dim(3)?)),
+            Affine::Linear(l) => l.transpose_apply(grad),
+        }
+    }
+}
+
+fn positive(t: &Tensor) -> Result<Tensor> {
+    Ok(t.clamp(0f32, f32::INFINITY)?)
+}
+
+fn negative(t: &Tensor) -> Result<Tensor> {
+    Ok(t.clamp(f32::NEG_INFINITY, 0f32)?)
+}
+
+impl Rule {
+    /// Relevance at the inputs of the node running `op`, given its inputs, its output and the
+    /// relevance at its output.
+    pub fn apply(&self, op: &Op, inputs: &[&Tensor], output: &Tensor, relevance: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Rule::Pass => return Ok(vec![relevance.clone(); inputs.len()]),
+            Rule::Norm { stabilizer } => {
+                let g = (relevance / stabilize(output, *stabilizer)?)?;
+                let grads = op.input_vjp(inputs, output, &g)?;
+                return inputs.iter().zip(grads).map(|(x, g)| Ok((*x * g)?)).collect();
+            }
+            _ => {}
+        }
+        let layer = Affine::of(op).ok_or_else(|| crate::Error::UnsupportedLayer {
+            layer: String::new(),
+            kind: op.kind().into(),
+            reason: format!("the {self:?} rule applies to Conv2d and Linear layers only"),
+        })?;
+        let x = inputs[0];
+        Ok(vec![self.affine_relevance(&layer, x, relevance)?])
+    }
+
+    fn affine_relevance(&self, layer: &Affine, x: &Tensor, r: &Tensor) -> Result<Tensor> {
+        let (xp, xn) = (positive(x)?, negative(x)?);
+        let ratio = |z: Tensor, s: f64| -> Result<Tensor> { Ok((r / stabilize(&z, s)?)?) };
+        Ok(match self {
+            Rule::Epsilon { epsilon } => {
+                let g = ratio(layer.apply(x)?, *epsilon)?;
+                (x * layer.transpose_apply(&g, x)?)?
+            }
+            Rule::ZPlus { stabilizer } => {
+                let plus = layer.modified(positive, true)?;
+                let minus = layer.modified(negative, false)?;
+                let g = ratio((plus.apply(&xp)? + minus.apply(&xn)?)?, *stabilizer)?;
+                ((&xp * plus.transpose_apply(&g, x)?)? + (&xn * minus.transpose_apply(&g, x)?)?)?
+            }
+            Rule::AlphaBeta {
+                alpha,
+                beta,
+                stabilizer,
+            } => {
+                let plus = layer.modified(positive, true)?;
+                let plus_nobias = layer.modified(positive, false)?;
+                let minus = layer.modified(negative, true)?;
+                let minus_nobias = layer.modified(negative, false)?;
+                let g_pos = ratio((plus.apply(&xp)? + minus_nobias.apply(&xn)?)?, *stabilizer)?;
+                let g_neg = ratio((minus.apply(&xp)? + plus_nobias.apply(&xn)?)?, *stabilizer)?;
+                let pos = ((&xp * plus.transpose_apply(&g_pos, x)?)? + (&xn * minus.transpose_apply(&g_pos, x)?)?)?;
+                let neg = ((&xp * minus.transpose_apply(&g_neg, x)?)? + (&xn * plus.transpose_apply(&g_neg, x)?)?)?;
+                (pos.affine(*alpha, 0.0)? - neg.affine(*beta, 0.0)?)?
+            }
+            Rule::Gamma { gamma, stabilizer } => {
+                let g = *gamma;
+                let up = |t: &Tensor| -> Result<Tensor> { Ok((t + positive(t)?.affine(g, 0.0)?)?) };
+                let down = |t: &Tensor| -> Result<Tensor> { Ok((t + negative(t)?.affine(g, 0.0)?)?) };
+                let (up_b, up_nb) = (layer.modified(up, true)?, layer.modified(up, false)?);
+                let (down_b, down_nb) = (layer.modified(down, true)?, layer.modified(down, false)?);
+                let z = layer.apply(x)?;
+                let pos_mask = z.gt(0f32)?.to_dtype(DType::F32)?;
+                let neg_mask = z.lt(0f32)?.to_dtype(DType::F32)?;
+                let g_pos = (ratio((up_b.apply(&xp)? + down_nb.apply(&xn)?)?, *stabilizer)? * pos_mask)?;
+                let g_neg = (ratio((down_b.apply(&xp)? + up_nb.apply(&xn)?)?, *stabilizer)? * neg_mask)?;
+                let from_xp = (up_b.transpose_apply(&g_pos, x)? + down_b.transpose_apply(&g_neg, x)?)?;
+                let from_xn = (down_b.transpose_apply(&g_pos, x)? + up_b.transpose_apply(&g_neg, x)?)?;
+                ((&xp * from_xp)? + (&xn * from_xn)?)?
+            }
+            Rule::ZBox { low, high, stabilizer } => {
+                let (low, high) = (low.like(x)?, high.like(x)?);
+                let plus = layer.modified(positive, true)?;
+                let minus = layer.modified(negative, true)?;
+                let z = ((layer.apply(x)? - plus.apply(&low)?)? - minus.apply(&high)?)?;
+                let g = ratio(z, *stabilizer)?;
+                let r_x = (x * layer.transpose_apply(&g, x)?)?;
+                ((r_x - (&low * plus.transpose_apply(&g, x)?)?)? - (&high * minus.transpose_apply(&g, x)?)?)?
+            }
+            Rule::Flat { stabilizer } => {
+                let flat = layer.modified(|t| Ok(t.ones_like()?), false)?;
+                let g = ratio(flat.apply(&x.ones_like()?)?, *stabilizer)?;
+                flat.transpose_apply(&g, x)?
+            }
+            Rule::WSquare { stabilizer } => {
+                let squared = layer.modified(|t| Ok(t.sqr()?), true)?;
+                let g = ratio(squared.apply(&x.ones_like()?)?, *stabilizer)?;
+                squared.transpose_apply(&g, x)?
+            }
+            Rule::Pass | Rule::Norm { .. } => unreachable!("handled before"),
+        })
+    }
+}

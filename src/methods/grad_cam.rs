@@ -1,0 +1,63 @@
+//! Grad-CAM (Selvaraju et al. 2017) as captum's LayerGradCam: channel weights are the
+//! spatial mean of the target's gradient at the layer; the map is the weighted channel sum,
+//! optionally ReLU'd, optionally upsampled bilinearly (align_corners=False) to the input.
+
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::probe::{Probe, Progress};
+use super::Attribution;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GradCamParams {
+    /// ReLU on the map (the paper's Grad-CAM; captum's relu_attributions).
+    pub relu: bool,
+    /// Bilinear upsampling to the input's size (captum's LayerAttribution.interpolate).
+    pub upsample: bool,
+}
+
+impl Default for GradCamParams {
+    fn default() -> Self {
+        Self {
+            relu: true,
+            upsample: true,
+        }
+    }
+}
+
+pub(crate) fn grad_cam(
+    probe: &Probe<'_>,
+    input: &Tensor,
+    params: &GradCamParams,
+    progress: &mut Progress<'_>,
+) -> Result<Attribution> {
+    progress.report(0, 1)?;
+    let pass = probe.run(input, None)?;
+    progress.report(1, 1)?;
+    if pass.activation.rank() != 4 {
+        let layer = &probe.model.graph().node(probe.at).name;
+        return Err(Error::invalid_parameter(
+            "layer",
+            format!(
+                "Grad-CAM needs a layer with a [N, C, H, W] output; `{layer}` outputs {:?}",
+                pass.activation.dims()
+            ),
+        ));
+    }
+    let weights = pass.gradient.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
+    let mut cam = pass.activation.broadcast_mul(&weights)?.sum_keepdim(1)?;
+    if params.relu {
+        cam = cam.relu()?;
+    }
+    if params.upsample {
+        let (_, _, h, w) = input.dims4()?;
+        cam = cam.upsample_bilinear2d(h, w, false)?;
+    }
+    progress.report(1, 1)?;
+    Ok(Attribution {
+        attributions: cam,
+        convergence_delta: None,
+    })
+}

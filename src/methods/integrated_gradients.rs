@@ -1,0 +1,120 @@
+//! Integrated Gradients (Sundararajan et al. 2017) with captum's quadratures, at the input
+//! or at a layer (captum's LayerIntegratedGradients: the layer's output is interpolated
+//! between its values on the baseline and on the input, everything else sees the input).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::baseline::Baseline;
+use super::probe::{in_passes, unstack, Probe, Progress};
+use super::quadrature::Quadrature;
+use super::Attribution;
+use crate::error::{Error, Result};
+use crate::ops::sum_per_sample;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IntegratedGradientsParams {
+    pub n_steps: usize,
+    pub quadrature: Quadrature,
+    pub baseline: Baseline,
+    /// Multiply the path-integrated gradient by (input - baseline); false gives the plain integral.
+    pub multiply_by_inputs: bool,
+    /// Rows per forward/backward pass (captum's internal_batch_size).
+    pub batch_size: Option<usize>,
+}
+
+impl Default for IntegratedGradientsParams {
+    fn default() -> Self {
+        Self {
+            n_steps: 50,
+            quadrature: Quadrature::GaussLegendre,
+            baseline: Baseline::Zero,
+            multiply_by_inputs: true,
+            batch_size: None,
+        }
+    }
+}
+
+pub(crate) fn integrated_gradients(
+    probe: &Probe<'_>,
+    input: &Tensor,
+    params: &IntegratedGradientsParams,
+    progress: &mut Progress<'_>,
+) -> Result<Attribution> {
+    if params.n_steps < params.quadrature.min_steps() {
+        return Err(Error::invalid_parameter(
+            "n_steps",
+            format!(
+                "{} needs at least {} steps",
+                params.quadrature.name(),
+                params.quadrature.min_steps()
+            ),
+        ));
+    }
+    let baseline = params.baseline.for_input(input)?;
+    let graph = probe.model.graph();
+    let at_layer = probe.at != 0;
+    // The path runs between these two values of node `at`.
+    let (start, end, end_logits, start_logits) = if at_layer {
+        let on_input = graph.forward(input, None)?;
+        let on_baseline = graph.forward(&baseline, None)?;
+        (
+            on_baseline.get(probe.at).clone(),
+            on_input.get(probe.at).clone(),
+            on_input.output().clone(),
+            on_baseline.output().clone(),
+        )
+    } else {
+        (
+            baseline.clone(),
+            input.clone(),
+            graph.predict(input)?,
+            graph.predict(&baseline)?,
+        )
+    };
+    let span = (&end - &start)?;
+    let (step_sizes, alphas) = params.quadrature.points(params.n_steps);
+    let batch = probe.batch();
+    let mut integral: Option<Tensor> = None;
+    in_passes(params.n_steps, batch, params.batch_size, progress, |steps| {
+        let points = steps
+            .clone()
+            .map(|i| Ok((&start + span.affine(alphas[i], 0.0)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let points = Tensor::cat(&points, 0)?;
+        let pass = if at_layer {
+            let inputs = Tensor::cat(&vec![input.clone(); steps.len()], 0)?;
+            probe.run(&inputs, Some(&points))?
+        } else {
+            probe.run(&points, None)?
+        };
+        for (i, g) in steps.zip(unstack(&pass.gradient, batch)?) {
+            let weighted = g.affine(step_sizes[i], 0.0)?;
+            integral = Some(match integral.take() {
+                Some(acc) => (acc + weighted)?,
+                None => weighted,
+            });
+        }
+        Ok(())
+    })?;
+    let integral = integral.expect("n_steps >= 1");
+    let attributions = if params.multiply_by_inputs {
+        (integral * &span)?
+    } else {
+        integral
+    };
+    // captum's convergence delta: sum(attributions) - (f(input) - f(baseline)) at the target.
+    let pick = |logits: &Tensor| -> Result<Tensor> {
+        let idx = Tensor::new(
+            probe.targets.iter().map(|&t| t as u32).collect::<Vec<_>>(),
+            logits.device(),
+        )?;
+        Ok(logits.gather(&idx.unsqueeze(1)?, 1)?.squeeze(1)?)
+    };
+    let delta = (sum_per_sample(&attributions)? - (pick(&end_logits)? - pick(&start_logits)?)?)?;
+    Ok(Attribution {
+        attributions,
+        convergence_delta: Some(delta),
+    })
+}

@@ -1,0 +1,197 @@
+//! The attribution methods and the one entry point that runs them.
+
+mod baseline;
+mod grad_cam;
+mod gradient;
+mod integrated_gradients;
+pub(crate) mod probe;
+mod quadrature;
+mod smooth_grad;
+mod tunables;
+
+pub use baseline::Baseline;
+pub use grad_cam::GradCamParams;
+pub use gradient::GradientParams;
+pub use integrated_gradients::IntegratedGradientsParams;
+pub use probe::Progress;
+pub use quadrature::Quadrature;
+pub use smooth_grad::{Aggregate, SmoothGradParams};
+pub use tunables::{tunables, Scale, Tunable};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lrp::LrpParams;
+use crate::model::Model;
+use probe::Probe;
+
+/// A method with its parameters. Serialises as `{"method": "integrated-gradients", ...params}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Method {
+    Gradient(GradientParams),
+    InputXGradient,
+    #[serde(rename = "smoothgrad")]
+    SmoothGrad(SmoothGradParams),
+    IntegratedGradients(IntegratedGradientsParams),
+    GradCam(GradCamParams),
+    Lrp(LrpParams),
+}
+
+impl Method {
+    /// Names accepted by `from_name`, as the CLI spells them.
+    pub const NAMES: [&'static str; 11] = [
+        "gradient",
+        "input-x-gradient",
+        "smoothgrad",
+        "integrated-gradients",
+        "grad-cam",
+        "lrp-uniform-epsilon",
+        "lrp-epsilon-gamma-box",
+        "lrp-epsilon-plus",
+        "lrp-epsilon-alpha2-beta1",
+        "lrp-epsilon-plus-flat",
+        "lrp-epsilon-alpha2-beta1-flat",
+    ];
+
+    /// The method called `name`, with its default parameters.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gradient" | "saliency" => Method::Gradient(GradientParams::default()),
+            "input-x-gradient" => Method::InputXGradient,
+            "smoothgrad" | "smooth-grad" => Method::SmoothGrad(SmoothGradParams::default()),
+            "integrated-gradients" | "ig" => Method::IntegratedGradients(IntegratedGradientsParams::default()),
+            "grad-cam" | "gradcam" => Method::GradCam(GradCamParams::default()),
+            other => match crate::lrp::Composite::from_name(other) {
+                Some(composite) => Method::Lrp(LrpParams::new(composite)),
+                None => {
+                    return Err(Error::UnknownMethod(format!(
+                        "{other}; known: {}",
+                        Self::NAMES.join(", ")
+                    )))
+                }
+            },
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Method::Gradient(_) => "gradient".into(),
+            Method::InputXGradient => "input-x-gradient".into(),
+            Method::SmoothGrad(_) => "smoothgrad".into(),
+            Method::IntegratedGradients(_) => "integrated-gradients".into(),
+            Method::GradCam(_) => "grad-cam".into(),
+            Method::Lrp(p) => p.composite.name().into(),
+        }
+    }
+}
+
+/// Which class each sample is explained for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Targets {
+    /// Each sample's top-1 prediction.
+    #[default]
+    TopPrediction,
+    /// One class per sample (or one class for all samples).
+    Classes(Vec<i64>),
+}
+
+impl Targets {
+    /// One class per sample, checked against the logits' class count.
+    fn resolve(&self, logits: &Tensor) -> Result<Vec<usize>> {
+        let (batch, num_classes) = logits.dims2()?;
+        match self {
+            Targets::TopPrediction => Ok(logits
+                .argmax(1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|t| t as usize)
+                .collect()),
+            Targets::Classes(classes) => {
+                let classes = match classes.len() {
+                    1 => vec![classes[0]; batch],
+                    n if n == batch => classes.clone(),
+                    n => return Err(Error::TargetCount { found: n, batch }),
+                };
+                classes
+                    .into_iter()
+                    .map(|t| {
+                        usize::try_from(t)
+                            .ok()
+                            .filter(|&t| t < num_classes)
+                            .ok_or(Error::TargetOutOfRange { target: t, num_classes })
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// What to explain: the method, the classes, and where (the input, or a layer's output).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub targets: Targets,
+    /// A layer name for layer attribution (and Grad-CAM's layer); None = the input.
+    pub layer: Option<String>,
+}
+
+impl Request {
+    pub fn new(method: Method) -> Self {
+        Self {
+            method,
+            targets: Targets::TopPrediction,
+            layer: None,
+        }
+    }
+}
+
+/// The result of a method before the common fields are attached.
+pub(crate) struct Attribution {
+    pub attributions: Tensor,
+    pub convergence_delta: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Shaped like the input, or like the layer's output, or [N, 1, H, W] for Grad-CAM.
+    pub attributions: Tensor,
+    /// The model's logits on the unperturbed input, [N, classes].
+    pub logits: Tensor,
+    /// The class each sample was explained for.
+    pub targets: Vec<usize>,
+    /// Integrated Gradients' convergence delta per sample.
+    pub convergence_delta: Option<Tensor>,
+}
+
+/// Explains `input` ([N, C, H, W], already normalised) with `request`.
+pub fn explain(model: &Model, input: &Tensor, request: &Request, progress: &mut Progress<'_>) -> Result<Explanation> {
+    let input = model.prepare_input(input)?;
+    let logits = model.graph().predict(&input)?;
+    let targets = request.targets.resolve(&logits)?;
+    let at = match (&request.layer, &request.method) {
+        (Some(name), _) => model.graph().find(name)?,
+        (None, Method::GradCam(_)) => model.default_cam_layer()?,
+        (None, _) => 0,
+    };
+    let probe = Probe {
+        model,
+        targets: &targets,
+        at,
+    };
+    let result = match &request.method {
+        Method::Gradient(p) => gradient::gradient(&probe, &input, p, progress)?,
+        Method::InputXGradient => gradient::input_x_gradient(&probe, &input, progress)?,
+        Method::SmoothGrad(p) => smooth_grad::smooth_grad(&probe, &input, p, progress)?,
+        Method::IntegratedGradients(p) => integrated_gradients::integrated_gradients(&probe, &input, p, progress)?,
+        Method::GradCam(p) => grad_cam::grad_cam(&probe, &input, p, progress)?,
+        Method::Lrp(p) => crate::lrp::relevance(&probe, &input, p, progress)?,
+    };
+    Ok(Explanation {
+        attributions: result.attributions,
+        logits,
+        targets,
+        convergence_delta: result.convergence_delta,
+    })
+}

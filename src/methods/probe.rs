@@ -1,0 +1,115 @@
+//! The one mechanism every gradient method shares: run a (possibly perturbed, possibly
+//! stacked) batch forward, seed the target logits, and walk back to a node. Methods differ
+//! only in which batches they build and how they combine what comes back.
+
+use std::ops::Range;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::graph::NodeId;
+use crate::model::Model;
+use crate::ops::one_hot;
+
+/// Rows evaluated per pass when the caller does not say (bounds memory, keeps gemms full).
+pub const DEFAULT_ROWS_PER_PASS: usize = 16;
+
+/// Reports (done, total) steps; returning false cancels the run.
+pub struct Progress<'a>(Option<&'a mut dyn FnMut(usize, usize) -> bool>);
+
+impl<'a> Progress<'a> {
+    pub fn new(callback: &'a mut dyn FnMut(usize, usize) -> bool) -> Self {
+        Self(Some(callback))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub(crate) fn report(&mut self, done: usize, total: usize) -> Result<()> {
+        match &mut self.0 {
+            Some(callback) => match callback(done, total) {
+                true => Ok(()),
+                false => Err(Error::Cancelled),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+pub(crate) struct Probe<'a> {
+    pub model: &'a Model,
+    /// One target class per sample of the batch.
+    pub targets: &'a [usize],
+    /// Where the gradient is taken: the input (node 0) or a layer's output.
+    pub at: NodeId,
+}
+
+pub(crate) struct Pass {
+    /// d(target logit)/d(output of `at`), one row per stacked row.
+    pub gradient: Tensor,
+    /// The output of `at` in this pass.
+    pub activation: Tensor,
+}
+
+impl Probe<'_> {
+    pub fn batch(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Runs `input` = k stacked copies of the batch ([k*B, ...]); with `replace`, node `at`
+    /// outputs it instead of its own value (layer IG).
+    pub fn run(&self, input: &Tensor, replace: Option<&Tensor>) -> Result<Pass> {
+        let graph = self.model.graph();
+        let activations = graph.forward(input, replace.map(|t| (self.at, t)))?;
+        let logits = activations.output().clone();
+        let (rows, classes) = logits.dims2()?;
+        check_targets(self.targets, classes)?;
+        let copies = rows / self.batch();
+        let tiled: Vec<usize> = (0..copies).flat_map(|_| self.targets.iter().copied()).collect();
+        let seed = one_hot(&tiled, classes, logits.device())?;
+        let gradient = graph.gradient(&activations, graph.output_id(), seed, self.at)?;
+        Ok(Pass {
+            gradient,
+            activation: activations.get(self.at).clone(),
+        })
+    }
+}
+
+pub(crate) fn check_targets(targets: &[usize], classes: usize) -> Result<()> {
+    match targets.iter().find(|&&t| t >= classes) {
+        Some(&t) => Err(Error::TargetOutOfRange {
+            target: t as i64,
+            num_classes: classes,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Splits `count` perturbations of a batch of `batch` samples into passes of at most
+/// `rows_per_pass` rows (at least one perturbation each), reporting progress after each.
+pub(crate) fn in_passes(
+    count: usize,
+    batch: usize,
+    rows_per_pass: Option<usize>,
+    progress: &mut Progress<'_>,
+    mut pass: impl FnMut(Range<usize>) -> Result<()>,
+) -> Result<()> {
+    let rows = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS).max(1);
+    let per_pass = (rows / batch).max(1);
+    let mut start = 0;
+    progress.report(0, count)?;
+    while start < count {
+        let end = (start + per_pass).min(count);
+        pass(start..end)?;
+        progress.report(end, count)?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Splits [k*B, ...] into k tensors of [B, ...].
+pub(crate) fn unstack(rows: &Tensor, batch: usize) -> Result<Vec<Tensor>> {
+    let k = rows.dim(0)? / batch;
+    (0..k).map(|i| Ok(rows.narrow(0, i * batch, batch)?)).collect()
+}

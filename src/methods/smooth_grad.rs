@@ -1,0 +1,155 @@
+//! SmoothGrad (Smilkov et al. 2017): gradients averaged over noisy copies of the input.
+//! Noise std is `noise_level * (max - min)` of each sample (pnpxai) unless an absolute
+//! `stdev` is given (captum's NoiseTunnel `stdevs`). Also SmoothGrad-squared and VarGrad, as
+//! captum's `nt_type` options.
+
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::probe::{in_passes, unstack, Probe, Progress};
+use super::Attribution;
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregate {
+    /// mean of gradients (SmoothGrad)
+    #[default]
+    Mean,
+    /// mean of squared gradients (SmoothGrad-squared)
+    Squared,
+    /// variance of gradients (VarGrad)
+    Variance,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SmoothGradParams {
+    pub n_samples: usize,
+    /// Noise std relative to each sample's value range (max - min).
+    pub noise_level: f64,
+    /// Absolute noise std; overrides `noise_level` when set.
+    pub stdev: Option<f64>,
+    pub seed: u64,
+    pub aggregate: Aggregate,
+    /// Absolute value of each noisy gradient before aggregating (captum Saliency's abs).
+    pub abs: bool,
+    /// Rows per forward/backward pass.
+    pub batch_size: Option<usize>,
+    /// Exact noise [N, n_samples, C, H, W] to use instead of drawing it (reproducing another
+    /// tool's run).
+    #[serde(skip)]
+    pub noise: Option<Tensor>,
+}
+
+impl Default for SmoothGradParams {
+    fn default() -> Self {
+        Self {
+            n_samples: 20,
+            noise_level: 0.1,
+            stdev: None,
+            seed: 0,
+            aggregate: Aggregate::Mean,
+            abs: false,
+            batch_size: None,
+            noise: None,
+        }
+    }
+}
+
+impl SmoothGradParams {
+    pub fn validate(&self) -> Result<()> {
+        if self.n_samples == 0 {
+            return Err(Error::invalid_parameter("n_samples", "must be at least 1"));
+        }
+        let level = self.stdev.unwrap_or(self.noise_level);
+        if !level.is_finite() || level < 0.0 {
+            return Err(Error::invalid_parameter(
+                if self.stdev.is_some() { "stdev" } else { "noise_level" },
+                "must be a finite number >= 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Per-sample noise std, [N].
+    fn stdevs(&self, input: &Tensor) -> Result<Vec<f32>> {
+        let n = input.dim(0)?;
+        if let Some(s) = self.stdev {
+            return Ok(vec![s as f32; n]);
+        }
+        let flat = input.flatten_from(1)?;
+        let range = (flat.max(D::Minus1)? - flat.min(D::Minus1)?)?;
+        Ok(range.affine(self.noise_level, 0.0)?.to_vec1::<f32>()?)
+    }
+
+    /// Noise for sample copy `i`: [N, C, H, W].
+    fn noise_for(&self, i: usize, input: &Tensor, stdevs: &[f32]) -> Result<Tensor> {
+        if let Some(noise) = &self.noise {
+            return Ok(noise.narrow(1, i, 1)?.squeeze(1)?.to_device(input.device())?);
+        }
+        let per_sample = input.elem_count() / input.dim(0)?;
+        let mut values = Vec::with_capacity(input.elem_count());
+        for (b, std) in stdevs.iter().enumerate() {
+            // One stream per (seed, copy, sample): the same noise whatever the batching.
+            let mut rng = SplitMix64::new(self.seed ^ ((i as u64) << 32) ^ (b as u64).wrapping_mul(0x9E37_79B9));
+            values.extend(rng.normals(per_sample).into_iter().map(|z| z * std));
+        }
+        Ok(Tensor::from_vec(values, input.dims(), input.device())?)
+    }
+}
+
+pub(crate) fn smooth_grad(
+    probe: &Probe<'_>,
+    input: &Tensor,
+    params: &SmoothGradParams,
+    progress: &mut Progress<'_>,
+) -> Result<Attribution> {
+    params.validate()?;
+    if let Some(noise) = &params.noise {
+        let mut expected = input.dims().to_vec();
+        expected.insert(1, params.n_samples);
+        if noise.dims() != expected.as_slice() {
+            return Err(Error::invalid_parameter(
+                "noise",
+                format!("shape {:?}, expected {expected:?}", noise.dims()),
+            ));
+        }
+    }
+    let stdevs = params.stdevs(input)?;
+    let batch = probe.batch();
+    let mut sum: Option<Tensor> = None;
+    let mut sum_sq: Option<Tensor> = None;
+    let accumulate = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
+        *acc = Some(match acc.take() {
+            Some(a) => (a + t)?,
+            None => t,
+        });
+        Ok(())
+    };
+    in_passes(params.n_samples, batch, params.batch_size, progress, |copies| {
+        let noisy = copies
+            .map(|i| Ok((input + params.noise_for(i, input, &stdevs)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let pass = probe.run(&Tensor::cat(&noisy, 0)?, None)?;
+        for g in unstack(&pass.gradient, batch)? {
+            let g = if params.abs { g.abs()? } else { g };
+            accumulate(&mut sum_sq, g.sqr()?)?;
+            accumulate(&mut sum, g)?;
+        }
+        Ok(())
+    })?;
+    let n = params.n_samples as f64;
+    let mean = sum.expect("n_samples >= 1").affine(1.0 / n, 0.0)?;
+    let mean_sq = sum_sq.expect("n_samples >= 1").affine(1.0 / n, 0.0)?;
+    let attributions = match params.aggregate {
+        Aggregate::Mean => mean,
+        Aggregate::Squared => mean_sq,
+        Aggregate::Variance => (mean_sq - mean.sqr()?)?,
+    };
+    Ok(Attribution {
+        attributions,
+        convergence_delta: None,
+    })
+}

@@ -1,0 +1,201 @@
+//! A loaded model: its graph on a device, and the checks an input must pass before it runs.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId};
+use crate::import::graph_json::{GraphSpec, METADATA_KEY};
+use crate::import::{torchvision, StateDict};
+use crate::layers::Op;
+
+/// Inputs larger than this many pixels per image are refused before any work starts.
+pub const MAX_INPUT_PIXELS: usize = 4096 * 4096;
+
+/// How to interpret a state dict.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Force a torchvision architecture (`resnet50`, `vgg16_bn`, ...).
+    pub arch: Option<String>,
+    /// A custom graph description (takes precedence over one embedded in the file).
+    pub graph: Option<GraphSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    graph: Graph,
+    architecture: String,
+    input_channels: usize,
+    min_input_size: usize,
+    default_cam_layer: Option<NodeId>,
+    device: Device,
+}
+
+impl Model {
+    /// Builds a model from safetensors bytes. `source` names them in error messages.
+    pub fn from_safetensors(bytes: &[u8], source: &str, options: &LoadOptions, device: &Device) -> Result<Self> {
+        let (state, metadata) = StateDict::from_safetensors(bytes, source, device)?;
+        let embedded = metadata
+            .get(METADATA_KEY)
+            .map(|json| GraphSpec::from_json(json))
+            .transpose()?;
+        Self::from_state_dict(
+            &state,
+            options.graph.clone().or(embedded),
+            options.arch.as_deref(),
+            device,
+        )
+    }
+
+    /// Reads a `.safetensors` file (or a PyTorch `.pth` checkpoint) from disk.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(path: &std::path::Path, options: &LoadOptions, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let source = path.display().to_string();
+        if crate::import::pth::looks_like_pth(&bytes) {
+            let state = crate::import::pth::state_dict_from_pth(&bytes, &source, device)?;
+            return Self::from_state_dict(&state, options.graph.clone(), options.arch.as_deref(), device);
+        }
+        Self::from_safetensors(&bytes, &source, options, device)
+    }
+
+    /// Builds the graph from a state dict: an explicit graph first, then a forced torchvision
+    /// architecture, then recognition from tensor names and shapes.
+    pub fn from_state_dict(
+        state: &StateDict,
+        graph: Option<GraphSpec>,
+        arch: Option<&str>,
+        device: &Device,
+    ) -> Result<Self> {
+        let (architecture, spec, strict) = match (graph, arch) {
+            (Some(spec), _) => ("custom".to_string(), spec, false),
+            (None, Some(arch)) => (arch.to_string(), torchvision::spec_for(arch, state)?, true),
+            (None, None) => {
+                let (arch, spec) = torchvision::recognise(state)?;
+                (arch, spec, true)
+            }
+        };
+        let (graph, used) = spec.build(state).map_err(|e| match e {
+            Error::MissingTensor { .. } | Error::TensorShape { .. } if strict => Error::ArchitectureMismatch {
+                arch: architecture.clone(),
+                reason: e.to_string(),
+            },
+            other => other,
+        })?;
+        if strict {
+            let mut unused: Vec<&str> = state.names().filter(|n| !used.contains(*n)).collect();
+            if !unused.is_empty() {
+                unused.sort();
+                return Err(Error::ArchitectureMismatch {
+                    arch: architecture,
+                    reason: format!("tensors not used by it: {}", unused.join(", ")),
+                });
+            }
+        }
+        let default_cam_layer = match &spec.default_cam_layer {
+            Some(name) => Some(graph.find(name)?),
+            None => last_spatial_layer(&graph),
+        };
+        Ok(Self {
+            graph,
+            architecture,
+            input_channels: spec.input_channels,
+            min_input_size: spec.min_input_size.unwrap_or(1),
+            default_cam_layer,
+            device: device.clone(),
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `resnet18`, `vgg11_bn`, ..., or `custom`.
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    pub fn input_channels(&self) -> usize {
+        self.input_channels
+    }
+
+    /// The number of classes, when the graph ends in a linear layer.
+    pub fn num_classes(&self) -> Option<usize> {
+        match &self.graph.node(self.graph.output_id()).op {
+            Op::Linear(l) => Some(l.out_features()),
+            _ => None,
+        }
+    }
+
+    /// Names of the layers, in order, that layer methods and Grad-CAM accept.
+    pub fn layer_names(&self) -> Vec<&str> {
+        self.graph.nodes()[1..].iter().map(|n| n.name.as_str()).collect()
+    }
+
+    /// The layer Grad-CAM explains when none is named: the last one with a spatial output.
+    pub fn default_cam_layer(&self) -> Result<NodeId> {
+        self.default_cam_layer
+            .ok_or_else(|| Error::invalid_parameter("layer", "this model has no convolutional layer; name one"))
+    }
+
+    /// Checks a [N, C, H, W] batch against the model and moves it to the model's device as f32.
+    pub fn prepare_input(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let bad_shape = || Error::InputShape {
+            found: dims.to_vec(),
+            channels: self.input_channels,
+        };
+        let &[n, c, h, w] = dims else { return Err(bad_shape()) };
+        if n == 0 || c != self.input_channels {
+            return Err(bad_shape());
+        }
+        if h < self.min_input_size || w < self.min_input_size {
+            return Err(Error::InputTooSmall {
+                height: h,
+                width: w,
+                min: self.min_input_size,
+            });
+        }
+        if h * w > MAX_INPUT_PIXELS {
+            return Err(Error::invalid_parameter(
+                "input",
+                format!(
+                    "{h}x{w} pixels is more than the {MAX_INPUT_PIXELS} a model input may have; resize the image first"
+                ),
+            ));
+        }
+        let x = x.to_dtype(DType::F32)?;
+        let finite = x
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if finite > 0 {
+            return Err(Error::NonFiniteInput(finite));
+        }
+        Ok(x.to_device(&self.device)?)
+    }
+
+    /// Logits [N, classes] for a prepared batch.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        self.graph.predict(&self.prepare_input(x)?)
+    }
+}
+
+fn last_spatial_layer(graph: &Graph) -> Option<NodeId> {
+    let nodes = graph.nodes();
+    let head = nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::Flatten(_) | Op::Linear(_) | Op::AdaptiveAvgPool2d(_)))
+        .unwrap_or(nodes.len());
+    (1..head)
+        .rev()
+        .find(|&i| !matches!(nodes[i].op, Op::MaxPool2d(_) | Op::AvgPool2d(_) | Op::Identity))
+}

@@ -1,0 +1,98 @@
+//! Shared test helpers: reference fixtures, the devices compiled in, and the tolerance check.
+#![allow(dead_code)]
+
+pub mod seeded_weights;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+/// Every parity test compares with this: max |ours - ref| <= REL_TOL * max |ref|.
+pub const REL_TOL: f32 = 1e-4;
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+/// The devices this build can run on: CPU, and CUDA when the `cuda` feature is on.
+pub fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    if cfg!(feature = "cuda") {
+        devices.push(Device::new_cuda(0).expect("built with the cuda feature but no CUDA device"));
+    }
+    devices
+}
+
+pub struct Refs {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Refs {
+    pub fn load(path: &Path) -> Refs {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+        Refs { tensors, metadata }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no tensor `{name}`"))
+    }
+
+    pub fn f32(&self, name: &str) -> Tensor {
+        self.get(name).to_dtype(DType::F32).unwrap()
+    }
+
+    pub fn targets(&self) -> Vec<i64> {
+        self.get("targets")
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+    }
+}
+
+/// Max |a - b| relative to max |b|.
+pub fn relative_error(ours: &Tensor, reference: &Tensor) -> f32 {
+    let ours = ours.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let reference = reference.to_dtype(DType::F32).unwrap();
+    assert_eq!(ours.dims(), reference.dims(), "shapes differ");
+    let diff = (&ours - &reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        scale > 0.0,
+        "reference is all zeros: the comparison would prove nothing"
+    );
+    diff / scale
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
+    let err = relative_error(ours, reference);
+    assert!(
+        err <= tol,
+        "{what}: max |ours - ref| / max |ref| = {err:.3e} > {tol:.0e}"
+    );
+}
