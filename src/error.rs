@@ -69,6 +69,35 @@ pub enum Error {
     #[error("input is {height}x{width} pixels, too small for this model (at least {min}x{min})")]
     InputTooSmall { height: usize, width: usize, min: usize },
 
+    /// A layer's window does not fit the feature map it receives: the input is too small.
+    #[error(
+        "the input is too small for this model: layer `{layer}` receives a {height}x{width} feature map \
+         but needs at least {min}x{min}"
+    )]
+    FeatureMapTooSmall {
+        layer: String,
+        height: usize,
+        width: usize,
+        min: usize,
+    },
+
+    #[error(
+        "layer `{layer}` ({kind}) expects {expected} but receives {found}: the input's size does not fit this model"
+    )]
+    InputSizeMismatch {
+        layer: String,
+        kind: String,
+        expected: String,
+        found: String,
+    },
+
+    #[error("layer `{layer}` ({kind}): {message}")]
+    InLayer {
+        layer: String,
+        kind: String,
+        message: String,
+    },
+
     #[error("input contains {0} non-finite values (NaN or infinity)")]
     NonFiniteInput(usize),
 
@@ -81,8 +110,8 @@ pub enum Error {
     #[error("invalid value for {parameter}: {reason}")]
     InvalidParameter { parameter: String, reason: String },
 
-    #[error("unknown method `{0}`")]
-    UnknownMethod(String),
+    #[error("unknown method `{name}`; known: {known}")]
+    UnknownMethod { name: String, known: String },
 
     #[error("{0}")]
     Image(String),

@@ -216,11 +216,29 @@ impl Graph {
     }
 }
 
-/// Attaches the layer's name to errors that do not already carry one.
+/// Attaches the layer's name to errors raised inside it.
 fn in_layer(node: &Node, error: Error) -> Error {
+    let layer = node.name.clone();
+    let kind = node.op.kind().to_string();
     match error {
-        Error::InvalidGraph(msg) => Error::InvalidGraph(format!("layer `{}` ({}): {msg}", node.name, node.op.kind())),
-        Error::Tensor(e) => Error::InvalidGraph(format!("layer `{}` ({}): {e}", node.name, node.op.kind())),
+        Error::InputTooSmall { height, width, min } => Error::FeatureMapTooSmall {
+            layer,
+            height,
+            width,
+            min,
+        },
+        Error::InputSizeMismatch { expected, found, .. } => Error::InputSizeMismatch {
+            layer,
+            kind,
+            expected,
+            found,
+        },
+        Error::InvalidGraph(message) => Error::InLayer { layer, kind, message },
+        Error::Tensor(e) => Error::InLayer {
+            layer,
+            kind,
+            message: e.to_string(),
+        },
         other => other,
     }
 }

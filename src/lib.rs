@@ -16,3 +16,7 @@ pub mod methods;
 mod rng;
 
 pub use methods::{explain, Explanation, Method, Progress, Request, Targets};
+pub mod image;
+pub mod render;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

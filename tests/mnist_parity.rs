@@ -8,7 +8,7 @@ use candle_xai::import::graph_json::GraphSpec;
 use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
 use candle_xai::methods::*;
 use candle_xai::{explain, LoadOptions, Model};
-use common::{assert_close, devices, fixture, Refs, REL_TOL};
+use common::{assert_close, devices, fixture, Refs, PATH_TOL, REL_TOL};
 
 const MODELS: [&str; 3] = ["mlp", "vgg", "resnet"];
 
@@ -109,7 +109,7 @@ fn integrated_gradients() {
                 ..Default::default()
             };
             let out = run(model, refs, Method::IntegratedGradients(params), None);
-            assert_close(&format!("{name} {key}"), &out.attributions, refs.get(key), REL_TOL);
+            assert_close(&format!("{name} {key}"), &out.attributions, refs.get(key), PATH_TOL);
             let delta = out.convergence_delta.unwrap();
             let ref_delta = refs.get(&format!("{key}_delta"));
             // The delta is a difference of near-equal sums: compare against the logit scale.
@@ -129,7 +129,7 @@ fn integrated_gradients() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff <= 1e-4 * scale, "{name} {key} delta differs by {diff}");
+            assert!(diff <= PATH_TOL * scale, "{name} {key} delta differs by {diff}");
         }
     });
 }
@@ -150,7 +150,7 @@ fn smoothgrad_with_captums_noise() {
             &format!("{name} smoothgrad"),
             &out.attributions,
             refs.get("smoothgrad"),
-            REL_TOL,
+            PATH_TOL,
         );
     });
 }

@@ -2,7 +2,6 @@
 //! tensor names and shapes, the custom graph JSON format, and PyTorch `.pth` checkpoints.
 
 pub mod graph_json;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod pth;
 pub mod torchvision;
 
@@ -115,4 +114,47 @@ impl StateDict {
         }
         Ok(t)
     }
+
+    /// The tensors as safetensors bytes (f32, names sorted), with `metadata` as `__metadata__`.
+    /// What `candle-xai convert model.pth model.safetensors` writes.
+    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let mut buffers = Vec::with_capacity(names.len());
+        for name in &names {
+            let t = self.tensors[*name].to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            buffers.push((name.as_str(), t.dims().to_vec(), bytes));
+        }
+        let views = buffers
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map(|view| (*name, view))
+                    .map_err(|e| Error::InvalidSafetensors {
+                        what: self.source.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::tensor::serialize(views, metadata).map_err(|e| Error::InvalidSafetensors {
+            what: self.source.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Writes `state` as a safetensors file at `path` (see `StateDict::to_safetensors`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_safetensors(
+    state: &StateDict,
+    path: &std::path::Path,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = state.to_safetensors(metadata)?;
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -7,6 +7,8 @@
 
 use candle_core::Tensor;
 
+use super::depthwise::depthwise_correlate;
+use super::im2col::im2col_correlate;
 use super::Layer;
 use crate::error::{Error, Result};
 use crate::ops::{flip_hw, insert_zeros_hw, pad_or_crop_hw};
@@ -39,11 +41,28 @@ impl WindowGeometry {
     /// Correlates `x` with `kernel` ([C_out, C_in/groups, kh, kw]) under this geometry.
     pub fn correlate(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
         let (t, b, l, r) = self.padding;
-        if t == b && l == r && t == l {
+        if t == b && l == r && t == l && !x.device().is_cpu() {
             return Ok(x.conv2d(kernel, t, self.stride, self.dilation, self.groups)?);
         }
         let padded = pad_or_crop_hw(x, t as isize, b as isize, l as isize, r as isize, 0.0)?;
-        Ok(padded.conv2d(kernel, 0, self.stride, self.dilation, self.groups)?)
+        self.correlate_unpadded(&padded, kernel, self.stride)
+    }
+
+    fn is_depthwise(&self, x: &Tensor, kernel: &Tensor) -> Result<bool> {
+        Ok(self.groups > 1 && kernel.dim(0)? == self.groups && x.dim(1)? == self.groups)
+    }
+
+    /// Correlation of an already padded input; depthwise layers on CPU take the direct kernel.
+    fn correlate_unpadded(&self, x: &Tensor, kernel: &Tensor, stride: usize) -> Result<Tensor> {
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+        if cpu_f32 && self.is_depthwise(x, kernel)? {
+            return depthwise_correlate(x, kernel, stride, self.dilation);
+        }
+        let pointwise = self.kernel == (1, 1) && stride == 1;
+        if cpu_f32 && !pointwise {
+            return im2col_correlate(x, kernel, stride, self.dilation, self.groups);
+        }
+        Ok(x.conv2d(kernel, 0, stride, self.dilation, self.groups)?)
     }
 
     /// The kernel that `correlate_transposed` expects: in/out channels swapped per group and
@@ -78,7 +97,7 @@ impl WindowGeometry {
         let bottom = input_hw.0 as isize - sh as isize + reach_h - top;
         let right = input_hw.1 as isize - sw as isize + reach_w - left;
         let framed = pad_or_crop_hw(&spread, top, bottom, left, right, 0.0)?;
-        Ok(framed.conv2d(transposed_kernel, 0, 1, self.dilation, self.groups)?)
+        self.correlate_unpadded(&framed, transposed_kernel, 1)
     }
 }
 

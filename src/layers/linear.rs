@@ -63,10 +63,12 @@ impl Layer for Linear {
         let x = inputs[0];
         match x.dims() {
             [_, f] if *f == self.in_features() => self.apply(x),
-            dims => Err(Error::InvalidGraph(format!(
-                "linear layer expects [N, {}] inputs, got {dims:?}",
-                self.in_features()
-            ))),
+            dims => Err(Error::InputSizeMismatch {
+                layer: String::new(),
+                kind: "Linear".into(),
+                expected: format!("{} features", self.in_features()),
+                found: format!("shape {dims:?}"),
+            }),
         }
     }
 

@@ -5,7 +5,9 @@ mod activation;
 mod add;
 mod batch_norm;
 mod conv2d;
+mod depthwise;
 mod flatten;
+mod im2col;
 mod linear;
 mod pool;
 

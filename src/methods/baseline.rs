@@ -37,7 +37,7 @@ impl Baseline {
             Baseline::Constant { value } => (input.zeros_like()? + *value as f64)?,
             Baseline::Blur { sigma } => blur(input, *sigma)?,
             Baseline::UniformNoise { low, high, seed } => {
-                if !(low <= high) {
+                if low.partial_cmp(high) == Some(std::cmp::Ordering::Greater) || low.is_nan() || high.is_nan() {
                     return Err(Error::invalid_parameter(
                         "baseline",
                         format!("uniform noise needs low <= high, got {low} and {high}"),

@@ -66,10 +66,10 @@ impl Method {
             other => match crate::lrp::Composite::from_name(other) {
                 Some(composite) => Method::Lrp(LrpParams::new(composite)),
                 None => {
-                    return Err(Error::UnknownMethod(format!(
-                        "{other}; known: {}",
-                        Self::NAMES.join(", ")
-                    )))
+                    return Err(Error::UnknownMethod {
+                        name: other.to_string(),
+                        known: Self::NAMES.join(", "),
+                    })
                 }
             },
         })

@@ -11,6 +11,14 @@ use candle_core::{DType, Device, Tensor};
 /// Every parity test compares with this: max |ours - ref| <= REL_TOL * max |ref|.
 pub const REL_TOL: f32 = 1e-4;
 
+/// Integrated Gradients and SmoothGrad sum gradients over many path points or noisy copies.
+/// At a few of them a ReLU input lies within float32 rounding of its kink, and whether it
+/// flips depends on summation order (gemm blocking, im2col vs oneDNN): recomputing captum's
+/// own references in float64 moves them by up to 9e-3 (torchvision fixtures' `f64_rel_err`).
+/// Where no point flips we agree to ~1e-6; single flips seen move a result by up to 1.2e-3.
+/// Direct methods (gradient, Grad-CAM, LRP, layer gradients) keep REL_TOL.
+pub const PATH_TOL: f32 = 2e-3;
+
 pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
 }
@@ -59,20 +67,13 @@ impl Refs {
 
 /// Max |a - b| relative to max |b|.
 pub fn relative_error(ours: &Tensor, reference: &Tensor) -> f32 {
-    let ours = ours.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let reference = reference.to_dtype(DType::F32).unwrap();
-    assert_eq!(ours.dims(), reference.dims(), "shapes differ");
-    let diff = (&ours - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = reference
+    max_abs_diff(ours, reference) / max_abs(reference)
+}
+
+/// max |t|, which must not be 0 (a comparison against all zeros would prove nothing).
+pub fn max_abs(t: &Tensor) -> f32 {
+    let t = t.to_dtype(DType::F32).unwrap();
+    let scale = t
         .abs()
         .unwrap()
         .flatten_all()
@@ -85,7 +86,23 @@ pub fn relative_error(ours: &Tensor, reference: &Tensor) -> f32 {
         scale > 0.0,
         "reference is all zeros: the comparison would prove nothing"
     );
-    diff / scale
+    scale
+}
+
+pub fn max_abs_diff(ours: &Tensor, reference: &Tensor) -> f32 {
+    let ours = ours.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let reference = reference.to_dtype(DType::F32).unwrap();
+    assert_eq!(ours.dims(), reference.dims(), "shapes differ");
+    (&ours - &reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[track_caller]

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# candle-xai vs captum/zennit on CPU: same weights, same input, same machine, same run.
+#
+#   scripts/bench.sh [reps]          # writes BENCHMARKS.md at the repository root
+#
+# Knobs (environment): REPS (default 5; the first argument wins), SIZE (input height/width, default 224),
+# OUT (the report, default BENCHMARKS.md at the repository root), WORK_DIR (weights, input and raw rows,
+# default /tmp/candle-xai-bench), PYTHON (default /work/pyref/bin/python, a venv with torch, torchvision,
+# captum, zennit and safetensors).
+# A quick check of the harness: REPS=1 SIZE=64 OUT=/tmp/bench-check.md scripts/bench.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPS=${1:-${REPS:-5}}
+SIZE=${SIZE:-224}
+OUT=${OUT:-BENCHMARKS.md}
+WORK_DIR=${WORK_DIR:-/tmp/candle-xai-bench}
+PYTHON=${PYTHON:-/work/pyref/bin/python}
+MODELS=(resnet18 mobilenet_v2)
+mkdir -p "$WORK_DIR"
+
+echo "== PyTorch side (writes the weights and the input to $WORK_DIR)" >&2
+"$PYTHON" scripts/bench_torch.py --out-dir "$WORK_DIR" --reps "$REPS" --size "$SIZE" >&2
+
+echo "== candle-xai side" >&2
+cargo build --release --example bench >&2
+: > "$WORK_DIR/ours.jsonl"
+for arch in "${MODELS[@]}"; do
+    cargo run --quiet --release --example bench -- --model "$WORK_DIR/$arch.safetensors" --arch-name "$arch" \
+        --input "$WORK_DIR/input.safetensors" --reps "$REPS" --json | tee -a "$WORK_DIR/ours.jsonl" >&2
+done
+
+command_line="scripts/bench.sh $REPS"
+if [ "$SIZE" != 224 ]; then command_line="SIZE=$SIZE $command_line"; fi
+export REPS SIZE WORK_DIR OUT command_line
+export NPROC=$(nproc)
+export CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+export CANDLE_VERSION=$(grep -A1 '^name = "candle-core"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+export RUSTC_VERSION=$(rustc --version)
+export DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+"$PYTHON" - <<'EOF'
+import json, os
+
+env = os.environ
+work = env["WORK_DIR"]
+read = lambda name: [json.loads(line) for line in open(os.path.join(work, name)) if line.strip()]
+ours = {(r["model"], r["method"]): r for r in read("ours.jsonl")}
+torch_rows = {(r["model"], r["method"]): r for r in read("torch.jsonl")}
+facts = json.load(open(os.path.join(work, "torch_env.json")))
+ours_threads = sorted({r["threads"] for r in ours.values()})
+size = env["SIZE"]
+
+lines = [
+    "# Benchmarks: candle-xai vs captum / zennit (CPU)",
+    "",
+    f"Wall-clock milliseconds per explanation of one [1, 3, {size}, {size}] input, median of {env['REPS']} "
+    "timed calls after one warm-up (minimum in parentheses). Ratio = PyTorch / ours: above 1 means candle-xai "
+    "is faster. Both sides run in the same script on the same machine, on the same seeded random weights "
+    "(torchvision architecture, 1000 classes) and the same seeded random input, float32.",
+    "",
+]
+for model in dict.fromkeys(m for m, _ in torch_rows):
+    lines += [f"## {model}", "", "| method | ours ms | PyTorch ms | PyTorch / ours |", "|---|---:|---:|---:|"]
+    for (m, method), t in torch_rows.items():
+        if m != model:
+            continue
+        o = ours.get((m, method))
+        cell = lambda r: f"{r['ms_median']:.1f} ({r['ms_min']:.1f})" if r else "n/a"
+        ratio = f"{t['ms_median'] / o['ms_median']:.2f}" if o else "n/a"
+        lines.append(f"| {method} | {cell(o)} | {cell(t)} | {ratio} |")
+    lines.append("")
+
+lines += [
+    "## What each row runs",
+    "",
+    "Every call explains the input's top-1 class, so it includes that prediction forward on both sides "
+    "(our `explain` always runs it). Parameters are the same on both sides:",
+    "",
+    "- **gradient**: captum `Saliency(model).attribute(x, target, abs=False)`; ours `GradientParams { abs: false }`.",
+    "- **integrated-gradients**: 32 Gauss-Legendre steps, zero baseline, all 32 steps in one batch of 32 rows: "
+    "captum `IntegratedGradients.attribute(n_steps=32, method=\"gausslegendre\", internal_batch_size=32, "
+    "return_convergence_delta=True)` (ours always computes the convergence delta); ours "
+    "`n_steps: 32, batch_size: Some(32)`.",
+    "- **smoothgrad**: 8 noisy samples in one batch of 8 rows, noise std 0.1 x (max - min) of the input: captum "
+    "`NoiseTunnel(Saliency).attribute(nt_type=\"smoothgrad\", nt_samples=8, nt_samples_batch_size=8, "
+    "stdevs=0.1*(x.max()-x.min()), abs=False)`; ours `n_samples: 8, noise_level: 0.1, batch_size: Some(8)`.",
+    "- **lrp-\\***: zennit `with Gradient(model, composite) as attributor: attributor(x, one_hot)`, with the "
+    "composite's construction and registration (canonizers included) inside the timing, since our LRP merges "
+    "BatchNorm on every call. Composites: `lrp-uniform-epsilon` = `LayerMapComposite(layer_map_base() + "
+    "[(Convolution, Epsilon(0.25)), (Linear, Epsilon(0.25))])`, `lrp-epsilon-gamma-box` = "
+    "`EpsilonGammaBox(low=-3, high=3)`, then `EpsilonPlus`, `EpsilonAlpha2Beta1`, `EpsilonPlusFlat`, "
+    "`EpsilonAlpha2Beta1Flat`. Canonizers: `zennit.torchvision.ResNetCanonizer()` for resnet18, "
+    "`SequentialMergeBatchNorm()` for mobilenet_v2. Ours: `LrpParams::new(composite)` with "
+    "`merge_convention: MergeConvention::KeepEps` (zennit 0.5.1's merge).",
+    "- The torch models have out-of-place ReLU/ReLU6 (zennit's hooks want them) and parameters with "
+    "`requires_grad=False` (both sides differentiate with respect to the input only).",
+    "",
+    "## Machine",
+    "",
+    f"- CPU: {env['CPU_MODEL']}, `nproc` = {env['NPROC']}",
+    f"- threads: PyTorch `torch.set_num_threads({facts['threads']})`; candle-xai {', '.join(map(str, ours_threads))} "
+    "(candle's default: `RAYON_NUM_THREADS`, else all cores)",
+    f"- torch {facts['torch']}, torchvision {facts['torchvision']}, captum {facts['captum']}, zennit {facts['zennit']}",
+    f"- candle {env['CANDLE_VERSION']}, {env['RUSTC_VERSION']}, `--release`",
+    f"- date: {env['DATE']}",
+    "",
+    "## Reproduce",
+    "",
+    "```sh",
+    env["command_line"],
+    "```",
+    "",
+    "Raw rows: `WORK_DIR/torch.jsonl` and `WORK_DIR/ours.jsonl` (default `/tmp/candle-xai-bench`).",
+    "",
+]
+with open(env["OUT"], "w") as f:
+    f.write("\n".join(lines))
+print("\n".join(lines))
+EOF
+echo "== wrote $OUT" >&2

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""PyTorch side of the candle-xai benchmark (captum 0.9 / zennit 0.5.1 on CPU).
+
+Writes ``<out-dir>/{resnet18,mobilenet_v2}.safetensors`` (torchvision state dicts with seeded random weights,
+plain contiguous float32, ``num_batches_tracked`` dropped) and ``<out-dir>/input.safetensors`` (``input``: a seeded
+random [1, 3, size, size]), so that ``examples/bench.rs`` runs on exactly the same weights and input. Then times every
+row and prints one JSON object per row ({model, method, ms_median, ms_min, reps, threads}), also written to
+``<out-dir>/torch.jsonl``.
+
+Each timed call explains the top-1 class, so it includes that prediction forward, as our ``explain`` does:
+  gradient              Saliency(model).attribute(x, target, abs=False)
+  integrated-gradients  IntegratedGradients(model).attribute(x, target, n_steps=32, method="gausslegendre",
+                        internal_batch_size=32, return_convergence_delta=True)  (ours always returns the delta)
+  smoothgrad            NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=8,
+                        nt_samples_batch_size=8, stdevs=0.1 * (x.max() - x.min()), target, abs=False)
+  lrp-*                 with Gradient(model, composite) as attributor: attributor(x, one_hot(target))
+                        composite construction and registration (canonizers included) inside the timing, since
+                        our LRP merges BatchNorm on every call.
+One warm-up call, then ``--reps`` timed calls; median and minimum in milliseconds.
+
+    python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--threads N]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+from importlib.metadata import version
+
+import torch
+import torchvision
+from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+from safetensors.torch import save_file
+from zennit.attribution import Gradient
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import (
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    LayerMapComposite,
+    layer_map_base,
+)
+from zennit.rules import Epsilon
+from zennit.torchvision import ResNetCanonizer
+from zennit.types import Convolution
+
+MODELS = ["resnet18", "mobilenet_v2"]
+WEIGHT_SEED = 0
+INPUT_SEED = 1
+SG_SEED = 2
+
+
+def build_model(arch):
+    torch.manual_seed(WEIGHT_SEED)
+    model = getattr(torchvision.models, arch)(num_classes=1000).eval()
+    for m in model.modules():  # zennit's hooks want out-of-place activations (used for every row)
+        if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6)):
+            m.inplace = False
+    for p in model.parameters():  # gradients w.r.t. the input only, as ours
+        p.requires_grad_(False)
+    return model
+
+
+def save_state_dict(model, path):
+    state = {k: v.detach().to(torch.float32).contiguous().clone()
+             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, path)
+
+
+def composites(arch):
+    canonizers = (lambda: [ResNetCanonizer()]) if arch == "resnet18" else (lambda: [SequentialMergeBatchNorm()])
+    return {  # our Composite::name() -> a fresh zennit composite
+        "lrp-uniform-epsilon": lambda: LayerMapComposite(
+            layer_map=layer_map_base() + [(Convolution, Epsilon(0.25)), (torch.nn.Linear, Epsilon(0.25))],
+            canonizers=canonizers()),
+        "lrp-epsilon-gamma-box": lambda: EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canonizers()),
+        "lrp-epsilon-plus": lambda: EpsilonPlus(canonizers=canonizers()),
+        "lrp-epsilon-alpha2-beta1": lambda: EpsilonAlpha2Beta1(canonizers=canonizers()),
+        "lrp-epsilon-plus-flat": lambda: EpsilonPlusFlat(canonizers=canonizers()),
+        "lrp-epsilon-alpha2-beta1-flat": lambda: EpsilonAlpha2Beta1Flat(canonizers=canonizers()),
+    }
+
+
+def top1(model, x):
+    with torch.no_grad():
+        return int(model(x).argmax(1)[0])
+
+
+def methods(arch, model):
+    """Our method name -> a callable explaining x for its top-1 class."""
+    def gradient(x):
+        return Saliency(model).attribute(x, target=top1(model, x), abs=False)
+
+    def integrated_gradients(x):
+        return IntegratedGradients(model).attribute(
+            x, target=top1(model, x), n_steps=32, method="gausslegendre", internal_batch_size=32,
+            return_convergence_delta=True)
+
+    def smoothgrad(x):
+        stdev = float(0.1 * (x.max() - x.min()))
+        return NoiseTunnel(Saliency(model)).attribute(
+            x, nt_type="smoothgrad", nt_samples=8, nt_samples_batch_size=8, stdevs=stdev, target=top1(model, x),
+            abs=False)
+
+    def lrp(make):
+        def run(x):
+            one_hot = torch.zeros(1, 1000)
+            one_hot[0, top1(model, x)] = 1.0
+            with Gradient(model=model, composite=make()) as attributor:
+                return attributor(x, one_hot)
+        return run
+
+    rows = {"gradient": gradient, "integrated-gradients": integrated_gradients, "smoothgrad": smoothgrad}
+    rows.update({name: lrp(make) for name, make in composites(arch).items()})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default="/tmp/candle-xai-bench")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
+    parser.add_argument("--only", default=None, help="only rows whose method name contains this")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+    reps = max(args.reps, 1)
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(INPUT_SEED))
+    save_file({"input": x.contiguous()}, os.path.join(args.out_dir, "input.safetensors"))
+    facts = {"torch": torch.__version__, "torchvision": torchvision.__version__, "captum": version("captum"),
+             "zennit": version("zennit"), "threads": torch.get_num_threads()}
+    with open(os.path.join(args.out_dir, "torch_env.json"), "w") as f:
+        json.dump(facts, f)
+
+    rows = []
+    for arch in MODELS:
+        model = build_model(arch)
+        save_state_dict(model, os.path.join(args.out_dir, f"{arch}.safetensors"))
+        for name, run in methods(arch, model).items():
+            if args.only and args.only not in name:
+                continue
+            torch.manual_seed(SG_SEED)
+            run(x)  # warm-up
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                result = run(x)
+                times.append((time.perf_counter() - start) * 1e3)
+                del result
+            row = {"model": arch, "method": name, "ms_median": statistics.median(times), "ms_min": min(times),
+                   "reps": reps, "threads": torch.get_num_threads()}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    with open(os.path.join(args.out_dir, "torch.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+if __name__ == "__main__":
+    main()

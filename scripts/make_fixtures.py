@@ -1,0 +1,735 @@
+#!/usr/bin/env python3
+"""Reference fixtures for candle-xai: captum / zennit attributions of seeded torchvision models.
+
+Writes ``resnet18_refs.safetensors``, ``vgg11_bn_refs.safetensors`` and ``mobilenet_v2_refs.safetensors``
+into ``--out`` (default ``tests/fixtures``). ``tests/fixtures/README.md`` documents every tensor.
+
+Setup (CPU only, Python 3.11; the versions are pinned in scripts/requirements-fixtures.txt):
+
+    python3.11 -m venv /work/pyref
+    /work/pyref/bin/pip install -r scripts/requirements-fixtures.txt
+    # torch CPU wheels are enough, e.g. add --extra-index-url https://download.pytorch.org/whl/cpu
+
+Run from the repository root:
+
+    /work/pyref/bin/python scripts/make_fixtures.py --out tests/fixtures
+
+Everything is deterministic: float32 on CPU, one thread, ``torch.use_deterministic_algorithms(True)``, fixed seeds;
+the files are byte-identical from run to run (1.5-2.5 min on 2 cores; ~25 s of that is the float32 references,
+the rest the float64 pass that fills the ``f64_rel_err`` metadata). ``--with-f64`` also writes ``<model>_refs_f64.safetensors`` (every reference
+recomputed in float64; not committed). ``--models resnet18`` limits the run to some models.
+Model weights are NOT stored; they come from a counter-based PRNG (FNV-1a 64 of the tensor name + splitmix64
+finaliser, see ``seeded_values``) that ``tests/common/seeded_weights.rs`` re-implements bit-exactly. Each refs file's
+safetensors ``__metadata__["weights"]`` lists ``{"name", "shape", "lo", "hi"}`` per state_dict tensor (state_dict
+order, ``num_batches_tracked`` left out). After writing, the script reloads each file, regenerates the weights from
+the metadata alone and asserts bit-equality with the weights the references were computed with.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import re
+import struct
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from safetensors import safe_open
+
+import captum
+from captum.attr import (
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+    NoiseTunnel,
+    Saliency,
+)
+from captum.attr._utils.approximation_methods import approximation_parameters
+
+import zennit
+from zennit.attribution import Gradient
+from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from zennit.composites import (
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    LayerMapComposite,
+    layer_map_base,
+)
+from zennit.layer import Sum
+from zennit.rules import Epsilon
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.types import Convolution
+
+# ----------------------------------------------------------------------------------------------------------------
+# constants
+
+MODELS = ("resnet18", "vgg11_bn", "mobilenet_v2")
+BATCH, CHANNELS, SIZE, NUM_CLASSES = 2, 3, 64, 10
+IG_STEPS = 16
+IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+SG_SAMPLES, SG_STDEV, SG_SEED = 4, 0.3, 1234
+INPUT_SEED = 20240601
+
+GRADCAM_LAYER = {"resnet18": "layer4", "vgg11_bn": "features.27", "mobilenet_v2": "features.18"}
+MID_LAYER = {"resnet18": "layer2", "vgg11_bn": "features.10", "mobilenet_v2": "features.7"}
+
+# weight-scale gains, see weight_spec()
+GAINS = {
+    #               conv / hidden linear, last conv of a residual branch, final classifier linear
+    "resnet18": dict(conv=1.2, branch=0.7, head=2.5),
+    "vgg11_bn": dict(conv=1.2, branch=None, head=2.0),
+    "mobilenet_v2": dict(conv=math.sqrt(2.0), branch=0.7, head=4.0),
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# seeded weights
+
+_M64 = (1 << 64) - 1
+
+
+def fnv1a64(name: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in name.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & _M64
+    return h
+
+
+def seeded_values(name: str, numel: int, lo: float, hi: float) -> np.ndarray:
+    """Counter-based PRNG, bit-identical to tests/common/seeded_weights.rs::seeded_values."""
+    key = np.uint64(fnv1a64(name))
+    i = np.arange(1, numel + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = key + i * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.float32) / np.float32(16777216.0)
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    d = np.float32(hi32 - lo32)
+    p = (d * u).astype(np.float32)
+    return (lo32 + p).astype(np.float32)
+
+
+def f32(x: float) -> float:
+    """The float32 value of x, as a Python float (repr round-trips exactly)."""
+    return float(np.float32(x))
+
+
+def is_branch_last_conv(kind: str, name: str, model: nn.Module) -> bool:
+    """Last conv of a residual branch (scaled down so the residual stream does not blow up)."""
+    if kind == "resnet18":
+        return re.fullmatch(r"layer\d\.\d\.conv2\.weight", name) is not None
+    if kind == "mobilenet_v2":
+        # InvertedResidual.conv = [CNA(expand)?, CNA(depthwise), Conv2d(project), BatchNorm2d]
+        m = re.fullmatch(r"(features\.\d+)\.conv\.(\d+)\.weight", name)
+        if m is None:
+            return False
+        block = model.get_submodule(m.group(1))
+        return isinstance(block.conv[int(m.group(2))], nn.Conv2d)
+    return False
+
+
+def weight_spec(kind: str, model: nn.Module):
+    """[{"name", "shape", "lo", "hi"}] in state_dict order (num_batches_tracked left out).
+
+    conv / linear weight: +-sqrt(3 / fan_in) * gain (uniform with variance gain^2 / fan_in), fan_in = in/groups*kh*kw
+    conv / linear bias: +-0.1; BN weight [0.5, 1.5], bias [-0.2, 0.2], running_mean [-0.2, 0.2], running_var [0.5, 1.5]
+    """
+    gains = GAINS[kind]
+    spec = []
+    for name, t in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        mod_name, pname = name.rsplit(".", 1)
+        mod = model.get_submodule(mod_name)
+        if isinstance(mod, nn.BatchNorm2d):
+            lo, hi = {
+                "weight": (0.5, 1.5),
+                "bias": (-0.2, 0.2),
+                "running_mean": (-0.2, 0.2),
+                "running_var": (0.5, 1.5),
+            }[pname]
+        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and pname == "bias":
+            lo, hi = -0.1, 0.1
+        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and pname == "weight":
+            fan_in = t[0].numel()
+            if isinstance(mod, nn.Linear) and mod.out_features == NUM_CLASSES:
+                gain = gains["head"]
+            elif is_branch_last_conv(kind, name, model):
+                gain = gains["branch"]
+            else:
+                gain = gains["conv"]
+            a = f32(math.sqrt(3.0 / fan_in) * gain)
+            lo, hi = -a, a
+        else:
+            raise RuntimeError(f"no weight rule for {name} ({type(mod).__name__})")
+        spec.append({"name": name, "shape": list(t.shape), "lo": f32(lo), "hi": f32(hi)})
+    return spec
+
+
+def weights_from_spec(spec):
+    return {
+        e["name"]: torch.from_numpy(seeded_values(e["name"], int(np.prod(e["shape"], dtype=np.int64)), e["lo"], e["hi"])
+                                    .reshape(e["shape"]))
+        for e in spec
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+
+def no_inplace(model: nn.Module) -> nn.Module:
+    # in-place activations are mathematically identical, but captum layer hooks and zennit hooks are safer without
+    for m in model.modules():
+        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+            m.inplace = False
+    return model
+
+
+def build_model(kind: str) -> nn.Module:
+    if kind == "resnet18":
+        model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    elif kind == "vgg11_bn":
+        model = torchvision.models.vgg11_bn(num_classes=NUM_CLASSES)
+        # same nn.Sequential structure and names, hidden width 64 instead of 4096
+        model.classifier[0] = nn.Linear(512 * 7 * 7, 64)
+        model.classifier[3] = nn.Linear(64, 64)
+        model.classifier[6] = nn.Linear(64, NUM_CLASSES)
+    elif kind == "mobilenet_v2":
+        model = torchvision.models.mobilenet_v2(num_classes=NUM_CLASSES)
+    else:
+        raise ValueError(kind)
+    model = no_inplace(model).eval()
+    spec = weight_spec(kind, model)
+    weights = weights_from_spec(spec)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.endswith("num_batches_tracked") for k in missing), missing
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(v.view(torch.int32), weights[k].view(torch.int32)), f"{k} not set"
+    assert set(weights) == {k for k in sd if not k.endswith("num_batches_tracked")}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, spec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MobileNetV2 canonizer (zennit 0.5.1 ships none)
+
+class InvertedResidualCanonizer(AttributeCanonizer):
+    """Residual add of torchvision InvertedResidual (use_res_connect) -> zennit.layer.Sum (gets the Norm rule),
+    exactly like zennit.torchvision.ResNetBasicBlockCanonizer does for BasicBlock."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        if isinstance(module, torchvision.models.mobilenetv2.InvertedResidual) and module.use_res_connect:
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    @staticmethod
+    def forward(self, x):
+        out = torch.stack([x, self.conv(x)], dim=-1)
+        return self.canonizer_sum(out)
+
+
+class MobileNetV2PoolCanonizer(AttributeCanonizer):
+    """torchvision MobileNetV2 pools with the functional F.adaptive_avg_pool2d, which no composite can hook; this
+    puts an nn.AdaptiveAvgPool2d module there so that it gets the Norm rule, like ResNet's and VGG's pooling."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        if isinstance(module, torchvision.models.MobileNetV2):
+            return {"forward": cls.forward.__get__(module), "canonizer_avgpool": nn.AdaptiveAvgPool2d((1, 1))}
+        return None
+
+    @staticmethod
+    def forward(self, x):
+        x = self.features(x)
+        x = self.canonizer_avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class MobileNetV2Canonizer(CompositeCanonizer):
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), InvertedResidualCanonizer(), MobileNetV2PoolCanonizer()))
+
+
+def make_canonizers(kind):
+    return {
+        "resnet18": lambda: [ResNetCanonizer()],
+        "vgg11_bn": lambda: [VGGCanonizer()],
+        "mobilenet_v2": lambda: [MobileNetV2Canonizer()],
+    }[kind]()
+
+
+CANONIZER_DOC = {
+    "resnet18": "zennit.torchvision.ResNetCanonizer() = SequentialMergeBatchNorm + BasicBlock residual add -> "
+                "zennit.layer.Sum (Norm rule)",
+    "vgg11_bn": "zennit.torchvision.VGGCanonizer() = SequentialMergeBatchNorm",
+    "mobilenet_v2": "script's MobileNetV2Canonizer = SequentialMergeBatchNorm (all 52 BN merged into the preceding "
+                    "conv) + InvertedResidual residual add -> zennit.layer.Sum (Norm rule) + the functional global "
+                    "average pool replaced by an nn.AdaptiveAvgPool2d module (Norm rule)",
+}
+
+
+def composites(kind):
+    c = lambda: make_canonizers(kind)  # noqa: E731 (fresh canonizer instances per composite)
+    return {
+        "lrp_epsilon_gamma_box": lambda: EpsilonGammaBox(low=-3.0, high=3.0, canonizers=c()),
+        "lrp_epsilon_plus": lambda: EpsilonPlus(canonizers=c()),
+        "lrp_epsilon_alpha2_beta1": lambda: EpsilonAlpha2Beta1(canonizers=c()),
+        "lrp_epsilon_plus_flat": lambda: EpsilonPlusFlat(canonizers=c()),
+        "lrp_epsilon_alpha2_beta1_flat": lambda: EpsilonAlpha2Beta1Flat(canonizers=c()),
+        "lrp_epsilon_0_25": lambda: LayerMapComposite(
+            layer_map=layer_map_base() + [(Convolution, Epsilon(0.25)), (torch.nn.Linear, Epsilon(0.25))],
+            canonizers=c()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+
+def make_inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(INPUT_SEED)
+    # row 0: smooth random image: white noise low-pass filtered by a Gaussian (sigma 2.5 px, valid 17x17 conv),
+    # then normalised per channel to mean 0, std 1
+    sigma, k = 2.5, 17
+    r = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+    g1 = torch.exp(-(r * r) / (2 * sigma * sigma))
+    g1 = g1 / g1.sum()
+    kern = (g1[:, None] * g1[None, :]).expand(CHANNELS, 1, k, k).contiguous()
+    white = torch.randn(1, CHANNELS, SIZE + k - 1, SIZE + k - 1, generator=g)
+    smooth = F.conv2d(white, kern, groups=CHANNELS)[0]
+    smooth = (smooth - smooth.mean(dim=(1, 2), keepdim=True)) / smooth.std(dim=(1, 2), keepdim=True)
+
+    # row 1: large flat constant regions (exact max-pool ties) plus one textured band
+    flat = torch.empty(CHANNELS, SIZE, SIZE)
+    left = torch.tensor([0.8, -0.5, 0.3])
+    right = torch.tensor([-1.0, 1.2, 0.0])
+    flat[:, :, :32] = left[:, None, None]
+    flat[:, :, 32:] = right[:, None, None]
+    flat[:, 12:44, 38:58] = 1.5                       # constant square in the right half
+    flat[:, 6:22, 6:22] = torch.tensor([-1.5, 2.0, -0.75])[:, None, None]  # constant square in the left half
+    flat[:, 52:, :] = 0.5 * smooth[:, 52:, :]         # textured band at the bottom
+    return torch.stack([smooth, flat]).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# attributions
+
+def one_hot(targets, dtype=torch.float32):
+    return F.one_hot(targets, NUM_CLASSES).to(dtype)
+
+
+def captured_forward_inputs(model):
+    seen = []
+    h = model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    return seen, h
+
+
+def smoothgrad_refs(model, x, t, out):
+    n = SG_SAMPLES
+    # captum NoiseTunnel (nt_samples_batch_size=None -> a single partition) draws
+    #   noise = torch.normal(0, torch.tensor(stdev).repeat((B*N, C, H, W)))
+    # with the global generator and evaluates x.repeat_interleave(N, 0) + noise: noise row b*N+k belongs to x[b].
+    torch.manual_seed(SG_SEED)
+    noise = torch.normal(0, torch.tensor(SG_STDEV, device=x.device).repeat((BATCH * n, CHANNELS, SIZE, SIZE)))
+    assert noise.dtype == torch.float32  # also when x is float64 (captum's stdev tensor is float32)
+    noisy = x.repeat_interleave(n, dim=0) + noise
+
+    results = {}
+    for nt_type, key in (("smoothgrad", "smoothgrad"), ("smoothgrad_sq", "smoothgrad_sq"), ("vargrad", "vargrad")):
+        seen, h = captured_forward_inputs(model)
+        torch.manual_seed(SG_SEED)
+        a = NoiseTunnel(Saliency(model)).attribute(
+            x, nt_type=nt_type, nt_samples=n, stdevs=SG_STDEV, target=t, abs=False)
+        h.remove()
+        assert len(seen) == 1 and torch.equal(seen[0], noisy), "captum's noise differs from the reproduced noise"
+        results[key] = a.detach()
+
+    # manual check from the stored noise
+    xs = noisy.clone().requires_grad_(True)
+    y = model(xs)
+    (g,) = torch.autograd.grad(y.gather(1, t.repeat_interleave(n)[:, None]).sum(), xs)
+    g = g.view(BATCH, n, CHANNELS, SIZE, SIZE)
+    manual = {"smoothgrad": g.mean(1), "smoothgrad_sq": (g * g).mean(1)}
+    manual["vargrad"] = manual["smoothgrad_sq"] - manual["smoothgrad"] ** 2
+    for k in ("smoothgrad", "smoothgrad_sq"):
+        assert_close(manual[k], results[k], 1e-6, f"{k} manual vs captum")
+    # vargrad is a difference of near-equal terms: compare on the scale of smoothgrad_sq
+    assert_close(manual["vargrad"], results["vargrad"], 1e-6, "vargrad manual vs captum",
+                 scale=results["smoothgrad_sq"].abs().max())
+
+    out["smoothgrad_noise"] = noise.view(BATCH, n, CHANNELS, SIZE, SIZE).contiguous()
+    out.update(results)
+    out["smoothgrad_params"] = torch.tensor([float(n), SG_STDEV, float(SG_SEED)], dtype=torch.float64)
+
+
+def assert_close(a, b, rel, what, scale=None):
+    scale = (b.abs().max() if scale is None else scale).item()
+    err = (a - b).abs().max().item()
+    assert err <= rel * max(scale, 1e-30), f"{what}: max abs err {err:.3e} vs scale {scale:.3e}"
+
+
+def ig_refs(model, x, t, out):
+    ig = IntegratedGradients(model)
+    for method in IG_METHODS:
+        attr, delta = ig.attribute(x, baselines=0.0, target=t, n_steps=IG_STEPS, method=method,
+                                   return_convergence_delta=True)
+        step_fn, alpha_fn = approximation_parameters(method)
+        out[f"ig_{method}"] = attr.detach()
+        out[f"ig_{method}_delta"] = delta.detach()
+        out[f"ig_{method}_alphas"] = torch.tensor(alpha_fn(IG_STEPS), dtype=torch.float64)
+        out[f"ig_{method}_step_sizes"] = torch.tensor(step_fn(IG_STEPS), dtype=torch.float64)
+    out["ig_baseline_const"] = ig.attribute(x, baselines=0.5, target=t, n_steps=IG_STEPS,
+                                            method="gausslegendre").detach()
+    out["ig_no_multiply"] = IntegratedGradients(model, multiply_by_inputs=False).attribute(
+        x, baselines=0.0, target=t, n_steps=IG_STEPS, method="gausslegendre").detach()
+
+
+def layer_refs(kind, model, x, t, out):
+    layer = model.get_submodule(GRADCAM_LAYER[kind])
+    mid = model.get_submodule(MID_LAYER[kind])
+    gc = LayerGradCam(model, layer)
+    out["gradcam"] = gc.attribute(x, target=t, relu_attributions=False).detach()
+    out["gradcam_relu"] = gc.attribute(x, target=t, relu_attributions=True).detach()
+    out["gradcam_relu_upsampled"] = LayerAttribution.interpolate(
+        out["gradcam_relu"], (SIZE, SIZE), "bilinear").detach()
+    out["gradcam_mid"] = LayerGradCam(model, mid).attribute(x, target=t, relu_attributions=True).detach()
+    out["layer_gradient"] = LayerGradientXActivation(model, mid, multiply_by_inputs=False).attribute(
+        x, target=t).detach()
+    out["layer_gxa"] = LayerGradientXActivation(model, mid, multiply_by_inputs=True).attribute(
+        x, target=t).detach()
+    lig, lig_delta = LayerIntegratedGradients(model, mid).attribute(
+        x, baselines=0.0, target=t, n_steps=IG_STEPS, method="gausslegendre", return_convergence_delta=True)
+    out["layer_ig"] = lig.detach()
+    out["layer_ig_delta"] = lig_delta.detach()
+
+    # sanity: Grad-CAM recomputed from layer_gradient-style hooks
+    acts = {}
+    h = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    xx = x.clone().requires_grad_(True)
+    y = model(xx)
+    h.remove()
+    (ga,) = torch.autograd.grad(y.gather(1, t[:, None]).sum(), acts["a"])
+    cam = (ga.mean(dim=(2, 3), keepdim=True) * acts["a"]).sum(1, keepdim=True)
+    assert_close(cam, out["gradcam"], 1e-5, "gradcam recomputed")
+
+
+def attributions(kind, model, x, t, out, logits):
+    out["saliency"] = Saliency(model).attribute(x, target=t, abs=False).detach()
+    out["saliency_abs"] = Saliency(model).attribute(x, target=t, abs=True).detach()
+    out["input_x_gradient"] = InputXGradient(model).attribute(x, target=t).detach()
+    smoothgrad_refs(model, x, t, out)
+    ig_refs(model, x, t, out)
+    layer_refs(kind, model, x, t, out)
+    return lrp_refs(kind, model, x, t, out, logits)
+
+
+def lrp_refs(kind, model, x, t, out, logits):
+    checks = {}
+    for key, make in composites(kind).items():
+        m = copy.deepcopy(model)
+        composite = make()
+        layer_rel = {}
+        with Gradient(model=m, composite=composite) as attributor:
+            if key == "lrp_epsilon_plus":
+                def keep(mod, inp, o):
+                    o.register_hook(lambda g: layer_rel.__setitem__("r", g.detach().clone()))
+                h = m.get_submodule(MID_LAYER[kind]).register_forward_hook(keep)
+            y, rel = attributor(x.clone(), one_hot(t, x.dtype))
+            if key == "lrp_epsilon_plus":
+                h.remove()
+        assert_close(y.detach(), logits, 1e-3, f"{key}: canonized forward vs logits")
+        out[key] = rel.detach()
+        if key == "lrp_epsilon_plus":
+            out["lrp_epsilon_plus_layer"] = layer_rel["r"]
+        checks[key] = rel.detach().sum(dim=(1, 2, 3))
+    return checks
+
+
+def folded_logits(kind, model, x):
+    m = copy.deepcopy(model)
+    handles = []
+    for c in make_canonizers(kind):
+        handles += c.apply(m)
+    bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+    for bn in bns:  # every BN is identity after the merge (zennit 0.5.1 keeps eps)
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0), "unmerged BN"
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1), "unmerged BN"
+    sums = [mod for mod in m.modules() if isinstance(mod, Sum)]
+    with torch.no_grad():
+        y = m(x)
+    for h in handles:
+        h.remove()
+    return y, len(bns), len(sums)
+
+
+def conservation_check(kind, model, x, t):
+    """On a bias-free copy of the model (conv/linear biases, BN bias and running_mean set to 0, so the merged convs
+    have no bias either), EpsilonPlus is conservative iff every residual add became a Sum (Norm rule) node:
+    sum(R_in) == sum(R_out) == 1 per row (up to the 1e-6 stabilisers). With the residual add left as a plain `+`
+    (BN merge only) the gradient copies the relevance into both branches and the sum explodes."""
+    nobias = copy.deepcopy(model)
+    for name, buf in list(nobias.named_parameters()) + list(nobias.named_buffers()):
+        if name.endswith(".bias") or name.endswith(".running_mean"):
+            buf.data.zero_()
+    res = {}
+    for canon_name, canon in (("canonized", make_canonizers(kind)),
+                              ("bn_only", [SequentialMergeBatchNorm()])):
+        m = copy.deepcopy(nobias)
+        comp = EpsilonPlus(canonizers=canon)
+        with Gradient(model=m, composite=comp) as attributor:
+            _, rel = attributor(x.clone(), one_hot(t, x.dtype))
+        res[canon_name] = rel.sum(dim=(1, 2, 3)).tolist()
+    return res
+
+
+def maxpool_ties(kind, model, x):
+    """Number of max-pool windows (first max-pool) whose maximum is attained more than once, per row."""
+    name = {"resnet18": "maxpool", "vgg11_bn": "features.3", "mobilenet_v2": None}[kind]
+    if name is None:
+        return None
+    mp = model.get_submodule(name)
+    got = {}
+    h = mp.register_forward_hook(lambda m, i, o: got.__setitem__("x", i[0].detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    xi = got["x"]
+    k, s, p = mp.kernel_size, mp.stride, mp.padding
+    xp = F.pad(xi, (p, p, p, p), value=float("-inf")) if p else xi
+    cols = F.unfold(xp, k, stride=s).view(xi.shape[0], xi.shape[1], k * k, -1)
+    mx = cols.max(dim=2, keepdim=True).values
+    ties = ((cols == mx).sum(dim=2) > 1)
+    return ties.flatten(1).sum(1).tolist()
+
+
+def check_maxpool_tie_convention():
+    """PyTorch CPU max_pool2d sends the gradient of a tied window to the FIRST maximum in row-major window order."""
+    z = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    F.max_pool2d(z, 2, 2).sum().backward()
+    expect = torch.zeros(4, 4)
+    expect[0::2, 0::2] = 1
+    assert torch.equal(z.grad[0, 0], expect), z.grad
+    z = torch.zeros(1, 1, 5, 5, requires_grad=True)
+    F.max_pool2d(z, 3, 2, padding=1).sum().backward()
+    # windows start at -1 (padding is -inf): the first valid element of each window gets the gradient
+    expect = torch.zeros(5, 5)
+    for oy in range(3):
+        for ox in range(3):
+            expect[max(2 * oy - 1, 0), max(2 * ox - 1, 0)] += 1
+    assert torch.equal(z.grad[0, 0], expect), z.grad
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def generate(kind: str, outdir: str, with_f64: bool = False):
+    t0 = time.time()
+    model, spec = build_model(kind)
+    x = make_inputs()
+    out = {"inputs": x}
+
+    with torch.no_grad():
+        logits = model(x)
+    assert torch.isfinite(logits).all()
+    pred = logits.argmax(1)
+    # row 1: the first class after the prediction, cyclically, whose logit is not near 0 (keeps the Epsilon-rule
+    # denominator of the last Linear layer away from 0)
+    alt = next(c for c in ((pred[1].item() + j) % NUM_CLASSES for j in range(1, NUM_CLASSES))
+               if abs(logits[1, c].item()) >= 0.5)
+    targets = torch.tensor([pred[0].item(), alt], dtype=torch.int64)
+    assert targets[1] != pred[1]
+    spread = logits.std(dim=1)
+    assert (spread > 0.3).all() and (logits.abs().max() < 50), f"degenerate logits {logits}"
+    out["targets"] = targets
+    out["logits"] = logits
+    t = targets
+
+    lrp_sums = attributions(kind, model, x, t, out, logits)
+    yf, n_bn, n_sum = folded_logits(kind, model, x)
+    out["inputs_folded_logits"] = yf
+
+    # conditioning: the same references in float64 (same float32 weights, inputs and noise, promoted); the
+    # relative difference max|ref32 - ref64| / max|ref64| is what float32 rounding alone does to each tensor
+    model64, x64 = copy.deepcopy(model).double(), x.double()
+    with torch.no_grad():
+        logits64 = model64(x64)
+    out64 = {"logits": logits64}
+    attributions(kind, model64, x64, t, out64, logits64)
+    out64["inputs_folded_logits"] = folded_logits(kind, model64, x64)[0]
+    f64_rel_err = {}
+    for k, v in out64.items():
+        if k.startswith("ig_") and (k.endswith("_alphas") or k.endswith("_step_sizes")) or k.startswith("smoothgrad_"):
+            continue
+        d = out[k].double() - v
+        f64_rel_err[k] = [float(f"{(d.abs().max() / v.abs().max()).item():.3g}"),
+                          float(f"{(d.norm() / v.norm()).item():.3g}")]
+    cons = conservation_check(kind, model, x, t)
+    ties = maxpool_ties(kind, model, x)
+
+    n_bn_total = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_bn == n_bn_total
+    if kind == "mobilenet_v2":
+        assert n_sum == sum(isinstance(m, torchvision.models.mobilenetv2.InvertedResidual) and m.use_res_connect
+                            for m in model.modules()) == 10
+    for c in cons["canonized"]:
+        # (ZPlus loses a little where a linear-bottleneck output is negative but its positive part z is 0)
+        assert abs(c - 1.0) < 1e-2, f"canonized EpsilonPlus (bias 0) not conservative: {cons}"
+
+    versions = {
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "captum": captum.__version__,
+        "zennit": getattr(zennit, "__version__", None) or _dist_version("zennit"), "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+    meta = {
+        "model": kind,
+        "precision": "float32",
+        "model_def": {
+            "resnet18": "torchvision.models.resnet18(num_classes=10), eval()",
+            "vgg11_bn": "torchvision.models.vgg11_bn(num_classes=10) with classifier.0 = Linear(25088, 64), "
+                        "classifier.3 = Linear(64, 64), classifier.6 = Linear(64, 10); eval()",
+            "mobilenet_v2": "torchvision.models.mobilenet_v2(num_classes=10), eval()",
+        }[kind],
+        **versions,
+        "input_size": json.dumps([BATCH, CHANNELS, SIZE, SIZE]),
+        "weights": json.dumps(spec, separators=(",", ":")),
+        "weight_scheme": "fnv1a64(name) + splitmix64(i+1) -> u = (z >> 40) / 2^24; value = lo + (hi - lo) * u in f32",
+        "weight_gains": json.dumps(GAINS[kind]),
+        "lrp_output_relevance": "one_hot(target)",
+        "lrp_canonizer": CANONIZER_DOC[kind],
+        "gradcam_layer": GRADCAM_LAYER[kind],
+        "gradcam_mid_layer": MID_LAYER[kind],
+        "layer_attr_layer": MID_LAYER[kind],
+        "lrp_layer": MID_LAYER[kind],
+        "targets_rule": "row 0: argmax(logits[0]); row 1: first c in (argmax(logits[1]) + j) % 10, j = 1..9, "
+                        "with |logits[1, c]| >= 0.5",
+        "ig": json.dumps({"n_steps": IG_STEPS, "baseline": 0.0, "methods": list(IG_METHODS)}),
+        "smoothgrad": json.dumps({"nt_samples": SG_SAMPLES, "stdev": SG_STDEV, "seed": SG_SEED}),
+        "maxpool_ties_first_pool": json.dumps(ties),
+        "f64_rel_err": json.dumps(f64_rel_err, sort_keys=True),
+    }
+    for k, v in out.items():
+        assert torch.isfinite(v).all() if v.is_floating_point() else True, f"{k} not finite"
+    out = {k: v.contiguous() for k, v in out.items()}
+    path = os.path.join(outdir, f"{kind}_refs.safetensors")
+    save_safetensors_deterministic(out, path, meta)
+
+    # ---- self-check: reload, regenerate weights from the metadata alone
+    with safe_open(path, framework="pt") as f:
+        md = f.metadata()
+        loaded = {k: f.get_tensor(k) for k in f.keys()}
+    regen = weights_from_spec(json.loads(md["weights"]))
+    sd = model.state_dict()
+    assert list(regen) == [k for k in sd if not k.endswith("num_batches_tracked")]
+    for k, v in regen.items():
+        assert torch.equal(v.view(torch.int32), sd[k].view(torch.int32)), f"regenerated {k} differs"
+    for k, v in out.items():
+        assert torch.equal(loaded[k], v), k
+
+    if with_f64:
+        out64 = {**out64, "inputs": x64, "targets": targets,
+                 "smoothgrad_noise": out["smoothgrad_noise"].double(), "smoothgrad_params": out["smoothgrad_params"]}
+        for k in out:
+            if k not in out64:  # the float64 alphas / step sizes
+                out64[k] = out[k]
+        meta64 = {**meta, "precision": "float64 (model.double(), inputs and noise promoted from the float32 values)"}
+        save_safetensors_deterministic(out64, os.path.join(outdir, f"{kind}_refs_f64.safetensors"), meta64)
+
+    dt = time.time() - t0
+    print(f"\n== {kind}: {path} ({os.path.getsize(path) / 1e6:.2f} MB, {dt:.1f} s)")
+    print(f"   logits {logits.numpy().round(3).tolist()}  targets {targets.tolist()}  pred {pred.tolist()}")
+    print(f"   folded-vs-orig logits max abs diff {(yf - logits).abs().max().item():.2e};  BN merged {n_bn}/"
+          f"{n_bn_total}; Sum nodes {n_sum}; first-maxpool tied windows per row {ties}")
+    print(f"   EpsilonPlus(bias=0) sum(R_in): canonized {np.round(cons['canonized'], 5).tolist()}, "
+          f"BN-merge only {np.round(cons['bn_only'], 5).tolist()}")
+    for k, s in lrp_sums.items():
+        print(f"   {k:32s} sum(R_in) per row {np.round(s.numpy(), 4).tolist()}")
+    print("   float32-vs-float64 relative error [max|d| / max|ref64|, ||d|| / ||ref64||], worst first:")
+    for k, e in sorted(f64_rel_err.items(), key=lambda kv: -kv[1][0]):
+        print(f"     {k:34s} {e[0]:<10.3g} {e[1]:.3g}")
+    for k in sorted(loaded):
+        v = loaded[k]
+        mx = v.abs().max().item() if v.is_floating_point() else v.abs().max().item()
+        print(f"   {k:34s} {str(list(v.shape)):22s} {str(v.dtype).replace('torch.', ''):8s} max|v| {mx:.4g}")
+    return dt
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+
+
+def save_safetensors_deterministic(tensors, path, metadata):
+    """Byte-reproducible safetensors writer (safetensors' own writer emits __metadata__ in hash order).
+    Layout as the official writer: tensors ordered by element size (desc) then name, header padded to 8 bytes."""
+    assert sys.byteorder == "little"
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}}
+    blobs, off = [], 0
+    for k in order:
+        t = tensors[k].detach().contiguous()
+        b = t.numpy().tobytes()
+        header[k] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    os.chmod(path, 0o644)
+
+
+def _dist_version(name):
+    from importlib.metadata import version
+    return version(name)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="tests/fixtures")
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--with-f64", action="store_true",
+                    help="also write <model>_refs_f64.safetensors: every reference computed in float64 (not committed)")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    # captum: "Input Tensor 0 did not already require gradients, required_grads has been set automatically."
+    warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+    check_maxpool_tie_convention()
+
+    t0 = time.time()
+    for kind in args.models:
+        generate(kind, args.out, args.with_f64)
+    print(f"\ntotal {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+//! torchvision's own state-dict layouts, recognised from tensor names and shapes.
+//!
+//! Each family (`torchvision/resnet.rs`, `vgg.rs`, `mobilenet_v2.rs`, `alexnet.rs`) writes its
+//! architectures down as a `GraphSpec` whose nodes carry torchvision's module names, so the
+//! state dict's tensor names are the graph's parameter names. Recognition tries every known
+//! architecture and keeps the one that reads every tensor with the right shape
+//! (`torchvision/fit.rs`); ResNet depths differ in block counts, VGG depths in conv counts,
+//! `_bn` variants in their BatchNorm tensors, so exactly one fits a torchvision state dict.
+//!
+//! Node names (see `torchvision/builder.rs`): a module torchvision applies more than once
+//! gets `<module>_<k>` for its k-th further use — a ResNet BasicBlock runs `layer1.0.relu`
+//! and `layer1.0.relu_1`, a Bottleneck `relu`, `relu_1`, `relu_2`. Residual sums are
+//! `<block>.add`. A block's output node also answers to the block's name (`layer1.0`,
+//! `features.5`) and, for the last block of a ResNet stage, the stage's (`layer1`).
+
+mod alexnet;
+mod builder;
+mod fit;
+mod mobilenet_v2;
+mod resnet;
+mod vgg;
+
+use super::graph_json::GraphSpec;
+use super::StateDict;
+use crate::error::{Error, Result};
+
+/// Every architecture `spec_for` knows, in the order recognition tries them.
+pub fn architectures() -> Vec<String> {
+    let mut names: Vec<String> = resnet::names().map(str::to_string).collect();
+    names.extend(vgg::names());
+    names.push(mobilenet_v2::NAME.to_string());
+    names.push(alexnet::NAME.to_string());
+    names
+}
+
+/// The graph of a known architecture, without checking it against the weights.
+fn layout(arch: &str, state: &StateDict) -> Option<GraphSpec> {
+    resnet::spec(arch)
+        .or_else(|| vgg::spec(arch))
+        .or_else(|| mobilenet_v2::spec(arch, state))
+        .or_else(|| alexnet::spec(arch))
+}
+
+/// Finds the torchvision architecture whose layout these tensors have.
+pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
+    let archs = architectures();
+    // The closest candidate: most tensors read with the right shape, then fewest problems.
+    let mut closest: Option<(String, fit::Fit)> = None;
+    for arch in &archs {
+        let spec = layout(arch, state).expect("every listed architecture has a layout");
+        let fit = fit::fit(&spec, state);
+        if fit.is_exact() {
+            return Ok((arch.clone(), spec));
+        }
+        let better = match &closest {
+            None => true,
+            Some((_, best)) => {
+                (fit.matched, std::cmp::Reverse(fit.problems())) > (best.matched, std::cmp::Reverse(best.problems()))
+            }
+        };
+        if better {
+            closest = Some((arch.clone(), fit));
+        }
+    }
+    let (arch, fit) = closest.expect("at least one architecture is known");
+    Err(Error::UnknownLayout {
+        tried: format!(
+            "tried {}; closest: {arch}, which fits {} of the file's {} tensors",
+            archs.join(", "),
+            fit.matched,
+            state.names().count()
+        ),
+        unmatched: fit.unmatched(),
+    })
+}
+
+/// The graph of a named torchvision architecture (`resnet50`, `vgg16_bn`, ...), sized from the
+/// tensors' shapes. Fails with `ArchitectureMismatch` unless the weights fit it exactly.
+pub fn spec_for(arch: &str, state: &StateDict) -> Result<GraphSpec> {
+    let spec = layout(arch, state).ok_or_else(|| Error::UnknownArchitecture(arch.to_string()))?;
+    let fit = fit::fit(&spec, state);
+    if !fit.is_exact() {
+        return Err(Error::ArchitectureMismatch {
+            arch: arch.to_string(),
+            reason: fit.describe(),
+        });
+    }
+    Ok(spec)
+}

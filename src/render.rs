@@ -1,0 +1,488 @@
+//! Heatmaps for people: an attribution [C, H, W] becomes per-pixel relevance (channels summed,
+//! as zennit and captum visualise), is normalised (signed maps by the largest magnitude so 0
+//! stays the centre colour, unsigned maps min-max), coloured, laid over the photo, and given a
+//! colour bar with its value range written at the ends. Output is an `RgbImage` or PNG bytes.
+
+use std::io::Cursor;
+
+use ::image::{ImageFormat, Rgb, RgbImage};
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+
+/// How relevance values become colours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Colormap {
+    /// Blue (most negative) to white (0) to red (most positive), symmetric around 0: zennit's `bwr`.
+    #[default]
+    Bwr,
+    /// Black, red, yellow, white over the min-max range: zennit's (and matplotlib's) `hot`.
+    Hot,
+    /// Black to white over the min-max range.
+    Gray,
+    /// White (0 or less) to red (the maximum): negative relevance is hidden (zennit's `wred`).
+    Positive,
+}
+
+impl Colormap {
+    pub const ALL: [Colormap; 4] = [Colormap::Bwr, Colormap::Hot, Colormap::Gray, Colormap::Positive];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Colormap::Bwr => "bwr",
+            Colormap::Hot => "hot",
+            Colormap::Gray => "gray",
+            Colormap::Positive => "positive",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|c| {
+                c.name().eq_ignore_ascii_case(name) || (name.eq_ignore_ascii_case("grey") && *c == Colormap::Gray)
+            })
+            .ok_or_else(|| {
+                Error::invalid_parameter(
+                    "colormap",
+                    format!(
+                        "unknown colour map `{name}`; known: {}",
+                        Self::ALL.map(Colormap::name).join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// Whether the map is centred on 0 (values normalised to [-1, 1]) rather than [0, 1].
+    pub fn is_signed(self) -> bool {
+        self == Colormap::Bwr
+    }
+
+    /// Colour stops on [0, 1], linearly interpolated (zennit's colour map sources).
+    fn stops(self) -> &'static [(f32, [u8; 3])] {
+        match self {
+            Colormap::Bwr => &[(0.0, [0, 0, 255]), (0.5, [255, 255, 255]), (1.0, [255, 0, 0])],
+            Colormap::Hot => &[
+                (0.0, [0, 0, 0]),
+                (1.0 / 3.0, [255, 0, 0]),
+                (2.0 / 3.0, [255, 255, 0]),
+                (1.0, [255, 255, 255]),
+            ],
+            Colormap::Gray => &[(0.0, [0, 0, 0]), (1.0, [255, 255, 255])],
+            Colormap::Positive => &[(0.0, [255, 255, 255]), (1.0, [255, 0, 0])],
+        }
+    }
+
+    /// The colour of a normalised value: in [-1, 1] for signed maps, [0, 1] for the others
+    /// (clamped; NaN counts as 0).
+    pub fn color(self, value: f32) -> [u8; 3] {
+        let v = if value.is_nan() { 0.0 } else { value };
+        let t = if self.is_signed() {
+            (v.clamp(-1.0, 1.0) + 1.0) / 2.0
+        } else {
+            v.clamp(0.0, 1.0)
+        };
+        let stops = self.stops();
+        let i = stops
+            .iter()
+            .rposition(|(at, _)| *at <= t)
+            .unwrap_or(0)
+            .min(stops.len() - 2);
+        let (a, ca) = stops[i];
+        let (b, cb) = stops[i + 1];
+        let f = ((t - a) / (b - a)).clamp(0.0, 1.0);
+        std::array::from_fn(|c| (ca[c] as f32 + f * (cb[c] as f32 - ca[c] as f32)).round() as u8)
+    }
+}
+
+/// Per-pixel relevance, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelevanceMap {
+    pub width: usize,
+    pub height: usize,
+    pub values: Vec<f32>,
+}
+
+impl RelevanceMap {
+    /// Sums the channels of an attribution [C, H, W] (also [1, C, H, W] or [H, W]).
+    pub fn from_attribution(attribution: &Tensor) -> Result<Self> {
+        let t = attribution.to_dtype(DType::F32)?;
+        let t = match t.dims() {
+            [1, _, _, _] => t.squeeze(0)?,
+            [_, _, _] => t,
+            [_, _] => t.unsqueeze(0)?,
+            dims => {
+                return Err(Error::invalid_parameter(
+                    "attribution",
+                    format!("a heatmap needs a [C, H, W] attribution; got shape {dims:?}"),
+                ))
+            }
+        };
+        let (_, height, width) = t.dims3()?;
+        if height == 0 || width == 0 {
+            return Err(Error::invalid_parameter("attribution", "the attribution is empty"));
+        }
+        let values = t.sum(0)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { width, height, values })
+    }
+
+    /// Bilinear resize (align_corners = False, as `F.interpolate`), e.g. a Grad-CAM map to the photo.
+    pub fn resized(&self, width: usize, height: usize) -> Self {
+        if (width, height) == (self.width, self.height) {
+            return self.clone();
+        }
+        let source = |out: usize, len_in: usize, len_out: usize| -> (usize, usize, f32) {
+            let scale = len_in as f32 / len_out as f32;
+            let x = ((out as f32 + 0.5) * scale - 0.5).max(0.0);
+            let x0 = (x.floor() as usize).min(len_in - 1);
+            let x1 = (x0 + 1).min(len_in - 1);
+            (x0, x1, x - x0 as f32)
+        };
+        let mut values = Vec::with_capacity(width * height);
+        for y in 0..height {
+            let (y0, y1, fy) = source(y, self.height, height);
+            for x in 0..width {
+                let (x0, x1, fx) = source(x, self.width, width);
+                let at = |yy: usize, xx: usize| self.values[yy * self.width + xx];
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+                let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+                values.push(top * (1.0 - fy) + bottom * fy);
+            }
+        }
+        Self { width, height, values }
+    }
+}
+
+/// Values scaled for a colour map, with the raw values its two ends stand for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalised {
+    pub values: Vec<f32>,
+    /// The value shown at the low end of the colour bar.
+    pub low: f32,
+    /// The value shown at the high end.
+    pub high: f32,
+}
+
+/// The share of attribution mass clipped as outliers before colouring (captum's
+/// `visualize_image_attr` default `outlier_perc=2`): without it a handful of extreme pixels
+/// take the whole colour range and the rest of the map fades to white.
+pub const OUTLIER_PERCENT: f32 = 2.0;
+
+/// captum's `_cumulative_sum_threshold`: the smallest |v| at which the sorted magnitudes'
+/// running sum reaches (100 - OUTLIER_PERCENT)% of their total.
+fn outlier_threshold(magnitudes: impl Iterator<Item = f32>) -> f32 {
+    let mut sorted: Vec<f32> = magnitudes.collect();
+    sorted.sort_by(f32::total_cmp);
+    let total: f64 = sorted.iter().map(|&v| v as f64).sum();
+    let target = total * (100.0 - OUTLIER_PERCENT as f64) / 100.0;
+    let mut running = 0.0;
+    for &v in &sorted {
+        running += v as f64;
+        if running >= target {
+            return v;
+        }
+    }
+    sorted.last().copied().unwrap_or(0.0)
+}
+
+/// Signed maps: divide by the outlier threshold of |v| and clip to [-1, 1] (0 stays 0).
+/// Positive: negatives to 0, the same over the positive values. Others: min-max to [0, 1].
+/// Non-finite values count as 0; a constant map becomes all 0.
+pub fn normalise(values: &[f32], colormap: Colormap) -> Normalised {
+    let finite = || values.iter().copied().filter(|v| v.is_finite());
+    let clean = |v: f32| if v.is_finite() { v } else { 0.0 };
+    let scaled = |f: &dyn Fn(f32) -> f32| values.iter().map(|&v| f(clean(v))).collect::<Vec<_>>();
+    match colormap {
+        Colormap::Bwr => {
+            let m = outlier_threshold(finite().map(f32::abs));
+            let values = if m > 0.0 {
+                scaled(&|v| (v / m).clamp(-1.0, 1.0))
+            } else {
+                vec![0.0; values.len()]
+            };
+            Normalised {
+                values,
+                low: -m,
+                high: m,
+            }
+        }
+        Colormap::Positive => {
+            let m = outlier_threshold(finite().filter(|v| *v > 0.0));
+            let values = if m > 0.0 {
+                scaled(&|v| (v.max(0.0) / m).min(1.0))
+            } else {
+                vec![0.0; values.len()]
+            };
+            Normalised {
+                values,
+                low: 0.0,
+                high: m,
+            }
+        }
+        Colormap::Hot | Colormap::Gray => {
+            let lo = finite().fold(f32::INFINITY, f32::min);
+            let hi = finite().fold(f32::NEG_INFINITY, f32::max);
+            if !(lo.is_finite() && hi.is_finite()) {
+                return Normalised {
+                    values: vec![0.0; values.len()],
+                    low: 0.0,
+                    high: 0.0,
+                };
+            }
+            let values = if hi > lo {
+                scaled(&|v| (v - lo) / (hi - lo))
+            } else {
+                vec![0.0; values.len()]
+            };
+            Normalised {
+                values,
+                low: lo,
+                high: hi,
+            }
+        }
+    }
+}
+
+/// The coloured heatmap of normalised values.
+pub fn colorize(values: &[f32], width: usize, height: usize, colormap: Colormap) -> RgbImage {
+    RgbImage::from_fn(width as u32, height as u32, |x, y| {
+        Rgb(colormap.color(values[y as usize * width + x as usize]))
+    })
+}
+
+/// `(1 - alpha) * photo + alpha * heat`, pixel by pixel (same sizes).
+pub fn blend(photo: &RgbImage, heat: &RgbImage, alpha: f32) -> RgbImage {
+    RgbImage::from_fn(photo.width(), photo.height(), |x, y| {
+        let (p, h) = (photo.get_pixel(x, y).0, heat.get_pixel(x, y).0);
+        Rgb(std::array::from_fn(|c| {
+            ((1.0 - alpha) * p[c] as f32 + alpha * h[c] as f32)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
+/// A rendered overlay with the value range of its colour bar.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub image: RgbImage,
+    pub low: f32,
+    pub high: f32,
+}
+
+const BAR_GAP: u32 = 8;
+const BAR_WIDTH: u32 = 14;
+const LABEL_GAP: u32 = 4;
+const FONT_SCALE: u32 = 2;
+const MARGIN: u32 = 6;
+
+/// The heatmap of `attribution` ([C, H, W]) over `photo`, resized to the photo when needed,
+/// with a colour bar on the right labelled with the values of its ends.
+pub fn render(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha: f32) -> Result<Rendered> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(Error::invalid_parameter("alpha", format!("{alpha} is not in [0, 1]")));
+    }
+    let (w, h) = (photo.width() as usize, photo.height() as usize);
+    let map = RelevanceMap::from_attribution(attribution)?.resized(w, h);
+    let normalised = normalise(&map.values, colormap);
+    let heat = colorize(&normalised.values, w, h, colormap);
+    let overlay = blend(photo, &heat, alpha);
+    let image = with_colour_bar(&overlay, colormap, normalised.low, normalised.high);
+    Ok(Rendered {
+        image,
+        low: normalised.low,
+        high: normalised.high,
+    })
+}
+
+/// A label as the colour bar prints it, e.g. `-1.25e-3`.
+pub fn format_value(v: f32) -> String {
+    format!("{v:.2e}")
+}
+
+/// `image` with a colour bar (top = `high`, bottom = `low`) and its labels on the right.
+pub fn with_colour_bar(image: &RgbImage, colormap: Colormap, low: f32, high: f32) -> RgbImage {
+    let labels = [format_value(high), format_value(low)];
+    let label_width = labels.iter().map(|l| text_width(l)).max().unwrap_or(0);
+    let (w, h) = image.dimensions();
+    let total_w = w + BAR_GAP + BAR_WIDTH + LABEL_GAP + label_width + MARGIN;
+    let total_h = h.max(2 * GLYPH_H * FONT_SCALE + 4);
+    let mut canvas = RgbImage::from_pixel(total_w, total_h, Rgb([255, 255, 255]));
+    ::image::imageops::replace(&mut canvas, image, 0, 0);
+    let bar_x = w + BAR_GAP;
+    let bar_h = h.max(2);
+    for y in 0..bar_h {
+        let t = 1.0 - y as f32 / (bar_h - 1) as f32;
+        let v = if colormap.is_signed() { 2.0 * t - 1.0 } else { t };
+        let inside = Rgb(colormap.color(v));
+        for x in 0..BAR_WIDTH {
+            let edge = x == 0 || x == BAR_WIDTH - 1 || y == 0 || y == bar_h - 1;
+            canvas.put_pixel(bar_x + x, y, if edge { Rgb([0, 0, 0]) } else { inside });
+        }
+    }
+    let text_x = bar_x + BAR_WIDTH + LABEL_GAP;
+    draw_text(&mut canvas, &labels[0], text_x, 0);
+    draw_text(&mut canvas, &labels[1], text_x, total_h - GLYPH_H * FONT_SCALE);
+    canvas
+}
+
+/// PNG bytes of `image`.
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut bytes = Cursor::new(Vec::new());
+    image
+        .write_to(&mut bytes, ImageFormat::Png)
+        .map_err(|e| Error::Image(format!("could not encode the PNG: {e}")))?;
+    Ok(bytes.into_inner())
+}
+
+// A 3x5 pixel font for the characters numbers need.
+const GLYPH_W: u32 = 3;
+const GLYPH_H: u32 = 5;
+
+fn glyph(c: char) -> [u8; 5] {
+    match c {
+        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b001, 0b001, 0b001],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
+        '+' => [0b000, 0b010, 0b111, 0b010, 0b000],
+        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
+        'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
+        'N' => [0b101, 0b111, 0b111, 0b111, 0b101],
+        'a' => [0b000, 0b011, 0b101, 0b101, 0b011],
+        'i' => [0b010, 0b000, 0b010, 0b010, 0b010],
+        'n' => [0b000, 0b110, 0b101, 0b101, 0b101],
+        'f' => [0b011, 0b010, 0b111, 0b010, 0b010],
+        _ => [0; 5],
+    }
+}
+
+fn text_width(text: &str) -> u32 {
+    let n = text.chars().count() as u32;
+    (n * (GLYPH_W + 1)).saturating_sub(1) * FONT_SCALE
+}
+
+fn draw_text(canvas: &mut RgbImage, text: &str, x: u32, y: u32) {
+    for (i, c) in text.chars().enumerate() {
+        let rows = glyph(c);
+        let gx = x + i as u32 * (GLYPH_W + 1) * FONT_SCALE;
+        for (r, bits) in rows.iter().enumerate() {
+            for col in 0..GLYPH_W {
+                if bits >> (GLYPH_W - 1 - col) & 1 == 1 {
+                    for dy in 0..FONT_SCALE {
+                        for dx in 0..FONT_SCALE {
+                            let (px, py) = (gx + col * FONT_SCALE + dx, y + r as u32 * FONT_SCALE + dy);
+                            if px < canvas.width() && py < canvas.height() {
+                                canvas.put_pixel(px, py, Rgb([0, 0, 0]));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bwr_is_symmetric_around_white() {
+        assert_eq!(Colormap::Bwr.color(0.0), [255, 255, 255]);
+        assert_eq!(Colormap::Bwr.color(1.0), [255, 0, 0]);
+        assert_eq!(Colormap::Bwr.color(-1.0), [0, 0, 255]);
+        assert_eq!(Colormap::Bwr.color(0.5), [255, 128, 128]);
+        assert_eq!(Colormap::Bwr.color(-0.5), [128, 128, 255]);
+        assert_eq!(Colormap::Bwr.color(f32::NAN), [255, 255, 255]);
+    }
+
+    #[test]
+    fn signed_normalisation_maps_extremes() {
+        let n = normalise(&[-2.0, 0.0, 1.0, 4.0], Colormap::Bwr);
+        assert_eq!(n.values, vec![-0.5, 0.0, 0.25, 1.0]);
+        assert_eq!((n.low, n.high), (-4.0, 4.0));
+        let colours: Vec<_> = n.values.iter().map(|&v| Colormap::Bwr.color(v)).collect();
+        assert_eq!(colours[1], [255, 255, 255]);
+        assert_eq!(colours[3], [255, 0, 0]);
+        let n = normalise(&[-3.0, 1.0], Colormap::Bwr);
+        assert_eq!(Colormap::Bwr.color(n.values[0]), [0, 0, 255]);
+    }
+
+    #[test]
+    fn outliers_are_clipped_as_captum_does() {
+        // 2% of the mass sits in one pixel: it is clipped and the rest keeps the colour range.
+        let mut values = vec![1.0f32; 1000];
+        values.push(-15.0);
+        let n = normalise(&values, Colormap::Bwr);
+        assert_eq!((n.low, n.high), (-1.0, 1.0));
+        assert_eq!(n.values[0], 1.0);
+        assert_eq!(n.values[1000], -1.0);
+    }
+
+    #[test]
+    fn unsigned_maps() {
+        let n = normalise(&[2.0, 4.0, 6.0], Colormap::Hot);
+        assert_eq!(n.values, vec![0.0, 0.5, 1.0]);
+        assert_eq!(Colormap::Hot.color(0.0), [0, 0, 0]);
+        assert_eq!(Colormap::Hot.color(1.0), [255, 255, 255]);
+        assert_eq!(Colormap::Hot.color(1.0 / 3.0), [255, 0, 0]);
+        assert_eq!(Colormap::Gray.color(0.0), [0, 0, 0]);
+        assert_eq!(Colormap::Gray.color(1.0), [255, 255, 255]);
+        let n = normalise(&[-5.0, 0.0, 2.0], Colormap::Positive);
+        assert_eq!(n.values, vec![0.0, 0.0, 1.0]);
+        assert_eq!(Colormap::Positive.color(0.0), [255, 255, 255]);
+        assert_eq!(Colormap::Positive.color(1.0), [255, 0, 0]);
+        // constant and non-finite input do not divide by zero
+        assert_eq!(normalise(&[3.0, 3.0], Colormap::Gray).values, vec![0.0, 0.0]);
+        assert_eq!(normalise(&[0.0, 0.0], Colormap::Bwr).values, vec![0.0, 0.0]);
+        assert_eq!(normalise(&[f32::NAN, 1.0], Colormap::Bwr).values, vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn parses_names() {
+        for c in Colormap::ALL {
+            assert_eq!(Colormap::parse(c.name()).unwrap(), c);
+        }
+        assert!(Colormap::parse("jet").unwrap_err().to_string().contains("jet"));
+    }
+
+    #[test]
+    fn channels_are_summed_and_maps_resized() {
+        let t = Tensor::from_vec(
+            vec![1f32, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0],
+            (2, 2, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let map = RelevanceMap::from_attribution(&t).unwrap();
+        assert_eq!(map.values, vec![11.0, 22.0, 33.0, 44.0]);
+        let big = map.resized(4, 4);
+        assert_eq!(big.values.len(), 16);
+        assert_eq!(big.values[0], 11.0);
+        assert_eq!(big.values[15], 44.0);
+        assert!(RelevanceMap::from_attribution(&Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap()).is_err());
+    }
+
+    #[test]
+    fn renders_overlay_with_bar() {
+        let photo = RgbImage::from_pixel(32, 24, Rgb([100, 100, 100]));
+        let attribution = Tensor::ones((3, 32, 24), DType::F32, &Device::Cpu).unwrap();
+        // 32 rows, 24 columns in the attribution do not match 24 rows, 32 columns: resized.
+        let r = render(&photo, &attribution, Colormap::Bwr, 0.5).unwrap();
+        assert!(r.image.width() > 32);
+        assert_eq!(r.image.height(), 24);
+        assert_eq!(r.image.get_pixel(5, 5).0, [178, 50, 50]);
+        let png = encode_png(&r.image).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        assert!(render(&photo, &attribution, Colormap::Bwr, 1.5).is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! Bad input to the `candle-xai` command: every case exits with status 1 (never a panic's 101)
+//! and an `error: ...` line that names the problem.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mnist")
+        .join(path)
+}
+
+/// A fresh, empty directory for one test, removed when the test passes.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(test: &str) -> Scratch {
+    let dir = std::env::temp_dir()
+        .join("candle-xai-bad-input-tests")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Runs the command and checks it failed cleanly; returns stderr.
+fn fails<S: AsRef<str>>(args: &[S]) -> String {
+    let out = Command::new(BIN)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("the candle-xai binary runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1; stderr:\n{err}");
+    assert!(!err.contains("panicked"), "it panicked:\n{err}");
+    assert!(err.contains("error: "), "no `error: ` line:\n{err}");
+    err
+}
+
+fn assert_names(err: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(err.contains(needle), "`{needle}` is not in:\n{err}");
+    }
+}
+
+/// `explain` with the given model file (and the VGG graph), reference inputs, and `extra`.
+fn explain_with_model(model: &Path, out_dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "explain".to_string(),
+        "--model".into(),
+        s(model),
+        "--graph".into(),
+        s(&fixture("vgg.graph.json")),
+        "--out".into(),
+        s(&out_dir.join("out.safetensors")),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    if !extra.contains(&"--input") && !extra.contains(&"--image") {
+        args.extend(["--input".into(), s(&fixture("vgg_refs.safetensors"))]);
+    }
+    if !extra.contains(&"--method") {
+        args.extend(["--method".into(), "gradient".into()]);
+    }
+    fails(&args)
+}
+
+fn explain_vgg(dir: &Path, extra: &[&str]) -> String {
+    explain_with_model(&fixture("vgg.safetensors"), dir, extra)
+}
+
+fn write_inputs(path: &Path, inputs: Tensor) {
+    candle_core::safetensors::save(&HashMap::from([("inputs", inputs)]), path).unwrap();
+}
+
+#[test]
+fn truncated_model() {
+    let dir = scratch("truncated");
+    let bytes = std::fs::read(fixture("vgg.safetensors")).unwrap();
+    let model = dir.join("truncated.safetensors");
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let err = explain_with_model(&model, &dir, &[]);
+    assert_names(&err, &["truncated.safetensors", "not a valid safetensors file"]);
+}
+
+#[test]
+fn corrupt_header() {
+    let dir = scratch("corrupt-header");
+    let mut bytes = std::fs::read(fixture("vgg.safetensors")).unwrap();
+    bytes[8..24].copy_from_slice(b"@@ not json! @@@");
+    let model = dir.join("corrupt.safetensors");
+    std::fs::write(&model, &bytes).unwrap();
+    let err = explain_with_model(&model, &dir, &[]);
+    assert_names(&err, &["corrupt.safetensors", "not a valid safetensors file"]);
+    // A header length that points past the end of the file.
+    let mut bytes = std::fs::read(fixture("vgg.safetensors")).unwrap();
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&model, &bytes).unwrap();
+    let err = explain_with_model(&model, &dir, &[]);
+    assert_names(&err, &["corrupt.safetensors", "not a valid safetensors file"]);
+}
+
+#[test]
+fn empty_model_and_input_files() {
+    let dir = scratch("empty");
+    let empty = dir.join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    let err = explain_with_model(&empty, &dir, &[]);
+    assert_names(&err, &["empty.safetensors", "is empty"]);
+    let err = explain_vgg(&dir, &["--input", empty.to_str().unwrap()]);
+    assert_names(&err, &["empty.safetensors", "is empty"]);
+}
+
+#[test]
+fn missing_files() {
+    let dir = scratch("missing");
+    let err = explain_with_model(&dir.join("nope.safetensors"), &dir, &[]);
+    assert_names(&err, &["could not read", "nope.safetensors"]);
+    let err = explain_vgg(&dir, &["--input", dir.join("absent.safetensors").to_str().unwrap()]);
+    assert_names(&err, &["could not read", "absent.safetensors"]);
+    let err = fails(&[
+        "explain",
+        "--model",
+        &s(&fixture("vgg.safetensors")),
+        "--graph",
+        &s(&fixture("vgg.graph.json")),
+        "--input",
+        &s(&fixture("vgg_refs.safetensors")),
+        "--method",
+        "gradient",
+        "--out",
+        &s(&dir.join("no/such/dir/out.safetensors")),
+    ]);
+    assert_names(&err, &["could not write", "out.safetensors"]);
+}
+
+#[test]
+fn input_with_wrong_channel_count() {
+    let dir = scratch("channels");
+    let input = dir.join("rgb.safetensors");
+    write_inputs(
+        &input,
+        Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = explain_vgg(&dir, &["--input", input.to_str().unwrap()]);
+    assert_names(&err, &["[2, 3, 28, 28]", "expects [N, 1, H, W]"]);
+}
+
+#[test]
+fn input_file_without_inputs_tensor() {
+    let dir = scratch("no-inputs");
+    let input = dir.join("other.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([(
+            "pixels",
+            Tensor::zeros((1, 1, 28, 28), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )]),
+        &input,
+    )
+    .unwrap();
+    let err = explain_vgg(&dir, &["--input", input.to_str().unwrap()]);
+    assert_names(&err, &["`inputs`", "missing", "other.safetensors"]);
+}
+
+#[test]
+fn target_out_of_range() {
+    let dir = scratch("target");
+    let err = explain_vgg(&dir, &["--target", "10"]);
+    assert_names(&err, &["target class 10", "out of range", "10 classes"]);
+    let err = explain_vgg(&dir, &["--target", "-1"]);
+    assert_names(&err, &["target class -1", "out of range"]);
+}
+
+#[test]
+fn unknown_method() {
+    let dir = scratch("method");
+    let err = explain_vgg(&dir, &["--method", "deeplift"]);
+    assert_names(&err, &["unknown method", "deeplift", "integrated-gradients"]);
+}
+
+#[test]
+fn unknown_layer_name() {
+    let dir = scratch("layer");
+    let err = explain_vgg(&dir, &["--layer", "features.99"]);
+    assert_names(&err, &["no layer named `features.99`", "features.11"]);
+}
+
+#[test]
+fn unknown_arch() {
+    let dir = scratch("arch");
+    let err = fails(&[
+        "explain",
+        "--model",
+        &s(&fixture("vgg.safetensors")),
+        "--arch",
+        "resnet999",
+        "--input",
+        &s(&fixture("vgg_refs.safetensors")),
+        "--method",
+        "gradient",
+        "--out",
+        &s(&dir.join("out.safetensors")),
+    ]);
+    assert_names(&err, &["unknown architecture `resnet999`"]);
+    let err = fails(&[
+        "layers",
+        "--model",
+        &s(&fixture("vgg.safetensors")),
+        "--arch",
+        "resnet999",
+    ]);
+    assert_names(&err, &["unknown architecture `resnet999`"]);
+}
+
+#[test]
+fn invalid_graph_json() {
+    let dir = scratch("graph");
+    let graph = dir.join("broken.graph.json");
+    std::fs::write(
+        &graph,
+        r#"{"input_channels": 1, "nodes": [{"name": "x", "op": "Transformer"}]}"#,
+    )
+    .unwrap();
+    let err = fails(&[
+        "layers",
+        "--model",
+        &s(&fixture("vgg.safetensors")),
+        "--graph",
+        &s(&graph),
+    ]);
+    assert_names(&err, &["invalid model graph", "broken.graph.json"]);
+}
+
+#[test]
+fn option_for_the_wrong_method() {
+    let dir = scratch("wrong-option");
+    let err = explain_vgg(&dir, &["--n-steps", "5"]);
+    assert_names(&err, &["--n-steps", "gradient", "integrated-gradients"]);
+    let err = explain_vgg(&dir, &["--method", "grad-cam", "--epsilon", "0.1"]);
+    assert_names(&err, &["--epsilon", "grad-cam", "lrp-"]);
+    let err = explain_vgg(&dir, &["--method", "lrp-epsilon-plus", "--gamma", "0.1"]);
+    assert_names(&err, &["--gamma", "lrp-epsilon-plus", "lrp-epsilon-gamma-box"]);
+    let err = explain_vgg(&dir, &["--method", "integrated-gradients", "--no-relu"]);
+    assert_names(&err, &["--no-relu", "integrated-gradients", "grad-cam"]);
+    let err = explain_vgg(&dir, &["--colormap", "hot"]);
+    assert_names(&err, &["--colormap", "--image"]);
+}
+
+#[test]
+fn bad_option_values() {
+    let dir = scratch("bad-values");
+    let err = explain_vgg(&dir, &["--method", "integrated-gradients", "--ig-method", "simpson"]);
+    assert_names(&err, &["--ig-method", "simpson", "riemann-trapezoid"]);
+    let err = explain_vgg(&dir, &["--method", "integrated-gradients", "--baseline", "blur:x"]);
+    assert_names(&err, &["--baseline", "blur:x"]);
+    let err = explain_vgg(&dir, &["--method", "smoothgrad", "--smoothgrad-type", "median"]);
+    assert_names(&err, &["--smoothgrad-type", "median"]);
+    let err = explain_vgg(&dir, &["--method", "smoothgrad", "--n-iter", "0"]);
+    assert_names(&err, &["n_samples"]);
+    let err = explain_vgg(&dir, &["--method", "lrp-epsilon-plus", "--epsilon", "-1"]);
+    assert_names(&err, &["epsilon"]);
+    let err = explain_vgg(&dir, &["--method", "lrp-epsilon-plus", "--bn-merge", "fold"]);
+    assert_names(&err, &["--bn-merge", "fold"]);
+    let err = explain_vgg(&dir, &["--method", "integrated-gradients", "--batch-size", "0"]);
+    assert_names(&err, &["--batch-size"]);
+    let err = explain_vgg(
+        &dir,
+        &[
+            "--method",
+            "integrated-gradients",
+            "--ig-method",
+            "riemann-left",
+            "--n-steps",
+            "1",
+        ],
+    );
+    assert_names(&err, &["n_steps", "at least 2"]);
+    // clap's own errors exit 1 as well
+    let err = fails(&["explain", "--model", "m.safetensors"]);
+    assert_names(&err, &["--method"]);
+    let err = explain_vgg(&dir, &["--target", "three"]);
+    assert_names(&err, &["three"]);
+}
+
+#[test]
+fn non_finite_inputs() {
+    let dir = scratch("nan");
+    let input = dir.join("nan.safetensors");
+    let mut values = vec![0f32; 2 * 28 * 28];
+    values[5] = f32::NAN;
+    values[700] = f32::INFINITY;
+    write_inputs(&input, Tensor::from_vec(values, (2, 1, 28, 28), &Device::Cpu).unwrap());
+    let err = explain_vgg(&dir, &["--input", input.to_str().unwrap()]);
+    assert_names(&err, &["2 non-finite values"]);
+}
+
+#[test]
+fn cuda_without_the_feature() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let dir = scratch("cuda");
+    let err = explain_vgg(&dir, &["--device", "cuda"]);
+    assert_names(&err, &["CUDA", "--features cuda"]);
+    let err = explain_vgg(&dir, &["--device", "tpu"]);
+    assert_names(&err, &["unknown device `tpu`"]);
+}
+
+fn tiny_rgb_model(dir: &Path) -> (PathBuf, PathBuf) {
+    let tensor = |n: usize, shape: &[usize]| {
+        Tensor::from_vec(
+            (0..n).map(|i| (i as f32 * 0.37).sin() * 0.3).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let weights = HashMap::from([
+        ("conv.weight", tensor(108, &[4, 3, 3, 3])),
+        ("conv.bias", tensor(4, &[4])),
+        ("fc.weight", tensor(12, &[3, 4])),
+        ("fc.bias", tensor(3, &[3])),
+    ]);
+    let model = dir.join("tiny.safetensors");
+    candle_core::safetensors::save(&weights, &model).unwrap();
+    let graph = dir.join("tiny.graph.json");
+    std::fs::write(
+        &graph,
+        r#"{"input_channels": 3, "nodes": [
+            {"name": "conv", "op": "Conv2d", "kernel_size": 3},
+            {"name": "relu", "op": "ReLU"},
+            {"name": "pool", "op": "AdaptiveAvgPool2d", "output_size": 1},
+            {"name": "flatten", "op": "Flatten"},
+            {"name": "fc", "op": "Linear"}]}"#,
+    )
+    .unwrap();
+    (model, graph)
+}
+
+fn explain_photo(dir: &Path, photo: &Path, extra: &[&str]) -> String {
+    let (model, graph) = tiny_rgb_model(dir);
+    let mut args = vec![
+        "explain".to_string(),
+        "--model".into(),
+        s(&model),
+        "--graph".into(),
+        s(&graph),
+        "--image".into(),
+        s(photo),
+        "--method".into(),
+        "gradient".into(),
+        "--out".into(),
+        s(&dir.join("heat.png")),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    fails(&args)
+}
+
+#[test]
+fn text_file_named_png() {
+    let dir = scratch("text-png");
+    let photo = dir.join("notes.png");
+    std::fs::write(&photo, "shopping list: eggs, milk\n").unwrap();
+    let err = explain_photo(&dir, &photo, &[]);
+    assert_names(&err, &["notes.png", "not a PNG, JPEG or WebP image"]);
+}
+
+#[test]
+fn truncated_and_unsupported_photos() {
+    let dir = scratch("bad-photos");
+    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 7]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    let photo = dir.join("cut.png");
+    std::fs::write(&photo, &png[..png.len() / 2]).unwrap();
+    let err = explain_photo(&dir, &photo, &[]);
+    assert_names(&err, &["cut.png", "PNG"]);
+    let gif = dir.join("anim.gif");
+    std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
+    let err = explain_photo(&dir, &gif, &[]);
+    assert_names(&err, &["anim.gif", "GIF"]);
+    let empty = dir.join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let err = explain_photo(&dir, &empty, &[]);
+    assert_names(&err, &["empty.jpg", "is empty"]);
+}
+
+#[test]
+fn bad_heatmap_options_and_grey_models() {
+    let dir = scratch("heatmap-options");
+    let photo = dir.join("photo.png");
+    image::RgbImage::new(40, 40).save(&photo).unwrap();
+    let err = explain_photo(&dir, &photo, &["--colormap", "jet"]);
+    assert_names(&err, &["jet", "bwr"]);
+    let err = explain_photo(&dir, &photo, &["--alpha", "2"]);
+    assert_names(&err, &["--alpha"]);
+    // The MNIST models take one channel: a photo cannot go in.
+    let err = fails(&[
+        "explain",
+        "--model",
+        &s(&fixture("vgg.safetensors")),
+        "--graph",
+        &s(&fixture("vgg.graph.json")),
+        "--image",
+        &s(&photo),
+        "--method",
+        "gradient",
+        "--out",
+        &s(&dir.join("heat.png")),
+    ]);
+    assert_names(&err, &["3 input channels", "takes 1"]);
+    let folder = dir.join("no-photos");
+    std::fs::create_dir_all(&folder).unwrap();
+    let err = explain_photo(&dir, &folder, &[]);
+    assert_names(&err, &["no-photos", "no png, jpg, jpeg or webp images"]);
+}
+
+#[test]
+fn convert_refuses_non_checkpoints() {
+    let dir = scratch("convert");
+    let err = fails(&[
+        "convert",
+        &s(&fixture("vgg.safetensors")),
+        &s(&dir.join("out.safetensors")),
+    ]);
+    assert_names(&err, &["vgg.safetensors", "not a PyTorch checkpoint"]);
+    let empty = dir.join("empty.pth");
+    std::fs::write(&empty, b"").unwrap();
+    let err = fails(&["convert", &s(&empty), &s(&dir.join("out.safetensors"))]);
+    assert_names(&err, &["empty.pth", "is empty"]);
+}

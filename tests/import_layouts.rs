@@ -1,0 +1,510 @@
+//! torchvision layouts recognised from names and shapes, forced architectures, the forward pass
+//! against PyTorch, and `.pth` checkpoints. Fixtures: `scripts/make_layout_fixtures.py`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_xai::import::graph_json::{GraphSpec, NodeSpec, OpSpec};
+use candle_xai::import::pth::{looks_like_pth, state_dict_from_pth};
+use candle_xai::import::{torchvision, write_safetensors, StateDict};
+use candle_xai::{Error, Model};
+use common::{assert_close, fixture, seeded_weights, Refs, REL_TOL};
+
+const ARCHS: &[&str] = &[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+    "mobilenet_v2",
+    "alexnet",
+];
+
+fn layout(arch: &str) -> Vec<(String, Vec<usize>)> {
+    let path = fixture(&format!("layouts/{arch}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Zero tensors with these names and shapes.
+fn zeros(layout: &[(String, Vec<usize>)]) -> StateDict {
+    let tensors = layout
+        .iter()
+        .map(|(name, shape)| {
+            (
+                name.clone(),
+                Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    StateDict::new(tensors, "layout fixture")
+}
+
+fn zeros_of(arch: &str) -> StateDict {
+    zeros(&layout(arch))
+}
+
+fn node<'a>(spec: &'a GraphSpec, name: &str) -> &'a NodeSpec {
+    spec.nodes
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node `{name}`"))
+}
+
+#[test]
+fn recognises_every_torchvision_layout() {
+    for &arch in ARCHS {
+        let state = zeros_of(arch);
+        let (name, spec) = torchvision::recognise(&state).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(name, arch);
+        assert_eq!(spec.input_channels, 3);
+        // Forcing the same architecture gives the same graph.
+        assert_eq!(torchvision::spec_for(arch, &state).unwrap(), spec, "{arch}");
+        // It builds, reads every tensor, and its Grad-CAM layer exists.
+        let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(model.architecture(), arch);
+        assert_eq!(model.num_classes(), Some(10), "{arch}");
+        let cam = model.default_cam_layer().unwrap();
+        assert!(model
+            .graph()
+            .node(cam)
+            .answers_to(spec.default_cam_layer.as_deref().unwrap()));
+        let (family_min, cam_layer) = match arch {
+            a if a.starts_with("resnet") => (1, "layer4"),
+            "vgg11" => (32, "features.19"),
+            "vgg11_bn" => (32, "features.27"),
+            "vgg16" => (32, "features.29"),
+            "vgg16_bn" => (32, "features.42"),
+            a if a.starts_with("vgg") => (32, ""),
+            "mobilenet_v2" => (1, "features.18"),
+            "alexnet" => (63, "features.11"),
+            _ => unreachable!(),
+        };
+        assert_eq!(spec.min_input_size, Some(family_min), "{arch}");
+        if !cam_layer.is_empty() {
+            assert_eq!(spec.default_cam_layer.as_deref(), Some(cam_layer), "{arch}");
+        }
+    }
+}
+
+#[test]
+fn nodes_carry_torchvision_module_names() {
+    let (_, spec) = torchvision::recognise(&zeros_of("resnet50")).unwrap();
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    let first_block = [
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.relu",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer1.0.relu_1",
+        "layer1.0.conv3",
+        "layer1.0.bn3",
+        "layer1.0.downsample.0",
+        "layer1.0.downsample.1",
+        "layer1.0.add",
+        "layer1.0.relu_2",
+    ];
+    let start = names.iter().position(|&n| n == "layer1.0.conv1").unwrap();
+    assert_eq!(&names[..start], ["conv1", "bn1", "relu", "maxpool"]);
+    assert_eq!(&names[start..start + first_block.len()], first_block);
+    assert_eq!(&names[names.len() - 3..], ["avgpool", "flatten", "fc"]);
+    assert_eq!(
+        node(&spec, "layer1.0.downsample.0").inputs.as_deref(),
+        Some(&["maxpool".to_string()][..])
+    );
+    assert_eq!(
+        node(&spec, "layer1.0.add").inputs.as_deref(),
+        Some(&["layer1.0.bn3".to_string(), "layer1.0.downsample.1".to_string()][..])
+    );
+    assert_eq!(node(&spec, "layer1.0.relu_2").aliases, ["layer1.0"]);
+    assert_eq!(node(&spec, "layer1.2.relu_2").aliases, ["layer1.2", "layer1"]);
+    assert_eq!(node(&spec, "layer4.2.relu_2").aliases, ["layer4.2", "layer4"]);
+    assert_eq!(node(&spec, "layer1.0.relu_1").params, None);
+    // Bottleneck v1.5: the stride sits in conv2 and the downsample of a stage's first block.
+    let stride = |name: &str| match node(&spec, name).op {
+        OpSpec::Conv2d { stride, .. } => stride.hw().0,
+        _ => panic!("{name} is not a conv"),
+    };
+    assert_eq!(
+        (
+            stride("layer2.0.conv1"),
+            stride("layer2.0.conv2"),
+            stride("layer2.0.downsample.0")
+        ),
+        (1, 2, 2)
+    );
+    assert_eq!(stride("layer1.0.downsample.0"), 1);
+
+    let (_, spec) = torchvision::recognise(&zeros_of("resnet18")).unwrap();
+    assert_eq!(node(&spec, "layer1.1.relu_1").aliases, ["layer1.1", "layer1"]);
+    assert!(
+        spec.nodes.iter().all(|n| !n.name.starts_with("layer1.0.downsample")),
+        "BasicBlock layer1 has no downsample"
+    );
+    assert_eq!(
+        node(&spec, "layer1.0.add").inputs.as_deref(),
+        Some(&["layer1.0.bn2".to_string(), "maxpool".to_string()][..])
+    );
+    assert_eq!(
+        (stride_of(&spec, "layer3.0.conv1"), stride_of(&spec, "layer3.0.conv2")),
+        (2, 1)
+    );
+
+    let (_, spec) = torchvision::recognise(&zeros_of("mobilenet_v2")).unwrap();
+    assert_eq!(node(&spec, "features.0.2").aliases, ["features.0"]);
+    // features.1: no expand conv, no residual; its output is its last BN.
+    assert_eq!(node(&spec, "features.1.conv.2").aliases, ["features.1"]);
+    // features.2: stride 2, no residual; features.3: residual.
+    assert!(spec.nodes.iter().all(|n| n.name != "features.2.add"));
+    assert_eq!(node(&spec, "features.3.add").aliases, ["features.3"]);
+    assert_eq!(
+        node(&spec, "features.3.add").inputs.as_deref(),
+        Some(&["features.3.conv.3".to_string(), "features.2.conv.3".to_string()][..])
+    );
+    match node(&spec, "features.2.conv.1.0").op {
+        OpSpec::Conv2d { groups, stride, .. } => assert_eq!((groups, stride.hw().0), (96, 2)),
+        _ => panic!("features.2.conv.1.0 is not a conv"),
+    }
+    assert_eq!(node(&spec, "features.18.2").aliases, ["features.18"]);
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        &names[names.len() - 4..],
+        ["avgpool", "flatten", "classifier.0", "classifier.1"]
+    );
+    let adds = spec.nodes.iter().filter(|n| matches!(n.op, OpSpec::Add)).count();
+    assert_eq!(adds, 10, "torchvision's MobileNetV2 has 10 residual blocks");
+
+    let (_, spec) = torchvision::recognise(&zeros_of("vgg16_bn")).unwrap();
+    let pools: Vec<&str> = spec
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, OpSpec::MaxPool2d { .. }))
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        pools,
+        ["features.6", "features.13", "features.23", "features.33", "features.43"]
+    );
+    let (_, spec) = torchvision::recognise(&zeros_of("alexnet")).unwrap();
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        &names[13..],
+        [
+            "avgpool",
+            "flatten",
+            "classifier.0",
+            "classifier.1",
+            "classifier.2",
+            "classifier.3",
+            "classifier.4",
+            "classifier.5",
+            "classifier.6"
+        ]
+    );
+}
+
+fn stride_of(spec: &GraphSpec, name: &str) -> usize {
+    match node(spec, name).op {
+        OpSpec::Conv2d { stride, .. } => stride.hw().0,
+        _ => panic!("{name} is not a conv"),
+    }
+}
+
+#[test]
+fn forced_architecture_must_fit() {
+    for (arch, weights) in [
+        ("resnet18", "resnet18"),
+        ("vgg16_bn", "vgg16_bn"),
+        ("alexnet", "alexnet"),
+        ("mobilenet_v2", "mobilenet_v2"),
+    ] {
+        let model = Model::from_state_dict(&zeros_of(weights), None, Some(arch), &Device::Cpu).unwrap();
+        assert_eq!(model.architecture(), arch);
+    }
+    for (arch, weights) in [
+        ("resnet34", "resnet18"),
+        ("resnet18", "resnet34"),
+        ("resnet50", "resnet34"),
+        ("resnet101", "resnet50"),
+        ("vgg16", "vgg16_bn"),
+        ("vgg16_bn", "vgg16"),
+        ("vgg11", "vgg13"),
+        ("mobilenet_v2", "alexnet"),
+        ("alexnet", "vgg11"),
+    ] {
+        let state = zeros_of(weights);
+        match torchvision::spec_for(arch, &state) {
+            Err(Error::ArchitectureMismatch { arch: a, reason }) => {
+                assert_eq!(a, arch);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{arch} on {weights} weights: expected ArchitectureMismatch, got {other:?}"),
+        }
+        let err = Model::from_state_dict(&state, None, Some(arch), &Device::Cpu).unwrap_err();
+        assert!(
+            matches!(err, Error::ArchitectureMismatch { .. }),
+            "{arch} on {weights}: {err}"
+        );
+    }
+    // A weight of the wrong size is named.
+    let mut layout = layout("resnet18");
+    layout.iter_mut().find(|(n, _)| n == "layer2.0.conv1.weight").unwrap().1 = vec![128, 32, 3, 3];
+    match torchvision::spec_for("resnet18", &zeros(&layout)) {
+        Err(Error::ArchitectureMismatch { reason, .. }) => {
+            assert!(reason.contains("layer2.0.conv1.weight"), "{reason}")
+        }
+        other => panic!("expected ArchitectureMismatch, got {other:?}"),
+    }
+    assert!(
+        matches!(torchvision::spec_for("densenet121", &zeros_of("alexnet")), Err(Error::UnknownArchitecture(a)) if a == "densenet121")
+    );
+}
+
+fn unknown_layout(state: &StateDict) -> (String, String) {
+    match torchvision::recognise(state) {
+        Err(Error::UnknownLayout { tried, unmatched }) => (tried, unmatched),
+        other => panic!("expected UnknownLayout, got {:?}", other.map(|(a, _)| a)),
+    }
+}
+
+#[test]
+fn stray_tensors_are_named() {
+    let mut layout = layout("resnet18");
+    layout.push(("head.extra.weight".into(), vec![10, 512]));
+    layout.push(("aux.bias".into(), vec![10]));
+    let (tried, unmatched) = unknown_layout(&zeros(&layout));
+    assert!(tried.contains("closest: resnet18"), "{tried}");
+    assert!(
+        tried.contains("vgg16_bn") && tried.contains("mobilenet_v2") && tried.contains("alexnet"),
+        "{tried}"
+    );
+    assert_eq!(unmatched, "aux.bias, head.extra.weight");
+    let message = Error::UnknownLayout { tried, unmatched }.to_string();
+    assert!(message.contains("--arch"), "{message}");
+
+    // A missing tensor and a misshapen one.
+    let mut layout = self::layout("resnet34");
+    layout.retain(|(n, _)| n != "layer3.1.bn2.running_var");
+    layout.iter_mut().find(|(n, _)| n == "fc.weight").unwrap().1 = vec![10, 256];
+    let (tried, unmatched) = unknown_layout(&zeros(&layout));
+    assert!(tried.contains("closest: resnet34"), "{tried}");
+    assert!(
+        unmatched.starts_with("fc.weight (shape [10, 256], expected [_, 512])"),
+        "{unmatched}"
+    );
+    assert!(
+        unmatched.ends_with("missing from the file: layer3.1.bn2.running_var"),
+        "{unmatched}"
+    );
+
+    // Nothing torchvision at all: every tensor is listed, sorted, at most 10 and a count.
+    let foreign: Vec<(String, Vec<usize>)> = (0..14)
+        .map(|i| (format!("encoder.block{i:02}.w"), vec![4, 4]))
+        .collect();
+    let (_, unmatched) = unknown_layout(&zeros(&foreign));
+    let listed = unmatched.split("; missing").next().unwrap();
+    assert!(
+        listed.starts_with("encoder.block00.w, encoder.block01.w, "),
+        "{unmatched}"
+    );
+    assert!(listed.contains("encoder.block09.w and 4 more"), "{unmatched}");
+    assert!(!listed.contains("encoder.block10.w"), "{unmatched}");
+}
+
+/// resnet50, vgg16_bn and alexnet with seeded weights against PyTorch's float64 logits.
+#[test]
+fn forward_matches_pytorch() {
+    for arch in ["resnet50", "vgg16_bn", "alexnet"] {
+        let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
+        assert_eq!(refs.metadata["arch"], arch);
+        let weights = seeded_weights::weights_from_metadata(&refs.metadata["weights"]);
+        let tensors: HashMap<String, Tensor> = weights
+            .into_iter()
+            .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
+            .collect();
+        let state = StateDict::new(tensors, format!("{arch} seeded"));
+        let input_entry = format!("[{}]", refs.metadata["input"]);
+        let (_, shape, values) = seeded_weights::weights_from_metadata(&input_entry).remove(0);
+        let input = Tensor::from_vec(values, shape.clone(), &Device::Cpu).unwrap();
+        let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
+        assert_eq!(model.architecture(), arch);
+        let logits = model.predict(&input).unwrap();
+        eprintln!(
+            "{arch}: max |ours - torch| / max |torch| = {:.2e}",
+            common::relative_error(&logits, &refs.f32("logits"))
+        );
+        assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
+
+        // The smallest input side really is the smallest that runs.
+        let min = torchvision::spec_for(arch, &state).unwrap().min_input_size.unwrap();
+        let side = |s: usize| Tensor::zeros((1, 3, s, s), DType::F32, &Device::Cpu).unwrap();
+        let out = model
+            .graph()
+            .predict(&side(min))
+            .unwrap_or_else(|e| panic!("{arch} at {min}x{min}: {e}"));
+        assert_eq!(out.dims(), [1, 10]);
+        if min > 1 {
+            assert!(
+                model.graph().predict(&side(min - 1)).is_err(),
+                "{arch} runs at {}",
+                min - 1
+            );
+            assert!(matches!(
+                model.predict(&side(min - 1)),
+                Err(Error::InputTooSmall { .. })
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// .pth checkpoints
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(&format!("layouts/{name}"))).unwrap()
+}
+
+fn expected_tiny() -> HashMap<String, Tensor> {
+    Refs::load(&fixture("layouts/tiny_expected.safetensors")).tensors
+}
+
+fn assert_same_tensors(state: &StateDict, expected: &HashMap<String, Tensor>) {
+    let mut names: Vec<&str> = state.names().collect();
+    names.sort();
+    let mut want: Vec<&str> = expected.keys().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (name, t) in expected {
+        let ours = state.get(name).unwrap();
+        assert_eq!(ours.dims(), t.dims(), "{name}");
+        let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b, "{name}");
+    }
+}
+
+#[test]
+fn reads_zip_checkpoint_with_nested_state_dict() {
+    let bytes = read("tiny_checkpoint.pth");
+    assert!(bytes.len() < 100_000);
+    assert!(looks_like_pth(&bytes));
+    let state = state_dict_from_pth(&bytes, "tiny_checkpoint.pth", &Device::Cpu).unwrap();
+    assert_eq!(state.source(), "tiny_checkpoint.pth");
+    // The int64 tensors (bn.num_batches_tracked, extra.index) are dropped; views come out contiguous.
+    assert!(!state.contains("bn.num_batches_tracked") && !state.contains("extra.index"));
+    assert_eq!(state.shape("extra.transposed"), Some(&[5, 3][..]));
+    assert_same_tensors(&state, &expected_tiny());
+}
+
+#[test]
+fn reads_legacy_checkpoint_and_strips_data_parallel_prefix() {
+    let bytes = read("tiny_legacy.pth");
+    assert!(looks_like_pth(&bytes) && !bytes.starts_with(b"PK"));
+    let state = state_dict_from_pth(&bytes, "tiny_legacy.pth", &Device::Cpu).unwrap();
+    assert_same_tensors(&state, &expected_tiny());
+}
+
+fn assert_invalid(bytes: &[u8], what: &str) -> String {
+    match state_dict_from_pth(bytes, what, &Device::Cpu) {
+        Err(Error::InvalidCheckpoint { what: w, reason }) => {
+            assert_eq!(w, what);
+            assert!(!reason.is_empty());
+            reason
+        }
+        Err(other) => panic!("{what}: expected InvalidCheckpoint, got {other}"),
+        Ok(_) => panic!("{what}: expected InvalidCheckpoint, got a state dict"),
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_invalid_not_panics() {
+    assert!(assert_invalid(b"", "empty").contains("empty"));
+    assert!(assert_invalid(b"hello, world", "text").contains("neither a zip"));
+    assert_invalid(br#"{"weights": [1, 2, 3]}"#, "json");
+    assert_invalid(
+        &std::fs::read(fixture("layouts/tiny_expected.safetensors")).unwrap(),
+        "safetensors",
+    );
+    // A plain pickle of {} (no torch magic number), and the magic number alone.
+    assert!(assert_invalid(b"\x80\x02}q\x00.", "pickle").contains("not one written by torch.save"));
+    assert_invalid(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", "magic only");
+
+    // Every truncation of both files is refused (a cut inside a trailing storage would leave
+    // the zip's central directory, and with it the whole archive, unreadable).
+    for name in ["tiny_checkpoint.pth", "tiny_legacy.pth"] {
+        let bytes = read(name);
+        for len in (0..bytes.len()).step_by(7).chain([bytes.len() - 1, bytes.len() / 2]) {
+            assert_invalid(&bytes[..len], &format!("{name} cut at {len}"));
+        }
+    }
+    // Corrupted bytes anywhere give a result or an error, never a panic.
+    for name in ["tiny_checkpoint.pth", "tiny_legacy.pth"] {
+        let bytes = read(name);
+        for i in (0..bytes.len()).step_by(3) {
+            let mut corrupt = bytes.clone();
+            corrupt[i] ^= 0x5a;
+            let _ = state_dict_from_pth(&corrupt, name, &Device::Cpu);
+        }
+    }
+}
+
+#[test]
+fn converts_checkpoint_to_safetensors() {
+    let state = state_dict_from_pth(&read("tiny_checkpoint.pth"), "tiny_checkpoint.pth", &Device::Cpu).unwrap();
+    let path = std::env::temp_dir().join(format!("candle_xai_convert_{}.safetensors", std::process::id()));
+    let metadata = HashMap::from([("source".to_string(), "tiny_checkpoint.pth".to_string())]);
+    write_safetensors(&state, &path, Some(metadata)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let (back, meta) = StateDict::from_safetensors(&bytes, "converted", &Device::Cpu).unwrap();
+    assert_eq!(meta["source"], "tiny_checkpoint.pth");
+    let tensors: HashMap<String, Tensor> = state
+        .names()
+        .map(|n| (n.to_string(), state.get(n).unwrap().clone()))
+        .collect();
+    assert_same_tensors(&back, &tensors);
+}
+
+/// A real checkpoint, when one is at hand (too big to ship): `CANDLE_XAI_PTH=mobilenet_v2-b0353104.pth`
+/// and `CANDLE_XAI_PTH_REF=refs.safetensors` holding `input` [N, 3, H, W] and PyTorch's `logits`.
+/// Run with `cargo test --release --test import_layouts -- --ignored`.
+#[test]
+#[ignore = "needs CANDLE_XAI_PTH and CANDLE_XAI_PTH_REF"]
+fn real_checkpoint_matches_pytorch() {
+    let (Ok(pth), Ok(reference)) = (std::env::var("CANDLE_XAI_PTH"), std::env::var("CANDLE_XAI_PTH_REF")) else {
+        eprintln!("CANDLE_XAI_PTH / CANDLE_XAI_PTH_REF not set: nothing to check");
+        return;
+    };
+    let state = state_dict_from_pth(&std::fs::read(&pth).unwrap(), &pth, &Device::Cpu).unwrap();
+    let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
+    let refs = Refs::load(std::path::Path::new(&reference));
+    let logits = model.predict(&refs.f32("input")).unwrap();
+    eprintln!(
+        "{pth}: {} tensors, recognised as {}",
+        state.names().count(),
+        model.architecture()
+    );
+    assert_close(
+        &format!("{} logits", model.architecture()),
+        &logits,
+        &refs.f32("logits"),
+        REL_TOL,
+    );
+}

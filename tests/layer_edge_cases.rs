@@ -1,0 +1,59 @@
+//! Each layer's forward and input-VJP against PyTorch on the awkward cases: max-pool windows
+//! with exact ties (PyTorch routes the gradient to the first maximum in row-major window
+//! order, and so do we), ceil_mode and padding, average pooling's divisors, adaptive bins,
+//! and convolutions with stride on odd sizes, dilation, groups and non-square kernels.
+//! Fixture: `scripts/make_pool_fixtures.py`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use candle_xai::import::graph_json::{GraphSpec, NodeSpec, OpSpec};
+use candle_xai::import::StateDict;
+use common::{assert_close, devices, fixture, Refs};
+
+#[test]
+fn layers_match_pytorch_forward_and_input_gradient() {
+    let refs = Refs::load(&fixture("layer_edge_cases.safetensors"));
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&refs.metadata["cases"]).unwrap();
+    assert!(cases.len() >= 15, "all edge cases present");
+    for device in devices() {
+        for case in &cases {
+            let name = case["name"].as_str().unwrap();
+            let mut node = case.clone();
+            node["name"] = serde_json::Value::String(name.to_string());
+            let node: NodeSpec = serde_json::from_value(node).unwrap();
+            assert!(!matches!(node.op, OpSpec::Identity), "{name} parsed");
+            let mut tensors = HashMap::new();
+            for param in ["weight", "bias"] {
+                if let Some(t) = refs.tensors.get(&format!("{name}.{param}")) {
+                    tensors.insert(format!("{name}.{param}"), t.to_device(&device).unwrap());
+                }
+            }
+            let spec = GraphSpec {
+                input_channels: 0,
+                min_input_size: None,
+                default_cam_layer: None,
+                nodes: vec![node],
+            };
+            let (graph, _) = spec.build(&StateDict::new(tensors, name)).unwrap();
+            let input = refs.get(&format!("{name}.input")).to_device(&device).unwrap();
+            let activations = graph.forward(&input, None).unwrap();
+            assert_close(
+                &format!("{name} forward"),
+                activations.output(),
+                refs.get(&format!("{name}.output")),
+                1e-5,
+            );
+            let upstream: Tensor = refs.get(&format!("{name}.upstream")).to_device(&device).unwrap();
+            let grad = graph.gradient(&activations, graph.output_id(), upstream, 0).unwrap();
+            assert_close(
+                &format!("{name} input gradient"),
+                &grad,
+                refs.get(&format!("{name}.input_grad")),
+                1e-5,
+            );
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! LRP conserves relevance: with every bias (and BatchNorm shift) zeroed and a vanishing
+//! epsilon, the input relevance of each sample sums to the relevance put on the output —
+//! one for the one-hot start, the target logit when starting from the logit.
+//! AlphaBeta(2, 1) composites are left out: where a neuron has no negative contribution the
+//! beta share is 0/0 := 0 and alpha's share alone (twice the relevance) flows down, in zennit
+//! as here — the rule itself is not conservative there. Likewise ZPlus after a residual sum:
+//! the Norm rule hands a branch relevance in proportion to its (possibly negative) value, and
+//! where ZPlus's positive-part denominator is 0 that relevance has nowhere to go; so on the
+//! ResNet only Epsilon and Gamma (whose denominators follow the real output) are checked.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, D};
+use candle_xai::import::graph_json::GraphSpec;
+use candle_xai::import::StateDict;
+use candle_xai::lrp::{Composite, LrpParams};
+use candle_xai::methods::*;
+use candle_xai::{explain, Model};
+use common::{devices, fixture, Refs};
+
+/// The MNIST model with biases, BatchNorm shifts and running means set to zero.
+fn bias_free(name: &str, device: &candle_core::Device) -> Model {
+    let bytes = std::fs::read(fixture(&format!("mnist/{name}.safetensors"))).unwrap();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).unwrap();
+    let zeroed: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == DType::F32)
+        .map(|(k, t)| {
+            let zero = k.ends_with(".bias") || k.ends_with(".running_mean");
+            (k, if zero { t.zeros_like().unwrap() } else { t })
+        })
+        .collect();
+    let graph = GraphSpec::from_json(&std::fs::read_to_string(fixture(&format!("mnist/{name}.graph.json"))).unwrap());
+    Model::from_state_dict(&StateDict::new(zeroed, name), Some(graph.unwrap()), None, device).unwrap()
+}
+
+#[test]
+fn every_composite_conserves_relevance_without_biases() {
+    for device in devices() {
+        for name in ["mlp", "vgg", "resnet"] {
+            let model = bias_free(name, &device);
+            let refs = Refs::load(&fixture(&format!("mnist/{name}_refs.safetensors")));
+            let inputs = refs.f32("inputs");
+            let logits = model
+                .predict(&inputs)
+                .unwrap()
+                .to_device(&candle_core::Device::Cpu)
+                .unwrap();
+            let conservative: &[Composite] = match name {
+                "resnet" => &[Composite::UniformEpsilon, Composite::EpsilonGammaBox],
+                _ => &[
+                    Composite::UniformEpsilon,
+                    Composite::EpsilonGammaBox,
+                    Composite::EpsilonPlus,
+                    Composite::EpsilonPlusFlat,
+                ],
+            };
+            for &composite in conservative {
+                for start_from_logit in [false, true] {
+                    let mut params = LrpParams::new(composite);
+                    params.params.epsilon = 1e-9;
+                    params.params.stabilizer = 1e-9;
+                    params.start_from_logit = start_from_logit;
+                    let request = Request {
+                        method: Method::Lrp(params),
+                        targets: Targets::Classes(refs.targets()),
+                        layer: None,
+                    };
+                    let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
+                    let sums = out.attributions.flatten_from(1).unwrap().sum(D::Minus1).unwrap();
+                    let sums = sums
+                        .to_device(&candle_core::Device::Cpu)
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    for (row, (&sum, &target)) in sums.iter().zip(&out.targets).enumerate() {
+                        let expected = if start_from_logit {
+                            logits
+                                .get(row)
+                                .unwrap()
+                                .get(target)
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap()
+                        } else {
+                            1.0
+                        };
+                        let err = (sum - expected).abs() / expected.abs().max(1e-3);
+                        assert!(
+                            err < 1e-3,
+                            "{name} {composite:?} logit={start_from_logit} row {row}: sum {sum} vs {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
