@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::elementwise::{channel_affine, on_cpu_f32};
 use super::Layer;
 use crate::error::{Error, Result};
 
@@ -12,6 +13,9 @@ pub struct BatchNorm2d {
     scale: Tensor,
     /// bias - mean * scale, shaped [1, C, 1, 1].
     shift: Tensor,
+    /// Both on the host, for the single-pass CPU kernel.
+    host_scale: Vec<f32>,
+    host_shift: Vec<f32>,
 }
 
 impl BatchNorm2d {
@@ -28,6 +32,8 @@ impl BatchNorm2d {
         let scale = (&weight / running_var.affine(1.0, eps)?.sqrt()?)?;
         let shift = (&bias - (&running_mean * &scale)?)?;
         Ok(Self {
+            host_scale: scale.to_vec1::<f32>()?,
+            host_shift: shift.to_vec1::<f32>()?,
             scale: scale.reshape((1, c, 1, 1))?,
             shift: shift.reshape((1, c, 1, 1))?,
             eps,
@@ -66,10 +72,20 @@ impl Layer for BatchNorm2d {
                 x.dims()
             )));
         }
+        if on_cpu_f32(x) {
+            return channel_affine(x, &self.host_scale, &self.host_shift);
+        }
         Ok(x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?)
     }
 
     fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        if on_cpu_f32(grad) {
+            return Ok(vec![channel_affine(
+                grad,
+                &self.host_scale,
+                &vec![0.0; self.host_scale.len()],
+            )?]);
+        }
         Ok(vec![grad.broadcast_mul(&self.scale)?])
     }
 }

@@ -7,8 +7,8 @@
 
 use candle_core::Tensor;
 
-use super::depthwise::depthwise_correlate;
-use super::im2col::im2col_correlate;
+use super::depthwise::{depthwise_correlate, depthwise_transposed};
+use super::im2col::{col2im_transpose, im2col_correlate, Sliding};
 use super::Layer;
 use crate::error::{Error, Result};
 use crate::ops::{flip_hw, insert_zeros_hw, pad_or_crop_hw};
@@ -41,51 +41,58 @@ impl WindowGeometry {
     /// Correlates `x` with `kernel` ([C_out, C_in/groups, kh, kw]) under this geometry.
     pub fn correlate(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
         let (t, b, l, r) = self.padding;
-        if t == b && l == r && t == l && !x.device().is_cpu() {
+        let (h, w) = (x.dim(2)?, x.dim(3)?);
+        let out_hw = self.output_hw((h, w)).ok_or(Error::InputTooSmall {
+            height: h,
+            width: w,
+            min: self.kernel.0.max(self.kernel.1),
+        })?;
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            let sliding = Sliding {
+                stride: self.stride,
+                dilation: self.dilation,
+                groups: self.groups,
+                pad_top: t,
+                pad_left: l,
+                out_hw,
+            };
+            if self.is_depthwise(x.dim(1)?, kernel)? {
+                return depthwise_correlate(x, kernel, sliding);
+            }
+            return im2col_correlate(x, kernel, sliding);
+        }
+        if t == b && l == r && t == l {
             return Ok(x.conv2d(kernel, t, self.stride, self.dilation, self.groups)?);
         }
         let padded = pad_or_crop_hw(x, t as isize, b as isize, l as isize, r as isize, 0.0)?;
-        self.correlate_unpadded(&padded, kernel, self.stride)
+        Ok(padded.conv2d(kernel, 0, self.stride, self.dilation, self.groups)?)
     }
 
-    fn is_depthwise(&self, x: &Tensor, kernel: &Tensor) -> Result<bool> {
-        Ok(self.groups > 1 && kernel.dim(0)? == self.groups && x.dim(1)? == self.groups)
-    }
-
-    /// Correlation of an already padded input; depthwise layers on CPU take the direct kernel.
-    fn correlate_unpadded(&self, x: &Tensor, kernel: &Tensor, stride: usize) -> Result<Tensor> {
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
-        if cpu_f32 && self.is_depthwise(x, kernel)? {
-            return depthwise_correlate(x, kernel, stride, self.dilation);
-        }
-        let pointwise = self.kernel == (1, 1) && stride == 1;
-        if cpu_f32 && !pointwise {
-            return im2col_correlate(x, kernel, stride, self.dilation, self.groups);
-        }
-        Ok(x.conv2d(kernel, 0, stride, self.dilation, self.groups)?)
-    }
-
-    /// The kernel that `correlate_transposed` expects: in/out channels swapped per group and
-    /// flipped in space. Computed once per weight tensor.
-    pub fn transpose_kernel(&self, kernel: &Tensor) -> Result<Tensor> {
-        let (c_out, c_in_per_group, kh, kw) = kernel.dims4()?;
-        let g = self.groups;
-        let swapped = kernel
-            .reshape((g, c_out / g, c_in_per_group, kh, kw))?
-            .transpose(1, 2)?
-            .reshape((g * c_in_per_group, c_out / g, kh, kw))?
-            .contiguous()?;
-        flip_hw(&swapped)
+    /// One filter per channel ([C, 1, kh, kw], C groups): the direct depthwise kernels apply.
+    fn is_depthwise(&self, channels: usize, kernel: &Tensor) -> Result<bool> {
+        Ok(self.groups > 1 && channels == self.groups && kernel.dim(0)? == self.groups && kernel.dim(1)? == 1)
     }
 
     /// The input-VJP of `correlate`: maps a gradient at the output back to an input of
-    /// spatial size `input_hw`. `transposed_kernel` comes from `transpose_kernel`.
-    pub fn correlate_transposed(
-        &self,
-        grad: &Tensor,
-        transposed_kernel: &Tensor,
-        input_hw: (usize, usize),
-    ) -> Result<Tensor> {
+    /// spatial size `input_hw`, for the same forward `kernel`. On CPU the columns
+    /// kernel^T @ grad are scattered back (col2im); elsewhere it is a correlation of the
+    /// zero-inserted gradient with the flipped, in/out-swapped kernel.
+    pub fn correlate_transposed(&self, grad: &Tensor, kernel: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+        if grad.device().is_cpu() && grad.dtype() == candle_core::DType::F32 {
+            let (t, _, l, _) = self.padding;
+            let sliding = Sliding {
+                stride: self.stride,
+                dilation: self.dilation,
+                groups: self.groups,
+                pad_top: t,
+                pad_left: l,
+                out_hw: (grad.dim(2)?, grad.dim(3)?),
+            };
+            if self.is_depthwise(grad.dim(1)?, kernel)? {
+                return depthwise_transposed(grad, kernel, sliding, input_hw);
+            }
+            return col2im_transpose(grad, kernel, sliding, input_hw);
+        }
         let (kh, kw) = self.kernel;
         let (t, _, l, _) = self.padding;
         let spread = insert_zeros_hw(grad, self.stride, self.stride)?;
@@ -97,7 +104,20 @@ impl WindowGeometry {
         let bottom = input_hw.0 as isize - sh as isize + reach_h - top;
         let right = input_hw.1 as isize - sw as isize + reach_w - left;
         let framed = pad_or_crop_hw(&spread, top, bottom, left, right, 0.0)?;
-        self.correlate_unpadded(&framed, transposed_kernel, 1)
+        Ok(framed.conv2d(&self.transpose_kernel(kernel)?, 0, 1, self.dilation, self.groups)?)
+    }
+
+    /// In/out channels swapped per group and flipped in space: the kernel of the transposed
+    /// convolution as a plain correlation.
+    fn transpose_kernel(&self, kernel: &Tensor) -> Result<Tensor> {
+        let (c_out, c_in_per_group, kh, kw) = kernel.dims4()?;
+        let g = self.groups;
+        let swapped = kernel
+            .reshape((g, c_out / g, c_in_per_group, kh, kw))?
+            .transpose(1, 2)?
+            .reshape((g * c_in_per_group, c_out / g, kh, kw))?
+            .contiguous()?;
+        flip_hw(&swapped)
     }
 }
 
@@ -106,7 +126,6 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     geometry: WindowGeometry,
-    transposed_weight: Tensor,
 }
 
 impl Conv2d {
@@ -132,13 +151,7 @@ impl Conv2d {
                 )));
             }
         }
-        let transposed_weight = geometry.transpose_kernel(&weight)?;
-        Ok(Self {
-            weight,
-            bias,
-            geometry,
-            transposed_weight,
-        })
+        Ok(Self { weight, bias, geometry })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -177,8 +190,7 @@ impl Conv2d {
 
     /// Gradient of `sum(grad * self(x))` with respect to `x`, for an input of `input_hw` pixels.
     pub fn transpose_apply(&self, grad: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
-        self.geometry
-            .correlate_transposed(grad, &self.transposed_weight, input_hw)
+        self.geometry.correlate_transposed(grad, &self.weight, input_hw)
     }
 }
 

@@ -1,23 +1,56 @@
-//! A CPU kernel for depthwise convolution (groups == channels, one filter per channel).
-//! candle's grouped `conv2d` runs one convolution per group, which for MobileNetV2's 960-group
-//! layers is hundreds of tiny gemms; this direct loop is one parallel pass over the planes.
-//! Other devices keep candle's grouped convolution.
+//! CPU kernels for depthwise convolution (groups == channels, one filter per channel) and
+//! its input-VJP. candle's grouped `conv2d`, like a per-group gemm, runs one tiny product per
+//! channel — hundreds for MobileNetV2's layers; these direct loops make one parallel pass
+//! over the planes, with the zero padding applied on the fly instead of by a padded copy.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::im2col::Sliding;
 use crate::error::Result;
 
-/// Correlates `x` [N, C, H, W] with `kernel` [C, 1, kh, kw], no padding (the caller pads).
-pub fn depthwise_correlate(x: &Tensor, kernel: &Tensor, stride: usize, dilation: usize) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    let kernel = kernel.contiguous()?;
-    Ok(x.apply_op2_no_bwd(&kernel, &Depthwise { stride, dilation })?)
+/// Correlates `x` [N, C, H, W] with `kernel` [C, 1, kh, kw].
+pub fn depthwise_correlate(x: &Tensor, kernel: &Tensor, sliding: Sliding) -> Result<Tensor> {
+    let op = Depthwise {
+        sliding,
+        transposed_to: None,
+    };
+    Ok(x.contiguous()?.apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
+}
+
+/// The input-VJP of `depthwise_correlate`: `grad` [N, C, Ho, Wo] back to [N, C, H, W].
+pub fn depthwise_transposed(
+    grad: &Tensor,
+    kernel: &Tensor,
+    sliding: Sliding,
+    input_hw: (usize, usize),
+) -> Result<Tensor> {
+    let op = Depthwise {
+        sliding,
+        transposed_to: Some(input_hw),
+    };
+    Ok(grad.contiguous()?.apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
 }
 
 struct Depthwise {
-    stride: usize,
-    dilation: usize,
+    sliding: Sliding,
+    /// None: forward. Some(input size): the transpose, scattering back onto that size.
+    transposed_to: Option<(usize, usize)>,
+}
+
+/// The output columns j whose input column j*s + offset lies in [0, w).
+fn valid_columns(offset: isize, s: usize, w: usize, ow: usize) -> (usize, usize) {
+    let first = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(s)
+    };
+    let end = if (w as isize) > offset {
+        ((w as isize - offset) as usize).div_ceil(s).min(ow)
+    } else {
+        0
+    };
+    (first, end.max(first))
 }
 
 impl CustomOp2 for Depthwise {
@@ -32,40 +65,72 @@ impl CustomOp2 for Depthwise {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l1.shape().dims4()?;
+        let (n, c, sh, sw) = l1.shape().dims4()?;
         let (kc, _, kh, kw) = l2.shape().dims4()?;
         if kc != c {
             candle_core::bail!("depthwise kernel has {kc} channels, input {c}");
         }
-        let (x, k) = match (s1, s2) {
+        let (src, k) = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(k)) => (&x[l1.start_offset()..], &k[l2.start_offset()..]),
             _ => candle_core::bail!("depthwise-conv2d supports f32 only"),
         };
-        let (s, d) = (self.stride, self.dilation);
-        let span_h = d * (kh - 1) + 1;
-        let span_w = d * (kw - 1) + 1;
-        if h < span_h || w < span_w {
-            candle_core::bail!("depthwise input {h}x{w} smaller than the kernel span {span_h}x{span_w}");
+        let Sliding {
+            stride: s,
+            dilation: d,
+            pad_top,
+            pad_left,
+            out_hw: (oh, ow),
+            ..
+        } = self.sliding;
+        // (h, w): the input image; the forward reads it, the transpose writes it.
+        let ((h, w), out_len) = match self.transposed_to {
+            None => ((sh, sw), oh * ow),
+            Some((h, w)) => ((h, w), h * w),
+        };
+        if self.transposed_to.is_some() && (sh, sw) != (oh, ow) {
+            candle_core::bail!("depthwise transpose: gradient {sh}x{sw}, expected {oh}x{ow}");
         }
-        let (oh, ow) = ((h - span_h) / s + 1, (w - span_w) / s + 1);
-        let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
-            let ch = plane % c;
-            let src = &x[plane * h * w..(plane + 1) * h * w];
-            let filter = &k[ch * kh * kw..(ch + 1) * kh * kw];
-            for (i, row) in dst.chunks_mut(ow).enumerate() {
-                for a in 0..kh {
-                    let src_row = &src[(i * s + a * d) * w..];
-                    for b in 0..kw {
-                        let weight = filter[a * kw + b];
-                        let offset = b * d;
-                        for (j, out) in row.iter_mut().enumerate() {
-                            *out += weight * src_row[j * s + offset];
+        let mut out = vec![0f32; n * c * out_len];
+        let in_len = sh * sw;
+        out.par_chunks_mut(out_len).enumerate().for_each(|(plane, dst)| {
+            let filter = &k[(plane % c) * kh * kw..][..kh * kw];
+            let src = &src[plane * in_len..(plane + 1) * in_len];
+            for a in 0..kh {
+                for b in 0..kw {
+                    let weight = filter[a * kw + b];
+                    let x_offset = (b * d) as isize - pad_left as isize;
+                    let (first, end) = valid_columns(x_offset, s, w, ow);
+                    for i in 0..oh {
+                        let y = (i * s + a * d) as isize - pad_top as isize;
+                        if y < 0 || y >= h as isize || first == end {
+                            continue;
+                        }
+                        let image_row = y as usize * w;
+                        let start = (first as isize * s as isize + x_offset) as usize;
+                        match self.transposed_to {
+                            None => {
+                                let out_row = &mut dst[i * ow + first..i * ow + end];
+                                let input = &src[image_row + start..];
+                                for (k, o) in out_row.iter_mut().enumerate() {
+                                    *o += weight * input[k * s];
+                                }
+                            }
+                            Some(_) => {
+                                let grads = &src[i * ow + first..i * ow + end];
+                                let input = &mut dst[image_row + start..];
+                                for (k, g) in grads.iter().enumerate() {
+                                    input[k * s] += weight * g;
+                                }
+                            }
                         }
                     }
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+        let dims = match self.transposed_to {
+            None => (n, c, oh, ow),
+            Some((h, w)) => (n, c, h, w),
+        };
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

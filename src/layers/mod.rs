@@ -6,6 +6,7 @@ mod add;
 mod batch_norm;
 mod conv2d;
 mod depthwise;
+mod elementwise;
 mod flatten;
 mod im2col;
 mod linear;

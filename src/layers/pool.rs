@@ -177,10 +177,9 @@ impl WindowPlan {
 
     /// Transpose of `gather`: [N*C, k*k, Ho, Wo] -> [N, C, H, W].
     fn scatter(&self, windows: &Tensor, n: usize, c: usize) -> Result<Tensor> {
-        let selector_t = self.geometry.transpose_kernel(&self.selector(windows.device())?)?;
-        let framed = self
-            .geometry
-            .correlate_transposed(windows, &selector_t, self.padded_hw())?;
+        let framed =
+            self.geometry
+                .correlate_transposed(windows, &self.selector(windows.device())?, self.padded_hw())?;
         let (t, b, l, r) = self.padding;
         let x = pad_or_crop_hw(
             &framed,

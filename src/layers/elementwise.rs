@@ -1,0 +1,170 @@
+//! Single-pass CPU kernels for the element-wise work between convolutions: BatchNorm's
+//! per-channel affine map and the activations with their derivatives. Composed from candle
+//! ops these take two to five passes over the tensor, with broadcast indexing, and on
+//! MobileNetV2 they cost more than the convolutions. Other devices keep the candle ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Whether the single-pass kernels apply.
+pub fn on_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c] for [N, C, ...] inputs on CPU.
+pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+    let op = ChannelAffine {
+        scale: scale.to_vec(),
+        shift: shift.to_vec(),
+    };
+    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+struct ChannelAffine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+impl CustomOp1 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "channel-affine"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("channel-affine supports f32 only")
+        };
+        let dims = layout.shape().dims();
+        let c = self.scale.len();
+        if dims.len() < 2 || dims[1] != c {
+            candle_core::bail!("channel-affine: {c} channels for a tensor of shape {dims:?}");
+        }
+        let plane: usize = dims[2..].iter().product();
+        let x = &x[layout.start_offset()..][..layout.shape().elem_count()];
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(i, (dst, src))| {
+                let (a, b) = (self.scale[i % c], self.shift[i % c]);
+                for (o, v) in dst.iter_mut().zip(src) {
+                    *o = v * a + b;
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// An element-wise function and its derivative, both in one pass.
+#[derive(Debug, Clone, Copy)]
+pub enum Pointwise {
+    Relu,
+    Relu6,
+    LeakyRelu(f32),
+}
+
+impl Pointwise {
+    #[inline]
+    fn value(self, x: f32) -> f32 {
+        match self {
+            Pointwise::Relu => x.max(0.0),
+            Pointwise::Relu6 => x.clamp(0.0, 6.0),
+            Pointwise::LeakyRelu(slope) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x * slope
+                }
+            }
+        }
+    }
+
+    /// PyTorch's derivative at the kinks: ReLU 0 at x <= 0, ReLU6 1 only for 0 < x < 6,
+    /// LeakyReLU the slope at x <= 0.
+    #[inline]
+    fn derivative(self, x: f32) -> f32 {
+        match self {
+            Pointwise::Relu => (x > 0.0) as u8 as f32,
+            Pointwise::Relu6 => (x > 0.0 && x < 6.0) as u8 as f32,
+            Pointwise::LeakyRelu(slope) => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    slope
+                }
+            }
+        }
+    }
+
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op1_no_bwd(&Forward(self))?)
+    }
+
+    /// grad * f'(x).
+    pub fn vjp(self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &Backward(self))?)
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+struct Forward(Pointwise);
+
+impl CustomOp1 for Forward {
+    fn name(&self) -> &'static str {
+        "pointwise-forward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("activations support f32 only")
+        };
+        let x = &x[layout.start_offset()..][..layout.shape().elem_count()];
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(dst, src)| {
+                for (o, &v) in dst.iter_mut().zip(src) {
+                    *o = self.0.value(v);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+struct Backward(Pointwise);
+
+impl CustomOp2 for Backward {
+    fn name(&self) -> &'static str {
+        "pointwise-vjp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => (x, g),
+            _ => candle_core::bail!("activations support f32 only"),
+        };
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("activation gradient {:?} for input {:?}", l2.shape(), l1.shape());
+        }
+        let n = l1.shape().elem_count();
+        let (x, g) = (&x[l1.start_offset()..][..n], &g[l2.start_offset()..][..n]);
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(dst, (xs, gs))| {
+                for ((o, &v), &d) in dst.iter_mut().zip(xs).zip(gs) {
+                    *o = d * self.0.derivative(v);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
