@@ -108,18 +108,20 @@ impl CustomOp2 for Depthwise {
                         let image_row = y as usize * w;
                         let start = (first as isize * s as isize + x_offset) as usize;
                         match self.transposed_to {
+                            // Iterators rather than indexing: no bounds checks, and the
+                            // stride-1 case vectorises.
                             None => {
                                 let out_row = &mut dst[i * ow + first..i * ow + end];
-                                let input = &src[image_row + start..];
-                                for (k, o) in out_row.iter_mut().enumerate() {
-                                    *o += weight * input[k * s];
+                                let input = src[image_row + start..].iter().step_by(s);
+                                for (o, v) in out_row.iter_mut().zip(input) {
+                                    *o += weight * v;
                                 }
                             }
                             Some(_) => {
                                 let grads = &src[i * ow + first..i * ow + end];
-                                let input = &mut dst[image_row + start..];
-                                for (k, g) in grads.iter().enumerate() {
-                                    input[k * s] += weight * g;
+                                let input = dst[image_row + start..].iter_mut().step_by(s);
+                                for (x, g) in input.zip(grads) {
+                                    *x += weight * g;
                                 }
                             }
                         }

@@ -30,6 +30,11 @@ pub fn im2col_correlate(x: &Tensor, kernel: &Tensor, sliding: Sliding) -> Result
 }
 
 impl Sliding {
+    /// 1x1 kernel, stride 1, no padding: output pixels are input pixels.
+    fn is_pointwise(&self, kernel: (usize, usize), input_hw: (usize, usize)) -> bool {
+        kernel == (1, 1) && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0 && self.out_hw == input_hw
+    }
+
     /// Fills `columns` [C_g*kh*kw, Ho*Wo] with the patches of channels `channels` of `image`.
     fn gather(
         &self,
@@ -107,18 +112,24 @@ impl CustomOp2 for Sliding {
         let rows = c_per_group * kh * kw;
         let out_per_group = c_out / g;
         let mut out = vec![0f32; n * c_out * pixels];
-        let mut columns = vec![0f32; rows * pixels];
+        // A 1x1, stride-1, unpadded convolution's columns are its input planes themselves.
+        let pointwise = self.is_pointwise((kh, kw), (h, w));
+        let mut buffer = if pointwise {
+            Vec::new()
+        } else {
+            vec![0f32; rows * pixels]
+        };
         let threads = rayon::current_num_threads();
         for image in 0..n {
             let src = &x[image * c * h * w..(image + 1) * c * h * w];
             for group in 0..g {
-                self.gather(
-                    src,
-                    (h, w),
-                    group * c_per_group..(group + 1) * c_per_group,
-                    (kh, kw),
-                    &mut columns,
-                );
+                let channels = group * c_per_group..(group + 1) * c_per_group;
+                let columns: &[f32] = if pointwise {
+                    &src[channels.start * pixels..channels.end * pixels]
+                } else {
+                    self.gather(src, (h, w), channels, (kh, kw), &mut buffer);
+                    &buffer
+                };
                 let dst = &mut out[(image * c_out + group * out_per_group) * pixels..][..out_per_group * pixels];
                 let lhs = &k[group * out_per_group * rows..][..out_per_group * rows];
                 // SAFETY: dst is [out_per_group, pixels], lhs [out_per_group, rows] and the
@@ -244,12 +255,24 @@ impl CustomOp2 for Transposed {
         let rows = c_per_group * kh * kw;
         let out_per_group = c_out / g;
         let mut out = vec![0f32; n * c * h * w];
-        let mut columns = vec![0f32; rows * pixels];
         let threads = rayon::current_num_threads();
+        // Pointwise: the columns are the input planes themselves, so gemm writes them in place.
+        let pointwise = self.sliding.is_pointwise((kh, kw), (h, w));
+        let mut buffer = if pointwise {
+            Vec::new()
+        } else {
+            vec![0f32; rows * pixels]
+        };
         for image in 0..n {
+            let image_out = &mut out[image * c * h * w..(image + 1) * c * h * w];
             for group in 0..g {
                 let dy = &grad[(image * c_out + group * out_per_group) * pixels..][..out_per_group * pixels];
                 let kernel = &k[group * out_per_group * rows..][..out_per_group * rows];
+                let channels = group * c_per_group..(group + 1) * c_per_group;
+                let columns = match pointwise {
+                    true => &mut image_out[channels.start * pixels..channels.end * pixels],
+                    false => buffer.as_mut_slice(),
+                };
                 // SAFETY: columns is [rows, pixels]; kernel^T is [rows, out_per_group] read
                 // through swapped strides of the row-major [out_per_group, rows] kernel; dy is
                 // [out_per_group, pixels]; all in bounds as sliced above.
@@ -276,13 +299,9 @@ impl CustomOp2 for Transposed {
                         Parallelism::Rayon(threads),
                     );
                 }
-                let image_out = &mut out[image * c * h * w..(image + 1) * c * h * w];
-                self.scatter(
-                    &columns,
-                    (kh, kw),
-                    group * c_per_group..(group + 1) * c_per_group,
-                    image_out,
-                );
+                if !pointwise {
+                    self.scatter(&buffer, (kh, kw), channels, image_out);
+                }
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
