@@ -7,6 +7,10 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
+mod common;
+
+use common::Scratch;
+
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
 
 fn fixture(path: &str) -> PathBuf {
@@ -15,31 +19,8 @@ fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A fresh, empty directory for one test, removed when the test passes.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 fn scratch(test: &str) -> Scratch {
-    let dir = std::env::temp_dir()
-        .join("candle-xai-bad-input-tests")
-        .join(format!("{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    common::scratch("bad-input", test)
 }
 
 fn s(p: &Path) -> String {

@@ -8,6 +8,10 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
+mod common;
+
+use common::Scratch;
+
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
 
 fn fixture(path: &str) -> PathBuf {
@@ -16,31 +20,8 @@ fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A fresh, empty directory for one test, removed when the test passes.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 fn scratch(test: &str) -> Scratch {
-    let dir = std::env::temp_dir()
-        .join("candle-xai-cli-tests")
-        .join(format!("{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    common::scratch("cli", test)
 }
 
 fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
@@ -106,31 +87,8 @@ fn assert_close_path(what: &str, ours: &Tensor, reference: &Tensor) {
 }
 
 fn assert_close_within(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
-    assert_eq!(ours.dims(), reference.dims(), "{what}: shapes differ");
-    let reference = reference.to_dtype(DType::F32).unwrap();
-    let diff = (ours - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = reference
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(
-        diff <= tol * scale,
-        "{what}: max |ours - ref| = {diff:e} > {tol:e} * {scale:e}"
-    );
+    let err = common::relative_error(ours, reference);
+    assert!(err <= tol, "{what}: max |ours - ref| / max |ref| = {err:e} > {tol:e}");
 }
 
 fn targets(t: &Tensor) -> Vec<i64> {

@@ -252,7 +252,15 @@ fn main() -> ExitCode {
             };
         }
     };
-    // A panic is a bug; report it as an error rather than abort with a backtrace prompt.
+    // Output piped into a reader that stops early (`| head`) makes `println!` panic: stay
+    // quiet then, as a command killed by SIGPIPE would.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(&panic_message(info.payload())) {
+            default_hook(info);
+        }
+    }));
+    // Any other panic is a bug; report it as an error rather than abort with a backtrace prompt.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command)));
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -261,15 +269,26 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = panic_message(panic.as_ref());
+            if is_broken_pipe(&message) {
+                return ExitCode::from(141);
+            }
             eprintln!("error: internal error (a bug in candle-xai, please report it): {message}");
             ExitCode::from(1)
         }
     }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+fn is_broken_pipe(message: &str) -> bool {
+    message.contains("failed printing to stdout") && message.contains("Broken pipe")
 }
 
 fn run(command: Command) -> CliResult<()> {

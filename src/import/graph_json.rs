@@ -153,6 +153,78 @@ pub enum OpSpec {
     Add,
 }
 
+impl OpSpec {
+    /// A convolution's window, checked: candle convolves with one stride and one dilation
+    /// for both axes. `layer` names it in errors.
+    pub fn conv_geometry(&self, layer: &str) -> Result<Option<WindowGeometry>> {
+        let OpSpec::Conv2d {
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+        } = *self
+        else {
+            return Ok(None);
+        };
+        let unsupported = |reason: &str| Error::UnsupportedLayer {
+            layer: layer.to_string(),
+            kind: "Conv2d".into(),
+            reason: reason.into(),
+        };
+        let ((sh, sw), (dh, dw), (kh, kw)) = (stride.hw(), dilation.hw(), kernel_size.hw());
+        if sh != sw || dh != dw {
+            return Err(unsupported("different strides or dilations along height and width"));
+        }
+        if sh == 0 || dh == 0 || kh == 0 || kw == 0 {
+            return Err(unsupported("zero kernel size, stride or dilation"));
+        }
+        let (ph, pw) = padding.hw();
+        Ok(Some(WindowGeometry {
+            kernel: (kh, kw),
+            stride: sh,
+            dilation: dh,
+            padding: (ph, ph, pw, pw),
+            groups,
+        }))
+    }
+
+    /// A pooling layer's window (the stride defaults to the kernel size), checked.
+    pub fn pool_window(&self, layer: &str) -> Result<Option<PoolWindow>> {
+        let window = match *self {
+            OpSpec::MaxPool2d {
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            } => PoolWindow {
+                kernel: kernel_size.hw(),
+                stride: stride.unwrap_or(kernel_size).hw(),
+                padding: padding.hw(),
+                dilation: dilation.hw(),
+                ceil_mode,
+            },
+            OpSpec::AvgPool2d {
+                kernel_size,
+                stride,
+                padding,
+                ceil_mode,
+                ..
+            } => PoolWindow {
+                kernel: kernel_size.hw(),
+                stride: stride.unwrap_or(kernel_size).hw(),
+                padding: padding.hw(),
+                dilation: (1, 1),
+                ceil_mode,
+            },
+            _ => return Ok(None),
+        };
+        window.validate(layer)?;
+        Ok(Some(window))
+    }
+}
+
 impl GraphSpec {
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| Error::InvalidGraph(format!("graph JSON: {e}")))
@@ -210,30 +282,9 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
         reason: reason.to_string(),
     };
     Ok(match *spec {
-        OpSpec::Conv2d {
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-        } => {
+        OpSpec::Conv2d { .. } => {
+            let geometry = spec.conv_geometry(name)?.expect("a Conv2d spec has a geometry");
             let weight = take("weight", 4)?;
-            let (sh, sw) = stride.hw();
-            let (dh, dw) = dilation.hw();
-            if sh != sw || dh != dw {
-                return Err(unsupported("different strides or dilations along height and width"));
-            }
-            if sh == 0 || dh == 0 {
-                return Err(unsupported("zero stride or dilation"));
-            }
-            let (ph, pw) = padding.hw();
-            let geometry = WindowGeometry {
-                kernel: kernel_size.hw(),
-                stride: sh,
-                dilation: dh,
-                padding: (ph, ph, pw, pw),
-                groups,
-            };
             Op::Conv2d(Conv2d::new(weight, optional_bias(used)?, geometry).map_err(|e| named(name, e))?)
         }
         OpSpec::Linear => {
@@ -250,39 +301,15 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
         OpSpec::ReLU => Op::Activation(Activation::Relu),
         OpSpec::ReLU6 => Op::Activation(Activation::Relu6),
         OpSpec::LeakyReLU { negative_slope } => Op::Activation(Activation::LeakyRelu { negative_slope }),
-        OpSpec::MaxPool2d {
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            ceil_mode,
-        } => {
-            let window = PoolWindow {
-                kernel: kernel_size.hw(),
-                stride: stride.unwrap_or(kernel_size).hw(),
-                padding: padding.hw(),
-                dilation: dilation.hw(),
-                ceil_mode,
-            };
-            window.validate(name)?;
-            Op::MaxPool2d(MaxPool2d { window })
-        }
+        OpSpec::MaxPool2d { .. } => Op::MaxPool2d(MaxPool2d {
+            window: spec.pool_window(name)?.expect("a pooling spec has a window"),
+        }),
         OpSpec::AvgPool2d {
-            kernel_size,
-            stride,
-            padding,
-            ceil_mode,
             count_include_pad,
             divisor_override,
+            ..
         } => {
-            let window = PoolWindow {
-                kernel: kernel_size.hw(),
-                stride: stride.unwrap_or(kernel_size).hw(),
-                padding: padding.hw(),
-                dilation: (1, 1),
-                ceil_mode,
-            };
-            window.validate(name)?;
+            let window = spec.pool_window(name)?.expect("a pooling spec has a window");
             Op::AvgPool2d(AvgPool2d {
                 window,
                 count_include_pad,

@@ -6,7 +6,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::im2col::Sliding;
+use super::elementwise::f32_data;
+
+use super::im2col::{valid_columns, Sliding};
 use crate::error::Result;
 
 /// Correlates `x` [N, C, H, W] with `kernel` [C, 1, kh, kw].
@@ -38,21 +40,6 @@ struct Depthwise {
     transposed_to: Option<(usize, usize)>,
 }
 
-/// The output columns j whose input column j*s + offset lies in [0, w).
-fn valid_columns(offset: isize, s: usize, w: usize, ow: usize) -> (usize, usize) {
-    let first = if offset >= 0 {
-        0
-    } else {
-        ((-offset) as usize).div_ceil(s)
-    };
-    let end = if (w as isize) > offset {
-        ((w as isize - offset) as usize).div_ceil(s).min(ow)
-    } else {
-        0
-    };
-    (first, end.max(first))
-}
-
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
@@ -70,10 +57,10 @@ impl CustomOp2 for Depthwise {
         if kc != c {
             candle_core::bail!("depthwise kernel has {kc} channels, input {c}");
         }
-        let (src, k) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(k)) => (&x[l1.start_offset()..], &k[l2.start_offset()..]),
-            _ => candle_core::bail!("depthwise-conv2d supports f32 only"),
-        };
+        let (src, k) = (
+            f32_data(s1, l1, "depthwise-conv2d")?,
+            f32_data(s2, l2, "depthwise-conv2d")?,
+        );
         let Sliding {
             stride: s,
             dilation: d,

@@ -8,6 +8,14 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 
+/// The f32 elements a contiguous CPU tensor's layout covers, for the CPU kernels.
+pub(super) fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        CpuStorage::F32(data) => Ok(&data[layout.start_offset()..][..layout.shape().elem_count()]),
+        _ => candle_core::bail!("{op} supports f32 only"),
+    }
+}
+
 /// Whether the single-pass kernels apply.
 pub fn on_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
@@ -42,7 +50,6 @@ impl CustomOp1 for ChannelAffine {
             candle_core::bail!("channel-affine: {c} channels for a tensor of shape {dims:?}");
         }
         let plane: usize = dims[2..].iter().product();
-        let x = &x[layout.start_offset()..][..layout.shape().elem_count()];
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(plane)
             .zip(x.par_chunks(plane))
@@ -148,16 +155,11 @@ impl CustomOp2 for Backward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => (x, g),
-            _ => candle_core::bail!("activations support f32 only"),
-        };
+        let (x, g) = (f32_data(s1, l1, "activations")?, f32_data(s2, l2, "activations")?);
         if l1.shape() != l2.shape() {
             candle_core::bail!("activation gradient {:?} for input {:?}", l2.shape(), l1.shape());
         }
-        let n = l1.shape().elem_count();
-        let (x, g) = (&x[l1.start_offset()..][..n], &g[l2.start_offset()..][..n]);
-        let mut out = vec![0f32; n];
+        let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(dst, (xs, gs))| {

@@ -8,7 +8,25 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::elementwise::f32_data;
+
 use crate::error::Result;
+
+/// The output columns j (of `ow`) whose input column j*s + offset lies in [0, w): the rest
+/// read zero padding. Returns (first, end) with first <= end.
+pub(super) fn valid_columns(offset: isize, s: usize, w: usize, ow: usize) -> (usize, usize) {
+    let first = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(s)
+    };
+    let end = if (w as isize) > offset {
+        ((w as isize - offset) as usize).div_ceil(s).min(ow)
+    } else {
+        0
+    };
+    (first, end.max(first))
+}
 
 /// How the kernel slides: stride, dilation, groups and zero padding (top, left); the
 /// output size fixes how far the window goes (bottom and right padding follow from it).
@@ -52,17 +70,7 @@ impl Sliding {
             let (a, b) = ((row / kw) % kh, row % kw);
             let plane = &image[c * h * w..(c + 1) * h * w];
             let x_offset = (b * d) as isize - self.pad_left as isize;
-            // Output columns j whose source column j*s + x_offset lies inside the image.
-            let first = if x_offset >= 0 {
-                0
-            } else {
-                ((-x_offset) as usize).div_ceil(s)
-            };
-            let end = if (w as isize) > x_offset {
-                ((w as isize - x_offset) as usize).div_ceil(s).min(ow)
-            } else {
-                0
-            };
+            let (first, end) = valid_columns(x_offset, s, w, ow);
             for (i, out) in dst.chunks_mut(ow).enumerate() {
                 let y = (i * s + a * d) as isize - self.pad_top as isize;
                 if y < 0 || y >= h as isize || first >= end {
@@ -99,10 +107,7 @@ impl CustomOp2 for Sliding {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (c_out, c_per_group, kh, kw) = l2.shape().dims4()?;
-        let (x, k) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(k)) => (&x[l1.start_offset()..], &k[l2.start_offset()..]),
-            _ => candle_core::bail!("im2col-conv2d supports f32 only"),
-        };
+        let (x, k) = (f32_data(s1, l1, "im2col-conv2d")?, f32_data(s2, l2, "im2col-conv2d")?);
         let g = self.groups;
         if c != c_per_group * g || c_out % g != 0 {
             candle_core::bail!("im2col-conv2d: {c} input channels, kernel {:?}, {g} groups", l2.shape());
@@ -197,16 +202,7 @@ impl Transposed {
                 for b in 0..kw {
                     let row = &columns[((c * kh + a) * kw + b) * pixels..][..pixels];
                     let x_offset = (b * d) as isize - pad_left as isize;
-                    let first = if x_offset >= 0 {
-                        0
-                    } else {
-                        ((-x_offset) as usize).div_ceil(s)
-                    };
-                    let end = if (w as isize) > x_offset {
-                        ((w as isize - x_offset) as usize).div_ceil(s).min(ow)
-                    } else {
-                        0
-                    };
+                    let (first, end) = valid_columns(x_offset, s, w, ow);
                     if first >= end {
                         continue;
                     }
@@ -241,10 +237,7 @@ impl CustomOp2 for Transposed {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c_out, oh, ow) = l1.shape().dims4()?;
         let (kc_out, c_per_group, kh, kw) = l2.shape().dims4()?;
-        let (grad, k) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(k)) => (&x[l1.start_offset()..], &k[l2.start_offset()..]),
-            _ => candle_core::bail!("col2im supports f32 only"),
-        };
+        let (grad, k) = (f32_data(s1, l1, "col2im")?, f32_data(s2, l2, "col2im")?);
         let g = self.sliding.groups;
         if kc_out != c_out || c_out % g != 0 || (oh, ow) != self.sliding.out_hw {
             candle_core::bail!("col2im: gradient {:?} does not fit kernel {:?}", l1.shape(), l2.shape());

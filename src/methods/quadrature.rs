@@ -9,7 +9,9 @@ pub enum Quadrature {
     RiemannRight,
     RiemannMiddle,
     RiemannTrapezoid,
+    /// Named as captum names it (`gausslegendre`); `gauss-legendre` is accepted too.
     #[default]
+    #[serde(rename = "gausslegendre", alias = "gauss-legendre")]
     GaussLegendre,
 }
 
@@ -141,6 +143,19 @@ mod tests {
             assert!((approx - 1.0 / (deg as f64 + 1.0)).abs() < 1e-12, "n={n}: {approx}");
             assert!(alphas.windows(2).all(|w| w[0] < w[1]), "ascending");
         }
+    }
+
+    #[test]
+    fn json_names_are_the_listed_names() {
+        for q in Quadrature::ALL {
+            let json = serde_json::to_string(&q).unwrap();
+            assert_eq!(json, format!("\"{}\"", q.name()));
+            assert_eq!(serde_json::from_str::<Quadrature>(&json).unwrap(), q);
+        }
+        assert_eq!(
+            serde_json::from_str::<Quadrature>("\"gauss-legendre\"").unwrap(),
+            Quadrature::GaussLegendre
+        );
     }
 
     #[test]

@@ -113,3 +113,32 @@ pub fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
         "{what}: max |ours - ref| / max |ref| = {err:.3e} > {tol:.0e}"
     );
 }
+
+/// A fresh, empty directory for one test, removed when the test passes.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `<tmp>/candle-xai-tests/<suite>/<test>-<pid>`, created empty.
+pub fn scratch(suite: &str, test: &str) -> Scratch {
+    let dir = std::env::temp_dir()
+        .join("candle-xai-tests")
+        .join(suite)
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 
 use crate::import::graph_json::{GraphSpec, NodeSpec, OpSpec, Pair, INPUT};
-use crate::layers::{PoolWindow, WindowGeometry};
 
 /// The largest input side `min_input_size` looks at.
 const MAX_SIDE: usize = 4096;
@@ -156,59 +155,14 @@ fn runs_at(spec: &GraphSpec, side: usize) -> bool {
         let Some(inputs) = inputs else { return false };
         let Some(&hw) = inputs.first() else { return false };
         let out = match node.op {
-            OpSpec::Conv2d {
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                groups,
-            } => {
-                let (kh, kw) = kernel_size.hw();
-                let (ph, pw) = padding.hw();
-                if kh == 0 || kw == 0 || stride.hw().0 == 0 || dilation.hw().0 == 0 {
-                    return false;
-                }
-                let geometry = WindowGeometry {
-                    kernel: (kh, kw),
-                    stride: stride.hw().0,
-                    dilation: dilation.hw().0,
-                    padding: (ph, ph, pw, pw),
-                    groups,
-                };
-                geometry.output_hw(hw)
-            }
-            OpSpec::MaxPool2d {
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                ceil_mode,
-            } => {
-                let window = PoolWindow {
-                    kernel: kernel_size.hw(),
-                    stride: stride.unwrap_or(kernel_size).hw(),
-                    padding: padding.hw(),
-                    dilation: dilation.hw(),
-                    ceil_mode,
-                };
-                window.validate("").ok().and_then(|_| window.output_hw(hw))
-            }
-            OpSpec::AvgPool2d {
-                kernel_size,
-                stride,
-                padding,
-                ceil_mode,
-                ..
-            } => {
-                let window = PoolWindow {
-                    kernel: kernel_size.hw(),
-                    stride: stride.unwrap_or(kernel_size).hw(),
-                    padding: padding.hw(),
-                    dilation: (1, 1),
-                    ceil_mode,
-                };
-                window.validate("").ok().and_then(|_| window.output_hw(hw))
-            }
+            OpSpec::Conv2d { .. } => match node.op.conv_geometry(&node.name) {
+                Ok(Some(geometry)) => geometry.output_hw(hw),
+                _ => None,
+            },
+            OpSpec::MaxPool2d { .. } | OpSpec::AvgPool2d { .. } => match node.op.pool_window(&node.name) {
+                Ok(Some(window)) => window.output_hw(hw),
+                _ => None,
+            },
             OpSpec::AdaptiveAvgPool2d { output_size } => Some(output_size.hw()),
             OpSpec::Add => inputs.iter().all(|&s| s == hw).then_some(hw),
             _ => Some(hw),

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The browser build's tests (run scripts/setup-web.sh first):
+#   1. `trunk build --release` -> dist/
+#   2. clippy on the wasm32 build, and the bindings' unit tests (wasm-bindgen-test) in headless
+#      Chromium
+#   3. the page's end-to-end tests (tests/e2e/*.test.mjs, node --test + playwright-core) against
+#      dist/ served on 127.0.0.1, comparing every method's attributions with the native CLI's
+# Screenshots land in target/e2e-screenshots/.
+#
+# Environment: SKIP_BUILD=1 (reuse dist/), SKIP_WASM_TESTS=1, E2E_FILTER=<node --test-name-pattern>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '== %s\n' "$*" >&2; }
+seconds() { echo $(( $(date +%s) - $1 )); }
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    step "trunk build --release"
+    t=$(date +%s)
+    trunk build --release
+    step "trunk build took $(seconds "$t") s"
+fi
+for f in dist/index.html dist/candle-xai.js dist/candle-xai_bg.wasm dist/web/app.js; do
+    [ -s "$f" ] || { echo "error: $f is missing; did trunk build fail?" >&2; exit 1; }
+done
+[ -s web/assets/model/mobilenet_v2.safetensors ] || {
+    echo "error: the default model is missing: run scripts/setup-web.sh" >&2
+    exit 1
+}
+
+if [ "${SKIP_WASM_TESTS:-0}" != 1 ]; then
+    # The native clippy run never sees src/wasm.rs (it is wasm32-only).
+    step "clippy (wasm32)"
+    cargo clippy --release --quiet --target wasm32-unknown-unknown --lib -- -D warnings
+    step "wasm-bindgen-test (headless Chromium)"
+    t=$(date +%s)
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+        CHROMEDRIVER=/usr/bin/chromedriver \
+        WASM_BINDGEN_TEST_TIMEOUT=300 \
+        cargo test --release --target wasm32-unknown-unknown --lib
+    step "wasm tests took $(seconds "$t") s"
+fi
+
+step "native CLI for the parity checks"
+cargo build --release --quiet --bin candle-xai
+
+step "browser end-to-end tests"
+t=$(date +%s)
+export CANDLE_XAI_BIN="$PWD/target/release/candle-xai"
+filter=()
+[ -n "${E2E_FILTER:-}" ] && filter=(--test-name-pattern "$E2E_FILTER")
+node --test --test-concurrency=1 --test-reporter=spec "${filter[@]}" tests/e2e/*.test.mjs
+step "end-to-end tests took $(seconds "$t") s; screenshots in target/e2e-screenshots/"

@@ -1,0 +1,621 @@
+//! The JavaScript API of the browser build (wasm32 only): a thin shell over the library.
+//!
+//! Everything here runs inside a Web Worker (`web/worker.js`); the page talks to the worker
+//! with messages. Every function returns `Result<_, JsError>` carrying the engine's own error
+//! message, so nothing panics across the boundary; a panic (a bug) is still reported on the
+//! console by `console_error_panic_hook`.
+//!
+//! Tensors cross the boundary as flat `Float32Array`s with a separate shape array.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint8Array, Uint8ClampedArray};
+use wasm_bindgen::prelude::*;
+
+use crate::error::Error;
+use crate::import::graph_json::GraphSpec;
+use crate::methods::tunables;
+use crate::render::{self, Colormap, RelevanceMap};
+use crate::{explain as run_explain, LoadOptions, Method, Model, Progress, Request, Targets};
+
+/// Rows per forward/backward pass in the browser when a method's JSON does not say: bounds the
+/// memory of a pass (each MobileNetV2 row keeps ~100 MB of activations) and gives the progress
+/// bar a step every few IG steps / SmoothGrad samples. It does not change the result.
+pub const WEB_ROWS_PER_PASS: usize = 4;
+
+fn js_error(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+type JsResult<T> = Result<T, JsError>;
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// The crate's version, for the page's footer and for bug reports.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+fn set(object: &Object, key: &str, value: impl Into<JsValue>) -> JsResult<()> {
+    Reflect::set(object, &JsValue::from_str(key), &value.into())
+        .map(|_| ())
+        .map_err(|_| JsError::new(&format!("could not set `{key}` on a result object")))
+}
+
+fn shape_array(dims: &[usize]) -> Array {
+    dims.iter().map(|&d| JsValue::from(d as u32)).collect()
+}
+
+fn to_dims(shape: &[u32]) -> Vec<usize> {
+    shape.iter().map(|&d| d as usize).collect()
+}
+
+/// A tensor from flat values and a shape, checking that they agree.
+fn tensor(values: &[f32], shape: &[u32], what: &str) -> JsResult<Tensor> {
+    let dims = to_dims(shape);
+    let count: usize = dims.iter().product();
+    if count != values.len() {
+        return Err(JsError::new(&format!(
+            "{what} has {} values but shape {dims:?} needs {count}",
+            values.len()
+        )));
+    }
+    Tensor::from_slice(values, dims, &Device::Cpu).map_err(js_error)
+}
+
+fn flat(t: &Tensor) -> JsResult<Vec<f32>> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(js_error)
+}
+
+// -------------------------------------------------------------------------------------------
+// Methods
+
+/// Every method: `[{name, method, tunables}]` as JSON, where `method` is the method's default
+/// parameters as `explain` accepts them and `tunables` its tunable parameters with ranges.
+#[wasm_bindgen]
+pub fn methods() -> JsResult<String> {
+    let list = Method::NAMES
+        .iter()
+        .map(|name| {
+            let method = Method::from_name(name)?;
+            Ok(serde_json::json!({
+                "name": name,
+                "method": serde_json::to_value(&method).map_err(|e| Error::invalid_parameter("method", e.to_string()))?,
+                "tunables": tunables(&method),
+            }))
+        })
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(js_error)?;
+    serde_json::to_string(&list).map_err(js_error)
+}
+
+/// The method called `name` with its defaults, overridden by the fields of `params_json` (a JSON
+/// object such as `{"n_steps": 16}`; empty or `{}` for the defaults). Rows per pass default to
+/// [`WEB_ROWS_PER_PASS`].
+pub fn build_method(name: &str, params_json: &str) -> Result<Method, Error> {
+    let method = Method::from_name(name)?;
+    let mut value = serde_json::to_value(&method).map_err(|e| Error::invalid_parameter("method", e.to_string()))?;
+    let params_json = params_json.trim();
+    if !params_json.is_empty() {
+        let overrides: serde_json::Value = serde_json::from_str(params_json)
+            .map_err(|e| Error::invalid_parameter("parameters", format!("not valid JSON: {e}")))?;
+        let serde_json::Value::Object(overrides) = overrides else {
+            return Err(Error::invalid_parameter(
+                "parameters",
+                "expected a JSON object of parameter values",
+            ));
+        };
+        let target = value.as_object_mut().expect("a method serialises as an object");
+        for (key, v) in overrides {
+            if key == "method" || key == "composite" {
+                continue;
+            }
+            if !target.contains_key(&key) && key != "batch_size" && key != "stdev" {
+                return Err(Error::invalid_parameter(
+                    &key,
+                    format!("method `{name}` has no parameter `{key}`"),
+                ));
+            }
+            target.insert(key, v);
+        }
+    }
+    if matches!(method, Method::IntegratedGradients(_) | Method::SmoothGrad(_)) {
+        let object = value.as_object_mut().expect("a method serialises as an object");
+        if object.get("batch_size").is_none_or(|v| v.is_null()) {
+            object.insert("batch_size".into(), WEB_ROWS_PER_PASS.into());
+        }
+    }
+    serde_json::from_value(value).map_err(|e| Error::invalid_parameter(name, e.to_string()))
+}
+
+// -------------------------------------------------------------------------------------------
+// Images
+
+/// Decodes a PNG/JPEG/WebP photo and applies torchvision's ImageNet preprocessing (shorter side
+/// 256, centre crop 224, normalised), exactly as `candle-xai explain --image` does.
+/// Returns `{input: Float32Array, shape, photo: Uint8Array (RGB of the crop), width, height,
+/// sourceWidth, sourceHeight}`.
+#[wasm_bindgen]
+pub fn preprocess(bytes: &[u8], name: &str) -> JsResult<Object> {
+    let (_, source_width, source_height) = crate::image::dimensions(bytes, name).map_err(js_error)?;
+    let image = crate::image::decode(bytes, name).map_err(js_error)?;
+    let p = crate::image::imagenet_preprocess(&image).map_err(js_error)?;
+    let out = Object::new();
+    let values = flat(&p.tensor)?;
+    set(&out, "input", Float32Array::from(values.as_slice()))?;
+    set(&out, "shape", shape_array(p.tensor.dims()))?;
+    set(&out, "photo", Uint8Array::from(p.image.as_raw().as_slice()))?;
+    set(&out, "width", p.image.width())?;
+    set(&out, "height", p.image.height())?;
+    set(&out, "sourceWidth", source_width)?;
+    set(&out, "sourceHeight", source_height)?;
+    Ok(out)
+}
+
+fn photo_image(photo: &[u8], width: u32, height: u32) -> JsResult<::image::RgbImage> {
+    ::image::RgbImage::from_raw(width, height, photo.to_vec()).ok_or_else(|| {
+        JsError::new(&format!(
+            "the photo has {} bytes, not the {} of a {width}x{height} RGB image",
+            photo.len(),
+            width as usize * height as usize * 3
+        ))
+    })
+}
+
+/// The first sample of an attribution batch, as the heatmap shows it.
+fn first_sample(attributions: &[f32], shape: &[u32]) -> JsResult<Tensor> {
+    let t = tensor(attributions, shape, "the attribution")?;
+    match t.rank() {
+        4 => t.get(0).map_err(js_error),
+        _ => Ok(t),
+    }
+}
+
+/// The heatmap of an attribution laid over the photo, without the colour bar (the page draws
+/// its own): `{rgba: Uint8ClampedArray (width*height*4), width, height, low, high}`, where
+/// `low`/`high` are the values the colour map's ends stand for. Same colours as the CLI.
+#[wasm_bindgen]
+pub fn overlay(
+    photo: &[u8],
+    width: u32,
+    height: u32,
+    attributions: &[f32],
+    shape: &[u32],
+    colormap: &str,
+    alpha: f32,
+) -> JsResult<Object> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(JsError::new(&format!("opacity {alpha} is not between 0 and 1")));
+    }
+    let colormap = Colormap::parse(colormap).map_err(js_error)?;
+    let photo = photo_image(photo, width, height)?;
+    let attribution = first_sample(attributions, shape)?;
+    let map = RelevanceMap::from_attribution(&attribution)
+        .map_err(js_error)?
+        .resized(width as usize, height as usize);
+    let normalised = render::normalise(&map.values, colormap);
+    let heat = render::colorize(&normalised.values, width as usize, height as usize, colormap);
+    let blended = render::blend(&photo, &heat, alpha);
+    let rgba: Vec<u8> = blended.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect();
+    let out = Object::new();
+    set(&out, "rgba", Uint8ClampedArray::from(rgba.as_slice()))?;
+    set(&out, "width", width)?;
+    set(&out, "height", height)?;
+    set(&out, "low", normalised.low)?;
+    set(&out, "high", normalised.high)?;
+    Ok(out)
+}
+
+/// `steps` RGB colours of a colour map from its high end to its low end (for a colour bar).
+#[wasm_bindgen(js_name = colormapColors)]
+pub fn colormap_colors(colormap: &str, steps: u32) -> JsResult<Uint8Array> {
+    let colormap = Colormap::parse(colormap).map_err(js_error)?;
+    let steps = steps.max(2);
+    let colours: Vec<u8> = (0..steps)
+        .flat_map(|i| {
+            let t = 1.0 - i as f32 / (steps - 1) as f32;
+            colormap.color(if colormap.is_signed() { 2.0 * t - 1.0 } else { t })
+        })
+        .collect();
+    Ok(Uint8Array::from(colours.as_slice()))
+}
+
+/// The colour map names, default first.
+#[wasm_bindgen]
+pub fn colormaps() -> Vec<String> {
+    Colormap::ALL.iter().map(|c| c.name().to_string()).collect()
+}
+
+/// PNG bytes of the heatmap over the photo with its labelled colour bar: the image
+/// `candle-xai explain --image` writes.
+#[wasm_bindgen(js_name = renderPng)]
+pub fn render_png(
+    photo: &[u8],
+    width: u32,
+    height: u32,
+    attributions: &[f32],
+    shape: &[u32],
+    colormap: &str,
+    alpha: f32,
+) -> JsResult<Vec<u8>> {
+    let colormap = Colormap::parse(colormap).map_err(js_error)?;
+    let photo = photo_image(photo, width, height)?;
+    let attribution = first_sample(attributions, shape)?;
+    let rendered = render::render(&photo, &attribution, colormap, alpha).map_err(js_error)?;
+    render::encode_png(&rendered.image).map_err(js_error)
+}
+
+// -------------------------------------------------------------------------------------------
+// Safetensors files
+
+fn safetensors_bytes(tensors: Vec<(&str, Vec<usize>, safetensors::Dtype, Vec<u8>)>) -> JsResult<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, dtype, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|view| (*name, view))
+                .map_err(js_error)
+        })
+        .collect::<JsResult<Vec<_>>>()?;
+    let mut metadata = HashMap::new();
+    metadata.insert("producer".to_string(), format!("candle-xai {} (browser)", version()));
+    safetensors::tensor::serialize(views, Some(metadata)).map_err(js_error)
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn i64_bytes(values: &[i64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A model input as `candle-xai explain --input` reads it: `inputs` (f32) and, when `target`
+/// is given, `targets` (int64).
+#[wasm_bindgen(js_name = inputSafetensors)]
+pub fn input_safetensors(input: &[f32], shape: &[u32], target: Option<i32>) -> JsResult<Vec<u8>> {
+    tensor(input, shape, "the input")?;
+    let mut tensors = vec![("inputs", to_dims(shape), safetensors::Dtype::F32, f32_bytes(input))];
+    if let Some(t) = target {
+        tensors.push(("targets", vec![1], safetensors::Dtype::I64, i64_bytes(&[t as i64])));
+    }
+    safetensors_bytes(tensors)
+}
+
+/// An explanation as `candle-xai explain --input ... --out Y.safetensors` writes it:
+/// `attributions`, `logits`, `targets` (int64) and, for Integrated Gradients,
+/// `convergence_delta`.
+#[wasm_bindgen(js_name = explanationSafetensors)]
+pub fn explanation_safetensors(
+    attributions: &[f32],
+    shape: &[u32],
+    logits: &[f32],
+    target: u32,
+    convergence_delta: Option<f32>,
+) -> JsResult<Vec<u8>> {
+    tensor(attributions, shape, "the attribution")?;
+    let mut tensors = vec![
+        (
+            "attributions",
+            to_dims(shape),
+            safetensors::Dtype::F32,
+            f32_bytes(attributions),
+        ),
+        (
+            "logits",
+            vec![1, logits.len()],
+            safetensors::Dtype::F32,
+            f32_bytes(logits),
+        ),
+        ("targets", vec![1], safetensors::Dtype::I64, i64_bytes(&[target as i64])),
+    ];
+    if let Some(delta) = convergence_delta {
+        tensors.push((
+            "convergence_delta",
+            vec![1],
+            safetensors::Dtype::F32,
+            f32_bytes(&[delta]),
+        ));
+    }
+    safetensors_bytes(tensors)
+}
+
+// -------------------------------------------------------------------------------------------
+// The model
+
+/// A loaded model. Exported to JavaScript as `Model`.
+#[wasm_bindgen(js_name = Model)]
+pub struct WasmModel {
+    model: Model,
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WasmModel {
+    /// Loads a model from `.safetensors` or PyTorch `.pth` bytes; `name` names them in error
+    /// messages. `graph_json` describes a custom model (the CLI's `--graph`); `arch` forces a
+    /// torchvision architecture. Unusable files give the engine's message.
+    pub fn load(bytes: &[u8], name: &str, graph_json: Option<String>, arch: Option<String>) -> JsResult<WasmModel> {
+        let graph = match graph_json.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(text) => Some(GraphSpec::from_json(text).map_err(js_error)?),
+            None => None,
+        };
+        let arch = arch.filter(|a| !a.trim().is_empty());
+        let device = Device::Cpu;
+        let model = if crate::import::pth::looks_like_pth(bytes) {
+            let state = crate::import::pth::state_dict_from_pth(bytes, name, &device).map_err(js_error)?;
+            Model::from_state_dict(&state, graph, arch.as_deref(), &device)
+        } else {
+            Model::from_safetensors(bytes, name, &LoadOptions { arch, graph }, &device)
+        }
+        .map_err(js_error)?;
+        Ok(Self { model })
+    }
+
+    /// `resnet18`, `mobilenet_v2`, ..., or `custom`.
+    #[wasm_bindgen(getter)]
+    pub fn architecture(&self) -> String {
+        self.model.architecture().to_string()
+    }
+
+    #[wasm_bindgen(getter, js_name = inputChannels)]
+    pub fn input_channels(&self) -> u32 {
+        self.model.input_channels() as u32
+    }
+
+    /// The number of classes, when the model ends in a linear layer.
+    #[wasm_bindgen(getter, js_name = numClasses)]
+    pub fn num_classes(&self) -> Option<u32> {
+        self.model.num_classes().map(|n| n as u32)
+    }
+
+    /// Layer names, in order, for Grad-CAM and layer attribution.
+    #[wasm_bindgen(js_name = layerNames)]
+    pub fn layer_names(&self) -> Vec<String> {
+        self.model.layer_names().into_iter().map(String::from).collect()
+    }
+
+    /// The layer Grad-CAM explains when none is named.
+    #[wasm_bindgen(js_name = defaultCamLayer)]
+    pub fn default_cam_layer(&self) -> Option<String> {
+        let id = self.model.default_cam_layer().ok()?;
+        Some(self.model.graph().node(id).name.clone())
+    }
+
+    /// The logits `[N, classes]` (flat) of a normalised `[N, C, H, W]` input.
+    pub fn predict(&self, input: &[f32], shape: &[u32]) -> JsResult<Float32Array> {
+        let x = tensor(input, shape, "the input")?;
+        let logits = self.model.predict(&x).map_err(js_error)?;
+        Ok(Float32Array::from(flat(&logits)?.as_slice()))
+    }
+
+    /// Explains a normalised `[1, C, H, W]` input with the method called `method` (see
+    /// `methods()`), its defaults overridden by `params_json`. `target` is the class to explain
+    /// (default: the top prediction); `layer` a layer for Grad-CAM or layer attribution.
+    /// `progress(done, total)` is called as the method advances; returning `false` cancels.
+    /// Returns `{attributions: Float32Array, shape, logits: Float32Array, target,
+    /// convergenceDelta, method, params}`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn explain(
+        &self,
+        input: &[f32],
+        shape: &[u32],
+        method: &str,
+        params_json: Option<String>,
+        target: Option<i32>,
+        layer: Option<String>,
+        progress: Option<Function>,
+    ) -> JsResult<Object> {
+        let x = tensor(input, shape, "the input")?;
+        let method = build_method(method, params_json.as_deref().unwrap_or("")).map_err(js_error)?;
+        let request = Request {
+            targets: match target {
+                Some(t) => Targets::Classes(vec![t as i64]),
+                None => Targets::TopPrediction,
+            },
+            layer: layer.filter(|l| !l.trim().is_empty()),
+            method,
+        };
+        let mut report = |done: usize, total: usize| -> bool {
+            match &progress {
+                Some(f) => f
+                    .call2(
+                        &JsValue::NULL,
+                        &JsValue::from(done as u32),
+                        &JsValue::from(total as u32),
+                    )
+                    .map(|r| r != JsValue::FALSE)
+                    .unwrap_or(true),
+                None => true,
+            }
+        };
+        let explanation = run_explain(&self.model, &x, &request, &mut Progress::new(&mut report)).map_err(js_error)?;
+        let out = Object::new();
+        set(
+            &out,
+            "attributions",
+            Float32Array::from(flat(&explanation.attributions)?.as_slice()),
+        )?;
+        set(&out, "shape", shape_array(explanation.attributions.dims()))?;
+        set(
+            &out,
+            "logits",
+            Float32Array::from(flat(&explanation.logits)?.as_slice()),
+        )?;
+        set(&out, "target", explanation.targets.first().copied().unwrap_or(0) as u32)?;
+        let delta = match &explanation.convergence_delta {
+            Some(d) => JsValue::from(flat(d)?.first().copied().unwrap_or(f32::NAN)),
+            None => JsValue::NULL,
+        };
+        set(&out, "convergenceDelta", delta)?;
+        set(&out, "method", request.method.name())?;
+        set(
+            &out,
+            "params",
+            serde_json::to_string(&request.method).map_err(js_error)?,
+        )?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::Quadrature;
+    use wasm_bindgen_test::*;
+
+    wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+    #[wasm_bindgen_test]
+    fn every_method_is_listed_with_json_defaults() {
+        let list: serde_json::Value = serde_json::from_str(&methods().unwrap()).unwrap();
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), Method::NAMES.len());
+        for entry in list {
+            let name = entry["name"].as_str().unwrap();
+            let method = build_method(name, "").unwrap();
+            assert_eq!(method.name(), name);
+        }
+    }
+
+    #[wasm_bindgen_test]
+    fn parameters_override_defaults_and_unknown_ones_are_refused() {
+        match build_method(
+            "integrated-gradients",
+            r#"{"n_steps": 7, "quadrature": "riemann-middle"}"#,
+        )
+        .unwrap()
+        {
+            Method::IntegratedGradients(p) => {
+                assert_eq!(p.n_steps, 7);
+                assert_eq!(p.quadrature, Quadrature::RiemannMiddle);
+                assert_eq!(p.batch_size, Some(WEB_ROWS_PER_PASS));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every choice `tunables()` offers is accepted.
+        for q in Quadrature::ALL {
+            let json = format!(r#"{{"quadrature": "{}"}}"#, q.name());
+            assert!(build_method("integrated-gradients", &json).is_ok(), "{json}");
+        }
+        let err = build_method("gradient", r#"{"n_steps": 7}"#).unwrap_err().to_string();
+        assert!(err.contains("n_steps"), "{err}");
+        assert!(build_method("no-such-method", "").is_err());
+        assert!(build_method("gradient", "[1]").is_err());
+        assert!(build_method("gradient", "{nope").is_err());
+    }
+
+    #[wasm_bindgen_test]
+    fn bad_model_bytes_give_a_message() {
+        let err = WasmModel::load(b"not a model", "notes.txt", None, None).err().unwrap();
+        let message: JsValue = err.into();
+        let text = Reflect::get(&message, &"message".into()).unwrap().as_string().unwrap();
+        assert!(text.contains("notes.txt"), "{text}");
+        assert!(WasmModel::load(b"", "empty.safetensors", None, None).is_err());
+    }
+
+    #[wasm_bindgen_test]
+    fn bad_images_give_a_message() {
+        let err = preprocess(b"hello, I am text", "notes.png").err().unwrap();
+        let message: JsValue = err.into();
+        let text = Reflect::get(&message, &"message".into()).unwrap().as_string().unwrap();
+        assert!(text.contains("notes.png"), "{text}");
+    }
+
+    #[wasm_bindgen_test]
+    fn preprocesses_a_png() {
+        let image = ::image::RgbImage::from_fn(300, 200, |x, y| [x as u8, y as u8, 100].into());
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut bytes, ::image::ImageFormat::Png).unwrap();
+        let out = preprocess(bytes.get_ref(), "a.png").unwrap();
+        let get = |k: &str| Reflect::get(&out, &k.into()).unwrap();
+        assert_eq!(get("width").as_f64(), Some(224.0));
+        assert_eq!(get("sourceWidth").as_f64(), Some(300.0));
+        assert_eq!(Float32Array::from(get("input")).length(), 3 * 224 * 224);
+        assert_eq!(Uint8Array::from(get("photo")).length(), 3 * 224 * 224);
+    }
+
+    /// A tiny convolutional model through the whole path: load, predict, every method, render.
+    #[wasm_bindgen_test]
+    fn explains_a_small_model_with_every_method() {
+        let device = Device::Cpu;
+        let mut tensors = HashMap::new();
+        let values =
+            |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * scale).collect() };
+        tensors.insert(
+            "features.0.weight".to_string(),
+            Tensor::from_vec(values(4 * 3 * 3 * 3, 0.05), (4, 3, 3, 3), &device).unwrap(),
+        );
+        tensors.insert(
+            "features.0.bias".to_string(),
+            Tensor::from_vec(values(4, 0.01), 4, &device).unwrap(),
+        );
+        tensors.insert(
+            "classifier.weight".to_string(),
+            Tensor::from_vec(values(5 * 4 * 8 * 8, 0.02), (5, 4 * 8 * 8), &device).unwrap(),
+        );
+        tensors.insert(
+            "classifier.bias".to_string(),
+            Tensor::from_vec(values(5, 0.01), 5, &device).unwrap(),
+        );
+        let graph = r#"{"input_channels": 3, "nodes": [
+            {"name": "features.0", "op": "Conv2d", "kernel_size": 3, "padding": 1},
+            {"name": "relu", "op": "ReLU"},
+            {"name": "flatten", "op": "Flatten"},
+            {"name": "classifier", "op": "Linear"}
+        ]}"#;
+        let state = crate::import::StateDict::new(tensors, "tiny");
+        let bytes = state.to_safetensors(None).unwrap();
+        let model = match WasmModel::load(&bytes, "tiny.safetensors", Some(graph.into()), None) {
+            Ok(m) => m,
+            Err(e) => {
+                let v: JsValue = e.into();
+                panic!("{:?}", Reflect::get(&v, &"message".into()).unwrap());
+            }
+        };
+        assert_eq!(model.num_classes(), Some(5));
+        let input = values(3 * 8 * 8, 0.1);
+        let shape = [1u32, 3, 8, 8];
+        assert_eq!(model.predict(&input, &shape).unwrap().length(), 5);
+        let photo = vec![128u8; 8 * 8 * 3];
+        for name in Method::NAMES {
+            let params = match name {
+                "integrated-gradients" => r#"{"n_steps": 4}"#,
+                "smoothgrad" => r#"{"n_samples": 3}"#,
+                _ => "",
+            };
+            let out = model
+                .explain(&input, &shape, name, Some(params.into()), Some(2), None, None)
+                .unwrap_or_else(|_| panic!("{name} failed"));
+            let attributions = Float32Array::from(Reflect::get(&out, &"attributions".into()).unwrap()).to_vec();
+            let dims: Vec<u32> = Array::from(&Reflect::get(&out, &"shape".into()).unwrap())
+                .iter()
+                .map(|v| v.as_f64().unwrap() as u32)
+                .collect();
+            assert!(attributions.iter().all(|v| v.is_finite()), "{name}");
+            let o = overlay(&photo, 8, 8, &attributions, &dims, "bwr", 0.5).unwrap();
+            assert_eq!(
+                Uint8ClampedArray::from(Reflect::get(&o, &"rgba".into()).unwrap()).length(),
+                8 * 8 * 4
+            );
+            let png = render_png(&photo, 8, 8, &attributions, &dims, "hot", 0.5).unwrap();
+            assert!(png.starts_with(b"\x89PNG"));
+        }
+        // Cancelling through the progress callback ends the run with "cancelled".
+        let cancel = Function::new_no_args("return false");
+        let err = model
+            .explain(&input, &shape, "integrated-gradients", None, None, None, Some(cancel))
+            .err()
+            .unwrap();
+        let v: JsValue = err.into();
+        let text = Reflect::get(&v, &"message".into()).unwrap().as_string().unwrap();
+        assert!(text.contains("cancelled"), "{text}");
+    }
+}

@@ -1,0 +1,65 @@
+// The embedding: <xai-explainer> elements loaded by one script tag, and the JavaScript API.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { serve, launch, screenshot } from './harness.mjs';
+
+let server;
+let browser;
+let page;
+const errors = [];
+
+before(async () => {
+  server = await serve();
+  browser = await launch();
+  page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+  await page.goto(`${server.url}web/examples/embed.html`);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+const caption = (id) => page.$eval(`#${id}`, (e) => e.shadowRoot.querySelector('figcaption').textContent);
+
+test('each element explains its photo with its method', async () => {
+  await page.waitForFunction(() => [...document.querySelectorAll('xai-explainer')].every((e) => e.result), null, { timeout: 300_000 });
+  assert.match(await caption('cat-lrp'), /^(tabby|tiger cat|Persian cat|Siamese cat|Egyptian cat) \(\d+\.\d%\) · LRP: ε \+ z⁺ · /);
+  assert.match(await caption('cat-cam'), /cat .* · Grad-CAM · /);
+  assert.match(await caption('coffee-ig'), /^espresso .* · Integrated Gradients · /);
+  const ig = await page.$eval('#coffee-ig', (e) => ({ params: JSON.parse(e.result.params), shape: e.result.shape, n: e.result.attributions.length }));
+  assert.equal(ig.params.n_steps, 16);
+  assert.deepEqual(ig.shape, [1, 3, 224, 224]);
+  assert.equal(ig.n, 3 * 224 * 224);
+  await screenshot(page, 'embed-elements');
+});
+
+test('changing an attribute re-explains; a bad src gives a message in the element', async () => {
+  const next = page.$eval('#cat-cam', (e) => new Promise((ok) => e.addEventListener('xai-result', (ev) => ok(ev.detail.method), { once: true })));
+  await page.$eval('#cat-cam', (e) => e.setAttribute('method', 'gradient'));
+  assert.equal(await next, 'gradient');
+  const failed = page.$eval('#cat-cam', (e) => new Promise((ok) => e.addEventListener('xai-error', (ev) => ok(ev.detail.message), { once: true })));
+  await page.$eval('#cat-cam', (e) => e.setAttribute('src', '../assets/imagenet_classes.json'));
+  assert.match(await failed, /imagenet_classes\.json is not a PNG, JPEG or WebP image/);
+  assert.match(await caption('cat-cam'), /^Could not explain: /);
+});
+
+test('the JavaScript API: Explainer.load(bytes) and explain(image, options)', async () => {
+  await page.click('#run-api');
+  await page.waitForFunction(() => window.apiResult || /^Error/.test(document.getElementById('api-log').textContent), null, { timeout: 300_000 });
+  const log = await page.$eval('#api-log', (e) => e.textContent);
+  assert.match(log, /\(class \d+, top-5: .+\); attributions \[1,3,224,224\] sum /);
+  const r = await page.evaluate(() => ({
+    method: window.apiResult.method,
+    samples: JSON.parse(window.apiResult.params).n_samples,
+    canvas: window.apiResult.canvas.width,
+    n: window.apiResult.attributions.length,
+    top5: window.apiResult.top5.length,
+  }));
+  assert.deepEqual(r, { method: 'smoothgrad', samples: 8, canvas: 224, n: 3 * 224 * 224, top5: 5 });
+  await screenshot(page, 'embed-api');
+  assert.deepEqual(errors.filter((e) => !/Failed to load resource/.test(e)), []);
+});

@@ -1,0 +1,198 @@
+// Shared pieces of the browser tests: a static server for dist/ on 127.0.0.1, headless Debian
+// Chromium driven by playwright-core, and helpers for the page.
+
+import { createServer } from 'node:http';
+import { readFile, stat, mkdir } from 'node:fs/promises';
+import { extname, join, normalize, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { deflateSync } from 'node:zlib';
+import { chromium } from 'playwright-core';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const DIST = resolve(process.env.XAI_DIST ?? join(ROOT, 'dist'));
+export const SCREENSHOTS = join(ROOT, 'target', 'e2e-screenshots');
+export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.png': 'image/png',
+  '.jpg': 'image/jpeg',
+  '.webp': 'image/webp',
+  '.safetensors': 'application/octet-stream',
+  '.md': 'text/plain; charset=utf-8',
+};
+
+/** Serves `root` on 127.0.0.1 (a free port); resolves to {url, close, requests}. */
+export async function serve(root = DIST) {
+  const requests = [];
+  const server = createServer(async (req, res) => {
+    requests.push(req.url);
+    try {
+      let path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+      path = normalize(join(root, path));
+      if (!path.startsWith(root)) throw new Error('outside');
+      if ((await stat(path)).isDirectory()) path = join(path, 'index.html');
+      const body = await readFile(path);
+      res.writeHead(200, { 'content-type': TYPES[extname(path)] ?? 'application/octet-stream' });
+      res.end(body);
+    } catch {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found');
+    }
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    requests,
+    close: () => new Promise((ok) => server.close(ok)),
+  };
+}
+
+/** Headless Chromium with the flags this machine needs (no background network at all);
+ * playwright gives it a fresh temporary profile. */
+export async function launch() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
+
+/** A page of the app with console errors collected; waits until the model is loaded. */
+export async function openApp(browser, url, { viewport = { width: 1280, height: 900 } } = {}) {
+  const page = await browser.newPage({ viewport });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+  });
+  await page.goto(url);
+  await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 120_000 });
+  return { page, errors };
+}
+
+/** Waits until the page is idle (no explanation running). */
+export async function idle(page, timeout = 300_000) {
+  await page.waitForFunction(() => document.body.dataset.state === 'idle', null, { timeout });
+}
+
+export async function screenshot(page, name) {
+  await mkdir(SCREENSHOTS, { recursive: true });
+  const path = join(SCREENSHOTS, `${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  return path;
+}
+
+/** Tensors of a safetensors file: {name: {dtype, shape, data (Float32Array | BigInt64Array | ...)}}. */
+export function readSafetensors(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLength = Number(view.getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength)));
+  const base = 8 + headerLength;
+  const out = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [start, end] = info.data_offsets;
+    const raw = bytes.slice(base + start, base + end).buffer;
+    const data = { F32: Float32Array, I64: BigInt64Array, F64: Float64Array, I32: Int32Array }[info.dtype];
+    out[name] = { dtype: info.dtype, shape: info.shape, data: data ? new data(raw) : new Uint8Array(raw) };
+  }
+  return out;
+}
+
+/**
+ * How far `a` is from the reference `b`, relative to b's largest magnitude: the largest
+ * difference (`relative`, and where: `at`), the share of elements further than `tolerance`
+ * (`outside`), and the relative L2 distance ||a - b|| / ||b|| (`l2`).
+ */
+export function relativeError(a, b, tolerance = 1e-4) {
+  let maxDiff = 0;
+  let maxRef = 0;
+  let at = -1;
+  let diff2 = 0;
+  let ref2 = 0;
+  for (let i = 0; i < b.length; i++) {
+    maxRef = Math.max(maxRef, Math.abs(b[i]));
+    ref2 += b[i] * b[i];
+  }
+  let outside = 0;
+  for (let i = 0; i < b.length; i++) {
+    let d = Math.abs(a[i] - b[i]);
+    if (Number.isNaN(d)) d = Infinity;
+    if (d > maxDiff) {
+      maxDiff = d;
+      at = i;
+    }
+    if (d > tolerance * maxRef) outside++;
+    diff2 += d * d;
+  }
+  return {
+    relative: maxRef > 0 ? maxDiff / maxRef : maxDiff,
+    maxDiff,
+    maxRef,
+    at,
+    outside: outside / b.length,
+    l2: ref2 > 0 ? Math.sqrt(diff2 / ref2) : Math.sqrt(diff2),
+  };
+}
+
+export function fromBase64(text) {
+  return Uint8Array.from(Buffer.from(text, 'base64'));
+}
+
+function crc32(bytes) {
+  let crc = ~0;
+  for (const b of bytes) {
+    crc ^= b;
+    for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1;
+  }
+  return ~crc >>> 0;
+}
+
+function chunk(type, data) {
+  const out = Buffer.alloc(12 + data.length);
+  out.writeUInt32BE(data.length, 0);
+  out.write(type, 4, 'latin1');
+  data.copy(out, 8);
+  out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
+  return out;
+}
+
+/**
+ * An RGB PNG of `width` x `height` whose pixels come from `pixel(x, y) -> [r, g, b]`. With
+ * `claim: [w, h]`, the header says w x h while the data is that of the small image: a file
+ * that claims to be enormous without being so.
+ */
+export function makePng(width, height, pixel, { claim } = {}) {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(claim ? claim[0] : width, 0);
+  ihdr.writeUInt32BE(claim ? claim[1] : height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const raw = Buffer.alloc((width * 3 + 1) * height);
+  for (let y = 0; y < height; y++) {
+    const row = y * (width * 3 + 1);
+    for (let x = 0; x < width; x++) raw.set(pixel(x, y), row + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(raw, { level: 1 })),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}

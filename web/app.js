@@ -1,0 +1,714 @@
+// The explainer page: wires the controls in index.html to the Explainer API (web/xai.js).
+// All engine work happens in Web Workers; this file only moves data and draws.
+
+import { Explainer, CancelledError, METHOD_LABELS, pixelsToCanvas, rgbToRgba } from './xai.js';
+
+const $ = (id) => document.getElementById(id);
+const SAMPLES = new URL('assets/samples/', import.meta.url);
+
+const METHOD_HELP = {
+  gradient: 'The gradient of the class score with respect to each pixel (signed).',
+  'input-x-gradient': 'The gradient times the input: first-order contribution of each pixel.',
+  smoothgrad: 'The gradient averaged over noisy copies of the photo: less speckle.',
+  'integrated-gradients': 'Gradients integrated along a straight path from a black baseline to the photo; the attributions sum to the score difference.',
+  'grad-cam': "A coarse map from a convolutional layer's activations weighted by their pooled gradients.",
+  'lrp-uniform-epsilon': 'Layer-wise Relevance Propagation with the ε rule on every layer.',
+  'lrp-epsilon-gamma-box': 'LRP: z-box on the first layer, γ on the other convolutions, ε on the dense layers.',
+  'lrp-epsilon-plus': 'LRP: z⁺ on convolutions, ε on dense layers (zennit EpsilonPlus).',
+  'lrp-epsilon-alpha2-beta1': 'LRP: α2β1 on convolutions, ε on dense layers.',
+  'lrp-epsilon-plus-flat': 'LRP ε + z⁺ with the flat rule on the first layer.',
+  'lrp-epsilon-alpha2-beta1-flat': 'LRP ε + α2β1 with the flat rule on the first layer.',
+};
+
+const PARAM_LABELS = {
+  n_samples: 'Noisy samples',
+  noise_level: 'Noise level (relative to the value range)',
+  n_steps: 'Integration steps',
+  quadrature: 'Quadrature rule',
+  epsilon: 'ε (stabiliser)',
+  gamma: 'γ (positive boost)',
+};
+
+const state = {
+  explainer: null,
+  methods: [],
+  params: {}, // method name -> {param: value}
+  prepared: null,
+  prediction: null,
+  target: null,
+  last: null, // the result on display
+  grid: [], // compare-all results
+  running: false, // an explanation runs in the engine (Cancel stops it)
+  activity: 0, // work in progress of any kind (the page's data-state is 'busy' meanwhile)
+  runId: 0,
+  photoId: 0,
+};
+
+// ------------------------------------------------------------------------------------------
+// Status, errors, progress
+
+function setStatus(text) {
+  $('status').textContent = text;
+}
+
+function showError(message) {
+  const box = $('error');
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+/** Marks work in progress (`data-state="busy"` on the body until every piece is done). */
+function begin() {
+  state.activity++;
+  updateControls();
+}
+
+function end() {
+  state.activity = Math.max(0, state.activity - 1);
+  updateControls();
+}
+
+function setRunning(running) {
+  state.running = running;
+  const progress = $('progress');
+  if (running) progress.removeAttribute('value');
+  else progress.value = 0;
+  updateControls();
+}
+
+function updateControls() {
+  document.body.dataset.state = state.activity > 0 ? 'busy' : 'idle';
+  $('cancel').disabled = !state.running;
+  const ready = Boolean(state.explainer && state.prepared);
+  $('explain').disabled = !ready;
+  $('compare').disabled = !ready;
+}
+
+function progressTo(done, total, prefix) {
+  const progress = $('progress');
+  progress.max = Math.max(total, 1);
+  progress.value = done;
+  setStatus(`${prefix}: ${done} of ${total}…`);
+}
+
+function formatMs(ms) {
+  return ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+function formatValue(v) {
+  return Number.isFinite(v) ? v.toExponential(2) : String(v);
+}
+
+function download(bytes, name, type) {
+  const url = URL.createObjectURL(new Blob([bytes], { type }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+function baseName() {
+  return (state.prepared?.name ?? 'image').replace(/\.[^.]+$/, '').replace(/[^\w.-]+/g, '_');
+}
+
+// ------------------------------------------------------------------------------------------
+// Methods and their parameters
+
+function methodLabel(name) {
+  return METHOD_LABELS[name] ?? name;
+}
+
+function fillMethods() {
+  const select = $('method');
+  select.replaceChildren();
+  const groups = [
+    ['Gradients', (n) => !n.startsWith('lrp-') && n !== 'grad-cam'],
+    ['Class activation maps', (n) => n === 'grad-cam'],
+    ['Layer-wise Relevance Propagation (composites)', (n) => n.startsWith('lrp-')],
+  ];
+  for (const [label, keep] of groups) {
+    const group = document.createElement('optgroup');
+    group.label = label;
+    for (const m of state.methods.filter((m) => keep(m.name))) {
+      group.append(new Option(m.label, m.name));
+    }
+    select.append(group);
+  }
+  select.value = 'gradient';
+  for (const m of state.methods) {
+    state.params[m.name] = Object.fromEntries(
+      m.tunables.map((t) => [t.name, t.scale === 'choice' ? t.default_choice : t.default]),
+    );
+  }
+  showMethod();
+}
+
+function currentMethod() {
+  return state.methods.find((m) => m.name === $('method').value);
+}
+
+const LOG_STEPS = 1000;
+function toSlider(t, v) {
+  if (t.scale !== 'log') return v;
+  const [lo, hi] = [Math.log10(t.min), Math.log10(t.max)];
+  return Math.round(((Math.log10(Math.max(v, t.min)) - lo) / (hi - lo)) * LOG_STEPS);
+}
+function fromSlider(t, s) {
+  if (t.scale !== 'log') return Number(s);
+  const [lo, hi] = [Math.log10(t.min), Math.log10(t.max)];
+  return Number((10 ** (lo + (Number(s) / LOG_STEPS) * (hi - lo))).toPrecision(3));
+}
+
+/** A parameter value as the number box shows it: tiny values in exponent form (1e-6). */
+function shown(v) {
+  return v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential() : String(v);
+}
+
+function tunableControl(method, t) {
+  const values = state.params[method.name];
+  const id = `param-${t.name}`;
+  const wrap = document.createElement('div');
+  wrap.className = 'field';
+  const label = document.createElement('label');
+  label.htmlFor = id;
+  label.textContent = `${PARAM_LABELS[t.name] ?? t.name} `;
+  const code = document.createElement('code');
+  code.textContent = t.name;
+  label.append(code);
+  wrap.append(label);
+  const hint = document.createElement('p');
+  hint.className = 'hint';
+  hint.id = `${id}-hint`;
+
+  if (t.scale === 'choice') {
+    const select = document.createElement('select');
+    select.id = id;
+    for (const c of t.choices) select.append(new Option(c, c));
+    select.value = values[t.name];
+    select.addEventListener('change', () => (values[t.name] = select.value));
+    select.setAttribute('aria-describedby', hint.id);
+    hint.textContent = `Default: ${t.default_choice}.`;
+    wrap.append(select, hint);
+    return wrap;
+  }
+
+  const row = document.createElement('div');
+  row.className = 'pair';
+  const number = document.createElement('input');
+  number.type = 'number';
+  number.id = id;
+  number.min = t.min;
+  number.max = t.max;
+  number.step = t.scale === 'integer' ? 1 : 'any';
+  number.value = shown(values[t.name]);
+  number.setAttribute('aria-describedby', hint.id);
+  const slider = document.createElement('input');
+  slider.type = 'range';
+  slider.setAttribute('aria-label', `${PARAM_LABELS[t.name] ?? t.name} (slider${t.scale === 'log' ? ', logarithmic' : ''})`);
+  if (t.scale === 'log') {
+    slider.min = 0;
+    slider.max = LOG_STEPS;
+    slider.step = 1;
+  } else {
+    slider.min = t.min;
+    slider.max = t.max;
+    slider.step = t.scale === 'integer' ? 1 : (t.max - t.min) / 100;
+  }
+  slider.value = toSlider(t, values[t.name]);
+  slider.addEventListener('input', () => {
+    values[t.name] = fromSlider(t, slider.value);
+    number.value = shown(values[t.name]);
+  });
+  number.addEventListener('input', () => {
+    const v = Number(number.value);
+    if (number.value !== '' && Number.isFinite(v) && v >= t.min && v <= t.max) {
+      values[t.name] = t.scale === 'integer' ? Math.round(v) : v;
+      slider.value = toSlider(t, values[t.name]);
+    }
+  });
+  number.addEventListener('change', () => {
+    let v = Number(number.value);
+    if (!Number.isFinite(v)) v = t.default;
+    v = Math.min(t.max, Math.max(t.min, t.scale === 'integer' ? Math.round(v) : v));
+    number.value = shown(v);
+    values[t.name] = v;
+    slider.value = toSlider(t, v);
+  });
+  row.append(number, slider);
+  hint.textContent = `Range ${shown(t.min)} – ${shown(t.max)}${t.scale === 'log' ? ' (log scale)' : ''}; default ${shown(t.default)}.`;
+  wrap.append(row, hint);
+  return wrap;
+}
+
+function showMethod() {
+  const method = currentMethod();
+  if (!method) return;
+  $('method-help').textContent = METHOD_HELP[method.name] ?? '';
+  $('layer-field').hidden = method.name !== 'grad-cam';
+  const box = $('tunables');
+  box.replaceChildren();
+  const legend = document.createElement('legend');
+  legend.textContent = `Parameters of ${method.label}`;
+  box.append(legend);
+  if (method.tunables.length === 0) {
+    const p = document.createElement('p');
+    p.className = 'hint';
+    p.textContent = 'This method has no parameters.';
+    box.append(p);
+    return;
+  }
+  for (const t of method.tunables) box.append(tunableControl(method, t));
+  const reset = document.createElement('button');
+  reset.type = 'button';
+  reset.textContent = 'Reset to defaults';
+  reset.addEventListener('click', () => {
+    state.params[method.name] = Object.fromEntries(
+      method.tunables.map((t) => [t.name, t.scale === 'choice' ? t.default_choice : t.default]),
+    );
+    showMethod();
+  });
+  box.append(reset);
+}
+
+function fillLayers() {
+  const select = $('layer');
+  select.replaceChildren();
+  const info = state.explainer.info;
+  for (const name of info.layers) select.append(new Option(name, name));
+  if (info.defaultCamLayer) select.value = info.defaultCamLayer;
+}
+
+function requestFor(methodName) {
+  return {
+    method: methodName,
+    params: state.params[methodName] ?? {},
+    target: state.target ?? undefined,
+    layer: methodName === 'grad-cam' ? $('layer').value || undefined : undefined,
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// Model
+
+async function useModel(source, options, description) {
+  begin();
+  try {
+    const previous = state.explainer;
+    setStatus(`Loading ${description}…`);
+    showError('');
+    const started = performance.now();
+    let explainer;
+    try {
+      explainer = previous ? await previous.reload(source, options) : await Explainer.load(source, options);
+    } catch (e) {
+      setStatus(previous ? 'Ready (the previous model is still in use).' : 'No model loaded.');
+      showError(`Could not use ${description}: ${e.message}`);
+      return false;
+    }
+    cancelRun();
+    if (previous) previous.dispose({ keepPainter: true });
+    state.explainer = explainer;
+    const info = explainer.info;
+    $('model-name').textContent = `${description} (${info.architecture}, ${info.numClasses ?? '?'} classes)`;
+    $('model-info').textContent = `Loaded ${info.architecture} with ${info.layers.length} layers in ${formatMs(
+      performance.now() - started,
+    )}.`;
+    if (!state.methods.length) {
+      state.methods = await explainer.methods();
+      fillMethods();
+      $('version').textContent = await explainer.version();
+    }
+    fillLayers();
+    setStatus('Ready.');
+    if (state.prepared) await usePhoto(state.prepared);
+    return true;
+  } finally {
+    end();
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Photo and prediction
+
+async function usePhoto(source, name) {
+  if (!state.explainer) {
+    showError('No model is loaded yet.');
+    return;
+  }
+  const photoId = ++state.photoId;
+  begin();
+  try {
+    showError('');
+    cancelRun();
+    setStatus('Reading the photo…');
+    let prepared;
+    try {
+      prepared = await state.explainer.prepare(source, name);
+    } catch (e) {
+      if (photoId !== state.photoId) return;
+      setStatus(state.prepared ? 'Ready (the previous photo is still in use).' : 'Ready.');
+      showError(`Could not use this photo: ${e.message}`);
+      return;
+    }
+    if (photoId !== state.photoId) return;
+    let prediction;
+    try {
+      prediction = await state.explainer.predict(prepared);
+    } catch (e) {
+      if (photoId !== state.photoId) return;
+      setStatus(state.prepared ? 'Ready (the previous photo is still in use).' : 'Ready.');
+      showError(`The model could not classify this photo: ${e.message}`);
+      return;
+    }
+    if (photoId !== state.photoId) return;
+    state.prepared = prepared;
+    pixelsToCanvas(rgbToRgba(prepared.photo), prepared.width, prepared.height, $('photo'));
+    $('photo-info').textContent = `${prepared.name}: ${prepared.sourceWidth}×${prepared.sourceHeight} pixels, shown as the model sees it (${prepared.width}×${prepared.height}).`;
+    state.prediction = prediction;
+    state.target = prediction.top[0].index;
+    showTop5(prediction);
+    updateControls();
+    await explain();
+  } finally {
+    end();
+  }
+}
+
+function showTop5(prediction) {
+  const box = $('top5');
+  box.replaceChildren();
+  const legend = document.createElement('legend');
+  legend.className = 'visually-hidden';
+  legend.textContent = 'Class to explain';
+  box.append(legend);
+  const list = document.createElement('ol');
+  list.className = 'top5';
+  for (const [rank, p] of prediction.top.entries()) {
+    const li = document.createElement('li');
+    const id = `class-${p.index}`;
+    const input = document.createElement('input');
+    input.type = 'radio';
+    input.name = 'target';
+    input.id = id;
+    input.value = p.index;
+    input.checked = p.index === state.target;
+    input.addEventListener('change', () => {
+      state.target = p.index;
+      explain();
+    });
+    const label = document.createElement('label');
+    label.htmlFor = id;
+    const pct = (p.probability * 100).toFixed(1);
+    label.innerHTML = '<span class="cls"></span><span class="bar"><span></span></span><span class="pct"></span>';
+    label.querySelector('.cls').textContent = `${p.label} (${p.index})`;
+    label.querySelector('.bar > span').style.width = `${Math.max(p.probability * 100, 0.5)}%`;
+    label.querySelector('.pct').textContent = `${pct}%`;
+    label.title = `${rank + 1}. ${p.label}: ${pct}%`;
+    li.append(input, label);
+    list.append(li);
+  }
+  box.append(list);
+}
+
+// ------------------------------------------------------------------------------------------
+// Explaining
+
+function cancelRun() {
+  if (state.running) {
+    state.runId++;
+    state.explainer?.cancel();
+  }
+}
+
+async function runOne(methodName, runId, prefix) {
+  const request = requestFor(methodName);
+  return state.explainer.explain(state.prepared, {
+    ...request,
+    colormap: $('colormap').value,
+    alpha: Number($('alpha').value),
+    onProgress: (done, total) => {
+      if (runId === state.runId && total > 1) progressTo(done, total, prefix);
+    },
+  });
+}
+
+async function explain() {
+  if (!state.explainer || !state.prepared) return;
+  cancelRun();
+  const runId = ++state.runId;
+  const method = currentMethod();
+  showError('');
+  begin();
+  setRunning(true);
+  setStatus(`Explaining with ${method.label}…`);
+  try {
+    const result = await runOne(method.name, runId, method.label);
+    if (runId !== state.runId) return;
+    showResult(result);
+    setStatus(`Done: ${method.label} in ${formatMs(result.elapsedMs)}.`);
+  } catch (e) {
+    if (runId !== state.runId) return;
+    if (e instanceof CancelledError) setStatus('Cancelled.');
+    else {
+      setStatus('Failed.');
+      showError(`${method.label} failed: ${e.message}`);
+    }
+  } finally {
+    if (runId === state.runId) setRunning(false);
+    end();
+  }
+}
+
+function showResult(result) {
+  state.last = result;
+  const canvas = $('heatmap');
+  pixelsToCanvas(result.rgba, result.canvas.width, result.canvas.height, canvas);
+  canvas.setAttribute('aria-label', `${methodLabel(result.method)} heatmap for ${result.label}`);
+  $('bar-high').textContent = formatValue(result.high);
+  $('bar-low').textContent = formatValue(result.low);
+  const delta = result.convergenceDelta == null ? '' : `; convergence delta ${formatValue(result.convergenceDelta)}`;
+  $('result-info').textContent = `${methodLabel(result.method)} for “${result.label}” (class ${result.target}): ${formatMs(
+    result.elapsedMs,
+  )}; attributions [${result.shape.join(', ')}], range ${formatValue(result.low)} to ${formatValue(result.high)}${delta}.`;
+  document.body.dataset.resultMethod = result.method;
+  for (const id of ['download-png', 'download-raw', 'download-input']) $(id).disabled = false;
+}
+
+async function drawColorbar() {
+  if (!state.explainer) return;
+  const colormap = $('colormap').value;
+  const colours = await state.explainer.colormapColors(colormap, 224);
+  const rgba = new Uint8ClampedArray(16 * 224 * 4);
+  for (let y = 0; y < 224; y++) {
+    for (let x = 0; x < 16; x++) {
+      const o = (y * 16 + x) * 4;
+      rgba.set([colours[y * 3], colours[y * 3 + 1], colours[y * 3 + 2], 255], o);
+    }
+  }
+  pixelsToCanvas(rgba, 16, 224, $('colorbar'));
+}
+
+async function rerender() {
+  $('alpha-value').textContent = Number($('alpha').value).toFixed(2);
+  const options = { colormap: $('colormap').value, alpha: Number($('alpha').value) };
+  try {
+    await drawColorbar();
+    if (state.last) {
+      const r = await state.explainer.render(state.last, options);
+      Object.assign(state.last, r);
+      showResult(state.last);
+    }
+    for (const item of state.grid) {
+      const r = await state.explainer.render(item.result, options);
+      Object.assign(item.result, r);
+      pixelsToCanvas(r.rgba, r.canvas.width, r.canvas.height, item.canvas);
+    }
+  } catch (e) {
+    showError(`Could not draw the heatmap: ${e.message}`);
+  }
+}
+
+async function compareAll() {
+  if (!state.explainer || !state.prepared) return;
+  cancelRun();
+  const runId = ++state.runId;
+  showError('');
+  begin();
+  setRunning(true);
+  $('compare-panel').hidden = false;
+  const grid = $('grid');
+  grid.replaceChildren();
+  state.grid = [];
+  const started = performance.now();
+  const failures = [];
+  try {
+    for (const [i, method] of state.methods.entries()) {
+      if (runId !== state.runId) return;
+      const prefix = `${i + 1}/${state.methods.length} ${method.label}`;
+      setStatus(`${prefix}…`);
+      const li = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'thumb';
+      const canvas = document.createElement('canvas');
+      canvas.width = canvas.height = 224;
+      canvas.setAttribute('aria-hidden', 'true');
+      const caption = document.createElement('span');
+      caption.className = 'caption';
+      caption.textContent = `${method.label}: running…`;
+      button.append(canvas, caption);
+      li.append(button);
+      grid.append(li);
+      try {
+        const result = await runOne(method.name, runId, prefix);
+        if (runId !== state.runId) return;
+        pixelsToCanvas(result.rgba, result.canvas.width, result.canvas.height, canvas);
+        caption.textContent = `${method.label} · ${formatMs(result.elapsedMs)}`;
+        button.setAttribute('aria-label', `${method.label}, ${formatMs(result.elapsedMs)}: show large`);
+        button.addEventListener('click', () => {
+          $('method').value = method.name;
+          showMethod();
+          showResult(result);
+          $('heatmap').scrollIntoView({ block: 'nearest' });
+        });
+        state.grid.push({ method: method.name, result, canvas });
+      } catch (e) {
+        if (runId !== state.runId) return;
+        if (e instanceof CancelledError) {
+          setStatus('Cancelled.');
+          return;
+        }
+        caption.textContent = `${method.label}: failed`;
+        failures.push(`${method.label}: ${e.message}`);
+      }
+    }
+    setStatus(`Compared ${state.methods.length} methods in ${formatMs(performance.now() - started)}.`);
+    if (failures.length) showError(failures.join('\n'));
+  } finally {
+    if (runId === state.runId) setRunning(false);
+    end();
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Wiring
+
+function firstImage(dataTransfer) {
+  const files = [...(dataTransfer?.files ?? [])];
+  if (files.length) return files[0];
+  for (const item of dataTransfer?.items ?? []) {
+    if (item.kind === 'file') return item.getAsFile();
+  }
+  return null;
+}
+
+function wire() {
+  $('file').addEventListener('change', (e) => {
+    const file = e.target.files[0];
+    if (file) usePhoto(file);
+    e.target.value = '';
+  });
+  const drop = $('drop');
+  drop.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' || e.key === ' ') {
+      e.preventDefault();
+      $('file').click();
+    }
+  });
+  drop.addEventListener('click', () => $('file').click());
+  for (const type of ['dragenter', 'dragover']) {
+    document.addEventListener(type, (e) => {
+      e.preventDefault();
+      drop.classList.add('over');
+    });
+  }
+  document.addEventListener('dragleave', () => drop.classList.remove('over'));
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    const file = firstImage(e.dataTransfer);
+    if (file) usePhoto(file);
+    else showError('Nothing to use in what was dropped: drop an image file.');
+  });
+  document.addEventListener('paste', (e) => {
+    const file = firstImage(e.clipboardData);
+    if (file) {
+      e.preventDefault();
+      // Screenshots pasted from the clipboard are all called image.png.
+      usePhoto(file, file.name && file.name !== 'image.png' ? file.name : 'pasted image');
+    }
+  });
+  for (const button of document.querySelectorAll('.sample')) {
+    button.addEventListener('click', () => usePhoto(new URL(button.dataset.sample, SAMPLES).href));
+  }
+
+  $('method').addEventListener('change', showMethod);
+  $('explain').addEventListener('click', explain);
+  $('compare').addEventListener('click', compareAll);
+  $('cancel').addEventListener('click', () => {
+    cancelRun();
+    setRunning(false);
+    setStatus('Cancelled.');
+  });
+  $('colormap').addEventListener('change', rerender);
+  $('alpha').addEventListener('input', rerender);
+
+  $('download-png').addEventListener('click', async () => {
+    const r = state.last;
+    if (!r) return;
+    try {
+      const bytes = await state.explainer.png(r, { colormap: $('colormap').value, alpha: Number($('alpha').value) });
+      download(bytes, `${baseName()}-${r.method}.png`, 'image/png');
+    } catch (e) {
+      showError(`Could not write the PNG: ${e.message}`);
+    }
+  });
+  $('download-raw').addEventListener('click', async () => {
+    const r = state.last;
+    if (!r) return;
+    try {
+      download(await state.explainer.attributionsSafetensors(r), `${baseName()}-${r.method}.safetensors`, 'application/octet-stream');
+    } catch (e) {
+      showError(`Could not write the attributions: ${e.message}`);
+    }
+  });
+  $('download-input').addEventListener('click', async () => {
+    if (!state.prepared) return;
+    try {
+      download(await state.explainer.inputSafetensors(state.prepared, state.target), `${baseName()}-input.safetensors`, 'application/octet-stream');
+    } catch (e) {
+      showError(`Could not write the input: ${e.message}`);
+    }
+  });
+
+  $('model-file').addEventListener('change', async (e) => {
+    const file = e.target.files[0];
+    e.target.value = '';
+    if (!file) return;
+    const graphFile = $('graph-file').files[0];
+    const graph = graphFile ? await graphFile.text() : null;
+    await useModel(file, { name: file.name, graph }, file.name);
+  });
+  $('default-model').addEventListener('click', () => useModel(undefined, {}, 'MobileNetV2 (ImageNet)'));
+}
+
+// For tests and for the curious: the page's state and a few helpers.
+window.xaiApp = {
+  state,
+  usePhoto,
+  explain,
+  compareAll,
+  /** The displayed result's attributions as base64 of little-endian f32, with shape and target. */
+  lastResult() {
+    const r = state.last;
+    if (!r) return null;
+    const bytes = new Uint8Array(r.attributions.buffer, r.attributions.byteOffset, r.attributions.byteLength);
+    let binary = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return { method: r.method, params: r.params, shape: r.shape, target: r.target, label: r.label, attributions: btoa(binary), elapsedMs: r.elapsedMs };
+  },
+  /** The preprocessed input as `candle-xai explain --input` reads it (base64 safetensors). */
+  async inputSafetensors() {
+    const bytes = await state.explainer.inputSafetensors(state.prepared);
+    let binary = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(binary);
+  },
+};
+
+wire();
+updateControls();
+window.xaiApp.ready = useModel(undefined, {}, 'MobileNetV2 (ImageNet)').then(async (ok) => {
+  if (!ok) {
+    showError(
+      `${$('error').textContent}\nThe default model is installed by scripts/setup-web.sh; you can also load your own model below.`,
+    );
+    $('model-panel').open = true;
+  }
+  await drawColorbar();
+  document.body.dataset.ready = 'true';
+  return ok;
+});

@@ -1,0 +1,461 @@
+// candle-xai in the browser: explanations of image classifiers computed by the Rust engine
+// (compiled to WebAssembly) in Web Workers, so the page never freezes.
+//
+//   import { Explainer } from './web/xai.js';
+//   const explainer = await Explainer.load();            // the default MobileNetV2, or bytes/URL/Blob
+//   const result = await explainer.explain(file, { method: 'integrated-gradients', params: { n_steps: 32 } });
+//   document.body.append(result.canvas);                 // heatmap over the photo
+//   result.attributions;                                 // Float32Array, shaped like result.shape
+//
+// Everything the engine needs (worker, wasm, model, class names) is fetched once, from this
+// page's own origin; after that no request leaves the page.
+
+const HERE = new URL('.', import.meta.url);
+const ROOT = new URL('..', HERE);
+
+export const DEFAULT_MODEL_URL = new URL('assets/model/mobilenet_v2.safetensors', HERE).href;
+export const IMAGENET_CLASSES_URL = new URL('assets/imagenet_classes.json', HERE).href;
+const WORKER_URL = new URL('worker.js', HERE).href;
+const GLUE_URL = new URL('candle-xai.js', ROOT).href;
+const WASM_URL = new URL('candle-xai_bg.wasm', ROOT).href;
+
+/** Method names as the engine spells them, in the order the page lists them. */
+export const METHOD_LABELS = {
+  gradient: 'Gradient (saliency)',
+  'input-x-gradient': 'Input × Gradient',
+  smoothgrad: 'SmoothGrad',
+  'integrated-gradients': 'Integrated Gradients',
+  'grad-cam': 'Grad-CAM',
+  'lrp-uniform-epsilon': 'LRP: uniform ε',
+  'lrp-epsilon-gamma-box': 'LRP: ε + γ + z-box',
+  'lrp-epsilon-plus': 'LRP: ε + z⁺',
+  'lrp-epsilon-alpha2-beta1': 'LRP: ε + α2β1',
+  'lrp-epsilon-plus-flat': 'LRP: ε + z⁺ + flat',
+  'lrp-epsilon-alpha2-beta1-flat': 'LRP: ε + α2β1 + flat',
+};
+
+const EXPLAIN_OPTIONS = new Set(['method', 'params', 'target', 'layer', 'colormap', 'alpha', 'onProgress', 'signal', 'canvas']);
+
+export class CancelledError extends Error {
+  constructor() {
+    super('cancelled');
+    this.name = 'AbortError';
+  }
+}
+
+async function fetchOk(url, what) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`could not fetch ${what} (${url}): ${e.message}`);
+  }
+  if (!response.ok) throw new Error(`could not fetch ${what} (${url}): HTTP ${response.status}`);
+  return response;
+}
+
+// The worker's code, the wasm-bindgen glue and the compiled module, fetched once per page.
+let runtimePromise = null;
+function runtime() {
+  if (!runtimePromise) {
+    runtimePromise = (async () => {
+      const [workerText, glueText, module] = await Promise.all([
+        fetchOk(WORKER_URL, 'the engine worker').then((r) => r.text()),
+        fetchOk(GLUE_URL, 'the engine bindings').then((r) => r.text()),
+        fetchOk(WASM_URL, 'the engine').then(async (r) => {
+          const bytes = await r.arrayBuffer();
+          return WebAssembly.compile(bytes);
+        }),
+      ]);
+      const blobUrl = (text) => URL.createObjectURL(new Blob([text], { type: 'text/javascript' }));
+      return { workerUrl: blobUrl(workerText), glueUrl: blobUrl(glueText), module };
+    })();
+    runtimePromise.catch(() => {
+      runtimePromise = null;
+    });
+  }
+  return runtimePromise;
+}
+
+/** One engine worker; requests run one after the other. */
+class Engine {
+  #worker = null;
+  #pending = new Map();
+  #next = 1;
+  #ready = null;
+  #model = null; // {bytes, name, graph, arch} to reload after a restart
+  info = null;
+
+  constructor() {
+    this.#ready = this.#start();
+  }
+
+  async #start() {
+    const rt = await runtime();
+    const worker = new Worker(rt.workerUrl, { type: 'module', name: 'candle-xai engine' });
+    worker.onmessage = (e) => this.#receive(e.data);
+    worker.onerror = (e) => {
+      e.preventDefault();
+      this.#failAll(new Error(`the engine worker failed: ${e.message || 'unknown error'}`));
+    };
+    this.#worker = worker;
+    this.meta = await this.#send('init', { glueUrl: rt.glueUrl, module: rt.module });
+    if (this.#model) this.info = await this.#send('load', this.#model);
+  }
+
+  #receive(message) {
+    const entry = this.#pending.get(message.id);
+    if (!entry) return;
+    if (message.progress) {
+      entry.onProgress?.(message.progress.done, message.progress.total);
+      return;
+    }
+    this.#pending.delete(message.id);
+    if (message.ok) entry.resolve(message.result);
+    else {
+      entry.reject(new Error(message.error));
+      if (message.fatal) this.restart();
+    }
+  }
+
+  #failAll(error) {
+    for (const entry of this.#pending.values()) entry.reject(error);
+    this.#pending.clear();
+  }
+
+  #send(type, args, { transfer = [], onProgress } = {}) {
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, onProgress });
+      this.#worker.postMessage({ id, type, ...args }, transfer);
+    });
+  }
+
+  async ready() {
+    await this.#ready;
+    return this.meta;
+  }
+
+  async call(type, args = {}, options = {}) {
+    await this.#ready;
+    return this.#send(type, args, options);
+  }
+
+  async load(bytes, name, graph, arch) {
+    await this.#ready;
+    const info = await this.#send('load', { bytes, name, graph, arch });
+    this.#model = { bytes, name, graph, arch };
+    this.info = info;
+    return info;
+  }
+
+  /** Stops whatever runs now (its promise rejects with CancelledError) and starts afresh. */
+  restart() {
+    this.#worker?.terminate();
+    this.#failAll(new CancelledError());
+    this.#ready = this.#start();
+    return this.#ready;
+  }
+
+  dispose() {
+    this.#worker?.terminate();
+    this.#failAll(new Error('the explainer was disposed'));
+  }
+}
+
+async function toBytes(source) {
+  if (source instanceof Uint8Array) return source;
+  if (source instanceof ArrayBuffer) return new Uint8Array(source);
+  if (ArrayBuffer.isView(source)) return new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+  if (source instanceof Blob) return new Uint8Array(await source.arrayBuffer());
+  if (typeof source === 'string' || source instanceof URL) {
+    return new Uint8Array(await (await fetchOk(source, nameOf(source, 'the file'))).arrayBuffer());
+  }
+  if (typeof HTMLCanvasElement !== 'undefined' && source instanceof HTMLCanvasElement) {
+    const blob = await new Promise((resolve) => source.toBlob(resolve, 'image/png'));
+    return new Uint8Array(await blob.arrayBuffer());
+  }
+  if (typeof HTMLImageElement !== 'undefined' && source instanceof HTMLImageElement) {
+    return toBytes(source.currentSrc || source.src);
+  }
+  throw new TypeError('expected bytes (ArrayBuffer, Uint8Array), a Blob or File, a URL, an <img> or a <canvas>');
+}
+
+function nameOf(source, fallback) {
+  if (typeof File !== 'undefined' && source instanceof File) return source.name;
+  if (typeof source === 'string' || source instanceof URL) {
+    const path = new URL(String(source), location.href).pathname;
+    return decodeURIComponent(path.split('/').pop() || fallback);
+  }
+  return fallback;
+}
+
+export function softmax(logits) {
+  let max = -Infinity;
+  for (const v of logits) max = Math.max(max, v);
+  const exps = Array.from(logits, (v) => Math.exp(v - max));
+  const sum = exps.reduce((a, b) => a + b, 0);
+  return exps.map((v) => v / sum);
+}
+
+let imagenetClasses = null;
+async function loadImagenetClasses() {
+  imagenetClasses ??= fetchOk(IMAGENET_CLASSES_URL, 'the ImageNet class names').then((r) => r.json());
+  return imagenetClasses;
+}
+
+/** Draws RGBA pixels on a new canvas (or `into`). */
+export function pixelsToCanvas(rgba, width, height, into) {
+  const canvas = into ?? document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), width, height), 0, 0);
+  return canvas;
+}
+
+export function rgbToRgba(rgb) {
+  const out = new Uint8ClampedArray((rgb.length / 3) * 4);
+  for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
+    out[j] = rgb[i];
+    out[j + 1] = rgb[i + 1];
+    out[j + 2] = rgb[i + 2];
+    out[j + 3] = 255;
+  }
+  return out;
+}
+
+/**
+ * A loaded model with everything needed to explain its predictions. Two workers: the engine
+ * (the model; explains) and a painter (decodes photos, renders heatmaps, writes files), so a
+ * heatmap's colours can change while a long explanation runs.
+ */
+export class Explainer {
+  #engine;
+  #painter;
+  #methods = null;
+
+  constructor(engine, painter, info, labels) {
+    this.#engine = engine;
+    this.#painter = painter;
+    this.info = info;
+    this.labels = labels;
+  }
+
+  /**
+   * Loads a model: `.safetensors` or PyTorch `.pth` bytes (ArrayBuffer, Uint8Array, Blob/File
+   * or URL); nothing for the default ImageNet MobileNetV2. Options: `name` (for messages),
+   * `graph` (graph JSON text for a custom model), `arch` (force a torchvision architecture),
+   * `labels` (class names; ImageNet's by default for a 1000-class model).
+   */
+  static async load(source, options = {}) {
+    const painter = options.painter ?? new Engine();
+    const engine = new Engine();
+    try {
+      const bytes = await toBytes(source ?? DEFAULT_MODEL_URL);
+      const name = options.name ?? nameOf(source ?? DEFAULT_MODEL_URL, 'model.safetensors');
+      const info = await engine.load(bytes, name, options.graph ?? null, options.arch ?? null);
+      let labels = options.labels ?? null;
+      if (!labels && info.numClasses === 1000) labels = await loadImagenetClasses();
+      return new Explainer(engine, painter, info, labels);
+    } catch (e) {
+      engine.dispose();
+      if (!options.painter) painter.dispose();
+      throw e;
+    }
+  }
+
+  /** Another model using the same painter worker (the page's model upload). */
+  async reload(source, options = {}) {
+    return Explainer.load(source, { ...options, painter: this.#painter });
+  }
+
+  get architecture() {
+    return this.info.architecture;
+  }
+  get layers() {
+    return this.info.layers;
+  }
+  get defaultCamLayer() {
+    return this.info.defaultCamLayer;
+  }
+  get numClasses() {
+    return this.info.numClasses;
+  }
+
+  /** Every method: [{name, label, method (defaults), tunables}]. */
+  async methods() {
+    this.#methods ??= this.#painter.call('methods').then((list) =>
+      list.map((m) => ({ ...m, label: METHOD_LABELS[m.name] ?? m.name })),
+    );
+    return this.#methods;
+  }
+
+  /** The engine's (the crate's) version. */
+  async version() {
+    return (await this.#painter.ready()).version;
+  }
+
+  /** Colour map names, the default first. */
+  async colormaps() {
+    return (await this.#painter.ready()).colormaps;
+  }
+
+  /** RGB colours of a colour map from its top (high) to its bottom (low). */
+  async colormapColors(colormap, steps = 256) {
+    return this.#painter.call('colormap', { colormap, steps });
+  }
+
+  /**
+   * Decodes and preprocesses a photo (PNG, JPEG or WebP of any size): shorter side 256, centre
+   * crop 224, ImageNet normalisation. Returns {input, shape, photo (RGB), width, height,
+   * sourceWidth, sourceHeight, name}. Accepts what `explain` accepts.
+   */
+  async prepare(image, name) {
+    if (image && image.input instanceof Float32Array && image.shape) return image;
+    const bytes = await toBytes(image);
+    const label = name ?? nameOf(image, 'image');
+    const prepared = await this.#painter.call('preprocess', { bytes, name: label });
+    prepared.name = label;
+    if (this.info.inputChannels !== prepared.shape[1]) {
+      throw new Error(
+        `this model expects ${this.info.inputChannels}-channel input; the page feeds it ${prepared.shape[1]}-channel ` +
+          `${prepared.width}x${prepared.height} photos`,
+      );
+    }
+    return prepared;
+  }
+
+  /** The model's prediction: {logits, probabilities, top: [{index, label, probability}]}. */
+  async predict(image, k = 5) {
+    const prepared = await this.prepare(image);
+    const logits = await this.#engine.call('predict', { input: prepared.input, shape: prepared.shape });
+    const probabilities = softmax(logits);
+    const top = probabilities
+      .map((probability, index) => ({ index, probability, label: this.labelOf(index) }))
+      .sort((a, b) => b.probability - a.probability)
+      .slice(0, k);
+    return { logits, probabilities, top, prepared };
+  }
+
+  labelOf(index) {
+    return this.labels?.[index] ?? `class ${index}`;
+  }
+
+  /**
+   * Explains a photo. Options: `method` (a name from `methods()`, default 'gradient'),
+   * `params` (overrides of its defaults, e.g. {n_steps: 32}; they may also sit beside the
+   * options: {method: 'integrated-gradients', n_steps: 32}), `target` (class index; default:
+   * the top prediction), `layer` (Grad-CAM's layer), `colormap` ('bwr' | 'hot' | 'gray' |
+   * 'positive'), `alpha` (heatmap opacity 0..1), `onProgress(done, total)`, `signal`
+   * (an AbortSignal that cancels). Returns {attributions (Float32Array), shape, logits, target,
+   * label, top5, probabilities, convergenceDelta, method, params, elapsedMs, canvas, low, high,
+   * prepared}.
+   */
+  async explain(image, options = {}) {
+    const prepared = await this.prepare(image);
+    const method = options.method ?? 'gradient';
+    // Method parameters may also be given beside the options: {method: 'smoothgrad', n_samples: 8}.
+    let params = options.params ?? {};
+    if (typeof params === 'string') params = JSON.parse(params);
+    for (const [key, value] of Object.entries(options)) {
+      if (!EXPLAIN_OPTIONS.has(key)) params = { ...params, [key]: value };
+    }
+    params = JSON.stringify(params);
+    if (options.signal?.aborted) throw new CancelledError();
+    const abort = () => this.cancel();
+    options.signal?.addEventListener('abort', abort, { once: true });
+    const started = performance.now();
+    let result;
+    try {
+      result = await this.#engine.call(
+        'explain',
+        {
+          input: prepared.input,
+          shape: prepared.shape,
+          method,
+          params,
+          target: options.target ?? null,
+          layer: options.layer ?? null,
+        },
+        { onProgress: options.onProgress },
+      );
+    } finally {
+      options.signal?.removeEventListener('abort', abort);
+    }
+    result.elapsedMs = performance.now() - started;
+    result.label = this.labelOf(result.target);
+    result.probabilities = softmax(result.logits);
+    result.top5 = result.probabilities
+      .map((probability, index) => ({ index, probability, label: this.labelOf(index) }))
+      .sort((a, b) => b.probability - a.probability)
+      .slice(0, 5);
+    result.prepared = prepared;
+    const rendered = await this.render(result, {
+      colormap: options.colormap ?? 'bwr',
+      alpha: options.alpha ?? 0.5,
+      canvas: options.canvas,
+    });
+    return Object.assign(result, rendered);
+  }
+
+  /** Cancels the running explanation (its promise rejects with a CancelledError). */
+  cancel() {
+    return this.#engine.restart();
+  }
+
+  /** The heatmap of `result` over its photo: {canvas, low, high}. */
+  async render(result, { colormap = 'bwr', alpha = 0.5, canvas } = {}) {
+    const p = result.prepared;
+    const r = await this.#painter.call('overlay', {
+      photo: p.photo,
+      width: p.width,
+      height: p.height,
+      attributions: result.attributions,
+      shape: result.shape,
+      colormap,
+      alpha,
+    });
+    const target = canvas ?? (typeof document !== 'undefined' ? document.createElement('canvas') : null);
+    if (target) pixelsToCanvas(r.rgba, r.width, r.height, target);
+    return { canvas: target, rgba: r.rgba, low: r.low, high: r.high, colormap, alpha };
+  }
+
+  /** PNG bytes of the heatmap with its labelled colour bar (what the CLI writes). */
+  async png(result, { colormap = 'bwr', alpha = 0.5 } = {}) {
+    const p = result.prepared;
+    return this.#painter.call('png', {
+      photo: p.photo,
+      width: p.width,
+      height: p.height,
+      attributions: result.attributions,
+      shape: result.shape,
+      colormap,
+      alpha,
+    });
+  }
+
+  /** The raw attributions as safetensors (`attributions`, `logits`, `targets`, ...), as the CLI writes them. */
+  async attributionsSafetensors(result) {
+    return this.#painter.call('explanationSafetensors', {
+      attributions: result.attributions,
+      shape: result.shape,
+      logits: result.logits,
+      target: result.target,
+      convergenceDelta: result.convergenceDelta,
+    });
+  }
+
+  /** The preprocessed input as `candle-xai explain --input` reads it. */
+  async inputSafetensors(prepared, target) {
+    return this.#painter.call('inputSafetensors', {
+      input: prepared.input,
+      shape: prepared.shape,
+      target: target ?? null,
+    });
+  }
+
+  dispose({ keepPainter = false } = {}) {
+    this.#engine.dispose();
+    if (!keepPainter) this.#painter.dispose();
+  }
+}
