@@ -8,6 +8,8 @@
 # default /tmp/candle-xai-bench), PYTHON (default /work/pyref/bin/python, a venv with torch, torchvision,
 # captum, zennit and safetensors).
 # A quick check of the harness: REPS=1 SIZE=64 OUT=/tmp/bench-check.md scripts/bench.sh
+# Last, when dist/ (trunk build --release) and the default model are there, it appends the browser's
+# engine (wasm CPU, headless Chromium) vs native CPU on MobileNetV2 at 224x224: scripts/bench_web.mjs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -118,4 +120,26 @@ with open(env["OUT"], "w") as f:
     f.write("\n".join(lines))
 print("\n".join(lines))
 EOF
+
+# Optional: the browser's engine (wasm in headless Chromium) vs native, on the page's MobileNetV2 and
+# cat photo (scripts/bench_web.mjs); needs dist/ (trunk build --release) with the default model,
+# node with playwright-core (npm ci) and Chromium. Appended to $OUT.
+if [ -s dist/candle-xai_bg.wasm ] && [ -s dist/web/assets/model/mobilenet_v2.safetensors ] \
+    && command -v node >/dev/null && [ -d node_modules/playwright-core ]; then
+    echo "== browser (wasm CPU) vs native CPU" >&2
+    if node scripts/bench_web.mjs --reps "$REPS" --out "$WORK_DIR/web.md" | tee "$WORK_DIR/web.jsonl" >&2; then
+        {
+            printf '\n## Browser (wasm CPU) vs native CPU\n\n'
+            cat "$WORK_DIR/web.md"
+            printf '\n```sh\nnode scripts/bench_web.mjs --reps %s\n```\n\n' "$REPS"
+            echo "Raw rows: \`WORK_DIR/web.jsonl\`."
+        } > "$WORK_DIR/web-section.md"
+        cat "$WORK_DIR/web-section.md" >> "$OUT"
+        cat "$WORK_DIR/web-section.md"
+    else
+        echo "warning: scripts/bench_web.mjs failed; $OUT has no browser section" >&2
+    fi
+else
+    echo "== no browser benchmark (it needs dist/ with the default model, node and node_modules/playwright-core)" >&2
+fi
 echo "== wrote $OUT" >&2
