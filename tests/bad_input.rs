@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 
 mod common;
 
-use common::Scratch;
+use common::{tiny_rgb_model, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
 
@@ -306,37 +306,6 @@ fn cuda_without_the_feature() {
     assert_names(&err, &["CUDA", "--features cuda"]);
     let err = explain_vgg(&dir, &["--device", "tpu"]);
     assert_names(&err, &["unknown device `tpu`"]);
-}
-
-fn tiny_rgb_model(dir: &Path) -> (PathBuf, PathBuf) {
-    let tensor = |n: usize, shape: &[usize]| {
-        Tensor::from_vec(
-            (0..n).map(|i| (i as f32 * 0.37).sin() * 0.3).collect::<Vec<_>>(),
-            shape,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
-    let weights = HashMap::from([
-        ("conv.weight", tensor(108, &[4, 3, 3, 3])),
-        ("conv.bias", tensor(4, &[4])),
-        ("fc.weight", tensor(12, &[3, 4])),
-        ("fc.bias", tensor(3, &[3])),
-    ]);
-    let model = dir.join("tiny.safetensors");
-    candle_core::safetensors::save(&weights, &model).unwrap();
-    let graph = dir.join("tiny.graph.json");
-    std::fs::write(
-        &graph,
-        r#"{"input_channels": 3, "nodes": [
-            {"name": "conv", "op": "Conv2d", "kernel_size": 3},
-            {"name": "relu", "op": "ReLU"},
-            {"name": "pool", "op": "AdaptiveAvgPool2d", "output_size": 1},
-            {"name": "flatten", "op": "Flatten"},
-            {"name": "fc", "op": "Linear"}]}"#,
-    )
-    .unwrap();
-    (model, graph)
 }
 
 fn explain_photo(dir: &Path, photo: &Path, extra: &[&str]) -> String {

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 mod common;
 
-use common::Scratch;
+use common::{tiny_rgb_model, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
 
@@ -383,34 +383,6 @@ fn layers_and_methods_subcommands() {
 
 // ---------------------------------------------------------------------------------------------
 // Photos
-
-/// A tiny RGB classifier: Conv2d(3,4,3) -> ReLU -> AdaptiveAvgPool2d(1) -> Flatten -> Linear(4,3).
-pub fn tiny_rgb_model(dir: &Path) -> (PathBuf, PathBuf) {
-    let values =
-        |n: usize, phase: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 + phase) * 0.7).sin() * 0.3).collect() };
-    let tensor =
-        |n: usize, phase: f32, shape: &[usize]| Tensor::from_vec(values(n, phase), shape, &Device::Cpu).unwrap();
-    let weights = HashMap::from([
-        ("conv.weight", tensor(4 * 3 * 3 * 3, 0.0, &[4, 3, 3, 3])),
-        ("conv.bias", tensor(4, 1.0, &[4])),
-        ("fc.weight", tensor(3 * 4, 2.0, &[3, 4])),
-        ("fc.bias", tensor(3, 3.0, &[3])),
-    ]);
-    let model = dir.join("tiny.safetensors");
-    candle_core::safetensors::save(&weights, &model).unwrap();
-    let graph = dir.join("tiny.graph.json");
-    std::fs::write(
-        &graph,
-        r#"{"input_channels": 3, "nodes": [
-            {"name": "conv", "op": "Conv2d", "kernel_size": 3},
-            {"name": "relu", "op": "ReLU"},
-            {"name": "pool", "op": "AdaptiveAvgPool2d", "output_size": 1},
-            {"name": "flatten", "op": "Flatten"},
-            {"name": "fc", "op": "Linear"}]}"#,
-    )
-    .unwrap();
-    (model, graph)
-}
 
 /// A 300x200 colour gradient, as JPEG bytes.
 fn gradient_jpeg() -> Vec<u8> {

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use candle_xai::import::graph_json::GraphSpec;
 use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
 use candle_xai::methods::*;
-use candle_xai::{explain, LoadOptions, Model};
+use candle_xai::{LoadOptions, Model};
 use common::{assert_close, devices, fixture, Refs, PATH_TOL, REL_TOL};
 
 const MODELS: [&str; 3] = ["mlp", "vgg", "resnet"];
@@ -25,12 +25,7 @@ fn load(name: &str, device: &Device) -> (Model, Refs) {
 }
 
 fn run(model: &Model, refs: &Refs, method: Method, layer: Option<&str>) -> Explanation {
-    let request = Request {
-        method,
-        targets: Targets::Classes(refs.targets()),
-        layer: layer.map(String::from),
-    };
-    explain(model, &refs.f32("inputs"), &request, &mut Progress::none()).unwrap()
+    common::explain_refs(model, refs, method, layer)
 }
 
 /// Runs `check` for every model on every device.

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use candle_xai::import::StateDict;
 use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
 use candle_xai::methods::*;
-use candle_xai::{explain, Model};
+use candle_xai::Model;
 use common::{devices, fixture, max_abs, max_abs_diff, seeded_weights::weights_from_metadata, Refs, PATH_TOL, REL_TOL};
 
 /// Row 1 of the fixture input has flat regions: its max-pool windows hold values that are
@@ -67,12 +67,7 @@ fn load(name: &str, device: &Device) -> (Model, Refs) {
 }
 
 fn run(model: &Model, refs: &Refs, method: Method, layer: Option<&str>) -> Explanation {
-    let request = Request {
-        method,
-        targets: Targets::Classes(refs.targets()),
-        layer: layer.map(String::from),
-    };
-    explain(model, &refs.f32("inputs"), &request, &mut Progress::none()).unwrap()
+    common::explain_refs(model, refs, method, layer)
 }
 
 fn for_each_model(check: impl Fn(&str, &Model, &Refs)) {

@@ -142,3 +142,46 @@ pub fn scratch(suite: &str, test: &str) -> Scratch {
     std::fs::create_dir_all(&dir).unwrap();
     Scratch(dir)
 }
+
+/// A tiny RGB classifier: Conv2d(3,4,3) -> ReLU -> AdaptiveAvgPool2d(1) -> Flatten -> Linear(4,3).
+pub fn tiny_rgb_model(dir: &Path) -> (PathBuf, PathBuf) {
+    let values =
+        |n: usize, phase: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 + phase) * 0.7).sin() * 0.3).collect() };
+    let tensor =
+        |n: usize, phase: f32, shape: &[usize]| Tensor::from_vec(values(n, phase), shape, &Device::Cpu).unwrap();
+    let weights = HashMap::from([
+        ("conv.weight", tensor(4 * 3 * 3 * 3, 0.0, &[4, 3, 3, 3])),
+        ("conv.bias", tensor(4, 1.0, &[4])),
+        ("fc.weight", tensor(3 * 4, 2.0, &[3, 4])),
+        ("fc.bias", tensor(3, 3.0, &[3])),
+    ]);
+    let model = dir.join("tiny.safetensors");
+    candle_core::safetensors::save(&weights, &model).unwrap();
+    let graph = dir.join("tiny.graph.json");
+    std::fs::write(
+        &graph,
+        r#"{"input_channels": 3, "nodes": [
+            {"name": "conv", "op": "Conv2d", "kernel_size": 3},
+            {"name": "relu", "op": "ReLU"},
+            {"name": "pool", "op": "AdaptiveAvgPool2d", "output_size": 1},
+            {"name": "flatten", "op": "Flatten"},
+            {"name": "fc", "op": "Linear"}]}"#,
+    )
+    .unwrap();
+    (model, graph)
+}
+
+/// Explains the fixture's `inputs` for its `targets` with `method`, at the input or `layer`.
+pub fn explain_refs(
+    model: &candle_xai::Model,
+    refs: &Refs,
+    method: candle_xai::Method,
+    layer: Option<&str>,
+) -> candle_xai::Explanation {
+    let request = candle_xai::Request {
+        method,
+        targets: candle_xai::Targets::Classes(refs.targets()),
+        layer: layer.map(String::from),
+    };
+    candle_xai::explain(model, &refs.f32("inputs"), &request, &mut candle_xai::Progress::none()).unwrap()
+}
