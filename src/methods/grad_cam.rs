@@ -5,7 +5,7 @@
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::probe::{Probe, Progress};
+use super::probe::Pass;
 use super::Attribution;
 use crate::error::{Error, Result};
 
@@ -27,17 +27,9 @@ impl Default for GradCamParams {
     }
 }
 
-pub(crate) fn grad_cam(
-    probe: &Probe<'_>,
-    input: &Tensor,
-    params: &GradCamParams,
-    progress: &mut Progress<'_>,
-) -> Result<Attribution> {
-    progress.report(0, 1)?;
-    let pass = probe.run(input, None)?;
-    progress.report(1, 1)?;
+/// Grad-CAM from the backward pass of the unperturbed `input` at the layer `layer`.
+pub(crate) fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &GradCamParams) -> Result<Attribution> {
     if pass.activation.rank() != 4 {
-        let layer = &probe.model.graph().node(probe.at).name;
         return Err(Error::invalid_parameter(
             "layer",
             format!(
@@ -55,7 +47,6 @@ pub(crate) fn grad_cam(
         let (_, _, h, w) = input.dims4()?;
         cam = cam.upsample_bilinear2d(h, w, false)?;
     }
-    progress.report(1, 1)?;
     Ok(Attribution {
         attributions: cam,
         convergence_delta: None,

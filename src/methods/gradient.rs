@@ -1,9 +1,11 @@
 //! Gradient (captum's Saliency, signed unless `abs`) and InputXGradient, at the input or at a
 //! layer's output (captum's LayerGradientXActivation with and without multiply_by_inputs).
+//! Both are one backward pass on the unperturbed input, which `explain` shares with the
+//! forward that gives the logits.
 
 use serde::{Deserialize, Serialize};
 
-use super::probe::{Probe, Progress};
+use super::probe::Pass;
 use super::Attribution;
 use crate::error::Result;
 
@@ -14,15 +16,7 @@ pub struct GradientParams {
     pub abs: bool,
 }
 
-pub(crate) fn gradient(
-    probe: &Probe<'_>,
-    input: &candle_core::Tensor,
-    params: &GradientParams,
-    progress: &mut Progress<'_>,
-) -> Result<Attribution> {
-    progress.report(0, 1)?;
-    let pass = probe.run(input, None)?;
-    progress.report(1, 1)?;
+pub(crate) fn gradient(pass: Pass, params: &GradientParams) -> Result<Attribution> {
     let attributions = if params.abs {
         pass.gradient.abs()?
     } else {
@@ -34,14 +28,7 @@ pub(crate) fn gradient(
     })
 }
 
-pub(crate) fn input_x_gradient(
-    probe: &Probe<'_>,
-    input: &candle_core::Tensor,
-    progress: &mut Progress<'_>,
-) -> Result<Attribution> {
-    progress.report(0, 1)?;
-    let pass = probe.run(input, None)?;
-    progress.report(1, 1)?;
+pub(crate) fn input_x_gradient(pass: Pass) -> Result<Attribution> {
     Ok(Attribution {
         attributions: (pass.gradient * pass.activation)?,
         convergence_delta: None,

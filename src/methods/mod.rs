@@ -168,25 +168,48 @@ pub struct Explanation {
 /// Explains `input` ([N, C, H, W], already normalised) with `request`.
 pub fn explain(model: &Model, input: &Tensor, request: &Request, progress: &mut Progress<'_>) -> Result<Explanation> {
     let input = model.prepare_input(input)?;
-    let logits = model.graph().predict(&input)?;
-    let targets = request.targets.resolve(&logits)?;
+    let graph = model.graph();
     let at = match (&request.layer, &request.method) {
-        (Some(name), _) => model.graph().find(name)?,
+        (Some(name), _) => graph.find(name)?,
         (None, Method::GradCam(_)) => model.default_cam_layer()?,
         (None, _) => 0,
     };
+    // Methods made of one backward pass on the unperturbed input reuse the forward pass that
+    // gives the logits (and the top-1 targets); the others perturb the input, or (LRP) run a
+    // canonized graph, and only need the logits.
+    let single_pass = matches!(
+        request.method,
+        Method::Gradient(_) | Method::InputXGradient | Method::GradCam(_)
+    );
+    let (logits, activations) = if single_pass {
+        let activations = graph.forward(&input, None)?;
+        (activations.output().clone(), Some(activations))
+    } else {
+        (graph.predict(&input)?, None)
+    };
+    let targets = request.targets.resolve(&logits)?;
     let probe = Probe {
         model,
         targets: &targets,
         at,
     };
-    let result = match &request.method {
-        Method::Gradient(p) => gradient::gradient(&probe, &input, p, progress)?,
-        Method::InputXGradient => gradient::input_x_gradient(&probe, &input, progress)?,
-        Method::SmoothGrad(p) => smooth_grad::smooth_grad(&probe, &input, p, progress)?,
-        Method::IntegratedGradients(p) => integrated_gradients::integrated_gradients(&probe, &input, p, progress)?,
-        Method::GradCam(p) => grad_cam::grad_cam(&probe, &input, p, progress)?,
-        Method::Lrp(p) => crate::lrp::relevance(&probe, &input, p, progress)?,
+    let result = match (&request.method, activations) {
+        (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, p, progress)?,
+        (Method::IntegratedGradients(p), _) => integrated_gradients::integrated_gradients(&probe, &input, p, progress)?,
+        (Method::Lrp(p), _) => crate::lrp::relevance(&probe, &input, p, progress)?,
+        (method, Some(activations)) => {
+            progress.report(0, 1)?;
+            let pass = probe.backward(&activations)?;
+            let result = match method {
+                Method::Gradient(p) => gradient::gradient(pass, p)?,
+                Method::InputXGradient => gradient::input_x_gradient(pass)?,
+                Method::GradCam(p) => grad_cam::grad_cam(pass, &graph.node(at).name, &input, p)?,
+                _ => unreachable!("only single-pass methods carry activations"),
+            };
+            progress.report(1, 1)?;
+            result
+        }
+        (_, None) => unreachable!("single-pass methods always carry activations"),
     };
     Ok(Explanation {
         attributions: result.attributions,

@@ -7,7 +7,7 @@ use std::ops::Range;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::graph::NodeId;
+use crate::graph::{Activations, NodeId};
 use crate::model::Model;
 use crate::ops::one_hot;
 
@@ -60,15 +60,20 @@ impl Probe<'_> {
     /// Runs `input` = k stacked copies of the batch ([k*B, ...]); with `replace`, node `at`
     /// outputs it instead of its own value (layer IG).
     pub fn run(&self, input: &Tensor, replace: Option<&Tensor>) -> Result<Pass> {
+        let activations = self.model.graph().forward(input, replace.map(|t| (self.at, t)))?;
+        self.backward(&activations)
+    }
+
+    /// The backward half of `run`, from a forward pass already made.
+    pub fn backward(&self, activations: &Activations) -> Result<Pass> {
         let graph = self.model.graph();
-        let activations = graph.forward(input, replace.map(|t| (self.at, t)))?;
-        let logits = activations.output().clone();
+        let logits = activations.output();
         let (rows, classes) = logits.dims2()?;
         check_targets(self.targets, classes)?;
         let copies = rows / self.batch();
         let tiled: Vec<usize> = (0..copies).flat_map(|_| self.targets.iter().copied()).collect();
         let seed = one_hot(&tiled, classes, logits.device())?;
-        let gradient = graph.gradient(&activations, graph.output_id(), seed, self.at)?;
+        let gradient = graph.gradient(activations, graph.output_id(), seed, self.at)?;
         Ok(Pass {
             gradient,
             activation: activations.get(self.at).clone(),
