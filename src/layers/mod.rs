@@ -10,6 +10,7 @@ mod elementwise;
 mod flatten;
 mod im2col;
 mod linear;
+mod max_pool_cpu;
 mod pool;
 
 pub use activation::Activation;

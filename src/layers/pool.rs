@@ -9,6 +9,8 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::conv2d::WindowGeometry;
+use super::elementwise::on_cpu_f32;
+use super::max_pool_cpu::{max_pool, max_pool_vjp};
 use super::Layer;
 use crate::error::{Error, Result};
 use crate::ops::pad_or_crop_hw;
@@ -211,6 +213,17 @@ impl MaxPool2d {
 impl Layer for MaxPool2d {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
         let x = inputs[0];
+        if on_cpu_f32(x) {
+            let out_hw = self
+                .window
+                .output_hw((x.dim(2)?, x.dim(3)?))
+                .ok_or(Error::InputTooSmall {
+                    height: x.dim(2)?,
+                    width: x.dim(3)?,
+                    min: self.window.kernel.0.max(self.window.kernel.1),
+                })?;
+            return max_pool(x, self.window, out_hw);
+        }
         let (n, c, _, _) = x.dims4()?;
         let plan = self.window.plan((x.dim(2)?, x.dim(3)?))?;
         let pooled = plan.gather(x, f32::MIN)?.max(1)?;
@@ -220,6 +233,9 @@ impl Layer for MaxPool2d {
 
     fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
         let x = inputs[0];
+        if on_cpu_f32(x) {
+            return Ok(vec![max_pool_vjp(x, grad, self.window)?]);
+        }
         let (n, c, _, _) = x.dims4()?;
         let plan = self.window.plan((x.dim(2)?, x.dim(3)?))?;
         let winners = Self::winners(&plan.gather(x, f32::MIN)?, plan.window_len())?;
