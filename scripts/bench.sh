@@ -76,8 +76,10 @@ for model in dict.fromkeys(m for m, _ in torch_rows):
 lines += [
     "## What each row runs",
     "",
-    "Every call explains the input's top-1 class, so it includes that prediction forward on both sides "
-    "(our `explain` always runs it). Parameters are the same on both sides:",
+    "Every call explains the input's top-1 class, so it includes finding it: on the PyTorch side a "
+    "`model(x).argmax()` forward under `no_grad`; ours, for gradient (and Grad-CAM), takes it from the "
+    "forward pass it differentiates, and for the other methods runs a prediction forward first. "
+    "Parameters are the same on both sides:",
     "",
     "- **gradient**: captum `Saliency(model).attribute(x, target, abs=False)`; ours `GradientParams { abs: false }`.",
     "- **integrated-gradients**: 32 Gauss-Legendre steps, zero baseline, all 32 steps in one batch of 32 rows: "
