@@ -18,6 +18,10 @@ use candle_xai::methods::{GradientParams, IntegratedGradientsParams, Quadrature,
 use candle_xai::{explain, LoadOptions, Method, Model, Progress, Request};
 use clap::Parser;
 
+/// The same allocator as the `candle-xai` command, so these are the command's timings.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// A torchvision state dict as safetensors.

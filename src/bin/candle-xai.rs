@@ -21,6 +21,11 @@ use candle_xai::methods::{tunables, Aggregate, Baseline, Quadrature};
 use candle_xai::render::Colormap;
 use candle_xai::{explain, Error, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 
+/// mimalloc keeps freed tensor buffers for reuse; glibc unmaps large ones and the next layer
+/// faults fresh pages in again (MobileNetV2 Integrated Gradients: 3.3 -> 2.4 s).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "candle-xai",
