@@ -39,6 +39,7 @@ impl Default for IntegratedGradientsParams {
 pub(crate) fn integrated_gradients(
     probe: &Probe<'_>,
     input: &Tensor,
+    input_logits: &Tensor,
     params: &IntegratedGradientsParams,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
@@ -56,22 +57,16 @@ pub(crate) fn integrated_gradients(
     let graph = probe.model.graph();
     let at_layer = probe.at != 0;
     // The path runs between these two values of node `at`.
-    let (start, end, end_logits, start_logits) = if at_layer {
+    let (start, end, start_logits) = if at_layer {
         let on_input = graph.forward(input, None)?;
         let on_baseline = graph.forward(&baseline, None)?;
         (
             on_baseline.get(probe.at).clone(),
             on_input.get(probe.at).clone(),
-            on_input.output().clone(),
             on_baseline.output().clone(),
         )
     } else {
-        (
-            baseline.clone(),
-            input.clone(),
-            graph.predict(input)?,
-            graph.predict(&baseline)?,
-        )
+        (baseline.clone(), input.clone(), graph.predict(&baseline)?)
     };
     let span = (&end - &start)?;
     let (step_sizes, alphas) = params.quadrature.points(params.n_steps);
@@ -112,7 +107,7 @@ pub(crate) fn integrated_gradients(
         )?;
         Ok(logits.gather(&idx.unsqueeze(1)?, 1)?.squeeze(1)?)
     };
-    let delta = (sum_per_sample(&attributions)? - (pick(&end_logits)? - pick(&start_logits)?)?)?;
+    let delta = (sum_per_sample(&attributions)? - (pick(input_logits)? - pick(&start_logits)?)?)?;
     Ok(Attribution {
         attributions,
         convergence_delta: Some(delta),

@@ -195,7 +195,9 @@ pub fn explain(model: &Model, input: &Tensor, request: &Request, progress: &mut 
     };
     let result = match (&request.method, activations) {
         (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, p, progress)?,
-        (Method::IntegratedGradients(p), _) => integrated_gradients::integrated_gradients(&probe, &input, p, progress)?,
+        (Method::IntegratedGradients(p), _) => {
+            integrated_gradients::integrated_gradients(&probe, &input, &logits, p, progress)?
+        }
         (Method::Lrp(p), _) => crate::lrp::relevance(&probe, &input, p, progress)?,
         (method, Some(activations)) => {
             progress.report(0, 1)?;
