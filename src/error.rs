@@ -122,6 +122,12 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    #[error("tensor shapes do not fit: {0}")]
+    Shape(String),
+
+    #[error("an operation mixed tensors of two devices")]
+    DeviceMismatch,
+
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

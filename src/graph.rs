@@ -2,10 +2,9 @@
 //! the two passes every method is made of — a forward that keeps what the backward needs, and
 //! a backward walk whose step (input-VJP or an LRP rule) the caller chooses.
 
-use candle_core::Tensor;
-
 use crate::error::{Error, Result};
 use crate::layers::{Layer, Op};
+use crate::tensor::{Device, Tensor};
 
 pub type NodeId = usize;
 
@@ -104,6 +103,21 @@ impl Graph {
         &self.nodes
     }
 
+    /// The same graph with every parameter on `device` (uploaded once, here).
+    pub fn to_device(&self, device: &Device) -> Result<Graph> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|node| {
+                Ok(Node {
+                    op: node.op.to_device(device)?,
+                    ..node.clone()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Graph { nodes })
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]
     }
@@ -196,7 +210,7 @@ impl Graph {
             let back = step(id, node, &inputs, activations.get(id), &signal).map_err(|e| in_layer(node, e))?;
             for (&input, s) in node.inputs.iter().zip(back) {
                 signals[input] = Some(match signals[input].take() {
-                    Some(acc) => (acc + s)?,
+                    Some(acc) => acc.add(&s)?,
                     None => s,
                 });
             }
@@ -239,6 +253,7 @@ fn in_layer(node: &Node, error: Error) -> Error {
             kind,
             message: e.to_string(),
         },
+        Error::Shape(message) => Error::InLayer { layer, kind, message },
         other => other,
     }
 }

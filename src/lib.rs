@@ -1,12 +1,14 @@
 //! candle-xai: explanations for image classifiers — saliency, Integrated Gradients,
 //! SmoothGrad, Grad-CAM and Layer-wise Relevance Propagation — matching captum and zennit.
 
+pub mod backend;
 pub mod error;
 pub mod graph;
 pub mod layers;
-pub mod ops;
+pub mod tensor;
 
 pub use error::{Error, Result};
+pub use tensor::{Device, Tensor};
 pub mod import;
 pub mod model;
 

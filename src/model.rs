@@ -1,12 +1,13 @@
 //! A loaded model: its graph on a device, and the checks an input must pass before it runs.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
 use crate::import::graph_json::{GraphSpec, METADATA_KEY};
 use crate::import::{torchvision, StateDict};
 use crate::layers::Op;
+use crate::tensor::{Device, Tensor};
 
 /// Inputs larger than this many pixels per image are refused before any work starts.
 pub const MAX_INPUT_PIXELS: usize = 4096 * 4096;
@@ -32,7 +33,12 @@ pub struct Model {
 
 impl Model {
     /// Builds a model from safetensors bytes. `source` names them in error messages.
-    pub fn from_safetensors(bytes: &[u8], source: &str, options: &LoadOptions, device: &Device) -> Result<Self> {
+    pub fn from_safetensors(
+        bytes: &[u8],
+        source: &str,
+        options: &LoadOptions,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
         let (state, metadata) = StateDict::from_safetensors(bytes, source, device)?;
         let embedded = metadata
             .get(METADATA_KEY)
@@ -48,7 +54,7 @@ impl Model {
 
     /// Reads a `.safetensors` file (or a PyTorch `.pth` checkpoint) from disk.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn load(path: &std::path::Path, options: &LoadOptions, device: &Device) -> Result<Self> {
+    pub fn load(path: &std::path::Path, options: &LoadOptions, device: &candle_core::Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -67,7 +73,7 @@ impl Model {
         state: &StateDict,
         graph: Option<GraphSpec>,
         arch: Option<&str>,
-        device: &Device,
+        device: &candle_core::Device,
     ) -> Result<Self> {
         let (architecture, spec, strict) = match (graph, arch) {
             (Some(spec), _) => ("custom".to_string(), spec, false),
@@ -104,7 +110,17 @@ impl Model {
             input_channels: spec.input_channels,
             min_input_size: spec.min_input_size.unwrap_or(1),
             default_cam_layer,
+            device: Device::Candle(device.clone()),
+        })
+    }
+
+    /// The same model with its weights on `device`: uploaded once, here.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            graph: self.graph.to_device(device)?,
+            architecture: self.architecture.clone(),
             device: device.clone(),
+            ..*self
         })
     }
 
@@ -145,7 +161,7 @@ impl Model {
     }
 
     /// Checks a [N, C, H, W] batch against the model and moves it to the model's device as f32.
-    pub fn prepare_input(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn prepare_input(&self, x: &candle_core::Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let bad_shape = || Error::InputShape {
             found: dims.to_vec(),
@@ -180,12 +196,12 @@ impl Model {
         if finite > 0 {
             return Err(Error::NonFiniteInput(finite));
         }
-        Ok(x.to_device(&self.device)?)
+        self.device.upload(&x)
     }
 
-    /// Logits [N, classes] for a prepared batch.
-    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
-        self.graph.predict(&self.prepare_input(x)?)
+    /// Logits [N, classes] for a batch, on the host.
+    pub fn predict(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        self.graph.predict(&self.prepare_input(x)?)?.to_host()
     }
 }
 

@@ -349,14 +349,15 @@ fn forward_matches_pytorch() {
         // The smallest input side really is the smallest that runs.
         let min = torchvision::spec_for(arch, &state).unwrap().min_input_size.unwrap();
         let side = |s: usize| Tensor::zeros((1, 3, s, s), DType::F32, &Device::Cpu).unwrap();
+        let on_model = |t: Tensor| candle_xai::Tensor::from_candle(t).unwrap();
         let out = model
             .graph()
-            .predict(&side(min))
+            .predict(&on_model(side(min)))
             .unwrap_or_else(|e| panic!("{arch} at {min}x{min}: {e}"));
         assert_eq!(out.dims(), [1, 10]);
         if min > 1 {
             assert!(
-                model.graph().predict(&side(min - 1)).is_err(),
+                model.graph().predict(&on_model(side(min - 1))).is_err(),
                 "{arch} runs at {}",
                 min - 1
             );

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
 use candle_xai::import::graph_json::{GraphSpec, NodeSpec, OpSpec};
 use candle_xai::import::StateDict;
 use common::{assert_close, devices, fixture, Refs};
@@ -28,7 +27,7 @@ fn layers_match_pytorch_forward_and_input_gradient() {
             let mut tensors = HashMap::new();
             for param in ["weight", "bias"] {
                 if let Some(t) = refs.tensors.get(&format!("{name}.{param}")) {
-                    tensors.insert(format!("{name}.{param}"), t.to_device(&device).unwrap());
+                    tensors.insert(format!("{name}.{param}"), t.clone());
                 }
             }
             let spec = GraphSpec {
@@ -38,19 +37,20 @@ fn layers_match_pytorch_forward_and_input_gradient() {
                 nodes: vec![node],
             };
             let (graph, _) = spec.build(&StateDict::new(tensors, name)).unwrap();
-            let input = refs.get(&format!("{name}.input")).to_device(&device).unwrap();
+            let graph = graph.to_device(&device).unwrap();
+            let input = device.upload(refs.get(&format!("{name}.input"))).unwrap();
             let activations = graph.forward(&input, None).unwrap();
             assert_close(
-                &format!("{name} forward"),
-                activations.output(),
+                &format!("{name} forward on {device:?}"),
+                &activations.output().to_host().unwrap(),
                 refs.get(&format!("{name}.output")),
                 1e-5,
             );
-            let upstream: Tensor = refs.get(&format!("{name}.upstream")).to_device(&device).unwrap();
+            let upstream = device.upload(refs.get(&format!("{name}.upstream"))).unwrap();
             let grad = graph.gradient(&activations, graph.output_id(), upstream, 0).unwrap();
             assert_close(
-                &format!("{name} input gradient"),
-                &grad,
+                &format!("{name} input gradient on {device:?}"),
+                &grad.to_host().unwrap(),
                 refs.get(&format!("{name}.input_grad")),
                 1e-5,
             );

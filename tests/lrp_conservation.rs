@@ -21,9 +21,9 @@ use candle_xai::{explain, Model};
 use common::{devices, fixture, Refs};
 
 /// The MNIST model with biases, BatchNorm shifts and running means set to zero.
-fn bias_free(name: &str, device: &candle_core::Device) -> Model {
+fn bias_free(name: &str, device: &candle_xai::Device) -> Model {
     let bytes = std::fs::read(fixture(&format!("mnist/{name}.safetensors"))).unwrap();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).unwrap();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
     let zeroed: HashMap<String, Tensor> = tensors
         .into_iter()
         .filter(|(_, t)| t.dtype() == DType::F32)
@@ -33,7 +33,15 @@ fn bias_free(name: &str, device: &candle_core::Device) -> Model {
         })
         .collect();
     let graph = GraphSpec::from_json(&std::fs::read_to_string(fixture(&format!("mnist/{name}.graph.json"))).unwrap());
-    Model::from_state_dict(&StateDict::new(zeroed, name), Some(graph.unwrap()), None, device).unwrap()
+    Model::from_state_dict(
+        &StateDict::new(zeroed, name),
+        Some(graph.unwrap()),
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .to_device(device)
+    .unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use common::{assert_close, devices, fixture, Refs, PATH_TOL, REL_TOL};
 
 const MODELS: [&str; 3] = ["mlp", "vgg", "resnet"];
 
-fn load(name: &str, device: &Device) -> (Model, Refs) {
+fn load(name: &str, device: &candle_xai::Device) -> (Model, Refs) {
     let graph =
         GraphSpec::from_json(&std::fs::read_to_string(fixture(&format!("mnist/{name}.graph.json"))).unwrap()).unwrap();
     let bytes = std::fs::read(fixture(&format!("mnist/{name}.safetensors"))).unwrap();
@@ -20,7 +20,10 @@ fn load(name: &str, device: &Device) -> (Model, Refs) {
         graph: Some(graph),
         ..Default::default()
     };
-    let model = Model::from_safetensors(&bytes, name, &options, device).unwrap();
+    let model = Model::from_safetensors(&bytes, name, &options, &Device::Cpu)
+        .unwrap()
+        .to_device(device)
+        .unwrap();
     (model, Refs::load(&fixture(&format!("mnist/{name}_refs.safetensors"))))
 }
 

@@ -54,14 +54,17 @@ fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
 const MODELS: [&str; 3] = ["resnet18", "vgg11_bn", "mobilenet_v2"];
 
 /// The model rebuilt from the fixture's weight recipe and recognised from its tensor names.
-fn load(name: &str, device: &Device) -> (Model, Refs) {
+fn load(name: &str, device: &candle_xai::Device) -> (Model, Refs) {
     let refs = Refs::load(&fixture(&format!("{name}_refs.safetensors")));
     let tensors: HashMap<String, Tensor> = weights_from_metadata(&refs.metadata["weights"])
         .into_iter()
-        .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, device).unwrap()))
+        .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
         .collect();
     let state = StateDict::new(tensors, name);
-    let model = Model::from_state_dict(&state, None, None, device).unwrap();
+    let model = Model::from_state_dict(&state, None, None, &Device::Cpu)
+        .unwrap()
+        .to_device(device)
+        .unwrap();
     assert_eq!(model.architecture(), name, "recognised architecture");
     (model, refs)
 }

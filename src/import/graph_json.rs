@@ -24,6 +24,7 @@ use crate::layers::{
     Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Op, PoolWindow,
     WindowGeometry,
 };
+use crate::tensor::Tensor;
 
 /// The name of the graph's input node.
 pub const INPUT: &str = "input";
@@ -268,13 +269,13 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
         used.insert(key);
         Ok(t)
     };
-    let optional_bias = |used: &mut HashSet<String>| -> Result<Option<candle_core::Tensor>> {
+    let optional_bias = |used: &mut HashSet<String>| -> Result<Option<Tensor>> {
         let key = format!("{prefix}.bias");
         if !state.contains(&key) {
             return Ok(None);
         }
         used.insert(key.clone());
-        Ok(Some(state.require(&key, 1)?))
+        Ok(Some(Tensor::from_candle(state.require(&key, 1)?)?))
     };
     let unsupported = |reason: &str| Error::UnsupportedLayer {
         layer: name.to_string(),
@@ -284,11 +285,11 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
     Ok(match *spec {
         OpSpec::Conv2d { .. } => {
             let geometry = spec.conv_geometry(name)?.expect("a Conv2d spec has a geometry");
-            let weight = take("weight", 4)?;
+            let weight = Tensor::from_candle(take("weight", 4)?)?;
             Op::Conv2d(Conv2d::new(weight, optional_bias(used)?, geometry).map_err(|e| named(name, e))?)
         }
         OpSpec::Linear => {
-            let weight = take("weight", 2)?;
+            let weight = Tensor::from_candle(take("weight", 2)?)?;
             Op::Linear(Linear::new(weight, optional_bias(used)?).map_err(|e| named(name, e))?)
         }
         OpSpec::BatchNorm2d { eps } => {
@@ -296,11 +297,13 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
             let bias = take("bias", 1)?;
             let mean = take("running_mean", 1)?;
             let var = take("running_var", 1)?;
-            Op::BatchNorm2d(BatchNorm2d::new(weight, bias, mean, var, eps).map_err(|e| named(name, e))?)
+            Op::BatchNorm2d(BatchNorm2d::new(&weight, &bias, &mean, &var, eps).map_err(|e| named(name, e))?)
         }
         OpSpec::ReLU => Op::Activation(Activation::Relu),
         OpSpec::ReLU6 => Op::Activation(Activation::Relu6),
-        OpSpec::LeakyReLU { negative_slope } => Op::Activation(Activation::LeakyRelu { negative_slope }),
+        OpSpec::LeakyReLU { negative_slope } => Op::Activation(Activation::LeakyRelu {
+            negative_slope: negative_slope as f32,
+        }),
         OpSpec::MaxPool2d { .. } => Op::MaxPool2d(MaxPool2d {
             window: spec.pool_window(name)?.expect("a pooling spec has a window"),
         }),

@@ -1,9 +1,8 @@
 //! Residual addition of two (or more) branches of the same shape.
 
-use candle_core::Tensor;
-
 use super::Layer;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Add;
@@ -22,7 +21,7 @@ impl Layer for Add {
                     x.dims()
                 )));
             }
-            sum = (sum + *x)?;
+            sum = sum.add(x)?;
         }
         Ok(sum)
     }

@@ -1,27 +1,29 @@
 //! BatchNorm2d in eval mode: a per-channel affine map with the running statistics.
 
-use candle_core::Tensor;
-
-use super::elementwise::{channel_affine, on_cpu_f32};
 use super::Layer;
 use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     eps: f64,
-    /// weight / sqrt(var + eps), shaped [1, C, 1, 1].
+    /// weight / sqrt(var + eps), [C].
     scale: Tensor,
-    /// bias - mean * scale, shaped [1, C, 1, 1].
+    /// bias - mean * scale, [C].
     shift: Tensor,
-    /// Both on the host, for the single-pass CPU kernel.
-    host_scale: Vec<f32>,
-    host_shift: Vec<f32>,
 }
 
 impl BatchNorm2d {
-    pub fn new(weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, eps: f64) -> Result<Self> {
+    /// From PyTorch's parameters and running statistics (host or device candle tensors).
+    pub fn new(
+        weight: &candle_core::Tensor,
+        bias: &candle_core::Tensor,
+        running_mean: &candle_core::Tensor,
+        running_var: &candle_core::Tensor,
+        eps: f64,
+    ) -> Result<Self> {
         let c = running_mean.dims1()?;
-        for (name, t) in [("weight", &weight), ("bias", &bias), ("running_var", &running_var)] {
+        for (name, t) in [("weight", weight), ("bias", bias), ("running_var", running_var)] {
             if t.dims() != [c] {
                 return Err(Error::InvalidGraph(format!(
                     "batch norm {name} has shape {:?}, expected [{c}]",
@@ -29,19 +31,17 @@ impl BatchNorm2d {
                 )));
             }
         }
-        let scale = (&weight / running_var.affine(1.0, eps)?.sqrt()?)?;
-        let shift = (&bias - (&running_mean * &scale)?)?;
+        let scale = (weight / running_var.affine(1.0, eps)?.sqrt()?)?;
+        let shift = (bias - (running_mean * &scale)?)?;
         Ok(Self {
-            host_scale: scale.to_vec1::<f32>()?,
-            host_shift: shift.to_vec1::<f32>()?,
-            scale: scale.reshape((1, c, 1, 1))?,
-            shift: shift.reshape((1, c, 1, 1))?,
+            scale: Tensor::from_candle(scale)?,
+            shift: Tensor::from_candle(shift)?,
             eps,
         })
     }
 
     pub fn channels(&self) -> usize {
-        self.scale.dims()[1]
+        self.scale.dims()[0]
     }
 
     pub fn eps(&self) -> f64 {
@@ -49,16 +49,28 @@ impl BatchNorm2d {
     }
 
     /// Per-channel (scale, shift) of the affine map this layer applies, each [C].
-    pub fn affine_parameters(&self) -> Result<(Tensor, Tensor)> {
-        Ok((self.scale.flatten_all()?, self.shift.flatten_all()?))
+    pub fn affine_parameters(&self) -> (&Tensor, &Tensor) {
+        (&self.scale, &self.shift)
     }
 
     /// What zennit 0.5 leaves of a merged BatchNorm: weight 1, bias 0, mean 0, var 1, but the
     /// original eps — so it still divides by sqrt(1 + eps).
-    pub fn identity(channels: usize, eps: f64, device: &candle_core::Device) -> Result<Self> {
-        let ones = Tensor::ones(channels, candle_core::DType::F32, device)?;
-        let zeros = Tensor::zeros(channels, candle_core::DType::F32, device)?;
-        Self::new(ones.clone(), zeros.clone(), zeros, ones, eps)
+    pub fn identity(channels: usize, eps: f64, device: &Device) -> Result<Self> {
+        let scale = 1.0f32 / (1.0f32 + eps as f32).sqrt();
+        Ok(Self {
+            scale: device.tensor(&vec![scale; channels], &[channels])?,
+            shift: device.tensor(&vec![0.0; channels], &[channels])?,
+            eps,
+        })
+    }
+
+    /// The same layer with its parameters on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            scale: self.scale.to_device(device)?,
+            shift: self.shift.to_device(device)?,
+            eps: self.eps,
+        })
     }
 }
 
@@ -72,20 +84,10 @@ impl Layer for BatchNorm2d {
                 x.dims()
             )));
         }
-        if on_cpu_f32(x) {
-            return channel_affine(x, &self.host_scale, &self.host_shift);
-        }
-        Ok(x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?)
+        x.channel_affine(Some(&self.scale), Some(&self.shift))
     }
 
     fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
-        if on_cpu_f32(grad) {
-            return Ok(vec![channel_affine(
-                grad,
-                &self.host_scale,
-                &vec![0.0; self.host_scale.len()],
-            )?]);
-        }
-        Ok(vec![grad.broadcast_mul(&self.scale)?])
+        Ok(vec![grad.channel_affine(Some(&self.scale), None)?])
     }
 }

@@ -1,9 +1,8 @@
 //! Linear: y = x W^T + b; its input-VJP is g W.
 
-use candle_core::Tensor;
-
 use super::Layer;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -13,7 +12,12 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out_features, _) = weight.dims2()?;
+        let &[out_features, _] = weight.dims() else {
+            return Err(Error::InvalidGraph(format!(
+                "linear weight has shape {:?}, expected 2 dimensions",
+                weight.dims()
+            )));
+        };
         if let Some(bias) = &bias {
             if bias.dims() != [out_features] {
                 return Err(Error::InvalidGraph(format!(
@@ -46,15 +50,15 @@ impl Linear {
     }
 
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = x.matmul(&self.weight, true)?;
         match &self.bias {
-            Some(b) => Ok(y.broadcast_add(b)?),
+            Some(b) => y.channel_affine(None, Some(b)),
             None => Ok(y),
         }
     }
 
     pub fn transpose_apply(&self, grad: &Tensor) -> Result<Tensor> {
-        Ok(grad.matmul(&self.weight)?)
+        grad.matmul(&self.weight, false)
     }
 }
 

@@ -5,12 +5,8 @@ mod activation;
 mod add;
 mod batch_norm;
 mod conv2d;
-mod depthwise;
-mod elementwise;
 mod flatten;
-mod im2col;
 mod linear;
-mod max_pool_cpu;
 mod pool;
 
 pub use activation::Activation;
@@ -21,9 +17,8 @@ pub use flatten::Flatten;
 pub use linear::Linear;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolWindow};
 
-use candle_core::Tensor;
-
 use crate::error::Result;
+use crate::tensor::{Device, Tensor};
 
 /// What every layer knows: its forward, and the gradient of a scalar with respect to its
 /// inputs given the gradient with respect to its output. No weight gradients, ever.
@@ -70,6 +65,22 @@ impl Op {
             Op::Identity => "Identity",
             Op::Add(_) => "Add",
         }
+    }
+
+    /// The same operation with its parameters on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Op> {
+        Ok(match self {
+            Op::Conv2d(c) => Op::Conv2d(c.with_parameters(
+                c.weight().to_device(device)?,
+                c.bias().map(|b| b.to_device(device)).transpose()?,
+            )?),
+            Op::Linear(l) => Op::Linear(l.with_parameters(
+                l.weight().to_device(device)?,
+                l.bias().map(|b| b.to_device(device)).transpose()?,
+            )?),
+            Op::BatchNorm2d(bn) => Op::BatchNorm2d(bn.to_device(device)?),
+            other => other.clone(),
+        })
     }
 
     fn layer(&self) -> Option<&dyn Layer> {

@@ -1,19 +1,11 @@
-//! Pooling layers. Max and average pooling share one mechanism: the windows are gathered by
-//! a convolution with one-hot kernels ([N*C, k*k, Ho, Wo]), reduced, and the gradient goes
-//! back through the same convolution's transpose. This supports kernel != stride, padding,
-//! dilation and ceil_mode on every candle device, and gives max pooling PyTorch's tie rule:
-//! the first maximum in row-major window order takes the whole gradient.
-//!
-//! Adaptive average pooling is separable: out = A_h x A_w^T with PyTorch's bin edges.
+//! Pooling layers. Max pooling is a backend kernel (PyTorch's padding, dilation, ceil_mode
+//! and tie rule). Average and adaptive average pooling are both means over separable windows
+//! ([`WindowBins`]) with PyTorch's bin edges and divisors.
 
-use candle_core::{DType, Device, Tensor, D};
-
-use super::conv2d::WindowGeometry;
-use super::elementwise::on_cpu_f32;
-use super::max_pool_cpu::{max_pool, max_pool_vjp};
 use super::Layer;
+use crate::backend::WindowBins;
 use crate::error::{Error, Result};
-use crate::ops::pad_or_crop_hw;
+use crate::tensor::Tensor;
 
 /// A pooling window as PyTorch describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,17 +17,7 @@ pub struct PoolWindow {
     pub ceil_mode: bool,
 }
 
-/// The window laid over one input size: how much to pad on each side and what comes out.
-struct WindowPlan {
-    geometry: WindowGeometry,
-    /// (top, bottom, left, right) of PyTorch's own padding.
-    padding: (usize, usize, usize, usize),
-    /// Extra (bottom, right) cells that ceil_mode windows reach past the padded input.
-    overhang: (usize, usize),
-    input_hw: (usize, usize),
-}
-
-fn pooled_len(len: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Option<(usize, usize)> {
+fn pooled_len(len: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Option<usize> {
     let span = d * (k - 1) + 1;
     if len + 2 * p < span {
         return None;
@@ -46,8 +28,7 @@ fn pooled_len(len: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) ->
     if ceil && (out - 1) * s >= len + p {
         out -= 1;
     }
-    let overhang = ((out - 1) * s + span).saturating_sub(len + 2 * p);
-    Some((out, overhang))
+    Some(out)
 }
 
 impl PoolWindow {
@@ -72,7 +53,7 @@ impl PoolWindow {
     }
 
     pub fn output_hw(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
-        let (oh, _) = pooled_len(
+        let oh = pooled_len(
             h,
             self.kernel.0,
             self.stride.0,
@@ -80,7 +61,7 @@ impl PoolWindow {
             self.dilation.0,
             self.ceil_mode,
         )?;
-        let (ow, _) = pooled_len(
+        let ow = pooled_len(
             w,
             self.kernel.1,
             self.stride.1,
@@ -91,108 +72,46 @@ impl PoolWindow {
         Some((oh, ow))
     }
 
-    fn plan(&self, (h, w): (usize, usize)) -> Result<WindowPlan> {
-        let too_small = || Error::InputTooSmall {
-            height: h,
-            width: w,
-            min: self.kernel.0.max(self.kernel.1),
-        };
-        let (_, over_h) = pooled_len(
-            h,
-            self.kernel.0,
-            self.stride.0,
-            self.padding.0,
-            self.dilation.0,
-            self.ceil_mode,
-        )
-        .ok_or_else(too_small)?;
-        let (_, over_w) = pooled_len(
-            w,
-            self.kernel.1,
-            self.stride.1,
-            self.padding.1,
-            self.dilation.1,
-            self.ceil_mode,
-        )
-        .ok_or_else(too_small)?;
-        let (ph, pw) = self.padding;
-        Ok(WindowPlan {
-            geometry: WindowGeometry {
-                kernel: self.kernel,
-                stride: self.stride.0,
-                dilation: self.dilation.0,
-                padding: (0, 0, 0, 0),
-                groups: 1,
-            },
-            padding: (ph, ph, pw, pw),
-            overhang: (over_h, over_w),
-            input_hw: (h, w),
-        })
+    /// PyTorch's average-pooling windows along one axis: [start, end) clipped to the input,
+    /// and the divisor's factor (counting the padding when `count_include_pad`).
+    fn average_bins(len: usize, out: usize, k: usize, s: usize, p: usize, count_pad: bool) -> AxisBins {
+        let mut bins = AxisBins::default();
+        for o in 0..out {
+            let start = (o * s) as isize - p as isize;
+            let end = (start + k as isize).min((len + p) as isize);
+            let padded_count = (end - start) as usize;
+            let (start, end) = (start.max(0) as usize, end.min(len as isize).max(0) as usize);
+            bins.ranges.push((start, end.max(start)));
+            bins.counts.push(if count_pad {
+                padded_count
+            } else {
+                end.saturating_sub(start)
+            });
+        }
+        bins
     }
 }
 
-impl WindowPlan {
-    fn window_len(&self) -> usize {
-        self.geometry.kernel.0 * self.geometry.kernel.1
-    }
+/// One axis of [`WindowBins`].
+#[derive(Default)]
+struct AxisBins {
+    ranges: Vec<(usize, usize)>,
+    counts: Vec<usize>,
+}
 
-    /// [k*k, 1, kh, kw]: kernel i picks the i-th cell of the window (row-major).
-    fn selector(&self, device: &Device) -> Result<Tensor> {
-        let (kh, kw) = self.geometry.kernel;
-        let n = kh * kw;
-        let mut data = vec![0f32; n * n];
-        for i in 0..n {
-            data[i * n + i] = 1.0;
-        }
-        Ok(Tensor::from_vec(data, (n, 1, kh, kw), device)?)
-    }
-
-    fn padded_hw(&self) -> (usize, usize) {
-        let (t, b, l, r) = self.padding;
-        (
-            self.input_hw.0 + t + b + self.overhang.0,
-            self.input_hw.1 + l + r + self.overhang.1,
-        )
-    }
-
-    /// Pads [M, 1, H, W] with `pad_value` in PyTorch's padding and `overhang_value` where
-    /// ceil_mode windows hang past it.
-    fn frame(&self, x: &Tensor, pad_value: f32, overhang_value: f32) -> Result<Tensor> {
-        let (t, b, l, r) = self.padding;
-        let x = pad_or_crop_hw(x, t as isize, b as isize, l as isize, r as isize, pad_value)?;
-        pad_or_crop_hw(
-            &x,
-            0,
-            self.overhang.0 as isize,
-            0,
-            self.overhang.1 as isize,
-            overhang_value,
-        )
-    }
-
-    /// [N, C, H, W] -> [N*C, k*k, Ho, Wo].
-    fn gather(&self, x: &Tensor, pad_value: f32) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let framed = self.frame(&x.reshape((n * c, 1, h, w))?, pad_value, pad_value)?;
-        self.geometry.correlate(&framed, &self.selector(x.device())?)
-    }
-
-    /// Transpose of `gather`: [N*C, k*k, Ho, Wo] -> [N, C, H, W].
-    fn scatter(&self, windows: &Tensor, n: usize, c: usize) -> Result<Tensor> {
-        let framed =
-            self.geometry
-                .correlate_transposed(windows, &self.selector(windows.device())?, self.padded_hw())?;
-        let (t, b, l, r) = self.padding;
-        let x = pad_or_crop_hw(
-            &framed,
-            -(t as isize),
-            -((b + self.overhang.0) as isize),
-            -(l as isize),
-            -((r + self.overhang.1) as isize),
-            0.0,
-        )?;
-        let (h, w) = self.input_hw;
-        Ok(x.reshape((n, c, h, w))?)
+fn window_bins(
+    input_hw: (usize, usize),
+    rows: AxisBins,
+    cols: AxisBins,
+    divisor_override: Option<usize>,
+) -> WindowBins {
+    WindowBins {
+        input_hw,
+        rows: rows.ranges,
+        cols: cols.ranges,
+        row_counts: rows.counts,
+        col_counts: cols.counts,
+        divisor_override,
     }
 }
 
@@ -201,47 +120,13 @@ pub struct MaxPool2d {
     pub window: PoolWindow,
 }
 
-impl MaxPool2d {
-    /// One-hot [N*C, k*k, Ho, Wo] marking the first maximum of each window.
-    fn winners(windows: &Tensor, window_len: usize) -> Result<Tensor> {
-        let first_max = windows.argmax_keepdim(1)?;
-        let slots = Tensor::arange(0u32, window_len as u32, windows.device())?.reshape((1, window_len, 1, 1))?;
-        Ok(slots.broadcast_eq(&first_max)?.to_dtype(DType::F32)?)
-    }
-}
-
 impl Layer for MaxPool2d {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
-        let x = inputs[0];
-        if on_cpu_f32(x) {
-            let out_hw = self
-                .window
-                .output_hw((x.dim(2)?, x.dim(3)?))
-                .ok_or(Error::InputTooSmall {
-                    height: x.dim(2)?,
-                    width: x.dim(3)?,
-                    min: self.window.kernel.0.max(self.window.kernel.1),
-                })?;
-            return max_pool(x, self.window, out_hw);
-        }
-        let (n, c, _, _) = x.dims4()?;
-        let plan = self.window.plan((x.dim(2)?, x.dim(3)?))?;
-        let pooled = plan.gather(x, f32::MIN)?.max(1)?;
-        let (ho, wo) = (pooled.dim(1)?, pooled.dim(2)?);
-        Ok(pooled.reshape((n, c, ho, wo))?)
+        inputs[0].max_pool(&self.window)
     }
 
     fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
-        let x = inputs[0];
-        if on_cpu_f32(x) {
-            return Ok(vec![max_pool_vjp(x, grad, self.window)?]);
-        }
-        let (n, c, _, _) = x.dims4()?;
-        let plan = self.window.plan((x.dim(2)?, x.dim(3)?))?;
-        let winners = Self::winners(&plan.gather(x, f32::MIN)?, plan.window_len())?;
-        let (_, _, ho, wo) = grad.dims4()?;
-        let routed = winners.broadcast_mul(&grad.reshape((n * c, 1, ho, wo))?)?;
-        Ok(vec![plan.scatter(&routed, n, c)?])
+        Ok(vec![inputs[0].max_pool_vjp(grad, &self.window)?])
     }
 }
 
@@ -253,44 +138,28 @@ pub struct AvgPool2d {
 }
 
 impl AvgPool2d {
-    /// [1, 1, Ho, Wo]: how many cells PyTorch divides each window's sum by.
-    fn divisors(&self, plan: &WindowPlan, device: &Device) -> Result<Tensor> {
-        if let Some(d) = self.divisor_override {
-            return Ok(Tensor::new(&[[[[d as f32]]]], device)?);
-        }
-        let (h, w) = plan.input_hw;
-        let ones = Tensor::ones((1, 1, h, w), DType::F32, device)?;
-        let padding_counts = if self.count_include_pad { 1.0 } else { 0.0 };
-        let framed = plan.frame(&ones, padding_counts, 0.0)?;
-        Ok(plan
-            .geometry
-            .correlate(&framed, &plan.selector(device)?)?
-            .sum_keepdim(1)?)
+    fn bins(&self, x: &Tensor) -> Result<WindowBins> {
+        let (_, _, h, w) = x.dims4()?;
+        let window = &self.window;
+        let (oh, ow) = window.output_hw((h, w)).ok_or(Error::InputTooSmall {
+            height: h,
+            width: w,
+            min: window.kernel.0.max(window.kernel.1),
+        })?;
+        let pad = self.count_include_pad;
+        let rows = PoolWindow::average_bins(h, oh, window.kernel.0, window.stride.0, window.padding.0, pad);
+        let cols = PoolWindow::average_bins(w, ow, window.kernel.1, window.stride.1, window.padding.1, pad);
+        Ok(window_bins((h, w), rows, cols, self.divisor_override))
     }
 }
 
 impl Layer for AvgPool2d {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
-        let x = inputs[0];
-        let (n, c, _, _) = x.dims4()?;
-        let plan = self.window.plan((x.dim(2)?, x.dim(3)?))?;
-        let sums = plan.gather(x, 0.0)?.sum_keepdim(1)?;
-        let pooled = sums.broadcast_div(&self.divisors(&plan, x.device())?)?;
-        let (ho, wo) = (pooled.dim(2)?, pooled.dim(3)?);
-        Ok(pooled.reshape((n, c, ho, wo))?)
+        inputs[0].window_mean(&self.bins(inputs[0])?)
     }
 
     fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
-        let x = inputs[0];
-        let (n, c, _, _) = x.dims4()?;
-        let plan = self.window.plan((x.dim(2)?, x.dim(3)?))?;
-        let (_, _, ho, wo) = grad.dims4()?;
-        let per_cell = grad
-            .reshape((n * c, 1, ho, wo))?
-            .broadcast_div(&self.divisors(&plan, x.device())?)?
-            .broadcast_as((n * c, plan.window_len(), ho, wo))?
-            .contiguous()?;
-        Ok(vec![plan.scatter(&per_cell, n, c)?])
+        Ok(vec![grad.window_mean_vjp(&self.bins(inputs[0])?)?])
     }
 }
 
@@ -300,48 +169,34 @@ pub struct AdaptiveAvgPool2d {
 }
 
 impl AdaptiveAvgPool2d {
-    /// [out, len]: row i averages PyTorch's bin [floor(i*len/out), ceil((i+1)*len/out)).
-    fn bins(out: usize, len: usize, device: &Device) -> Result<Tensor> {
-        let mut data = vec![0f32; out * len];
+    /// PyTorch's bins: output i averages [floor(i*len/out), ceil((i+1)*len/out)).
+    fn axis(out: usize, len: usize) -> AxisBins {
+        let mut bins = AxisBins::default();
         for i in 0..out {
-            let start = i * len / out;
-            let end = ((i + 1) * len).div_ceil(out);
-            for j in start..end {
-                data[i * len + j] = 1.0 / (end - start) as f32;
-            }
+            let (start, end) = (i * len / out, ((i + 1) * len).div_ceil(out));
+            bins.ranges.push((start, end));
+            bins.counts.push(end - start);
         }
-        Ok(Tensor::from_vec(data, (out, len), device)?)
+        bins
     }
 
-    fn matrices(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (h, w) = (x.dim(2)?, x.dim(3)?);
-        let rows = Self::bins(self.output.0, h, x.device())?;
-        let cols = Self::bins(self.output.1, w, x.device())?;
-        Ok((rows, cols))
+    fn bins(&self, x: &Tensor) -> Result<WindowBins> {
+        let (_, _, h, w) = x.dims4()?;
+        Ok(window_bins(
+            (h, w),
+            Self::axis(self.output.0, h),
+            Self::axis(self.output.1, w),
+            None,
+        ))
     }
 }
 
 impl Layer for AdaptiveAvgPool2d {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
-        let x = inputs[0];
-        x.dims4()?;
-        if self.output == (1, 1) {
-            return Ok(x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?);
-        }
-        let (rows, cols) = self.matrices(x)?;
-        Ok(rows.broadcast_matmul(&x.broadcast_matmul(&cols.t()?)?)?)
+        inputs[0].window_mean(&self.bins(inputs[0])?)
     }
 
     fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
-        let x = inputs[0];
-        if self.output == (1, 1) {
-            let hw = (x.dim(2)? * x.dim(3)?) as f64;
-            return Ok(vec![grad
-                .affine(1.0 / hw, 0.0)?
-                .broadcast_as(x.dims())?
-                .contiguous()?]);
-        }
-        let (rows, cols) = self.matrices(x)?;
-        Ok(vec![rows.t()?.broadcast_matmul(&grad.broadcast_matmul(&cols)?)?])
+        Ok(vec![grad.window_mean_vjp(&self.bins(inputs[0])?)?])
     }
 }

@@ -35,17 +35,20 @@ pub fn merge_batch_norms(graph: &Graph, convention: MergeConvention) -> Result<G
             continue;
         }
         let Op::Conv2d(conv) = &nodes[source].op else { continue };
-        let (scale, shift) = bn.affine_parameters()?;
-        let weight = conv.weight().broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+        let (scale, shift) = bn.affine_parameters();
+        // The weight [C_out, ...] scaled per output channel, as [1, C_out, rest] rows.
+        let kernel = conv.weight();
+        let rows = kernel.reshape(&[1, kernel.dims()[0], kernel.elem_count() / kernel.dims()[0]])?;
+        let weight = rows.channel_affine(Some(scale), None)?.reshape(kernel.dims())?;
         let bias = match conv.bias() {
-            Some(b) => ((b * &scale)? + &shift)?,
-            None => shift,
+            Some(b) => b.mul(scale)?.add(shift)?,
+            None => shift.clone(),
         };
         let merged = conv.with_parameters(weight, Some(bias))?;
         let remainder = match convention {
             MergeConvention::Exact => Op::Identity,
             MergeConvention::KeepEps => {
-                Op::BatchNorm2d(BatchNorm2d::identity(bn.channels(), bn.eps(), conv.weight().device())?)
+                Op::BatchNorm2d(BatchNorm2d::identity(bn.channels(), bn.eps(), &conv.weight().device())?)
             }
         };
         nodes[source].op = Op::Conv2d(merged);

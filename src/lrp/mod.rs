@@ -11,13 +11,13 @@ pub use canonize::{merge_batch_norms, MergeConvention};
 pub use composites::{assign_rules, Composite, CompositeParams, Selector};
 pub use rules::{Bound, Rule, STABILIZER};
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::methods::probe::one_hot;
 use crate::methods::Progress;
 use crate::methods::{Scale, Tunable};
-use crate::ops::one_hot;
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrpParams {
@@ -106,9 +106,9 @@ pub(crate) fn relevance(
     let activations = graph.forward(input, None)?;
     let logits = activations.output();
     let classes = logits.dim(1)?;
-    let mut seed = one_hot(probe.targets, classes, logits.device())?;
+    let mut seed = one_hot(probe.targets, classes, &logits.device())?;
     if params.start_from_logit {
-        seed = (seed * logits)?;
+        seed = seed.mul(logits)?;
     }
     let relevance = graph.backward(
         &activations,

@@ -3,12 +3,12 @@
 //! input-VJP with the same parameters, multiply by the modified inputs" — so each rule is a
 //! few calls to `Affine::apply` / `Affine::transpose_apply`.
 
-use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Map;
 use crate::error::Result;
 use crate::layers::{Conv2d, Layer, Linear, Op};
-use crate::ops::stabilize;
+use crate::tensor::Tensor;
 
 /// zennit's default stabiliser for every rule but Epsilon.
 pub const STABILIZER: f64 = 1e-6;
@@ -29,21 +29,18 @@ impl Bound {
     /// The bound as a tensor shaped like `x` ([N, C, ...]).
     fn like(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Bound::Scalar(v) => Ok((x.zeros_like()? + *v)?),
+            Bound::Scalar(v) => x.fill_like(*v as f32),
             Bound::PerChannel(values) => {
                 let c = values.len();
-                let mut shape = vec![1; x.rank()];
-                shape[1] = c;
+                if x.rank() < 2 || x.dims()[1] != c {
+                    return Err(crate::Error::invalid_parameter(
+                        "zbox bounds",
+                        format!("{c} per-channel values for an input of shape {:?}", x.dims()),
+                    ));
+                }
                 let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-                let t = Tensor::from_vec(values, shape, x.device())?;
-                Ok(t.broadcast_as(x.dims())
-                    .map_err(|_| {
-                        crate::Error::invalid_parameter(
-                            "zbox bounds",
-                            format!("{c} per-channel values for an input of shape {:?}", x.dims()),
-                        )
-                    })?
-                    .contiguous()?)
+                let values = x.device().tensor(&values, &[c])?;
+                x.zeros_like()?.channel_affine(None, Some(&values))
             }
         }
     }
@@ -158,11 +155,23 @@ impl Affine {
 }
 
 fn positive(t: &Tensor) -> Result<Tensor> {
-    Ok(t.clamp(0f32, f32::INFINITY)?)
+    t.map(Map::Clamp {
+        low: 0.0,
+        high: f32::INFINITY,
+    })
 }
 
 fn negative(t: &Tensor) -> Result<Tensor> {
-    Ok(t.clamp(f32::NEG_INFINITY, 0f32)?)
+    t.map(Map::Clamp {
+        low: f32::NEG_INFINITY,
+        high: 0.0,
+    })
+}
+
+fn stabilize(z: &Tensor, epsilon: f64) -> Result<Tensor> {
+    z.map(Map::Stabilize {
+        epsilon: epsilon as f32,
+    })
 }
 
 impl Rule {
@@ -172,9 +181,9 @@ impl Rule {
         match self {
             Rule::Pass => return Ok(vec![relevance.clone(); inputs.len()]),
             Rule::Norm { stabilizer } => {
-                let g = (relevance / stabilize(output, *stabilizer)?)?;
+                let g = relevance.div(&stabilize(output, *stabilizer)?)?;
                 let grads = op.input_vjp(inputs, output, &g)?;
-                return inputs.iter().zip(grads).map(|(x, g)| Ok((*x * g)?)).collect();
+                return inputs.iter().zip(grads).map(|(x, g)| x.mul(&g)).collect();
             }
             _ => {}
         }
@@ -189,17 +198,18 @@ impl Rule {
 
     fn affine_relevance(&self, layer: &Affine, x: &Tensor, r: &Tensor) -> Result<Tensor> {
         let (xp, xn) = (positive(x)?, negative(x)?);
-        let ratio = |z: Tensor, s: f64| -> Result<Tensor> { Ok((r / stabilize(&z, s)?)?) };
+        let ratio = |z: Tensor, s: f64| -> Result<Tensor> { r.div(&stabilize(&z, s)?) };
         Ok(match self {
             Rule::Epsilon { epsilon } => {
                 let g = ratio(layer.apply(x)?, *epsilon)?;
-                (x * layer.transpose_apply(&g, x)?)?
+                x.mul(&layer.transpose_apply(&g, x)?)?
             }
             Rule::ZPlus { stabilizer } => {
                 let plus = layer.modified(positive, true)?;
                 let minus = layer.modified(negative, false)?;
-                let g = ratio((plus.apply(&xp)? + minus.apply(&xn)?)?, *stabilizer)?;
-                ((&xp * plus.transpose_apply(&g, x)?)? + (&xn * minus.transpose_apply(&g, x)?)?)?
+                let g = ratio(plus.apply(&xp)?.add(&minus.apply(&xn)?)?, *stabilizer)?;
+                xp.mul(&plus.transpose_apply(&g, x)?)?
+                    .add(&xn.mul(&minus.transpose_apply(&g, x)?)?)?
             }
             Rule::AlphaBeta {
                 alpha,
@@ -210,43 +220,52 @@ impl Rule {
                 let plus_nobias = layer.modified(positive, false)?;
                 let minus = layer.modified(negative, true)?;
                 let minus_nobias = layer.modified(negative, false)?;
-                let g_pos = ratio((plus.apply(&xp)? + minus_nobias.apply(&xn)?)?, *stabilizer)?;
-                let g_neg = ratio((minus.apply(&xp)? + plus_nobias.apply(&xn)?)?, *stabilizer)?;
-                let pos = ((&xp * plus.transpose_apply(&g_pos, x)?)? + (&xn * minus.transpose_apply(&g_pos, x)?)?)?;
-                let neg = ((&xp * minus.transpose_apply(&g_neg, x)?)? + (&xn * plus.transpose_apply(&g_neg, x)?)?)?;
-                (pos.affine(*alpha, 0.0)? - neg.affine(*beta, 0.0)?)?
+                let g_pos = ratio(plus.apply(&xp)?.add(&minus_nobias.apply(&xn)?)?, *stabilizer)?;
+                let g_neg = ratio(minus.apply(&xp)?.add(&plus_nobias.apply(&xn)?)?, *stabilizer)?;
+                let pos = xp
+                    .mul(&plus.transpose_apply(&g_pos, x)?)?
+                    .add(&xn.mul(&minus.transpose_apply(&g_pos, x)?)?)?;
+                let neg = xp
+                    .mul(&minus.transpose_apply(&g_neg, x)?)?
+                    .add(&xn.mul(&plus.transpose_apply(&g_neg, x)?)?)?;
+                pos.affine(*alpha, 0.0)?.sub(&neg.affine(*beta, 0.0)?)?
             }
             Rule::Gamma { gamma, stabilizer } => {
                 let g = *gamma;
-                let up = |t: &Tensor| -> Result<Tensor> { Ok((t + positive(t)?.affine(g, 0.0)?)?) };
-                let down = |t: &Tensor| -> Result<Tensor> { Ok((t + negative(t)?.affine(g, 0.0)?)?) };
+                let up = |t: &Tensor| -> Result<Tensor> { t.add(&positive(t)?.affine(g, 0.0)?) };
+                let down = |t: &Tensor| -> Result<Tensor> { t.add(&negative(t)?.affine(g, 0.0)?) };
                 let (up_b, up_nb) = (layer.modified(up, true)?, layer.modified(up, false)?);
                 let (down_b, down_nb) = (layer.modified(down, true)?, layer.modified(down, false)?);
                 let z = layer.apply(x)?;
-                let pos_mask = z.gt(0f32)?.to_dtype(DType::F32)?;
-                let neg_mask = z.lt(0f32)?.to_dtype(DType::F32)?;
-                let g_pos = (ratio((up_b.apply(&xp)? + down_nb.apply(&xn)?)?, *stabilizer)? * pos_mask)?;
-                let g_neg = (ratio((down_b.apply(&xp)? + up_nb.apply(&xn)?)?, *stabilizer)? * neg_mask)?;
-                let from_xp = (up_b.transpose_apply(&g_pos, x)? + down_b.transpose_apply(&g_neg, x)?)?;
-                let from_xn = (down_b.transpose_apply(&g_pos, x)? + up_b.transpose_apply(&g_neg, x)?)?;
-                ((&xp * from_xp)? + (&xn * from_xn)?)?
+                let pos_mask = z.map(Map::PositiveMask)?;
+                let neg_mask = z.map(Map::NegativeMask)?;
+                let g_pos = ratio(up_b.apply(&xp)?.add(&down_nb.apply(&xn)?)?, *stabilizer)?.mul(&pos_mask)?;
+                let g_neg = ratio(down_b.apply(&xp)?.add(&up_nb.apply(&xn)?)?, *stabilizer)?.mul(&neg_mask)?;
+                let from_xp = up_b
+                    .transpose_apply(&g_pos, x)?
+                    .add(&down_b.transpose_apply(&g_neg, x)?)?;
+                let from_xn = down_b
+                    .transpose_apply(&g_pos, x)?
+                    .add(&up_b.transpose_apply(&g_neg, x)?)?;
+                xp.mul(&from_xp)?.add(&xn.mul(&from_xn)?)?
             }
             Rule::ZBox { low, high, stabilizer } => {
                 let (low, high) = (low.like(x)?, high.like(x)?);
                 let plus = layer.modified(positive, true)?;
                 let minus = layer.modified(negative, true)?;
-                let z = ((layer.apply(x)? - plus.apply(&low)?)? - minus.apply(&high)?)?;
+                let z = layer.apply(x)?.sub(&plus.apply(&low)?)?.sub(&minus.apply(&high)?)?;
                 let g = ratio(z, *stabilizer)?;
-                let r_x = (x * layer.transpose_apply(&g, x)?)?;
-                ((r_x - (&low * plus.transpose_apply(&g, x)?)?)? - (&high * minus.transpose_apply(&g, x)?)?)?
+                let r_x = x.mul(&layer.transpose_apply(&g, x)?)?;
+                r_x.sub(&low.mul(&plus.transpose_apply(&g, x)?)?)?
+                    .sub(&high.mul(&minus.transpose_apply(&g, x)?)?)?
             }
             Rule::Flat { stabilizer } => {
-                let flat = layer.modified(|t| Ok(t.ones_like()?), false)?;
+                let flat = layer.modified(|t| t.ones_like(), false)?;
                 let g = ratio(flat.apply(&x.ones_like()?)?, *stabilizer)?;
                 flat.transpose_apply(&g, x)?
             }
             Rule::WSquare { stabilizer } => {
-                let squared = layer.modified(|t| Ok(t.sqr()?), true)?;
+                let squared = layer.modified(|t| t.map(Map::Sqr), true)?;
                 let g = ratio(squared.apply(&x.ones_like()?)?, *stabilizer)?;
                 squared.transpose_apply(&g, x)?
             }

@@ -2,12 +2,13 @@
 //! spatial mean of the target's gradient at the layer; the map is the weighted channel sum,
 //! optionally ReLU'd, optionally upsampled bilinearly (align_corners=False) to the input.
 
-use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::probe::Pass;
 use super::Attribution;
+use crate::backend::{Activation, Map, Reduce};
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -38,14 +39,19 @@ pub(crate) fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &GradCam
             ),
         ));
     }
-    let weights = pass.gradient.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
-    let mut cam = pass.activation.broadcast_mul(&weights)?.sum_keepdim(1)?;
+    let (n, c, _, _) = pass.activation.dims4()?;
+    let weights = pass.gradient.reduce(Reduce::MeanHw)?.reshape(&[n, c])?;
+    let mut cam = pass
+        .activation
+        .channel_affine(Some(&weights), None)?
+        .reduce(Reduce::SumChannels)?;
     if params.relu {
-        cam = cam.relu()?;
+        cam = cam.map(Map::Activation(Activation::Relu))?;
     }
     if params.upsample {
+        // The map is small: it is read back and upsampled on the host, whatever the device.
         let (_, _, h, w) = input.dims4()?;
-        cam = cam.upsample_bilinear2d(h, w, false)?;
+        cam = Tensor::from_candle(cam.to_host()?.upsample_bilinear2d(h, w, false)?)?;
     }
     Ok(Attribution {
         attributions: cam,

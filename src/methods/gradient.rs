@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::probe::Pass;
 use super::Attribution;
+use crate::backend::Map;
 use crate::error::Result;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -18,7 +19,7 @@ pub struct GradientParams {
 
 pub(crate) fn gradient(pass: Pass, params: &GradientParams) -> Result<Attribution> {
     let attributions = if params.abs {
-        pass.gradient.abs()?
+        pass.gradient.map(Map::Abs)?
     } else {
         pass.gradient
     };
@@ -30,7 +31,7 @@ pub(crate) fn gradient(pass: Pass, params: &GradientParams) -> Result<Attributio
 
 pub(crate) fn input_x_gradient(pass: Pass) -> Result<Attribution> {
     Ok(Attribution {
-        attributions: (pass.gradient * pass.activation)?,
+        attributions: pass.gradient.mul(&pass.activation)?,
         convergence_delta: None,
     })
 }

@@ -2,15 +2,15 @@
 //! or at a layer (captum's LayerIntegratedGradients: the layer's output is interpolated
 //! between its values on the baseline and on the input, everything else sees the input).
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::baseline::Baseline;
 use super::probe::{in_passes, unstack, Probe, Progress};
 use super::quadrature::Quadrature;
 use super::Attribution;
+use crate::backend::Reduce;
 use crate::error::{Error, Result};
-use crate::ops::sum_per_sample;
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -53,7 +53,7 @@ pub(crate) fn integrated_gradients(
             ),
         ));
     }
-    let baseline = params.baseline.for_input(input)?;
+    let baseline = input.device().upload(&params.baseline.for_input(&input.to_host()?)?)?;
     let graph = probe.model.graph();
     let at_layer = probe.at != 0;
     // The path runs between these two values of node `at`.
@@ -68,18 +68,18 @@ pub(crate) fn integrated_gradients(
     } else {
         (baseline.clone(), input.clone(), graph.predict(&baseline)?)
     };
-    let span = (&end - &start)?;
+    let span = end.sub(&start)?;
     let (step_sizes, alphas) = params.quadrature.points(params.n_steps);
     let batch = probe.batch();
     let mut integral: Option<Tensor> = None;
     in_passes(params.n_steps, batch, params.batch_size, progress, |steps| {
         let points = steps
             .clone()
-            .map(|i| Ok((&start + span.affine(alphas[i], 0.0)?)?))
+            .map(|i| start.add(&span.affine(alphas[i], 0.0)?))
             .collect::<Result<Vec<_>>>()?;
-        let points = Tensor::cat(&points, 0)?;
+        let points = Tensor::cat_rows(&points)?;
         let pass = if at_layer {
-            let inputs = Tensor::cat(&vec![input.clone(); steps.len()], 0)?;
+            let inputs = Tensor::cat_rows(&vec![input.clone(); steps.len()])?;
             probe.run(&inputs, Some(&points))?
         } else {
             probe.run(&points, None)?
@@ -87,7 +87,7 @@ pub(crate) fn integrated_gradients(
         for (i, g) in steps.zip(unstack(&pass.gradient, batch)?) {
             let weighted = g.affine(step_sizes[i], 0.0)?;
             integral = Some(match integral.take() {
-                Some(acc) => (acc + weighted)?,
+                Some(acc) => acc.add(&weighted)?,
                 None => weighted,
             });
         }
@@ -95,19 +95,22 @@ pub(crate) fn integrated_gradients(
     })?;
     let integral = integral.expect("n_steps >= 1");
     let attributions = if params.multiply_by_inputs {
-        (integral * &span)?
+        integral.mul(&span)?
     } else {
         integral
     };
-    // captum's convergence delta: sum(attributions) - (f(input) - f(baseline)) at the target.
-    let pick = |logits: &Tensor| -> Result<Tensor> {
-        let idx = Tensor::new(
-            probe.targets.iter().map(|&t| t as u32).collect::<Vec<_>>(),
-            logits.device(),
-        )?;
-        Ok(logits.gather(&idx.unsqueeze(1)?, 1)?.squeeze(1)?)
-    };
-    let delta = (sum_per_sample(&attributions)? - (pick(input_logits)? - pick(&start_logits)?)?)?;
+    // captum's convergence delta: sum(attributions) - (f(input) - f(baseline)) at the target,
+    // in f32 as captum computes it.
+    let sums = attributions.reduce(Reduce::SumPerSample)?.to_vec()?;
+    let (end_logits, start_logits) = (input_logits.to_vec()?, start_logits.to_vec()?);
+    let classes = input_logits.dim(1)?;
+    let delta: Vec<f32> = probe
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(row, &t)| sums[row] - (end_logits[row * classes + t] - start_logits[row * classes + t]))
+        .collect();
+    let delta = candle_core::Tensor::from_vec(delta, probe.targets.len(), &candle_core::Device::Cpu)?;
     Ok(Attribution {
         attributions,
         convergence_delta: Some(delta),

@@ -18,12 +18,13 @@ pub use quadrature::Quadrature;
 pub use smooth_grad::{Aggregate, SmoothGradParams};
 pub use tunables::{tunables, Scale, Tunable};
 
-use candle_core::Tensor;
+use candle_core::Tensor as HostTensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::lrp::LrpParams;
 use crate::model::Model;
+use crate::tensor::Tensor;
 use probe::Probe;
 
 /// A method with its parameters. Serialises as `{"method": "integrated-gradients", ...params}`.
@@ -99,7 +100,7 @@ pub enum Targets {
 
 impl Targets {
     /// One class per sample, checked against the logits' class count.
-    fn resolve(&self, logits: &Tensor) -> Result<Vec<usize>> {
+    fn resolve(&self, logits: &HostTensor) -> Result<Vec<usize>> {
         let (batch, num_classes) = logits.dims2()?;
         match self {
             Targets::TopPrediction => Ok(logits
@@ -150,23 +151,30 @@ impl Request {
 /// The result of a method before the common fields are attached.
 pub(crate) struct Attribution {
     pub attributions: Tensor,
-    pub convergence_delta: Option<Tensor>,
+    /// Integrated Gradients' convergence delta per sample, on the host.
+    pub convergence_delta: Option<HostTensor>,
 }
 
+/// An explanation, on the host (candle CPU tensors) whatever device computed it.
 #[derive(Debug, Clone)]
 pub struct Explanation {
     /// Shaped like the input, or like the layer's output, or [N, 1, H, W] for Grad-CAM.
-    pub attributions: Tensor,
+    pub attributions: HostTensor,
     /// The model's logits on the unperturbed input, [N, classes].
-    pub logits: Tensor,
+    pub logits: HostTensor,
     /// The class each sample was explained for.
     pub targets: Vec<usize>,
     /// Integrated Gradients' convergence delta per sample.
-    pub convergence_delta: Option<Tensor>,
+    pub convergence_delta: Option<HostTensor>,
 }
 
-/// Explains `input` ([N, C, H, W], already normalised) with `request`.
-pub fn explain(model: &Model, input: &Tensor, request: &Request, progress: &mut Progress<'_>) -> Result<Explanation> {
+/// Explains `input` ([N, C, H, W], already normalised) with `request`, on the model's device.
+pub fn explain(
+    model: &Model,
+    input: &HostTensor,
+    request: &Request,
+    progress: &mut Progress<'_>,
+) -> Result<Explanation> {
     let input = model.prepare_input(input)?;
     let graph = model.graph();
     let at = match (&request.layer, &request.method) {
@@ -187,7 +195,8 @@ pub fn explain(model: &Model, input: &Tensor, request: &Request, progress: &mut 
     } else {
         (graph.predict(&input)?, None)
     };
-    let targets = request.targets.resolve(&logits)?;
+    let host_logits = logits.to_host()?;
+    let targets = request.targets.resolve(&host_logits)?;
     let probe = Probe {
         model,
         targets: &targets,
@@ -214,8 +223,8 @@ pub fn explain(model: &Model, input: &Tensor, request: &Request, progress: &mut 
         (_, None) => unreachable!("single-pass methods always carry activations"),
     };
     Ok(Explanation {
-        attributions: result.attributions,
-        logits,
+        attributions: result.attributions.to_host()?,
+        logits: host_logits,
         targets,
         convergence_delta: result.convergence_delta,
     })

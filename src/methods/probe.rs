@@ -4,12 +4,10 @@
 
 use std::ops::Range;
 
-use candle_core::Tensor;
-
 use crate::error::{Error, Result};
 use crate::graph::{Activations, NodeId};
 use crate::model::Model;
-use crate::ops::one_hot;
+use crate::tensor::{Device, Tensor};
 
 /// Rows evaluated per pass when the caller does not say (bounds memory, keeps gemms full).
 pub const DEFAULT_ROWS_PER_PASS: usize = 16;
@@ -68,17 +66,26 @@ impl Probe<'_> {
     pub fn backward(&self, activations: &Activations) -> Result<Pass> {
         let graph = self.model.graph();
         let logits = activations.output();
-        let (rows, classes) = logits.dims2()?;
+        let (rows, classes) = (logits.dim(0)?, logits.dim(1)?);
         check_targets(self.targets, classes)?;
         let copies = rows / self.batch();
         let tiled: Vec<usize> = (0..copies).flat_map(|_| self.targets.iter().copied()).collect();
-        let seed = one_hot(&tiled, classes, logits.device())?;
+        let seed = one_hot(&tiled, classes, &logits.device())?;
         let gradient = graph.gradient(activations, graph.output_id(), seed, self.at)?;
         Ok(Pass {
             gradient,
             activation: activations.get(self.at).clone(),
         })
     }
+}
+
+/// A one-hot [rows, classes] matrix with ones at `(row, targets[row])`.
+pub(crate) fn one_hot(targets: &[usize], classes: usize, device: &Device) -> Result<Tensor> {
+    let mut data = vec![0f32; targets.len() * classes];
+    for (row, &t) in targets.iter().enumerate() {
+        data[row * classes + t] = 1.0;
+    }
+    device.tensor(&data, &[targets.len(), classes])
 }
 
 pub(crate) fn check_targets(targets: &[usize], classes: usize) -> Result<()> {
@@ -116,5 +123,5 @@ pub(crate) fn in_passes(
 /// Splits [k*B, ...] into k tensors of [B, ...].
 pub(crate) fn unstack(rows: &Tensor, batch: usize) -> Result<Vec<Tensor>> {
     let k = rows.dim(0)? / batch;
-    (0..k).map(|i| Ok(rows.narrow(0, i * batch, batch)?)).collect()
+    (0..k).map(|i| rows.narrow_rows(i * batch, batch)).collect()
 }

@@ -3,13 +3,14 @@
 //! `stdev` is given (captum's NoiseTunnel `stdevs`). Also SmoothGrad-squared and VarGrad, as
 //! captum's `nt_type` options.
 
-use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::probe::{in_passes, unstack, Probe, Progress};
 use super::Attribution;
+use crate::backend::Map;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -40,7 +41,7 @@ pub struct SmoothGradParams {
     /// Exact noise [N, n_samples, C, H, W] to use instead of drawing it (reproducing another
     /// tool's run).
     #[serde(skip)]
-    pub noise: Option<Tensor>,
+    pub noise: Option<candle_core::Tensor>,
 }
 
 impl Default for SmoothGradParams {
@@ -79,15 +80,24 @@ impl SmoothGradParams {
         if let Some(s) = self.stdev {
             return Ok(vec![s as f32; n]);
         }
-        let flat = input.flatten_from(1)?;
-        let range = (flat.max(D::Minus1)? - flat.min(D::Minus1)?)?;
-        Ok(range.affine(self.noise_level, 0.0)?.to_vec1::<f32>()?)
+        let values = input.to_vec()?;
+        let per_sample = values.len() / n;
+        Ok(values
+            .chunks(per_sample)
+            .map(|sample| {
+                let (low, high) = sample.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+                // As candle's affine: the range times the level, in f32.
+                (high - low) * self.noise_level as f32
+            })
+            .collect())
     }
 
     /// Noise for sample copy `i`: [N, C, H, W].
     fn noise_for(&self, i: usize, input: &Tensor, stdevs: &[f32]) -> Result<Tensor> {
         if let Some(noise) = &self.noise {
-            return Ok(noise.narrow(1, i, 1)?.squeeze(1)?.to_device(input.device())?);
+            return input.device().upload(&noise.narrow(1, i, 1)?.squeeze(1)?);
         }
         let per_sample = input.elem_count() / input.dim(0)?;
         let mut values = Vec::with_capacity(input.elem_count());
@@ -96,7 +106,7 @@ impl SmoothGradParams {
             let mut rng = SplitMix64::new(self.seed ^ ((i as u64) << 32) ^ (b as u64).wrapping_mul(0x9E37_79B9));
             values.extend(rng.normals(per_sample).into_iter().map(|z| z * std));
         }
-        Ok(Tensor::from_vec(values, input.dims(), input.device())?)
+        input.device().tensor(&values, input.dims())
     }
 }
 
@@ -123,19 +133,19 @@ pub(crate) fn smooth_grad(
     let mut sum_sq: Option<Tensor> = None;
     let accumulate = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
         *acc = Some(match acc.take() {
-            Some(a) => (a + t)?,
+            Some(a) => a.add(&t)?,
             None => t,
         });
         Ok(())
     };
     in_passes(params.n_samples, batch, params.batch_size, progress, |copies| {
         let noisy = copies
-            .map(|i| Ok((input + params.noise_for(i, input, &stdevs)?)?))
+            .map(|i| input.add(&params.noise_for(i, input, &stdevs)?))
             .collect::<Result<Vec<_>>>()?;
-        let pass = probe.run(&Tensor::cat(&noisy, 0)?, None)?;
+        let pass = probe.run(&Tensor::cat_rows(&noisy)?, None)?;
         for g in unstack(&pass.gradient, batch)? {
-            let g = if params.abs { g.abs()? } else { g };
-            accumulate(&mut sum_sq, g.sqr()?)?;
+            let g = if params.abs { g.map(Map::Abs)? } else { g };
+            accumulate(&mut sum_sq, g.map(Map::Sqr)?)?;
             accumulate(&mut sum, g)?;
         }
         Ok(())
@@ -146,7 +156,7 @@ pub(crate) fn smooth_grad(
     let attributions = match params.aggregate {
         Aggregate::Mean => mean,
         Aggregate::Squared => mean_sq,
-        Aggregate::Variance => (mean_sq - mean.sqr()?)?,
+        Aggregate::Variance => mean_sq.sub(&mean.map(Map::Sqr)?)?,
     };
     Ok(Attribution {
         attributions,

@@ -23,13 +23,34 @@ pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
 }
 
-/// The devices this build can run on: CPU, and CUDA when the `cuda` feature is on.
-pub fn devices() -> Vec<Device> {
-    let mut devices = vec![Device::Cpu];
-    if cfg!(feature = "cuda") {
-        devices.push(Device::new_cuda(0).expect("built with the cuda feature but no CUDA device"));
-    }
+/// The devices this build can run on: CPU; CUDA when the `cuda` feature is on; the wgpu
+/// adapter (Mesa's lavapipe where there is no GPU) when the `wgpu` feature is on. A missing
+/// device fails the test rather than skipping it.
+#[allow(unused_mut)]
+pub fn devices() -> Vec<candle_xai::Device> {
+    let mut devices = vec![candle_xai::Device::cpu()];
+    #[cfg(feature = "cuda")]
+    devices.push(
+        Device::new_cuda(0)
+            .expect("built with the cuda feature but no CUDA device")
+            .into(),
+    );
+    #[cfg(feature = "wgpu")]
+    devices.push(candle_xai::Device::Wgpu(wgpu_device()));
     devices
+}
+
+/// One wgpu device per test process: adapters are slow to open on software Vulkan.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> candle_xai::backend::wgpu::WgpuDevice {
+    static DEVICE: std::sync::OnceLock<candle_xai::backend::wgpu::WgpuDevice> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            candle_xai::backend::wgpu::WgpuDevice::new().unwrap_or_else(|e| {
+                panic!("the wgpu backend needs an adapter ({e}); without a GPU install mesa-vulkan-drivers")
+            })
+        })
+        .clone()
 }
 
 pub struct Refs {

@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::backend::Activation;
 use crate::error::Result;
 
 /// The f32 elements a contiguous CPU tensor's layout covers, for the CPU kernels.
@@ -16,7 +17,7 @@ pub(super) fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -
     }
 }
 
-/// Whether the single-pass kernels apply.
+/// Whether the CPU kernels apply.
 pub fn on_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
@@ -64,60 +65,20 @@ impl CustomOp1 for ChannelAffine {
     }
 }
 
-/// An element-wise function and its derivative, both in one pass.
-#[derive(Debug, Clone, Copy)]
-pub enum Pointwise {
-    Relu,
-    Relu6,
-    LeakyRelu(f32),
+/// y = f(x) for an activation, in one pass.
+pub fn activation_forward(activation: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&Forward(activation))?)
 }
 
-impl Pointwise {
-    #[inline]
-    fn value(self, x: f32) -> f32 {
-        match self {
-            Pointwise::Relu => x.max(0.0),
-            Pointwise::Relu6 => x.clamp(0.0, 6.0),
-            Pointwise::LeakyRelu(slope) => {
-                if x > 0.0 {
-                    x
-                } else {
-                    x * slope
-                }
-            }
-        }
-    }
-
-    /// PyTorch's derivative at the kinks: ReLU 0 at x <= 0, ReLU6 1 only for 0 < x < 6,
-    /// LeakyReLU the slope at x <= 0.
-    #[inline]
-    fn derivative(self, x: f32) -> f32 {
-        match self {
-            Pointwise::Relu => (x > 0.0) as u8 as f32,
-            Pointwise::Relu6 => (x > 0.0 && x < 6.0) as u8 as f32,
-            Pointwise::LeakyRelu(slope) => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    slope
-                }
-            }
-        }
-    }
-
-    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op1_no_bwd(&Forward(self))?)
-    }
-
-    /// grad * f'(x).
-    pub fn vjp(self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &Backward(self))?)
-    }
+/// grad * f'(x) for an activation, in one pass.
+pub fn activation_vjp(activation: Activation, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &Backward(activation))?)
 }
 
 const CHUNK: usize = 1 << 14;
 
-struct Forward(Pointwise);
+struct Forward(Activation);
 
 impl CustomOp1 for Forward {
     fn name(&self) -> &'static str {
@@ -141,7 +102,7 @@ impl CustomOp1 for Forward {
     }
 }
 
-struct Backward(Pointwise);
+struct Backward(Activation);
 
 impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {

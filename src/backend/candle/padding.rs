@@ -1,8 +1,8 @@
-//! Tensor building blocks shared by the layers: explicit padding and cropping, zero-insertion
-//! (the "dilation" a strided convolution's input-gradient needs) and spatial flips.
-//! Everything here is made of candle forward ops, so it runs on every candle device.
+//! Building blocks of the device-generic candle paths (CUDA): explicit padding and cropping,
+//! zero-insertion (the "dilation" a strided convolution's input-gradient needs) and spatial
+//! flips. Everything here is made of candle forward ops, so it runs on every candle device.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use crate::error::Result;
 
@@ -78,24 +78,4 @@ pub fn flip_hw(x: &Tensor) -> Result<Tensor> {
     };
     let x = flip(x, 2)?;
     flip(&x, 3)
-}
-
-/// A one-hot [rows, classes] f32 matrix with ones at `(row, classes[row])`.
-pub fn one_hot(targets: &[usize], classes: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let mut data = vec![0f32; targets.len() * classes];
-    for (row, &t) in targets.iter().enumerate() {
-        data[row * classes + t] = 1.0;
-    }
-    Ok(Tensor::from_vec(data, (targets.len(), classes), device)?)
-}
-
-/// Sum over every dimension but the first: [N, ...] -> [N].
-pub fn sum_per_sample(x: &Tensor) -> Result<Tensor> {
-    Ok(x.flatten_from(1)?.sum(D::Minus1)?)
-}
-
-/// The stabiliser zennit uses: z + eps * sign(z), with sign(0) = +1.
-pub fn stabilize(z: &Tensor, epsilon: f64) -> Result<Tensor> {
-    let sign = z.ge(0f64)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
-    Ok((z + sign.affine(epsilon, 0.0)?)?)
 }

@@ -1,0 +1,296 @@
+//! The candle backend: candle's tensors on CPU or CUDA. On CPU the heavy operations run our
+//! own kernels (im2col + gemm convolution, direct depthwise convolution and max pooling,
+//! single-pass element-wise maps); on other candle devices they are composed of candle ops.
+
+mod depthwise;
+mod elementwise;
+mod im2col;
+mod max_pool_cpu;
+mod padding;
+mod window_gather;
+
+use candle_core::{DType, Tensor, D};
+
+use super::{BackendStorage, Map, Reduce, WindowBins, Zip};
+use crate::error::Result;
+use crate::layers::{PoolWindow, WindowGeometry};
+use depthwise::{depthwise_correlate, depthwise_transposed};
+use elementwise::{activation_forward, activation_vjp, channel_affine, on_cpu_f32};
+use im2col::{col2im_transpose, im2col_correlate, Sliding};
+use padding::{flip_hw, insert_zeros_hw, pad_or_crop_hw};
+
+/// A contiguous f32 candle tensor.
+#[derive(Debug, Clone)]
+pub struct CandleStorage(pub Tensor);
+
+impl CandleStorage {
+    /// Wraps `t` as f32 and contiguous.
+    pub fn new(t: Tensor) -> Result<Self> {
+        Ok(Self(t.to_dtype(DType::F32)?.contiguous()?))
+    }
+
+    fn wrap(t: Tensor) -> Result<Self> {
+        Ok(Self(t.contiguous()?))
+    }
+
+    fn is_cpu(&self) -> bool {
+        on_cpu_f32(&self.0)
+    }
+}
+
+fn mask(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+impl BackendStorage for CandleStorage {
+    fn dims(&self) -> &[usize] {
+        self.0.dims()
+    }
+
+    fn to_vec(&self) -> Result<Vec<f32>> {
+        Ok(self.0.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn reshape(&self, dims: &[usize]) -> Result<Self> {
+        Ok(Self(self.0.reshape(dims)?))
+    }
+
+    fn narrow_rows(&self, start: usize, len: usize) -> Result<Self> {
+        Self::wrap(self.0.narrow(0, start, len)?)
+    }
+
+    fn cat_rows(parts: &[&Self]) -> Result<Self> {
+        let tensors: Vec<&Tensor> = parts.iter().map(|p| &p.0).collect();
+        Ok(Self(Tensor::cat(&tensors, 0)?))
+    }
+
+    fn map(&self, op: Map) -> Result<Self> {
+        let x = &self.0;
+        Self::wrap(match op {
+            Map::Affine { mul, add } => x.affine(mul as f64, add as f64)?,
+            Map::Abs => x.abs()?,
+            Map::Sqr => x.sqr()?,
+            Map::Clamp { low, high } => x.clamp(low, high)?,
+            Map::Stabilize { epsilon } => {
+                let sign = mask(&x.ge(0f64)?)?.affine(2.0, -1.0)?;
+                (x + sign.affine(epsilon as f64, 0.0)?)?
+            }
+            Map::PositiveMask => mask(&x.gt(0f32)?)?,
+            Map::NegativeMask => mask(&x.lt(0f32)?)?,
+            Map::Fill { value } => Tensor::full(value, x.dims(), x.device())?,
+            Map::Activation(a) if self.is_cpu() => activation_forward(a, x)?,
+            Map::Activation(a) => {
+                let negative = match a {
+                    super::Activation::LeakyRelu { negative_slope } => {
+                        x.minimum(0f32)?.affine(negative_slope as f64, 0.0)?
+                    }
+                    _ => x.zeros_like()?,
+                };
+                match a {
+                    super::Activation::Relu6 => x.clamp(0f32, 6f32)?,
+                    _ => (x.relu()? + negative)?,
+                }
+            }
+        })
+    }
+
+    fn zip(&self, rhs: &Self, op: Zip) -> Result<Self> {
+        let (a, b) = (&self.0, &rhs.0);
+        Self::wrap(match op {
+            Zip::Add => (a + b)?,
+            Zip::Sub => (a - b)?,
+            Zip::Mul => (a * b)?,
+            Zip::Div => (a / b)?,
+            Zip::ActivationVjp(act) if self.is_cpu() => activation_vjp(act, a, b)?,
+            Zip::ActivationVjp(act) => {
+                let derivative = match act {
+                    super::Activation::Relu => mask(&a.gt(0f32)?)?,
+                    super::Activation::Relu6 => mask(&(a.gt(0f32)? * a.lt(6f32)?)?)?,
+                    super::Activation::LeakyRelu { negative_slope } => {
+                        let ns = negative_slope as f64;
+                        mask(&a.gt(0f32)?)?.affine(1.0 - ns, ns)?
+                    }
+                };
+                (b * derivative)?
+            }
+        })
+    }
+
+    fn channel_affine(&self, scale: Option<&Self>, shift: Option<&Self>) -> Result<Self> {
+        let x = &self.0;
+        let shared = |p: Option<&Self>| p.is_none_or(|p| p.0.rank() == 1);
+        if self.is_cpu() && shared(scale) && shared(shift) {
+            let c = x.dim(1)?;
+            let scale = match scale {
+                Some(s) => s.to_vec()?,
+                None => vec![1.0; c],
+            };
+            let shift = match shift {
+                Some(s) => s.to_vec()?,
+                None => vec![0.0; c],
+            };
+            return Self::wrap(channel_affine(x, &scale, &shift)?);
+        }
+        // [C] or [N, C] parameters broadcast as [1 or N, C, 1, ...].
+        let broadcastable = |p: &Self| -> Result<Tensor> {
+            let mut dims = vec![1; x.rank()];
+            let pd = p.0.dims();
+            dims[1] = pd[pd.len() - 1];
+            if pd.len() == 2 {
+                dims[0] = pd[0];
+            }
+            Ok(p.0.reshape(dims)?)
+        };
+        let mut y = x.clone();
+        if let Some(s) = scale {
+            y = y.broadcast_mul(&broadcastable(s)?)?;
+        }
+        if let Some(s) = shift {
+            y = y.broadcast_add(&broadcastable(s)?)?;
+        }
+        Self::wrap(y)
+    }
+
+    fn reduce(&self, op: Reduce) -> Result<Self> {
+        let x = &self.0;
+        Self::wrap(match op {
+            Reduce::MeanHw => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?,
+            Reduce::SumChannels => x.sum_keepdim(1)?,
+            Reduce::SumPerSample => x.flatten_from(1)?.sum(D::Minus1)?,
+        })
+    }
+
+    fn matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self> {
+        let rhs = if rhs_transposed { rhs.0.t()? } else { rhs.0.clone() };
+        Self::wrap(self.0.matmul(&rhs)?)
+    }
+
+    fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self> {
+        let (x, kernel) = (&self.0, &kernel.0);
+        let (t, b, l, r) = geometry.padding;
+        let (h, w) = (x.dim(2)?, x.dim(3)?);
+        let out_hw = geometry.output_hw((h, w)).expect("checked by Tensor::conv2d");
+        if self.is_cpu() {
+            let sliding = sliding(geometry, out_hw);
+            if is_depthwise(geometry, x.dim(1)?, kernel)? {
+                return Self::wrap(depthwise_correlate(x, kernel, sliding)?);
+            }
+            return Self::wrap(im2col_correlate(x, kernel, sliding)?);
+        }
+        let (stride, dilation, groups) = (geometry.stride, geometry.dilation, geometry.groups);
+        if t == b && l == r && t == l {
+            return Self::wrap(x.conv2d(kernel, t, stride, dilation, groups)?);
+        }
+        let padded = pad_or_crop_hw(x, t as isize, b as isize, l as isize, r as isize, 0.0)?;
+        Self::wrap(padded.conv2d(kernel, 0, stride, dilation, groups)?)
+    }
+
+    /// On CPU the columns kernel^T @ grad are scattered back (col2im); elsewhere it is a
+    /// correlation of the zero-inserted gradient with the flipped, in/out-swapped kernel.
+    fn conv2d_transposed(&self, kernel: &Self, geometry: &WindowGeometry, input_hw: (usize, usize)) -> Result<Self> {
+        let (grad, kernel) = (&self.0, &kernel.0);
+        if self.is_cpu() {
+            let sliding = sliding(geometry, (grad.dim(2)?, grad.dim(3)?));
+            if is_depthwise(geometry, grad.dim(1)?, kernel)? {
+                return Self::wrap(depthwise_transposed(grad, kernel, sliding, input_hw)?);
+            }
+            return Self::wrap(col2im_transpose(grad, kernel, sliding, input_hw)?);
+        }
+        let (kh, kw) = geometry.kernel;
+        let (t, _, l, _) = geometry.padding;
+        let spread = insert_zeros_hw(grad, geometry.stride, geometry.stride)?;
+        let (sh, sw) = (spread.dim(2)?, spread.dim(3)?);
+        let reach_h = (geometry.dilation * (kh - 1)) as isize;
+        let reach_w = (geometry.dilation * (kw - 1)) as isize;
+        let top = reach_h - t as isize;
+        let left = reach_w - l as isize;
+        let bottom = input_hw.0 as isize - sh as isize + reach_h - top;
+        let right = input_hw.1 as isize - sw as isize + reach_w - left;
+        let framed = pad_or_crop_hw(&spread, top, bottom, left, right, 0.0)?;
+        let flipped = transpose_kernel(kernel, geometry.groups)?;
+        Self::wrap(framed.conv2d(&flipped, 0, 1, geometry.dilation, geometry.groups)?)
+    }
+
+    fn max_pool(&self, window: &PoolWindow) -> Result<Self> {
+        let x = &self.0;
+        if self.is_cpu() {
+            let out_hw = window
+                .output_hw((x.dim(2)?, x.dim(3)?))
+                .expect("checked by Tensor::max_pool");
+            return Self::wrap(max_pool_cpu::max_pool(x, *window, out_hw)?);
+        }
+        Self::wrap(window_gather::max_pool(x, window)?)
+    }
+
+    fn max_pool_vjp(&self, grad: &Self, window: &PoolWindow) -> Result<Self> {
+        if self.is_cpu() {
+            return Self::wrap(max_pool_cpu::max_pool_vjp(&self.0, &grad.0, *window)?);
+        }
+        Self::wrap(window_gather::max_pool_vjp(&self.0, &grad.0, window)?)
+    }
+
+    /// Separable: rows [Ho, H] x X x cols^T [W, Wo], divided by each window's divisor.
+    fn window_mean(&self, bins: &WindowBins) -> Result<Self> {
+        let x = &self.0;
+        let (rows, cols, divisors) = bin_matrices(bins, x.device())?;
+        let sums = rows.broadcast_matmul(&x.broadcast_matmul(&cols.t()?)?)?;
+        Self::wrap(sums.broadcast_div(&divisors)?)
+    }
+
+    fn window_mean_vjp(&self, bins: &WindowBins) -> Result<Self> {
+        let grad = &self.0;
+        let (rows, cols, divisors) = bin_matrices(bins, grad.device())?;
+        let per_cell = grad.broadcast_div(&divisors)?;
+        Self::wrap(rows.t()?.broadcast_matmul(&per_cell.broadcast_matmul(&cols)?)?)
+    }
+}
+
+/// 0/1 membership matrices [Ho, H] and [Wo, W], and the divisors [Ho, Wo].
+fn bin_matrices(bins: &WindowBins, device: &candle_core::Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let membership = |ranges: &[(usize, usize)], len: usize| -> Result<Tensor> {
+        let mut data = vec![0f32; ranges.len() * len];
+        for (i, &(start, end)) in ranges.iter().enumerate() {
+            data[i * len + start..i * len + end].fill(1.0);
+        }
+        Ok(Tensor::from_vec(data, (ranges.len(), len), device)?)
+    };
+    let (h, w) = bins.input_hw;
+    let (ho, wo) = bins.output_hw();
+    let divisors: Vec<f32> = (0..ho).flat_map(|i| (0..wo).map(move |j| bins.divisor(i, j))).collect();
+    Ok((
+        membership(&bins.rows, h)?,
+        membership(&bins.cols, w)?,
+        Tensor::from_vec(divisors, (ho, wo), device)?,
+    ))
+}
+
+fn sliding(geometry: &WindowGeometry, out_hw: (usize, usize)) -> Sliding {
+    let (t, _, l, _) = geometry.padding;
+    Sliding {
+        stride: geometry.stride,
+        dilation: geometry.dilation,
+        groups: geometry.groups,
+        pad_top: t,
+        pad_left: l,
+        out_hw,
+    }
+}
+
+/// One filter per channel ([C, 1, kh, kw], C groups): the direct depthwise kernels apply.
+fn is_depthwise(geometry: &WindowGeometry, channels: usize, kernel: &Tensor) -> Result<bool> {
+    let g = geometry.groups;
+    Ok(g > 1 && channels == g && kernel.dim(0)? == g && kernel.dim(1)? == 1)
+}
+
+/// In/out channels swapped per group and flipped in space: the kernel of the transposed
+/// convolution as a plain correlation.
+fn transpose_kernel(kernel: &Tensor, groups: usize) -> Result<Tensor> {
+    let (c_out, c_in_per_group, kh, kw) = kernel.dims4()?;
+    let g = groups;
+    let swapped = kernel
+        .reshape((g, c_out / g, c_in_per_group, kh, kw))?
+        .transpose(1, 2)?
+        .reshape((g * c_in_per_group, c_out / g, kh, kw))?
+        .contiguous()?;
+    flip_hw(&swapped)
+}

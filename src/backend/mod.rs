@@ -1,0 +1,187 @@
+//! The tensor operations the engine is written against, and the backends that provide them.
+//!
+//! Layers, LRP rules, canonizers and methods only use [`crate::Tensor`], which holds the
+//! storage of one backend and forwards every operation to it. A backend is one implementation
+//! of [`BackendStorage`]: candle's tensors (CPU, CUDA), or our own WGSL kernels on wgpu.
+//! The set is deliberately small: every operation is either element-wise, a per-channel
+//! affine map, a reduction, or the forward or input-VJP of one layer kind.
+
+pub mod candle;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::error::Result;
+use crate::layers::{PoolWindow, WindowGeometry};
+
+/// Element-wise maps of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Map {
+    /// x * mul + add
+    Affine {
+        mul: f32,
+        add: f32,
+    },
+    Abs,
+    Sqr,
+    /// min(max(x, low), high)
+    Clamp {
+        low: f32,
+        high: f32,
+    },
+    /// zennit's stabiliser: x + epsilon * sign(x), with sign(0) = +1.
+    Stabilize {
+        epsilon: f32,
+    },
+    /// 1 where x > 0, else 0.
+    PositiveMask,
+    /// 1 where x < 0, else 0.
+    NegativeMask,
+    /// Every element set to `value` (ones_like, zeros_like).
+    Fill {
+        value: f32,
+    },
+    Activation(Activation),
+}
+
+/// The activations a graph may hold. Their derivatives follow PyTorch's at the kinks: ReLU
+/// passes the gradient where x > 0, ReLU6 (hardtanh) where 0 < x < 6, LeakyReLU uses the
+/// slope where x <= 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    LeakyRelu { negative_slope: f32 },
+}
+
+impl Activation {
+    #[inline]
+    pub fn value(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::LeakyRelu { negative_slope } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x * negative_slope
+                }
+            }
+        }
+    }
+
+    #[inline]
+    pub fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => (x > 0.0) as u8 as f32,
+            Activation::Relu6 => (x > 0.0 && x < 6.0) as u8 as f32,
+            Activation::LeakyRelu { negative_slope } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    negative_slope
+                }
+            }
+        }
+    }
+}
+
+/// Element-wise maps of two tensors of the same shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Zip {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// (x, grad) -> grad * activation'(x)
+    ActivationVjp(Activation),
+}
+
+/// Reductions. The kept dimensions stay (as size 1) so results broadcast back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    /// [N, C, H, W] -> [N, C, 1, 1]: the spatial mean.
+    MeanHw,
+    /// [N, C, ...] -> [N, 1, ...]: the sum over channels.
+    SumChannels,
+    /// [N, ...] -> [N]: the sum of each sample.
+    SumPerSample,
+}
+
+/// Separable windows whose mean a pooling layer takes: output row `i` covers input rows
+/// `rows[i].0..rows[i].1` (likewise for columns), and is divided by
+/// `row_counts[i] * col_counts[j]` (or by `divisor_override`). Average pooling with any
+/// padding, ceil_mode and count_include_pad, and adaptive average pooling, are both this.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowBins {
+    pub input_hw: (usize, usize),
+    pub rows: Vec<(usize, usize)>,
+    pub cols: Vec<(usize, usize)>,
+    pub row_counts: Vec<usize>,
+    pub col_counts: Vec<usize>,
+    pub divisor_override: Option<usize>,
+}
+
+impl WindowBins {
+    pub fn output_hw(&self) -> (usize, usize) {
+        (self.rows.len(), self.cols.len())
+    }
+
+    /// The divisor of output cell (i, j).
+    pub fn divisor(&self, i: usize, j: usize) -> f32 {
+        match self.divisor_override {
+            Some(d) => d as f32,
+            None => (self.row_counts[i] * self.col_counts[j]) as f32,
+        }
+    }
+}
+
+/// One backend's tensor storage: dense, row-major f32, living on that backend's device.
+/// Shapes are checked by the caller ([`crate::Tensor`] and the layers); a backend may assume
+/// them.
+pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
+    fn dims(&self) -> &[usize];
+
+    /// The elements, row-major, copied to the host.
+    fn to_vec(&self) -> Result<Vec<f32>>;
+
+    /// The same elements under another shape of the same size.
+    fn reshape(&self, dims: &[usize]) -> Result<Self>;
+
+    /// Rows `start..start + len` of the first dimension.
+    fn narrow_rows(&self, start: usize, len: usize) -> Result<Self>;
+
+    /// Concatenation along the first dimension.
+    fn cat_rows(parts: &[&Self]) -> Result<Self>;
+
+    fn map(&self, op: Map) -> Result<Self>;
+
+    fn zip(&self, rhs: &Self, op: Zip) -> Result<Self>;
+
+    /// x[n, c, ...] * scale[c] + shift[c] for x of shape [N, C, ...]; `scale` and `shift` are
+    /// [C] (shared by all samples) or [N, C] (one row per sample).
+    fn channel_affine(&self, scale: Option<&Self>, shift: Option<&Self>) -> Result<Self>;
+
+    fn reduce(&self, op: Reduce) -> Result<Self>;
+
+    /// [M, K] x [K, N] -> [M, N], or [M, K] x [N, K]^T when `rhs_transposed`.
+    fn matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self>;
+
+    /// Correlation of [N, C_in, H, W] with a [C_out, C_in / groups, kh, kw] kernel.
+    fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self>;
+
+    /// The input-VJP of `conv2d`: a gradient [N, C_out, Ho, Wo] back to [N, C_in, H, W].
+    fn conv2d_transposed(&self, kernel: &Self, geometry: &WindowGeometry, input_hw: (usize, usize)) -> Result<Self>;
+
+    /// Max pooling of [N, C, H, W] (PyTorch's padding, dilation and ceil_mode).
+    fn max_pool(&self, window: &PoolWindow) -> Result<Self>;
+
+    /// The input-VJP of max pooling at this input: each window's gradient goes to its first
+    /// maximum in row-major order (PyTorch's rule for ties).
+    fn max_pool_vjp(&self, grad: &Self, window: &PoolWindow) -> Result<Self>;
+
+    /// Means over the windows of `bins`: [N, C, H, W] -> [N, C, Ho, Wo].
+    fn window_mean(&self, bins: &WindowBins) -> Result<Self>;
+
+    /// The input-VJP of `window_mean`: [N, C, Ho, Wo] -> [N, C, H, W].
+    fn window_mean_vjp(&self, bins: &WindowBins) -> Result<Self>;
+}
