@@ -8,7 +8,9 @@
 //! Each row times one `explain` call (top-1 target, so it includes the prediction forward,
 //! and for LRP the per-call BatchNorm merge): one warm-up, then `--reps` timed calls; the
 //! median and the minimum are reported. Threads: candle's default (RAYON_NUM_THREADS, else
-//! all cores). The parameters mirror `scripts/bench_torch.py` row for row.
+//! all cores). The parameters mirror `scripts/bench_torch.py` row for row. With
+//! `--device wgpu` the weights are uploaded once before timing; each call includes reading
+//! the logits and the attributions back.
 
 use std::time::Instant;
 
@@ -45,6 +47,9 @@ struct Args {
     /// One JSON object per row instead of a table.
     #[arg(long)]
     json: bool,
+    /// `cpu`, or `wgpu` (our WGSL kernels on the default adapter, named in each row).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// One line of `--json` output.
@@ -56,6 +61,7 @@ struct Row<'a> {
     ms_min: f64,
     reps: usize,
     threads: usize,
+    device: &'a str,
 }
 
 /// The benchmarked methods, with the parameters `scripts/bench_torch.py` gives captum/zennit.
@@ -113,12 +119,20 @@ fn main() -> candle_xai::Result<()> {
         arch: Some(args.arch_name.clone()),
         graph: None,
     };
-    let model = Model::from_safetensors(&bytes, &args.model.display().to_string(), &options, &Device::Cpu)?;
+    let device = match args.device.as_str() {
+        "cpu" => candle_xai::Device::cpu(),
+        #[cfg(wgpu_backend)]
+        "wgpu" => candle_xai::Device::Wgpu(candle_xai::backend::wgpu::WgpuDevice::new()?),
+        other => panic!("unknown --device {other}: use cpu or wgpu"),
+    };
+    let device_name = device.describe();
+    let model = Model::from_safetensors(&bytes, &args.model.display().to_string(), &options, &Device::Cpu)?
+        .to_device(&device)?;
     let input = load_input(&args)?;
     let threads = candle_core::utils::get_num_threads();
     if !args.json {
         println!(
-            "{} on {:?}, {threads} threads, {reps} reps",
+            "{} on {:?}, {device_name}, {threads} threads, {reps} reps",
             args.arch_name,
             input.dims()
         );
@@ -148,6 +162,7 @@ fn main() -> candle_xai::Result<()> {
                 ms_min,
                 reps,
                 threads,
+                device: &device_name,
             };
             println!("{}", serde_json::to_string(&row).expect("a row serialises"));
         } else {

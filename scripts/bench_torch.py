@@ -18,7 +18,9 @@ Each timed call explains the top-1 class, so it includes that prediction forward
                         our LRP merges BatchNorm on every call.
 One warm-up call, then ``--reps`` timed calls; median and minimum in milliseconds.
 
-    python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--threads N]
+    python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--threads N] [--device cuda]
+
+With ``--device cuda`` the model and input live on the GPU and every timed call ends with torch.cuda.synchronize().
 """
 
 import argparse
@@ -108,7 +110,7 @@ def methods(arch, model):
 
     def lrp(make):
         def run(x):
-            one_hot = torch.zeros(1, 1000)
+            one_hot = torch.zeros(1, 1000, device=x.device)
             one_hot[0, top1(model, x)] = 1.0
             with Gradient(model=model, composite=make()) as attributor:
                 return attributor(x, one_hot)
@@ -126,6 +128,7 @@ def main():
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
     parser.add_argument("--only", default=None, help="only rows whose method name contains this")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     reps = max(args.reps, 1)
@@ -135,7 +138,11 @@ def main():
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(INPUT_SEED))
     save_file({"input": x.contiguous()}, os.path.join(args.out_dir, "input.safetensors"))
     facts = {"torch": torch.__version__, "torchvision": torchvision.__version__, "captum": version("captum"),
-             "zennit": version("zennit"), "threads": torch.get_num_threads()}
+             "zennit": version("zennit"), "threads": torch.get_num_threads(),
+             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    x = x.to(device)
     with open(os.path.join(args.out_dir, "torch_env.json"), "w") as f:
         json.dump(facts, f)
 
@@ -143,19 +150,22 @@ def main():
     for arch in MODELS:
         model = build_model(arch)
         save_state_dict(model, os.path.join(args.out_dir, f"{arch}.safetensors"))
+        model = model.to(device)
         for name, run in methods(arch, model).items():
             if args.only and args.only not in name:
                 continue
             torch.manual_seed(SG_SEED)
             run(x)  # warm-up
+            sync()
             times = []
             for _ in range(reps):
                 start = time.perf_counter()
                 result = run(x)
+                sync()
                 times.append((time.perf_counter() - start) * 1e3)
                 del result
             row = {"model": arch, "method": name, "ms_median": statistics.median(times), "ms_min": min(times),
-                   "reps": reps, "threads": torch.get_num_threads()}
+                   "reps": reps, "threads": torch.get_num_threads(), "device": facts["device"]}
             print(json.dumps(row), flush=True)
             rows.append(row)
     with open(os.path.join(args.out_dir, "torch.jsonl"), "w") as f:

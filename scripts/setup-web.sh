@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the browser build and its tests need, idempotently (each step is skipped when
 # already done), on Debian 12 with only the package registries reachable:
-#   - Debian's chromium and chromium-driver (headless browser tests)
+#   - Debian's chromium and chromium-driver (headless browser tests), and mesa-vulkan-drivers
+#     (lavapipe, a CPU Vulkan device for the wgpu backend's tests on machines without a GPU)
 #   - the wasm32-unknown-unknown Rust target, trunk 0.21.14, and the wasm-bindgen-cli whose
 #     version equals wasm-bindgen's in Cargo.lock
 #   - the crates for the wasm build (trunk builds offline) and the npm test dependencies
@@ -40,6 +41,8 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
     "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    # Mesa's lavapipe: a Vulkan device on the CPU, so the wgpu backend's tests run without a GPU.
+    dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
     if [ ${#missing[@]} -gt 0 ]; then
         step "apt-get install ${missing[*]}"
         sudo=""

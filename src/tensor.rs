@@ -15,7 +15,7 @@ pub enum Device {
     /// candle's CPU or CUDA device, with candle's storage and our CPU kernels.
     Candle(candle_core::Device),
     /// A wgpu adapter (Vulkan, Metal, DX12, GL) running our WGSL kernels.
-    #[cfg(feature = "wgpu")]
+    #[cfg(wgpu_backend)]
     Wgpu(crate::backend::wgpu::WgpuDevice),
 }
 
@@ -30,7 +30,7 @@ impl Device {
             Device::Candle(device) => {
                 Storage::Candle(CandleStorage(candle_core::Tensor::from_slice(data, dims, device)?))
             }
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Device::Wgpu(device) => Storage::Wgpu(device.upload(data, dims)?),
         };
         Ok(Tensor(storage))
@@ -41,7 +41,7 @@ impl Device {
         let t = t.to_dtype(candle_core::DType::F32)?;
         match self {
             Device::Candle(device) => Ok(Tensor(Storage::Candle(CandleStorage::new(t.to_device(device)?)?))),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Device::Wgpu(_) => self.tensor(&t.flatten_all()?.to_vec1::<f32>()?, t.dims()),
         }
     }
@@ -51,7 +51,7 @@ impl Device {
         match self {
             Device::Candle(candle_core::Device::Cpu) => "cpu".into(),
             Device::Candle(d) => format!("{:?}", d.location()).to_lowercase(),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Device::Wgpu(d) => d.describe(),
         }
     }
@@ -72,7 +72,7 @@ impl From<candle_core::Device> for Device {
 #[derive(Clone, Debug)]
 enum Storage {
     Candle(CandleStorage),
-    #[cfg(feature = "wgpu")]
+    #[cfg(wgpu_backend)]
     Wgpu(crate::backend::wgpu::WgpuTensor),
 }
 
@@ -85,7 +85,7 @@ macro_rules! unary {
     ($self:expr, $s:ident => $call:expr) => {
         Ok(Tensor(match &$self.0 {
             Storage::Candle($s) => Storage::Candle($call?),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu($s) => Storage::Wgpu($call?),
         }))
     };
@@ -96,9 +96,9 @@ macro_rules! binary {
     ($a:expr, $b:expr, ($x:ident, $y:ident) => $call:expr) => {
         Ok(Tensor(match (&$a.0, &$b.0) {
             (Storage::Candle($x), Storage::Candle($y)) => Storage::Candle($call?),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             (Storage::Wgpu($x), Storage::Wgpu($y)) => Storage::Wgpu($call?),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             _ => return Err(Error::DeviceMismatch),
         }))
     };
@@ -108,12 +108,12 @@ impl Storage {
     fn candle(&self) -> Result<&CandleStorage> {
         match self {
             Storage::Candle(s) => Ok(s),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             _ => Err(Error::DeviceMismatch),
         }
     }
 
-    #[cfg(feature = "wgpu")]
+    #[cfg(wgpu_backend)]
     fn wgpu(&self) -> Result<&crate::backend::wgpu::WgpuTensor> {
         match self {
             Storage::Wgpu(s) => Ok(s),
@@ -126,7 +126,7 @@ impl Tensor {
     pub fn dims(&self) -> &[usize] {
         match &self.0 {
             Storage::Candle(t) => t.dims(),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(t) => t.dims(),
         }
     }
@@ -156,7 +156,7 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &self.0 {
             Storage::Candle(t) => Device::Candle(t.0.device().clone()),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(t) => Device::Wgpu(t.device()),
         }
     }
@@ -165,7 +165,7 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.0 {
             Storage::Candle(t) => t.to_vec(),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(t) => t.to_vec(),
         }
     }
@@ -174,7 +174,7 @@ impl Tensor {
     pub fn to_host(&self) -> Result<candle_core::Tensor> {
         match &self.0 {
             Storage::Candle(t) => Ok(t.0.to_device(&candle_core::Device::Cpu)?),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(t) => Ok(candle_core::Tensor::from_vec(
                 t.to_vec()?,
                 t.dims(),
@@ -187,7 +187,7 @@ impl Tensor {
     pub fn as_candle(&self) -> Option<&candle_core::Tensor> {
         match &self.0 {
             Storage::Candle(t) => Some(&t.0),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(_) => None,
         }
     }
@@ -239,7 +239,7 @@ impl Tensor {
                 let storages = parts.iter().map(|p| p.0.candle()).collect::<Result<Vec<_>>>()?;
                 Storage::Candle(CandleStorage::cat_rows(&storages)?)
             }
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(_) => {
                 let storages = parts.iter().map(|p| p.0.wgpu()).collect::<Result<Vec<_>>>()?;
                 Storage::Wgpu(crate::backend::wgpu::WgpuTensor::cat_rows(&storages)?)
@@ -318,7 +318,7 @@ impl Tensor {
                 scale.map(|t| t.0.candle()).transpose()?,
                 shift.map(|t| t.0.candle()).transpose()?,
             )?),
-            #[cfg(feature = "wgpu")]
+            #[cfg(wgpu_backend)]
             Storage::Wgpu(x) => Storage::Wgpu(x.channel_affine(
                 scale.map(|t| t.0.wgpu()).transpose()?,
                 shift.map(|t| t.0.wgpu()).transpose()?,

@@ -466,3 +466,42 @@ fn folder_of_photos_continues_past_a_bad_one() {
     let out = run(&photo_args(&model, &graph, &photos, &out_dir, "smoothgrad"));
     assert_ok(&out);
 }
+
+/// `--device wgpu` gives the CPU's results (and names its adapter in `--timings`).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_device_matches_cpu() {
+    let dir = scratch("wgpu");
+    for method in ["gradient", "lrp-epsilon-gamma-box", "grad-cam"] {
+        let cpu = explain_vgg(&dir, method, &["--device", "cpu"]);
+        let gpu = explain_vgg(&dir, method, &["--device", "wgpu"]);
+        assert_close(
+            &format!("{method} wgpu vs cpu"),
+            &gpu["attributions"],
+            &cpu["attributions"],
+        );
+        assert_close(&format!("{method} logits"), &gpu["logits"], &cpu["logits"]);
+    }
+    let out = run(&[
+        "explain",
+        "--model",
+        &fixture("mlp.safetensors").display().to_string(),
+        "--graph",
+        &fixture("mlp.graph.json").display().to_string(),
+        "--input",
+        &fixture("mlp_refs.safetensors").display().to_string(),
+        "--method",
+        "gradient",
+        "--device",
+        "wgpu",
+        "--timings",
+        "--out",
+        &dir.join("timed.safetensors").display().to_string(),
+    ]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    let json = err.lines().find(|l| l.starts_with('{'));
+    let line: serde_json::Value = serde_json::from_str(json.unwrap_or_else(|| panic!("no timings in {err}"))).unwrap();
+    let device = line["device"].as_str().unwrap();
+    assert!(device != "cpu" && !device.is_empty(), "the adapter is named: {device}");
+}

@@ -93,8 +93,9 @@ struct ExplainArgs {
     /// Attribute to this layer's output (layer attribution; Grad-CAM's layer)
     #[arg(long, value_name = "NAME")]
     layer: Option<String>,
-    /// cpu, or cuda (cuda:N) when built with the `cuda` feature
-    #[arg(long, value_name = "cpu|cuda", default_value = "cpu")]
+    /// cpu; wgpu (our WGSL kernels on the default Vulkan/Metal/DX12/GL adapter); or cuda
+    /// (cuda:N) when built with the `cuda` feature
+    #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
     device: String,
     /// Print one JSON line with load and explain times on stderr
     #[arg(long)]
@@ -325,16 +326,20 @@ fn write(path: &Path, bytes: &[u8]) -> CliResult<()> {
     })
 }
 
-fn parse_device(name: &str) -> CliResult<Device> {
+/// `cpu`, `cuda`/`cuda:N` (candle) or `wgpu` (our WGSL kernels on the default adapter).
+fn parse_device(name: &str) -> CliResult<candle_xai::Device> {
     let name = name.trim().to_ascii_lowercase();
     if name == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(candle_xai::Device::cpu());
+    }
+    if name == "wgpu" || name == "webgpu" {
+        return open_wgpu();
     }
     let ordinal = match name.as_str() {
         "cuda" | "gpu" => 0,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
-            _ => return Err(Error::Device(format!("unknown device `{other}`; use cpu, cuda or cuda:N")).into()),
+            _ => return Err(Error::Device(format!("unknown device `{other}`; use cpu, wgpu, cuda or cuda:N")).into()),
         },
     };
     if !cfg!(feature = "cuda") {
@@ -345,18 +350,23 @@ fn parse_device(name: &str) -> CliResult<Device> {
         )
         .into());
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("could not open CUDA device {ordinal}: {e}")).into())
+    Device::new_cuda(ordinal)
+        .map(candle_xai::Device::from)
+        .map_err(|e| Error::Device(format!("could not open CUDA device {ordinal}: {e}")).into())
 }
 
-fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
+#[cfg(wgpu_backend)]
+fn open_wgpu() -> CliResult<candle_xai::Device> {
+    Ok(candle_xai::Device::Wgpu(candle_xai::backend::wgpu::WgpuDevice::new()?))
 }
 
-fn load_model(args: &ModelArgs, device: &Device) -> CliResult<Model> {
+#[cfg(not(wgpu_backend))]
+fn open_wgpu() -> CliResult<candle_xai::Device> {
+    Err(Error::Device("this candle-xai was built without the `wgpu` feature; use --device cpu".into()).into())
+}
+
+/// Loads the model on the host, then puts its weights on `device` once.
+fn load_model(args: &ModelArgs, device: &candle_xai::Device) -> CliResult<Model> {
     let graph = match &args.graph {
         Some(path) => {
             let bytes = read(path)?;
@@ -374,7 +384,7 @@ fn load_model(args: &ModelArgs, device: &Device) -> CliResult<Model> {
         arch: args.arch.clone(),
         graph,
     };
-    Ok(Model::load(&args.model, &options, device)?)
+    Ok(Model::load(&args.model, &options, &Device::Cpu)?.to_device(device)?)
 }
 
 /// `inputs` as f32 and `targets` (when present) from a safetensors file.
@@ -742,7 +752,7 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
             "load_ms": load_ms,
             "explain_ms": explain_ms,
             "method": request_method_name(&args.method),
-            "device": device_name(&device),
+            "device": device.describe(),
         });
         eprintln!("{line}");
     }
@@ -1019,7 +1029,7 @@ fn top1_softmax(logits: &[f32]) -> (usize, f32) {
 // layers, methods, convert
 
 fn layers(args: &ModelArgs) -> CliResult<()> {
-    let model = load_model(args, &Device::Cpu)?;
+    let model = load_model(args, &candle_xai::Device::cpu())?;
     println!("architecture: {}", model.architecture());
     let cam = model.default_cam_layer().ok();
     for (id, node) in model.graph().nodes().iter().enumerate().skip(1) {

@@ -1,0 +1,226 @@
+//! Element-wise maps, per-channel affine maps and reductions.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{elem_count, u32_of, Kernel, WgpuTensor};
+use crate::backend::{Activation, Map, Reduce, Zip};
+use crate::error::{Error, Result};
+
+const MAP: Kernel = Kernel {
+    name: "map",
+    source: include_str!("kernels/map.wgsl"),
+    entry: "main",
+    inputs: 1,
+};
+const ZIP: Kernel = Kernel {
+    name: "zip",
+    source: include_str!("kernels/zip.wgsl"),
+    entry: "main",
+    inputs: 2,
+};
+const CHANNEL_AFFINE: Kernel = Kernel {
+    name: "channel_affine",
+    source: include_str!("kernels/channel_affine.wgsl"),
+    entry: "main",
+    inputs: 3,
+};
+const REDUCE_ROWS: Kernel = Kernel {
+    name: "reduce_rows",
+    source: include_str!("kernels/reduce.wgsl"),
+    entry: "rows",
+    inputs: 1,
+};
+const REDUCE_STRIDED: Kernel = Kernel {
+    name: "reduce_strided",
+    source: include_str!("kernels/reduce.wgsl"),
+    entry: "strided",
+    inputs: 1,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MapParams {
+    len: u32,
+    op: u32,
+    a: f32,
+    b: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ZipParams {
+    len: u32,
+    op: u32,
+    slope: f32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AffineParams {
+    len: u32,
+    channels: u32,
+    inner: u32,
+    has_scale: u32,
+    has_shift: u32,
+    scale_per_sample: u32,
+    shift_per_sample: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ReduceParams {
+    outer: u32,
+    mid: u32,
+    inner: u32,
+    scale: f32,
+}
+
+pub(super) fn map(x: &WgpuTensor, op: Map) -> Result<WgpuTensor> {
+    let (op, a, b) = match op {
+        Map::Affine { mul, add } => (0, mul, add),
+        Map::Abs => (1, 0.0, 0.0),
+        Map::Sqr => (2, 0.0, 0.0),
+        Map::Clamp { low, high } => (3, low, high),
+        Map::Stabilize { epsilon } => (4, epsilon, 0.0),
+        Map::PositiveMask => (5, 0.0, 0.0),
+        Map::NegativeMask => (6, 0.0, 0.0),
+        Map::Fill { value } => (7, value, 0.0),
+        Map::Activation(Activation::Relu) => (8, 0.0, 0.0),
+        Map::Activation(Activation::Relu6) => (9, 0.0, 0.0),
+        Map::Activation(Activation::LeakyRelu { negative_slope }) => (10, negative_slope, 0.0),
+    };
+    let device = x.device();
+    let out = device.alloc(x.dims_ref())?;
+    let params = MapParams {
+        len: u32_of(x.len(), "elements")?,
+        op,
+        a,
+        b,
+    };
+    device.dispatch(&MAP, &params, &[x.buffer()], out.buffer(), device.linear_grid(x.len())?)?;
+    Ok(out)
+}
+
+pub(super) fn zip(x: &WgpuTensor, rhs: &WgpuTensor, op: Zip) -> Result<WgpuTensor> {
+    x.check_device(rhs)?;
+    if x.len() != rhs.len() {
+        return Err(Error::Shape(format!(
+            "element-wise {op:?} of {:?} and {:?}",
+            x.dims_ref(),
+            rhs.dims_ref()
+        )));
+    }
+    let (op, slope) = match op {
+        Zip::Add => (0, 0.0),
+        Zip::Sub => (1, 0.0),
+        Zip::Mul => (2, 0.0),
+        Zip::Div => (3, 0.0),
+        Zip::ActivationVjp(Activation::Relu) => (4, 0.0),
+        Zip::ActivationVjp(Activation::Relu6) => (5, 0.0),
+        Zip::ActivationVjp(Activation::LeakyRelu { negative_slope }) => (6, negative_slope),
+    };
+    let device = x.device();
+    let out = device.alloc(x.dims_ref())?;
+    let params = ZipParams {
+        len: u32_of(x.len(), "elements")?,
+        op,
+        slope,
+        _pad: 0,
+    };
+    device.dispatch(
+        &ZIP,
+        &params,
+        &[x.buffer(), rhs.buffer()],
+        out.buffer(),
+        device.linear_grid(x.len())?,
+    )?;
+    Ok(out)
+}
+
+pub(super) fn channel_affine(
+    x: &WgpuTensor,
+    scale: Option<&WgpuTensor>,
+    shift: Option<&WgpuTensor>,
+) -> Result<WgpuTensor> {
+    let dims = x.dims_ref();
+    let (n, c) = match dims {
+        [n, c, ..] => (*n, *c),
+        _ => return Err(Error::Shape(format!("channel_affine of {dims:?}: needs [N, C, ...]"))),
+    };
+    // Whether a table is one row per sample; any other length than [C] or [N, C] is an error.
+    let per_sample = |t: Option<&WgpuTensor>, what: &str| -> Result<u32> {
+        let Some(t) = t else { return Ok(0) };
+        x.check_device(t)?;
+        match t.dims_ref() {
+            [k] if *k == c => Ok(0),
+            [m, k] if *m == n && *k == c => Ok(1),
+            d => Err(Error::Shape(format!(
+                "{what} {d:?} for x {dims:?}: needs [{c}] or [{n}, {c}]"
+            ))),
+        }
+    };
+    let params = AffineParams {
+        len: u32_of(x.len(), "elements")?,
+        channels: u32_of(c.max(1), "channels")?,
+        inner: u32_of(elem_count(&dims[2..]).max(1), "elements per channel")?,
+        has_scale: scale.is_some() as u32,
+        has_shift: shift.is_some() as u32,
+        scale_per_sample: per_sample(scale, "scale")?,
+        shift_per_sample: per_sample(shift, "shift")?,
+        _pad: 0,
+    };
+    let device = x.device();
+    let out = device.alloc(dims)?;
+    let scale = scale.map_or(x.buffer(), |t| t.buffer());
+    let shift = shift.map_or(x.buffer(), |t| t.buffer());
+    device.dispatch(
+        &CHANNEL_AFFINE,
+        &params,
+        &[x.buffer(), scale, shift],
+        out.buffer(),
+        device.linear_grid(x.len())?,
+    )?;
+    Ok(out)
+}
+
+pub(super) fn reduce(x: &WgpuTensor, op: Reduce) -> Result<WgpuTensor> {
+    let dims = x.dims_ref();
+    let (outer, mid, inner, scale, out_dims) = match (op, dims) {
+        (Reduce::MeanHw, [n, c, h, w]) => (n * c, h * w, 1, 1.0 / (h * w) as f32, vec![*n, *c, 1, 1]),
+        (Reduce::SumChannels, [n, c, rest @ ..]) => {
+            let mut out = vec![*n, 1];
+            out.extend_from_slice(rest);
+            (*n, *c, elem_count(rest), 1.0, out)
+        }
+        (Reduce::SumPerSample, [n, rest @ ..]) => (*n, elem_count(rest), 1, 1.0, vec![*n]),
+        _ => return Err(Error::Shape(format!("{op:?} of a tensor of shape {dims:?}"))),
+    };
+    let device = x.device();
+    let out = device.alloc(&out_dims)?;
+    let params = ReduceParams {
+        outer: u32_of(outer, "reduced rows")?,
+        mid: u32_of(mid, "reduced length")?,
+        inner: u32_of(inner, "reduced stride")?,
+        scale,
+    };
+    if inner == 1 {
+        device.dispatch(
+            &REDUCE_ROWS,
+            &params,
+            &[x.buffer()],
+            out.buffer(),
+            super::WgpuDevice::fold(outer)?,
+        )?;
+    } else {
+        device.dispatch(
+            &REDUCE_STRIDED,
+            &params,
+            &[x.buffer()],
+            out.buffer(),
+            device.linear_grid(outer * inner)?,
+        )?;
+    }
+    Ok(out)
+}

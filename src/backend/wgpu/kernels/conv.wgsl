@@ -1,0 +1,144 @@
+// Forward 2-D convolution (cross-correlation) of x [N, Cin, H, W] with w [Cout, Cin/g, kh, kw].
+struct Params {
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    dilation: u32,
+    pad_top: u32,
+    pad_left: u32,
+    cin_g: u32,
+    cout_g: u32,
+    // Workgroups along y per group: ceil(cout_g / 64).
+    co_tiles: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> tile_a: array<f32, 1024>;
+var<workgroup> tile_b: array<f32, 1024>;
+
+// Implicit GEMM per (sample, group): out[co, pixel] = sum_r weight[co, r] * patch[r, pixel],
+// r = (ci, ki, kj). The patch matrix (im2col) is never stored: each tile of it is gathered
+// from x straight into workgroup memory, zero outside the padded input. Tiling as in
+// matmul.wgsl: 64 channels x 64 pixels per workgroup, 4x4 outputs per thread.
+@compute @workgroup_size(16, 16)
+fn gemm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let pixels = p.ho * p.wo;
+    let g = wid.y / p.co_tiles;
+    let co0 = (wid.y % p.co_tiles) * TILE;
+    let pix0 = wid.x * TILE;
+    let n = wid.z;
+    let khw = p.kh * p.kw;
+    let red = p.cin_g * khw;
+    let w_base = g * p.cout_g * red;
+    let x_base = (n * p.cin + g * p.cin_g) * p.h * p.w;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < red; k0 += TK) {
+        for (var t = 0u; t < 4u; t++) {
+            let e = li + t * 256u;
+            // Weights: consecutive threads read consecutive r of one output channel.
+            let kk = e % TK;
+            let r = e / TK;
+            let co = co0 + r;
+            let gk = k0 + kk;
+            var va = 0.0;
+            if co < p.cout_g && gk < red {
+                va = weight[w_base + co * red + gk];
+            }
+            tile_a[kk * TILE + r] = va;
+            // Patches: consecutive threads read consecutive output pixels.
+            let col = e % TILE;
+            let kb = e / TILE;
+            let pix = pix0 + col;
+            let gkb = k0 + kb;
+            var vb = 0.0;
+            if pix < pixels && gkb < red {
+                let ci = gkb / khw;
+                let rem = gkb % khw;
+                let ki = rem / p.kw;
+                let kj = rem % p.kw;
+                let oh = pix / p.wo;
+                let ow = pix % p.wo;
+                let ih = i32(oh * p.stride + ki * p.dilation) - i32(p.pad_top);
+                let iw = i32(ow * p.stride + kj * p.dilation) - i32(p.pad_left);
+                if ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w) {
+                    vb = x[x_base + (ci * p.h + u32(ih)) * p.w + u32(iw)];
+                }
+            }
+            tile_b[kb * TILE + col] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var ra: array<f32, 4>;
+            var rb: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                ra[i] = tile_a[kk * TILE + lid.y + 16u * i];
+                rb[i] = tile_b[kk * TILE + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(ra[i], rb[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let co = co0 + lid.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let pix = pix0 + lid.x + 16u * j;
+            if co < p.cout_g && pix < pixels {
+                y[(n * p.cout + g * p.cout_g + co) * pixels + pix] = acc[i * 4u + j];
+            }
+        }
+    }
+}
+
+// groups == Cin == Cout: a GEMM with one row per group would waste 63/64 of each tile, so
+// one thread computes one output directly.
+@compute @workgroup_size(256)
+fn depthwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i >= p.n * p.cout * p.ho * p.wo {
+        return;
+    }
+    let ow = i % p.wo;
+    let oh = (i / p.wo) % p.ho;
+    let plane = i / (p.wo * p.ho);
+    let c = plane % p.cout;
+    let x_base = plane * p.h * p.w;
+    let w_base = c * p.kh * p.kw;
+    let ih0 = i32(oh * p.stride) - i32(p.pad_top);
+    let iw0 = i32(ow * p.stride) - i32(p.pad_left);
+    var acc = 0.0;
+    for (var ki = 0u; ki < p.kh; ki++) {
+        let ih = ih0 + i32(ki * p.dilation);
+        if ih < 0 || ih >= i32(p.h) {
+            continue;
+        }
+        for (var kj = 0u; kj < p.kw; kj++) {
+            let iw = iw0 + i32(kj * p.dilation);
+            if iw >= 0 && iw < i32(p.w) {
+                acc = fma(x[x_base + u32(ih) * p.w + u32(iw)], weight[w_base + ki * p.kw + kj], acc);
+            }
+        }
+    }
+    y[i] = acc;
+}

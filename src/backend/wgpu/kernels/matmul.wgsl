@@ -1,0 +1,88 @@
+// C[M, N] = A[M, K] x B, with B stored [K, N] or, when rhs_t != 0, [N, K].
+// A 64x64 block of C per workgroup; each of the 16x16 threads accumulates a 4x4 sub-block
+// strided by 16, so the shared-memory reads of one k step are conflict-free and reused 4x.
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    rhs_t: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+
+// [TK][TILE], k-major so the inner loop reads one row of each.
+var<workgroup> tile_a: array<f32, 1024>;
+var<workgroup> tile_b: array<f32, 1024>;
+
+@compute @workgroup_size(16, 16)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        for (var t = 0u; t < 4u; t++) {
+            let e = li + t * 256u;
+            // Consecutive threads take consecutive k of one row of A: contiguous reads.
+            let kk = e % TK;
+            let r = e / TK;
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var va = 0.0;
+            if gr < p.m && gk < p.k {
+                va = a[gr * p.k + gk];
+            }
+            tile_a[kk * TILE + r] = va;
+            var vb = 0.0;
+            if p.rhs_t != 0u {
+                let gc = col0 + r;
+                if gc < p.n && gk < p.k {
+                    vb = b[gc * p.k + gk];
+                }
+                tile_b[kk * TILE + r] = vb;
+            } else {
+                let col = e % TILE;
+                let kb = e / TILE;
+                let gc = col0 + col;
+                let gkb = k0 + kb;
+                if gc < p.n && gkb < p.k {
+                    vb = b[gkb * p.n + gc];
+                }
+                tile_b[kb * TILE + col] = vb;
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var ra: array<f32, 4>;
+            var rb: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                ra[i] = tile_a[kk * TILE + lid.y + 16u * i];
+                rb[i] = tile_b[kk * TILE + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(ra[i], rb[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + lid.x + 16u * j;
+            if r < p.m && col < p.n {
+                c[r * p.n + col] = acc[i * 4u + j];
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+// Shared by max_pool.wgsl and max_pool_argmax.wgsl (prepended to each): the first maximum
+// of one pooling window, PyTorch's rule. Padding cells are skipped rather than read as -inf,
+// so they never win.
+struct Params {
+    planes: u32,
+    h: u32,
+    w: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    dh: u32,
+    dw: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+
+struct Best {
+    value: f32,
+    // Row-major index within the plane, -1 for a window without input cells.
+    index: i32,
+}
+
+fn window_max(i: u32) -> Best {
+    let ow = i % p.wo;
+    let oh = (i / p.wo) % p.ho;
+    let plane = i / (p.wo * p.ho);
+    let base = plane * p.h * p.w;
+    let h0 = i32(oh * p.sh) - i32(p.ph);
+    let w0 = i32(ow * p.sw) - i32(p.pw);
+    var best = Best(bitcast<f32>(0xff800000u), -1);
+    for (var ki = 0u; ki < p.kh; ki++) {
+        let ih = h0 + i32(ki * p.dh);
+        if ih < 0 || ih >= i32(p.h) {
+            continue;
+        }
+        for (var kj = 0u; kj < p.kw; kj++) {
+            let iw = w0 + i32(kj * p.dw);
+            if iw < 0 || iw >= i32(p.w) {
+                continue;
+            }
+            let v = x[base + u32(ih) * p.w + u32(iw)];
+            // Strictly greater keeps the first of equal maxima; NaN wins like in PyTorch.
+            if best.index < 0 || v > best.value || v != v {
+                best = Best(v, ih * i32(p.w) + iw);
+            }
+        }
+    }
+    return best;
+}

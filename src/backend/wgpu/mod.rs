@@ -1,0 +1,661 @@
+//! The wgpu backend: our own WGSL compute kernels over f32 storage buffers.
+//!
+//! Every operation records one command encoder and submits it without waiting; results stay
+//! on the device until `to_vec` maps a staging copy. wgpu reports validation and
+//! out-of-memory errors asynchronously, so the device keeps the first uncaptured error and
+//! the next readback returns it as [`Error::Device`] instead of letting wgpu's default
+//! handler panic.
+
+mod conv;
+mod elementwise;
+mod matmul;
+mod pool;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use ::wgpu::util::DeviceExt;
+
+use crate::backend::{BackendStorage, Map, Reduce, WindowBins, Zip};
+use crate::error::{Error, Result};
+use crate::layers::{PoolWindow, WindowGeometry};
+
+/// Threads per workgroup of the 1-D kernels; WebGPU's default limit is 256.
+const LINEAR_WORKGROUP: u32 = 256;
+
+/// A WGSL entry point with the binding convention all our kernels share: binding 0 is the
+/// uniform parameter block, bindings `1..=inputs` are read-only storage buffers, and binding
+/// `inputs + 1` is the read-write output. One convention lets one helper build every layout.
+pub(crate) struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entry: &'static str,
+    pub inputs: u32,
+}
+
+struct Pipeline {
+    pipeline: ::wgpu::ComputePipeline,
+    layout: ::wgpu::BindGroupLayout,
+}
+
+struct DeviceContext {
+    device: ::wgpu::Device,
+    queue: ::wgpu::Queue,
+    info: ::wgpu::AdapterInfo,
+    limits: ::wgpu::Limits,
+    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    /// The first error wgpu raised outside an error scope, waiting for the next readback.
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+/// A wgpu adapter's device and queue, with the compiled pipelines. Cheap to clone.
+#[derive(Clone)]
+pub struct WgpuDevice(Arc<DeviceContext>);
+
+/// A dense row-major f32 tensor in a storage buffer of one [`WgpuDevice`].
+#[derive(Clone)]
+pub struct WgpuTensor {
+    buffer: Arc<::wgpu::Buffer>,
+    dims: Vec<usize>,
+    device: WgpuDevice,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned cache or error slot is still consistent: every writer stores whole values.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WgpuDevice {
+    /// The default (high-performance) adapter with its own limits, blocking until it is ready.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// The high-performance adapter among `backends` (default: the environment's choice).
+    async fn adapter(backends: Option<::wgpu::Backends>) -> Result<::wgpu::Adapter> {
+        let mut descriptor = ::wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if let Some(backends) = backends {
+            descriptor.backends = backends;
+        }
+        ::wgpu::Instance::new(descriptor)
+            .request_adapter(&::wgpu::RequestAdapterOptions {
+                power_preference: ::wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Device(format!("no wgpu adapter: {e}")))
+    }
+
+    pub async fn new_async() -> Result<Self> {
+        // Instance::new panics when the build enabled no backend for this platform.
+        if ::wgpu::Instance::enabled_backend_features().is_empty() {
+            return Err(Error::Device(
+                "this build enables no wgpu backend for this platform".into(),
+            ));
+        }
+        // Probing GL opens EGL, which prints errors on headless machines: it is asked only when
+        // no Vulkan, Metal or DX12 adapter exists, unless WGPU_BACKEND chooses.
+        let chosen = std::env::var_os("WGPU_BACKEND").is_some();
+        let adapter = match Self::adapter(if chosen { None } else { Some(::wgpu::Backends::PRIMARY) }).await {
+            Err(_) if !chosen => Self::adapter(None).await,
+            found => found,
+        }?;
+        let info = adapter.get_info();
+        // The adapter's own limits rather than WebGPU's defaults, so native drivers allow
+        // storage buffers far beyond 128 MiB.
+        let (device, queue) = adapter
+            .request_device(&::wgpu::DeviceDescriptor {
+                label: Some("candle-xai"),
+                required_features: ::wgpu::Features::empty(),
+                required_limits: adapter.limits(),
+                memory_hints: ::wgpu::MemoryHints::Performance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Device(format!("cannot open {}: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: ::wgpu::Error| {
+            let mut slot = lock(&slot);
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let limits = device.limits();
+        Ok(WgpuDevice(Arc::new(DeviceContext {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            uncaptured,
+        })))
+    }
+
+    pub fn describe(&self) -> String {
+        let info = &self.0.info;
+        format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+    }
+
+    pub fn upload(&self, data: &[f32], dims: &[usize]) -> Result<WgpuTensor> {
+        let len = elem_count(dims);
+        if len != data.len() {
+            return Err(Error::Shape(format!("{} values for shape {dims:?}", data.len())));
+        }
+        self.check_size(len)?;
+        // wgpu cannot bind an empty buffer; empty tensors keep one unused element.
+        let contents: &[u8] = if data.is_empty() {
+            &[0; 4]
+        } else {
+            bytemuck::cast_slice(data)
+        };
+        let buffer = self.0.device.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: Self::usage(),
+        });
+        Ok(WgpuTensor {
+            buffer: Arc::new(buffer),
+            dims: dims.to_vec(),
+            device: self.clone(),
+        })
+    }
+
+    fn usage() -> ::wgpu::BufferUsages {
+        ::wgpu::BufferUsages::STORAGE | ::wgpu::BufferUsages::COPY_SRC | ::wgpu::BufferUsages::COPY_DST
+    }
+
+    fn same(&self, other: &WgpuDevice) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Too large a buffer would otherwise only surface as an asynchronous validation error.
+    fn check_size(&self, len: usize) -> Result<()> {
+        let bytes = (len as u64).saturating_mul(4);
+        let limit = self
+            .0
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.0.limits.max_buffer_size);
+        if bytes > limit {
+            return Err(Error::Device(format!(
+                "a tensor of {len} f32 ({bytes} bytes) exceeds the device's storage buffer limit of {limit} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A zero-filled tensor (wgpu clears new buffers) for a kernel to write.
+    pub(crate) fn alloc(&self, dims: &[usize]) -> Result<WgpuTensor> {
+        let len = elem_count(dims);
+        self.check_size(len)?;
+        let buffer = self.0.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: None,
+            size: (len.max(1) * 4) as u64,
+            usage: Self::usage(),
+            mapped_at_creation: false,
+        });
+        Ok(WgpuTensor {
+            buffer: Arc::new(buffer),
+            dims: dims.to_vec(),
+            device: self.clone(),
+        })
+    }
+
+    /// A small read-only table (bin bounds, divisors) for one dispatch.
+    pub(crate) fn table<T: bytemuck::Pod>(&self, data: &[T]) -> ::wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.0.device.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: if bytes.is_empty() { &[0; 4] } else { bytes },
+            usage: ::wgpu::BufferUsages::STORAGE,
+        })
+    }
+
+    fn pipeline(&self, kernel: &Kernel) -> Arc<Pipeline> {
+        let mut cache = lock(&self.0.pipelines);
+        if let Some(p) = cache.get(kernel.name) {
+            return p.clone();
+        }
+        let device = &self.0.device;
+        let module = device.create_shader_module(::wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: ::wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        });
+        let storage = |binding: u32, read_only: bool| ::wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: ::wgpu::ShaderStages::COMPUTE,
+            ty: ::wgpu::BindingType::Buffer {
+                ty: ::wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let mut entries = vec![::wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: ::wgpu::ShaderStages::COMPUTE,
+            ty: ::wgpu::BindingType::Buffer {
+                ty: ::wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        entries.extend((1..=kernel.inputs).map(|b| storage(b, true)));
+        entries.push(storage(kernel.inputs + 1, false));
+        let layout = device.create_bind_group_layout(&::wgpu::BindGroupLayoutDescriptor {
+            label: Some(kernel.name),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&::wgpu::PipelineLayoutDescriptor {
+            label: Some(kernel.name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.name),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Arc::new(Pipeline { pipeline, layout });
+        cache.insert(kernel.name, p.clone());
+        p
+    }
+
+    /// Records and submits one dispatch of `kernel`; does not wait for it.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        inputs: &[&::wgpu::Buffer],
+        output: &::wgpu::Buffer,
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        debug_assert_eq!(inputs.len(), kernel.inputs as usize);
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.0.limits.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&n| n > max) {
+            return Err(Error::Device(format!(
+                "{} needs {workgroups:?} workgroups, over the device's {max} per dimension",
+                kernel.name
+            )));
+        }
+        let p = self.pipeline(kernel);
+        let device = &self.0.device;
+        let uniform = device.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::bytes_of(params),
+            usage: ::wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![::wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (i, b) in inputs.iter().chain(std::iter::once(&output)).enumerate() {
+            entries.push(::wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bind_group = device.create_bind_group(&::wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &p.layout,
+            entries: &entries,
+        });
+        let mut encoder = device.create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+            label: Some(kernel.name),
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: Some(kernel.name),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&p.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        self.0.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Workgroups for `len` threads of a 1-D kernel. Past 65535 workgroups the count folds
+    /// into y; the kernels rebuild the linear index from `num_workgroups` and skip the tail.
+    pub(crate) fn linear_grid(&self, len: usize) -> Result<[u32; 3]> {
+        Self::fold(len.div_ceil(LINEAR_WORKGROUP as usize))
+    }
+
+    /// `groups` workgroups of a kernel whose workgroup handles one row, folded like
+    /// [`Self::linear_grid`].
+    pub(crate) fn fold(groups: usize) -> Result<[u32; 3]> {
+        const MAX: usize = 65535;
+        let x = groups.min(MAX);
+        let y = if x == 0 { 0 } else { groups.div_ceil(x) };
+        if y > MAX {
+            return Err(Error::Device(format!(
+                "{groups} workgroups are too many for one dispatch"
+            )));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    fn take_error(&self) -> Result<()> {
+        match lock(&self.0.uncaptured).take() {
+            Some(e) => Err(Error::Device(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for WgpuDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl fmt::Debug for WgpuTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WgpuTensor")
+            .field("dims", &self.dims)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// Resolves when `map_async`'s callback has run, without any executor-specific channel.
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), ::wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+struct MapFuture(Arc<Mutex<MapState>>);
+
+impl Future for MapFuture {
+    type Output = std::result::Result<(), ::wgpu::BufferAsyncError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut state = lock(&self.0);
+        match state.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The element count, saturated so that absurd shapes fail the size check instead of wrapping.
+pub(crate) fn elem_count(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+impl WgpuTensor {
+    pub fn device(&self) -> WgpuDevice {
+        self.device.clone()
+    }
+
+    pub(crate) fn dims_ref(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub(crate) fn buffer(&self) -> &::wgpu::Buffer {
+        &self.buffer
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        elem_count(&self.dims)
+    }
+
+    /// Fails unless `other` lives on this tensor's device: buffers cannot cross devices.
+    pub(crate) fn check_device(&self, other: &WgpuTensor) -> Result<()> {
+        if self.device.same(&other.device) {
+            Ok(())
+        } else {
+            Err(Error::Device(format!(
+                "tensors on two different devices ({:?})",
+                self.device
+            )))
+        }
+    }
+
+    /// Copies the elements to the host. Natively this blocks inside `device.poll`; in the
+    /// browser the map callback fires from the event loop, so only the await waits.
+    pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        let ctx = &self.device.0;
+        self.device.take_error()?;
+        let len = self.len();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let size = (len * 4) as u64;
+        let validation = ctx.device.push_error_scope(::wgpu::ErrorFilter::Validation);
+        let oom = ctx.device.push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
+        let staging = ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = ctx.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+        ctx.queue.submit([encoder.finish()]);
+        let state = Arc::new(Mutex::new(MapState::default()));
+        let callback_state = state.clone();
+        staging.map_async(::wgpu::MapMode::Read, .., move |r| {
+            let mut s = lock(&callback_state);
+            s.result = Some(r);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        let oom = oom.pop().await;
+        let validation = validation.pop().await;
+        if let Some(e) = oom.or(validation) {
+            return Err(Error::Device(format!(
+                "reading a tensor of shape {:?} back: {e}",
+                self.dims
+            )));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        ctx.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the device: {e}")))?;
+        MapFuture(state)
+            .await
+            .map_err(|e| Error::Device(format!("mapping a tensor of shape {:?}: {e}", self.dims)))?;
+        // A kernel of this or an earlier operation may have failed after submission.
+        self.device.take_error()?;
+        let data = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Device(format!("reading a mapped buffer: {e}")))?;
+            // The mapping need not be 4-byte aligned on the host, so copy rather than cast.
+            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
+        };
+        staging.unmap();
+        Ok(data)
+    }
+}
+
+impl BackendStorage for WgpuTensor {
+    fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    fn to_vec(&self) -> Result<Vec<f32>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            pollster::block_on(self.to_vec_async())
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            Err(Error::Device(
+                "blocking readback is impossible in the browser; use to_vec_async".into(),
+            ))
+        }
+    }
+
+    fn reshape(&self, dims: &[usize]) -> Result<Self> {
+        if elem_count(dims) != self.len() {
+            return Err(Error::Shape(format!("cannot reshape {:?} to {dims:?}", self.dims)));
+        }
+        Ok(WgpuTensor {
+            buffer: self.buffer.clone(),
+            dims: dims.to_vec(),
+            device: self.device.clone(),
+        })
+    }
+
+    fn narrow_rows(&self, start: usize, len: usize) -> Result<Self> {
+        let rows = self.dims.first().copied().unwrap_or(0);
+        if self.dims.is_empty() || start.checked_add(len).is_none_or(|end| end > rows) {
+            return Err(Error::Shape(format!(
+                "rows {start}..{} of shape {:?}",
+                start + len,
+                self.dims
+            )));
+        }
+        let row = elem_count(&self.dims[1..]);
+        let mut dims = self.dims.clone();
+        dims[0] = len;
+        let out = self.device.alloc(&dims)?;
+        let bytes = (len * row * 4) as u64;
+        if bytes > 0 {
+            let ctx = &self.device.0;
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&self.buffer, (start * row * 4) as u64, &out.buffer, 0, bytes);
+            ctx.queue.submit([encoder.finish()]);
+        }
+        Ok(out)
+    }
+
+    fn cat_rows(parts: &[&Self]) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Shape("concatenation of no tensors".into()))?;
+        let tail = first
+            .dims
+            .get(1..)
+            .ok_or_else(|| Error::Shape("concatenation of scalars".into()))?;
+        let mut rows = 0;
+        for p in parts {
+            first.check_device(p)?;
+            if p.dims.is_empty() || p.dims[1..] != *tail {
+                return Err(Error::Shape(format!(
+                    "cannot concatenate {:?} and {:?}",
+                    first.dims, p.dims
+                )));
+            }
+            rows += p.dims[0];
+        }
+        let mut dims = first.dims.clone();
+        dims[0] = rows;
+        let out = first.device.alloc(&dims)?;
+        let ctx = &first.device.0;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let mut offset = 0u64;
+        for p in parts {
+            let bytes = (p.len() * 4) as u64;
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(&p.buffer, 0, &out.buffer, offset, bytes);
+            }
+            offset += bytes;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        Ok(out)
+    }
+
+    fn map(&self, op: Map) -> Result<Self> {
+        elementwise::map(self, op)
+    }
+
+    fn zip(&self, rhs: &Self, op: Zip) -> Result<Self> {
+        elementwise::zip(self, rhs, op)
+    }
+
+    fn channel_affine(&self, scale: Option<&Self>, shift: Option<&Self>) -> Result<Self> {
+        elementwise::channel_affine(self, scale, shift)
+    }
+
+    fn reduce(&self, op: Reduce) -> Result<Self> {
+        elementwise::reduce(self, op)
+    }
+
+    fn matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self> {
+        matmul::matmul(self, rhs, rhs_transposed)
+    }
+
+    fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self> {
+        conv::conv2d(self, kernel, geometry)
+    }
+
+    fn conv2d_transposed(&self, kernel: &Self, geometry: &WindowGeometry, input_hw: (usize, usize)) -> Result<Self> {
+        conv::conv2d_transposed(self, kernel, geometry, input_hw)
+    }
+
+    fn max_pool(&self, window: &PoolWindow) -> Result<Self> {
+        pool::max_pool(self, window)
+    }
+
+    fn max_pool_vjp(&self, grad: &Self, window: &PoolWindow) -> Result<Self> {
+        pool::max_pool_vjp(self, grad, window)
+    }
+
+    fn window_mean(&self, bins: &WindowBins) -> Result<Self> {
+        pool::window_mean(self, bins)
+    }
+
+    fn window_mean_vjp(&self, bins: &WindowBins) -> Result<Self> {
+        pool::window_mean_vjp(self, bins)
+    }
+}
+
+/// Converts a size to the u32 the kernels index with; `check_size` keeps element counts far
+/// below this, so only absurd geometry (a huge kernel or stride) can fail here.
+pub(crate) fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::Shape(format!("{what} = {n} does not fit the kernels' 32-bit indices")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// wgpu's default handler would panic on a broken kernel; ours must surface an error at
+    /// the next readback and leave the device usable. Its own device, so that the error
+    /// cannot reach another test's readback.
+    #[test]
+    fn kernel_errors_come_back_as_device_errors() {
+        let device = WgpuDevice::new().expect("a wgpu adapter (lavapipe is enough)");
+        const BROKEN: Kernel = Kernel {
+            name: "broken",
+            source: "fn main( {",
+            entry: "main",
+            inputs: 1,
+        };
+        let x = device.upload(&[1.0, 2.0], &[2]).unwrap();
+        let y = device.alloc(&[2]).unwrap();
+        let params = [0u32; 4];
+        device
+            .dispatch(&BROKEN, &params, &[x.buffer()], y.buffer(), [1, 1, 1])
+            .unwrap();
+        let err = y.to_vec().unwrap_err();
+        assert!(matches!(err, Error::Device(_)), "{err}");
+        assert_eq!(x.map(Map::Sqr).unwrap().to_vec().unwrap(), [1.0, 4.0]);
+    }
+}
