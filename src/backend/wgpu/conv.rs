@@ -3,30 +3,43 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{u32_of, Kernel, WgpuTensor};
+use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::layers::WindowGeometry;
 
 const GEMM: Kernel = Kernel {
     name: "conv_gemm",
-    source: include_str!("kernels/conv.wgsl"),
+    source: concat!(
+        include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/conv.wgsl")
+    ),
     entry: "gemm",
     inputs: 2,
 };
 const DEPTHWISE: Kernel = Kernel {
     name: "conv_depthwise",
-    source: include_str!("kernels/conv.wgsl"),
+    source: concat!(
+        include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/conv.wgsl")
+    ),
     entry: "depthwise",
     inputs: 2,
 };
 const TRANSPOSED: Kernel = Kernel {
     name: "conv_transposed",
-    source: include_str!("kernels/conv_transposed.wgsl"),
+    source: concat!(
+        include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/conv_transposed.wgsl")
+    ),
     entry: "general",
     inputs: 2,
 };
 const TRANSPOSED_DEPTHWISE: Kernel = Kernel {
     name: "conv_transposed_depthwise",
-    source: include_str!("kernels/conv_transposed.wgsl"),
+    source: concat!(
+        include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/conv_transposed.wgsl")
+    ),
     entry: "depthwise",
     inputs: 2,
 };
@@ -51,8 +64,8 @@ struct Params {
     pad_left: u32,
     cin_g: u32,
     cout_g: u32,
-    /// `co_tiles` for the forward GEMM, unused by the VJP.
-    extra: u32,
+    /// Forward GEMM only: workgroups along y per group (conv_params.wgsl).
+    co_tiles: u32,
 }
 
 /// The sizes of one convolution, checked against each other.
@@ -117,7 +130,7 @@ impl Shape {
         self.groups == self.cin && self.cout == self.cin
     }
 
-    fn params(&self, g: &WindowGeometry, extra: usize) -> Result<Params> {
+    fn params(&self, g: &WindowGeometry, co_tiles: usize) -> Result<Params> {
         Ok(Params {
             n: u32_of(self.n, "batch")?,
             cin: u32_of(self.cin, "input channels")?,
@@ -134,14 +147,14 @@ impl Shape {
             pad_left: u32_of(g.padding.2, "left padding")?,
             cin_g: u32_of(self.cin / self.groups, "input channels per group")?,
             cout_g: u32_of(self.cout / self.groups, "output channels per group")?,
-            extra: u32_of(extra, "channel tiles")?,
+            co_tiles: u32_of(co_tiles, "channel tiles")?,
         })
     }
 }
 
 pub(super) fn conv2d(x: &WgpuTensor, kernel: &WgpuTensor, g: &WindowGeometry) -> Result<WgpuTensor> {
     x.check_device(kernel)?;
-    let s = Shape::check(x.dims_ref(), kernel.dims_ref(), g, None)?;
+    let s = Shape::check(x.dims(), kernel.dims(), g, None)?;
     let device = x.device();
     let out = device.alloc(&[s.n, s.cout, s.out_hw.0, s.out_hw.1])?;
     let inputs = [x.buffer(), kernel.buffer()];
@@ -172,7 +185,7 @@ pub(super) fn conv2d_transposed(
     input_hw: (usize, usize),
 ) -> Result<WgpuTensor> {
     grad.check_device(kernel)?;
-    let s = Shape::check(grad.dims_ref(), kernel.dims_ref(), g, Some(input_hw))?;
+    let s = Shape::check(grad.dims(), kernel.dims(), g, Some(input_hw))?;
     let device = grad.device();
     let out = device.alloc(&[s.n, s.cin, input_hw.0, input_hw.1])?;
     let kind = if s.depthwise() {

@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{elem_count, u32_of, Kernel, WgpuTensor};
-use crate::backend::{Activation, Map, Reduce, Zip};
+use crate::backend::{Activation, BackendStorage, Map, Reduce, Zip};
 use crate::error::{Error, Result};
 
 const MAP: Kernel = Kernel {
@@ -92,7 +92,7 @@ pub(super) fn map(x: &WgpuTensor, op: Map) -> Result<WgpuTensor> {
         Map::Activation(Activation::LeakyRelu { negative_slope }) => (10, negative_slope, 0.0),
     };
     let device = x.device();
-    let out = device.alloc(x.dims_ref())?;
+    let out = device.alloc(x.dims())?;
     let params = MapParams {
         len: u32_of(x.len(), "elements")?,
         op,
@@ -108,8 +108,8 @@ pub(super) fn zip(x: &WgpuTensor, rhs: &WgpuTensor, op: Zip) -> Result<WgpuTenso
     if x.len() != rhs.len() {
         return Err(Error::Shape(format!(
             "element-wise {op:?} of {:?} and {:?}",
-            x.dims_ref(),
-            rhs.dims_ref()
+            x.dims(),
+            rhs.dims()
         )));
     }
     let (op, slope) = match op {
@@ -122,7 +122,7 @@ pub(super) fn zip(x: &WgpuTensor, rhs: &WgpuTensor, op: Zip) -> Result<WgpuTenso
         Zip::ActivationVjp(Activation::LeakyRelu { negative_slope }) => (6, negative_slope),
     };
     let device = x.device();
-    let out = device.alloc(x.dims_ref())?;
+    let out = device.alloc(x.dims())?;
     let params = ZipParams {
         len: u32_of(x.len(), "elements")?,
         op,
@@ -144,7 +144,7 @@ pub(super) fn channel_affine(
     scale: Option<&WgpuTensor>,
     shift: Option<&WgpuTensor>,
 ) -> Result<WgpuTensor> {
-    let dims = x.dims_ref();
+    let dims = x.dims();
     let (n, c) = match dims {
         [n, c, ..] => (*n, *c),
         _ => return Err(Error::Shape(format!("channel_affine of {dims:?}: needs [N, C, ...]"))),
@@ -153,7 +153,7 @@ pub(super) fn channel_affine(
     let per_sample = |t: Option<&WgpuTensor>, what: &str| -> Result<u32> {
         let Some(t) = t else { return Ok(0) };
         x.check_device(t)?;
-        match t.dims_ref() {
+        match t.dims() {
             [k] if *k == c => Ok(0),
             [m, k] if *m == n && *k == c => Ok(1),
             d => Err(Error::Shape(format!(
@@ -186,7 +186,7 @@ pub(super) fn channel_affine(
 }
 
 pub(super) fn reduce(x: &WgpuTensor, op: Reduce) -> Result<WgpuTensor> {
-    let dims = x.dims_ref();
+    let dims = x.dims();
     let (outer, mid, inner, scale, out_dims) = match (op, dims) {
         (Reduce::MeanHw, [n, c, h, w]) => (n * c, h * w, 1, 1.0 / (h * w) as f32, vec![*n, *c, 1, 1]),
         (Reduce::SumChannels, [n, c, rest @ ..]) => {

@@ -3,6 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{u32_of, Kernel, WgpuTensor};
+use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 
 const MATMUL: Kernel = Kernel {
@@ -25,7 +26,7 @@ struct Params {
 
 pub(super) fn matmul(a: &WgpuTensor, b: &WgpuTensor, rhs_transposed: bool) -> Result<WgpuTensor> {
     a.check_device(b)?;
-    let (m, k, n) = match (a.dims_ref(), b.dims_ref()) {
+    let (m, k, n) = match (a.dims(), b.dims()) {
         (&[m, k], &[n, k2]) if rhs_transposed && k == k2 => (m, k, n),
         (&[m, k], &[k2, n]) if !rhs_transposed && k == k2 => (m, k, n),
         (da, db) => {

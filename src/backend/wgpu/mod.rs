@@ -408,10 +408,6 @@ impl WgpuTensor {
         self.device.clone()
     }
 
-    pub(crate) fn dims_ref(&self) -> &[usize] {
-        &self.dims
-    }
-
     pub(crate) fn buffer(&self) -> &::wgpu::Buffer {
         &self.buffer
     }

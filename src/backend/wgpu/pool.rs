@@ -3,6 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{u32_of, Kernel, WgpuTensor};
+use crate::backend::BackendStorage;
 use crate::backend::WindowBins;
 use crate::error::{Error, Result};
 use crate::layers::PoolWindow;
@@ -10,6 +11,7 @@ use crate::layers::PoolWindow;
 const MAX_POOL: Kernel = Kernel {
     name: "max_pool",
     source: concat!(
+        include_str!("kernels/pool_params.wgsl"),
         include_str!("kernels/max_pool_window.wgsl"),
         include_str!("kernels/max_pool.wgsl")
     ),
@@ -19,6 +21,7 @@ const MAX_POOL: Kernel = Kernel {
 const MAX_POOL_ARGMAX: Kernel = Kernel {
     name: "max_pool_argmax",
     source: concat!(
+        include_str!("kernels/pool_params.wgsl"),
         include_str!("kernels/max_pool_window.wgsl"),
         include_str!("kernels/max_pool_argmax.wgsl")
     ),
@@ -27,7 +30,10 @@ const MAX_POOL_ARGMAX: Kernel = Kernel {
 };
 const MAX_POOL_VJP: Kernel = Kernel {
     name: "max_pool_vjp",
-    source: include_str!("kernels/max_pool_vjp.wgsl"),
+    source: concat!(
+        include_str!("kernels/pool_params.wgsl"),
+        include_str!("kernels/max_pool_vjp.wgsl")
+    ),
     entry: "main",
     inputs: 2,
 };
@@ -107,7 +113,7 @@ fn max_params(dims: [usize; 4], window: &PoolWindow) -> Result<(MaxParams, [usiz
 }
 
 pub(super) fn max_pool(x: &WgpuTensor, window: &PoolWindow) -> Result<WgpuTensor> {
-    let (params, out_dims) = max_params(nchw(x.dims_ref(), "max pooling")?, window)?;
+    let (params, out_dims) = max_params(nchw(x.dims(), "max pooling")?, window)?;
     let device = x.device();
     let out = device.alloc(&out_dims)?;
     device.dispatch(
@@ -122,11 +128,11 @@ pub(super) fn max_pool(x: &WgpuTensor, window: &PoolWindow) -> Result<WgpuTensor
 
 pub(super) fn max_pool_vjp(x: &WgpuTensor, grad: &WgpuTensor, window: &PoolWindow) -> Result<WgpuTensor> {
     x.check_device(grad)?;
-    let (params, out_dims) = max_params(nchw(x.dims_ref(), "max pooling")?, window)?;
-    if grad.dims_ref() != out_dims {
+    let (params, out_dims) = max_params(nchw(x.dims(), "max pooling")?, window)?;
+    if grad.dims() != out_dims {
         return Err(Error::Shape(format!(
             "max pooling gradient {:?} for an output of {out_dims:?}",
-            grad.dims_ref()
+            grad.dims()
         )));
     }
     let device = x.device();
@@ -139,7 +145,7 @@ pub(super) fn max_pool_vjp(x: &WgpuTensor, grad: &WgpuTensor, window: &PoolWindo
         winners.buffer(),
         device.linear_grid(grad.len())?,
     )?;
-    let dx = device.alloc(x.dims_ref())?;
+    let dx = device.alloc(x.dims())?;
     let grid = device.linear_grid(dx.len())?;
     device.dispatch(
         &MAX_POOL_VJP,
@@ -206,11 +212,11 @@ fn mean_tables(
 }
 
 pub(super) fn window_mean(x: &WgpuTensor, bins: &WindowBins) -> Result<WgpuTensor> {
-    let [n, c, h, w] = nchw(x.dims_ref(), "window mean")?;
+    let [n, c, h, w] = nchw(x.dims(), "window mean")?;
     if (h, w) != bins.input_hw {
         return Err(Error::Shape(format!(
             "window mean of {:?} with bins for {:?}",
-            x.dims_ref(),
+            x.dims(),
             bins.input_hw
         )));
     }
@@ -230,11 +236,11 @@ pub(super) fn window_mean(x: &WgpuTensor, bins: &WindowBins) -> Result<WgpuTenso
 }
 
 pub(super) fn window_mean_vjp(grad: &WgpuTensor, bins: &WindowBins) -> Result<WgpuTensor> {
-    let [n, c, ho, wo] = nchw(grad.dims_ref(), "window mean VJP")?;
+    let [n, c, ho, wo] = nchw(grad.dims(), "window mean VJP")?;
     if (ho, wo) != bins.output_hw() {
         return Err(Error::Shape(format!(
             "window mean gradient {:?} for bins of {:?}",
-            grad.dims_ref(),
+            grad.dims(),
             bins.output_hw()
         )));
     }

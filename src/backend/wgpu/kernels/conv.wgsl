@@ -1,24 +1,4 @@
 // Forward 2-D convolution (cross-correlation) of x [N, Cin, H, W] with w [Cout, Cin/g, kh, kw].
-struct Params {
-    n: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    dilation: u32,
-    pad_top: u32,
-    pad_left: u32,
-    cin_g: u32,
-    cout_g: u32,
-    // Workgroups along y per group: ceil(cout_g / 64).
-    co_tiles: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;

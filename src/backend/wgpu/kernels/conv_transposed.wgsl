@@ -1,25 +1,6 @@
 // Input-VJP of conv.wgsl: grad [N, Cout, Ho, Wo] back to dx [N, Cin, H, W]. Gathered: each
 // thread owns one dx element and visits the outputs its input pixel fed, so no two threads
 // write the same element and no atomics are needed.
-struct Params {
-    n: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    dilation: u32,
-    pad_top: u32,
-    pad_left: u32,
-    cin_g: u32,
-    cout_g: u32,
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;

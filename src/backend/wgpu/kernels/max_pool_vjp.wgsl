@@ -1,24 +1,5 @@
 // Each input cell gathers the gradients of the windows that chose it (max_pool_argmax.wgsl),
 // so every window's gradient lands on exactly one cell without atomics.
-struct Params {
-    planes: u32,
-    h: u32,
-    w: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    dh: u32,
-    dw: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> winner: array<i32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;

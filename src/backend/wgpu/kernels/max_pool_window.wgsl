@@ -1,25 +1,6 @@
 // Shared by max_pool.wgsl and max_pool_argmax.wgsl (prepended to each): the first maximum
 // of one pooling window, PyTorch's rule. Padding cells are skipped rather than read as -inf,
 // so they never win.
-struct Params {
-    planes: u32,
-    h: u32,
-    w: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    dh: u32,
-    dw: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 

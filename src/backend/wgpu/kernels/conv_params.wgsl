@@ -1,0 +1,21 @@
+// The sizes of one convolution, shared by conv.wgsl and conv_transposed.wgsl (prepended to
+// each; conv.rs fills it).
+struct Params {
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    dilation: u32,
+    pad_top: u32,
+    pad_left: u32,
+    cin_g: u32,
+    cout_g: u32,
+    // Forward GEMM only: workgroups along y per group, ceil(cout_g / 64).
+    co_tiles: u32,
+}
