@@ -162,6 +162,11 @@ impl Model {
 
     /// Checks a [N, C, H, W] batch against the model and moves it to the model's device as f32.
     pub fn prepare_input(&self, x: &candle_core::Tensor) -> Result<Tensor> {
+        self.device.upload(&self.check_input(x)?)
+    }
+
+    /// Checks a [N, C, H, W] batch against the model; returns it as f32 on the host.
+    pub fn check_input(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
         let dims = x.dims();
         let bad_shape = || Error::InputShape {
             found: dims.to_vec(),
@@ -196,7 +201,7 @@ impl Model {
         if finite > 0 {
             return Err(Error::NonFiniteInput(finite));
         }
-        self.device.upload(&x)
+        Ok(x)
     }
 
     /// Logits [N, classes] for a batch, on the host.

@@ -49,8 +49,11 @@ impl Device {
     /// What this device is, for messages: `cpu`, `cuda:0`, or the adapter's name.
     pub fn describe(&self) -> String {
         match self {
-            Device::Candle(candle_core::Device::Cpu) => "cpu".into(),
-            Device::Candle(d) => format!("{:?}", d.location()).to_lowercase(),
+            Device::Candle(d) => match d.location() {
+                candle_core::DeviceLocation::Cpu => "cpu".into(),
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+            },
             #[cfg(wgpu_backend)]
             Device::Wgpu(d) => d.describe(),
         }
@@ -231,7 +234,7 @@ impl Tensor {
         let first = parts
             .first()
             .ok_or_else(|| shape_error("nothing to concatenate".into()))?;
-        if parts.iter().any(|p| p.dims()[1..] != first.dims()[1..]) {
+        if first.rank() == 0 || parts.iter().any(|p| p.dims().get(1..) != first.dims().get(1..)) {
             return Err(shape_error("concatenating tensors of different shapes".into()));
         }
         Ok(Tensor(match &first.0 {

@@ -39,6 +39,7 @@ impl Default for IntegratedGradientsParams {
 pub(crate) fn integrated_gradients(
     probe: &Probe<'_>,
     input: &Tensor,
+    host_input: &candle_core::Tensor,
     input_logits: &Tensor,
     params: &IntegratedGradientsParams,
     progress: &mut Progress<'_>,
@@ -53,7 +54,7 @@ pub(crate) fn integrated_gradients(
             ),
         ));
     }
-    let baseline = input.device().upload(&params.baseline.for_input(&input.to_host()?)?)?;
+    let baseline = input.device().upload(&params.baseline.for_input(host_input)?)?;
     let graph = probe.model.graph();
     let at_layer = probe.at != 0;
     // The path runs between these two values of node `at`.

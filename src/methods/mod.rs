@@ -175,7 +175,10 @@ pub fn explain(
     request: &Request,
     progress: &mut Progress<'_>,
 ) -> Result<Explanation> {
-    let input = model.prepare_input(input)?;
+    // The host copy serves the methods that derive something from the input's values
+    // (SmoothGrad's noise scale, IG's baseline) without reading the device copy back.
+    let host_input = model.check_input(input)?;
+    let input = model.device().upload(&host_input)?;
     let graph = model.graph();
     let at = match (&request.layer, &request.method) {
         (Some(name), _) => graph.find(name)?,
@@ -203,9 +206,9 @@ pub fn explain(
         at,
     };
     let result = match (&request.method, activations) {
-        (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, p, progress)?,
+        (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, &host_input, p, progress)?,
         (Method::IntegratedGradients(p), _) => {
-            integrated_gradients::integrated_gradients(&probe, &input, &logits, p, progress)?
+            integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, progress)?
         }
         (Method::Lrp(p), _) => crate::lrp::relevance(&probe, &input, p, progress)?,
         (method, Some(activations)) => {

@@ -74,13 +74,13 @@ impl SmoothGradParams {
         Ok(())
     }
 
-    /// Per-sample noise std, [N].
-    fn stdevs(&self, input: &Tensor) -> Result<Vec<f32>> {
+    /// Per-sample noise std, [N], from the input's host copy.
+    fn stdevs(&self, input: &candle_core::Tensor) -> Result<Vec<f32>> {
         let n = input.dim(0)?;
         if let Some(s) = self.stdev {
             return Ok(vec![s as f32; n]);
         }
-        let values = input.to_vec()?;
+        let values = input.flatten_all()?.to_vec1::<f32>()?;
         let per_sample = values.len() / n;
         Ok(values
             .chunks(per_sample)
@@ -113,6 +113,7 @@ impl SmoothGradParams {
 pub(crate) fn smooth_grad(
     probe: &Probe<'_>,
     input: &Tensor,
+    host_input: &candle_core::Tensor,
     params: &SmoothGradParams,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
@@ -127,7 +128,7 @@ pub(crate) fn smooth_grad(
             ));
         }
     }
-    let stdevs = params.stdevs(input)?;
+    let stdevs = params.stdevs(host_input)?;
     let batch = probe.batch();
     let mut sum: Option<Tensor> = None;
     let mut sum_sq: Option<Tensor> = None;

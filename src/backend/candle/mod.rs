@@ -79,18 +79,13 @@ impl BackendStorage for CandleStorage {
             Map::NegativeMask => mask(&x.lt(0f32)?)?,
             Map::Fill { value } => Tensor::full(value, x.dims(), x.device())?,
             Map::Activation(a) if self.is_cpu() => activation_forward(a, x)?,
-            Map::Activation(a) => {
-                let negative = match a {
-                    super::Activation::LeakyRelu { negative_slope } => {
-                        x.minimum(0f32)?.affine(negative_slope as f64, 0.0)?
-                    }
-                    _ => x.zeros_like()?,
-                };
-                match a {
-                    super::Activation::Relu6 => x.clamp(0f32, 6f32)?,
-                    _ => (x.relu()? + negative)?,
+            Map::Activation(a) => match a {
+                super::Activation::Relu => x.relu()?,
+                super::Activation::Relu6 => x.clamp(0f32, 6f32)?,
+                super::Activation::LeakyRelu { negative_slope } => {
+                    (x.relu()? + x.minimum(0f32)?.affine(negative_slope as f64, 0.0)?)?
                 }
-            }
+            },
         })
     }
 
