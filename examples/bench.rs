@@ -121,7 +121,7 @@ fn main() -> candle_xai::Result<()> {
     };
     let device = match args.device.as_str() {
         "cpu" => candle_xai::Device::cpu(),
-        #[cfg(wgpu_backend)]
+        #[cfg(feature = "wgpu")]
         "wgpu" => candle_xai::Device::Wgpu(candle_xai::backend::wgpu::WgpuDevice::new()?),
         other => panic!("unknown --device {other}: use cpu or wgpu"),
     };

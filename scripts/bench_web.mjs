@@ -109,7 +109,7 @@ async function benchBrowser(methods, reps) {
     const setup = await page.evaluate(async (photo) => {
       const { Explainer } = await import('/web/xai.js');
       const bytes = await (await fetch('/web/assets/model/mobilenet_v2.safetensors')).arrayBuffer();
-      const explainer = await Explainer.load(bytes, { name: 'mobilenet_v2.safetensors' });
+      const explainer = await Explainer.load(bytes, { name: 'mobilenet_v2.safetensors', backend: 'cpu' });
       const prepared = await explainer.prepare(`/${photo}`);
       window.bench = { explainer, prepared };
       const u8 = new Uint8Array(prepared.input.buffer, prepared.input.byteOffset, prepared.input.byteLength);

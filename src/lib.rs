@@ -17,7 +17,9 @@ pub mod lrp;
 pub mod methods;
 mod rng;
 
-pub use methods::{explain, Explanation, Method, Progress, Request, Targets};
+#[cfg(not(target_arch = "wasm32"))]
+pub use methods::explain;
+pub use methods::{explain_async, Explanation, Method, Progress, Request, Targets};
 pub mod image;
 pub mod render;
 #[cfg(target_arch = "wasm32")]

@@ -15,7 +15,7 @@ pub enum Device {
     /// candle's CPU or CUDA device, with candle's storage and our CPU kernels.
     Candle(candle_core::Device),
     /// A wgpu adapter (Vulkan, Metal, DX12, GL) running our WGSL kernels.
-    #[cfg(wgpu_backend)]
+    #[cfg(feature = "wgpu")]
     Wgpu(crate::backend::wgpu::WgpuDevice),
 }
 
@@ -30,7 +30,7 @@ impl Device {
             Device::Candle(device) => {
                 Storage::Candle(CandleStorage(candle_core::Tensor::from_slice(data, dims, device)?))
             }
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Device::Wgpu(device) => Storage::Wgpu(device.upload(data, dims)?),
         };
         Ok(Tensor(storage))
@@ -41,8 +41,18 @@ impl Device {
         let t = t.to_dtype(candle_core::DType::F32)?;
         match self {
             Device::Candle(device) => Ok(Tensor(Storage::Candle(CandleStorage::new(t.to_device(device)?)?))),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Device::Wgpu(_) => self.tensor(&t.flatten_all()?.to_vec1::<f32>()?, t.dims()),
+        }
+    }
+
+    /// Resolves once the work submitted so far has finished (immediately on candle, whose
+    /// operations return finished). Surfaces a GPU error raised by that work.
+    pub async fn settle(&self) -> Result<()> {
+        match self {
+            Device::Candle(_) => Ok(()),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(d) => d.settle().await,
         }
     }
 
@@ -54,7 +64,7 @@ impl Device {
                 candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
                 candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
             },
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Device::Wgpu(d) => d.describe(),
         }
     }
@@ -75,7 +85,7 @@ impl From<candle_core::Device> for Device {
 #[derive(Clone, Debug)]
 enum Storage {
     Candle(CandleStorage),
-    #[cfg(wgpu_backend)]
+    #[cfg(feature = "wgpu")]
     Wgpu(crate::backend::wgpu::WgpuTensor),
 }
 
@@ -88,7 +98,7 @@ macro_rules! unary {
     ($self:expr, $s:ident => $call:expr) => {
         Ok(Tensor(match &$self.0 {
             Storage::Candle($s) => Storage::Candle($call?),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu($s) => Storage::Wgpu($call?),
         }))
     };
@@ -99,9 +109,9 @@ macro_rules! binary {
     ($a:expr, $b:expr, ($x:ident, $y:ident) => $call:expr) => {
         Ok(Tensor(match (&$a.0, &$b.0) {
             (Storage::Candle($x), Storage::Candle($y)) => Storage::Candle($call?),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             (Storage::Wgpu($x), Storage::Wgpu($y)) => Storage::Wgpu($call?),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             _ => return Err(Error::DeviceMismatch),
         }))
     };
@@ -111,12 +121,12 @@ impl Storage {
     fn candle(&self) -> Result<&CandleStorage> {
         match self {
             Storage::Candle(s) => Ok(s),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             _ => Err(Error::DeviceMismatch),
         }
     }
 
-    #[cfg(wgpu_backend)]
+    #[cfg(feature = "wgpu")]
     fn wgpu(&self) -> Result<&crate::backend::wgpu::WgpuTensor> {
         match self {
             Storage::Wgpu(s) => Ok(s),
@@ -129,7 +139,7 @@ impl Tensor {
     pub fn dims(&self) -> &[usize] {
         match &self.0 {
             Storage::Candle(t) => t.dims(),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(t) => t.dims(),
         }
     }
@@ -159,7 +169,7 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &self.0 {
             Storage::Candle(t) => Device::Candle(t.0.device().clone()),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(t) => Device::Wgpu(t.device()),
         }
     }
@@ -168,8 +178,30 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.0 {
             Storage::Candle(t) => t.to_vec(),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(t) => t.to_vec(),
+        }
+    }
+
+    /// [`Tensor::to_vec`] without blocking: the browser's GPU can only be read back this way.
+    pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        match &self.0 {
+            Storage::Candle(t) => t.to_vec(),
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(t) => t.to_vec_async().await,
+        }
+    }
+
+    /// [`Tensor::to_host`] without blocking.
+    pub async fn to_host_async(&self) -> Result<candle_core::Tensor> {
+        match &self.0 {
+            Storage::Candle(_) => self.to_host(),
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(t) => Ok(candle_core::Tensor::from_vec(
+                t.to_vec_async().await?,
+                t.dims(),
+                &candle_core::Device::Cpu,
+            )?),
         }
     }
 
@@ -177,7 +209,7 @@ impl Tensor {
     pub fn to_host(&self) -> Result<candle_core::Tensor> {
         match &self.0 {
             Storage::Candle(t) => Ok(t.0.to_device(&candle_core::Device::Cpu)?),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(t) => Ok(candle_core::Tensor::from_vec(
                 t.to_vec()?,
                 t.dims(),
@@ -190,7 +222,7 @@ impl Tensor {
     pub fn as_candle(&self) -> Option<&candle_core::Tensor> {
         match &self.0 {
             Storage::Candle(t) => Some(&t.0),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(_) => None,
         }
     }
@@ -242,7 +274,7 @@ impl Tensor {
                 let storages = parts.iter().map(|p| p.0.candle()).collect::<Result<Vec<_>>>()?;
                 Storage::Candle(CandleStorage::cat_rows(&storages)?)
             }
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(_) => {
                 let storages = parts.iter().map(|p| p.0.wgpu()).collect::<Result<Vec<_>>>()?;
                 Storage::Wgpu(crate::backend::wgpu::WgpuTensor::cat_rows(&storages)?)
@@ -321,7 +353,7 @@ impl Tensor {
                 scale.map(|t| t.0.candle()).transpose()?,
                 shift.map(|t| t.0.candle()).transpose()?,
             )?),
-            #[cfg(wgpu_backend)]
+            #[cfg(feature = "wgpu")]
             Storage::Wgpu(x) => Storage::Wgpu(x.channel_affine(
                 scale.map(|t| t.0.wgpu()).transpose()?,
                 shift.map(|t| t.0.wgpu()).transpose()?,

@@ -8,16 +8,18 @@
 //! Tensors cross the boundary as flat `Float32Array`s with a separate shape array.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
-use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint8Array, Uint8ClampedArray};
+use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::Error;
 use crate::import::graph_json::GraphSpec;
 use crate::methods::tunables;
 use crate::render::{self, Colormap, RelevanceMap};
-use crate::{explain as run_explain, LoadOptions, Method, Model, Progress, Request, Targets};
+use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 
 /// Rows per forward/backward pass in the browser when a method's JSON does not say: bounds the
 /// memory of a pass (each MobileNetV2 row keeps ~100 MB of activations) and gives the progress
@@ -26,6 +28,16 @@ pub const WEB_ROWS_PER_PASS: usize = 4;
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// An engine error as a JavaScript `Error`. GPU failures (a lost device, a kernel the driver
+/// refused, memory exhausted) are named `DeviceError`, so the page can fall back to the CPU.
+fn engine_error(e: Error) -> JsValue {
+    let error = js_sys::Error::new(&e.to_string());
+    if matches!(e, Error::Device(_)) {
+        error.set_name("DeviceError");
+    }
+    error.into()
 }
 
 type JsResult<T> = Result<T, JsError>;
@@ -331,10 +343,38 @@ pub fn explanation_safetensors(
 // -------------------------------------------------------------------------------------------
 // The model
 
+/// The browser's WebGPU device, opened once per worker and shared by the models moved onto
+/// it. Exported to JavaScript as `GpuDevice`.
+#[wasm_bindgen(js_name = GpuDevice)]
+pub struct WasmGpu {
+    device: crate::Device,
+}
+
+#[wasm_bindgen(js_class = GpuDevice)]
+impl WasmGpu {
+    /// Opens the high-performance WebGPU adapter with its own limits; rejects with the reason
+    /// when the browser has none (no `navigator.gpu`, no adapter, or the device refused).
+    pub async fn request() -> Result<WasmGpu, JsValue> {
+        let device = crate::backend::wgpu::WgpuDevice::new_async()
+            .await
+            .map_err(engine_error)?;
+        Ok(Self {
+            device: crate::Device::Wgpu(device),
+        })
+    }
+
+    /// The adapter, as the page names it: its name, backend and kind.
+    #[wasm_bindgen(getter)]
+    pub fn name(&self) -> String {
+        self.device.describe()
+    }
+}
+
 /// A loaded model. Exported to JavaScript as `Model`.
 #[wasm_bindgen(js_name = Model)]
 pub struct WasmModel {
-    model: Model,
+    /// Shared with the explanations in flight, which outlive the call that started them.
+    model: Rc<Model>,
 }
 
 #[wasm_bindgen(js_class = Model)]
@@ -356,7 +396,20 @@ impl WasmModel {
             Model::from_safetensors(bytes, name, &LoadOptions { arch, graph }, &device)
         }
         .map_err(js_error)?;
-        Ok(Self { model })
+        Ok(Self { model: Rc::new(model) })
+    }
+
+    /// This model with its weights uploaded to `gpu`, where its explanations then run.
+    #[wasm_bindgen(js_name = onGpu)]
+    pub fn on_gpu(&self, gpu: &WasmGpu) -> Result<WasmModel, JsValue> {
+        let model = self.model.to_device(&gpu.device).map_err(engine_error)?;
+        Ok(Self { model: Rc::new(model) })
+    }
+
+    /// Where this model runs: `cpu`, or the WebGPU adapter's name.
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> String {
+        self.model.device().describe()
     }
 
     /// `resnet18`, `mobilenet_v2`, ..., or `custom`.
@@ -400,8 +453,9 @@ impl WasmModel {
     /// `methods()`), its defaults overridden by `params_json`. `target` is the class to explain
     /// (default: the top prediction); `layer` a layer for Grad-CAM or layer attribution.
     /// `progress(done, total)` is called as the method advances; returning `false` cancels.
-    /// Returns `{attributions: Float32Array, shape, logits: Float32Array, target,
-    /// convergenceDelta, method, params}`.
+    /// Resolves to `{attributions: Float32Array, shape, logits: Float32Array, target,
+    /// convergenceDelta, method, params, device}`; rejects with the engine's message (an error
+    /// named `DeviceError` when the GPU failed).
     #[allow(clippy::too_many_arguments)]
     pub fn explain(
         &self,
@@ -412,9 +466,9 @@ impl WasmModel {
         target: Option<i32>,
         layer: Option<String>,
         progress: Option<Function>,
-    ) -> JsResult<Object> {
+    ) -> Result<Promise, JsValue> {
         let x = tensor(input, shape, "the input")?;
-        let method = build_method(method, params_json.as_deref().unwrap_or("")).map_err(js_error)?;
+        let method = build_method(method, params_json.as_deref().unwrap_or("")).map_err(engine_error)?;
         let request = Request {
             targets: match target {
                 Some(t) => Targets::Classes(vec![t as i64]),
@@ -423,46 +477,57 @@ impl WasmModel {
             layer: layer.filter(|l| !l.trim().is_empty()),
             method,
         };
-        let mut report = |done: usize, total: usize| -> bool {
-            match &progress {
-                Some(f) => f
-                    .call2(
-                        &JsValue::NULL,
-                        &JsValue::from(done as u32),
-                        &JsValue::from(total as u32),
-                    )
-                    .map(|r| r != JsValue::FALSE)
-                    .unwrap_or(true),
-                None => true,
-            }
-        };
-        let explanation = run_explain(&self.model, &x, &request, &mut Progress::new(&mut report)).map_err(js_error)?;
-        let out = Object::new();
-        set(
-            &out,
-            "attributions",
-            Float32Array::from(flat(&explanation.attributions)?.as_slice()),
-        )?;
-        set(&out, "shape", shape_array(explanation.attributions.dims()))?;
-        set(
-            &out,
-            "logits",
-            Float32Array::from(flat(&explanation.logits)?.as_slice()),
-        )?;
-        set(&out, "target", explanation.targets.first().copied().unwrap_or(0) as u32)?;
-        let delta = match &explanation.convergence_delta {
-            Some(d) => JsValue::from(flat(d)?.first().copied().unwrap_or(f32::NAN)),
-            None => JsValue::NULL,
-        };
-        set(&out, "convergenceDelta", delta)?;
-        set(&out, "method", request.method.name())?;
-        set(
-            &out,
-            "params",
-            serde_json::to_string(&request.method).map_err(js_error)?,
-        )?;
-        Ok(out)
+        let model = self.model.clone();
+        Ok(future_to_promise(async move {
+            let mut report = |done: usize, total: usize| -> bool {
+                match &progress {
+                    Some(f) => f
+                        .call2(
+                            &JsValue::NULL,
+                            &JsValue::from(done as u32),
+                            &JsValue::from(total as u32),
+                        )
+                        .map(|r| r != JsValue::FALSE)
+                        .unwrap_or(true),
+                    None => true,
+                }
+            };
+            let explanation = explain_async(&model, &x, &request, &mut Progress::new(&mut report))
+                .await
+                .map_err(engine_error)?;
+            let out = explanation_object(&explanation, &request)?;
+            set(&out, "device", model.device().describe())?;
+            Ok(out.into())
+        }))
     }
+}
+
+fn explanation_object(explanation: &Explanation, request: &Request) -> JsResult<Object> {
+    let out = Object::new();
+    set(
+        &out,
+        "attributions",
+        Float32Array::from(flat(&explanation.attributions)?.as_slice()),
+    )?;
+    set(&out, "shape", shape_array(explanation.attributions.dims()))?;
+    set(
+        &out,
+        "logits",
+        Float32Array::from(flat(&explanation.logits)?.as_slice()),
+    )?;
+    set(&out, "target", explanation.targets.first().copied().unwrap_or(0) as u32)?;
+    let delta = match &explanation.convergence_delta {
+        Some(d) => JsValue::from(flat(d)?.first().copied().unwrap_or(f32::NAN)),
+        None => JsValue::NULL,
+    };
+    set(&out, "convergenceDelta", delta)?;
+    set(&out, "method", request.method.name())?;
+    set(
+        &out,
+        "params",
+        serde_json::to_string(&request.method).map_err(js_error)?,
+    )?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -542,9 +607,16 @@ mod tests {
         assert_eq!(Uint8Array::from(get("photo")).length(), 3 * 224 * 224);
     }
 
+    /// A model's explanation, awaited; a rejection comes back as its message.
+    async fn explained(promise: Result<Promise, JsValue>) -> Result<Object, String> {
+        let message = |v: JsValue| Reflect::get(&v, &"message".into()).unwrap().as_string().unwrap();
+        let result = wasm_bindgen_futures::JsFuture::from(promise.map_err(message)?).await;
+        result.map(Object::from).map_err(message)
+    }
+
     /// A tiny convolutional model through the whole path: load, predict, every method, render.
     #[wasm_bindgen_test]
-    fn explains_a_small_model_with_every_method() {
+    async fn explains_a_small_model_with_every_method() {
         let device = Device::Cpu;
         let mut tensors = HashMap::new();
         let values =
@@ -591,9 +663,13 @@ mod tests {
                 "smoothgrad" => r#"{"n_samples": 3}"#,
                 _ => "",
             };
-            let out = model
-                .explain(&input, &shape, name, Some(params.into()), Some(2), None, None)
-                .unwrap_or_else(|_| panic!("{name} failed"));
+            let out = explained(model.explain(&input, &shape, name, Some(params.into()), Some(2), None, None))
+                .await
+                .unwrap_or_else(|e| panic!("{name} failed: {e}"));
+            assert_eq!(
+                Reflect::get(&out, &"device".into()).unwrap().as_string().unwrap(),
+                "cpu"
+            );
             let attributions = Float32Array::from(Reflect::get(&out, &"attributions".into()).unwrap()).to_vec();
             let dims: Vec<u32> = Array::from(&Reflect::get(&out, &"shape".into()).unwrap())
                 .iter()
@@ -610,12 +686,16 @@ mod tests {
         }
         // Cancelling through the progress callback ends the run with "cancelled".
         let cancel = Function::new_no_args("return false");
-        let err = model
-            .explain(&input, &shape, "integrated-gradients", None, None, None, Some(cancel))
+        let text = explained(model.explain(&input, &shape, "integrated-gradients", None, None, None, Some(cancel)))
+            .await
             .err()
             .unwrap();
-        let v: JsValue = err.into();
-        let text = Reflect::get(&v, &"message".into()).unwrap().as_string().unwrap();
         assert!(text.contains("cancelled"), "{text}");
+        // Bad input is refused before anything runs.
+        let text = explained(model.explain(&input[1..], &shape, "gradient", None, None, None, None))
+            .await
+            .err()
+            .unwrap();
+        assert!(text.contains("values"), "{text}");
     }
 }

@@ -42,6 +42,7 @@ const state = {
   activity: 0, // work in progress of any kind (the page's data-state is 'busy' meanwhile)
   runId: 0,
   photoId: 0,
+  backend: 'auto', // the user's choice of where explanations run
 };
 
 // ------------------------------------------------------------------------------------------
@@ -291,6 +292,46 @@ function requestFor(methodName) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Backend
+
+/** Shows where explanations run, and why not on the GPU when they do not. */
+function showBackend() {
+  const b = state.explainer?.backend;
+  if (!b) return;
+  document.body.dataset.backend = b.backend;
+  $('backend').value = state.backend;
+  let text = 'Explanations run on the CPU (WebAssembly).';
+  if (b.backend === 'webgpu') text = `Explanations run on the GPU: ${b.gpuName}.`;
+  else if (b.gpuProblem && state.backend !== 'cpu') text = `Explanations run on the CPU (WebAssembly): ${b.gpuProblem}.`;
+  $('backend-info').textContent = text;
+}
+
+async function chooseBackend() {
+  if (!state.explainer) return;
+  cancelRun();
+  state.backend = $('backend').value;
+  begin();
+  try {
+    setStatus('Switching…');
+    await state.explainer.setBackend(state.backend);
+    showBackend();
+    setStatus('Ready.');
+  } catch (e) {
+    showError(`Could not switch: ${e.message}`);
+  } finally {
+    end();
+  }
+}
+
+/** A run that fell back from a failed GPU says so, and the menu follows. */
+function noteFallback(result) {
+  if (!result.fallback) return;
+  state.backend = 'cpu';
+  showBackend();
+  showError(`The GPU failed, so this ran on the CPU: ${result.fallback}.`);
+}
+
+// ------------------------------------------------------------------------------------------
 // Model
 
 async function useModel(source, options, description) {
@@ -302,7 +343,8 @@ async function useModel(source, options, description) {
     const started = performance.now();
     let explainer;
     try {
-      explainer = previous ? await previous.reload(source, options) : await Explainer.load(source, options);
+      const withBackend = { ...options, backend: state.backend };
+      explainer = previous ? await previous.reload(source, withBackend) : await Explainer.load(source, withBackend);
     } catch (e) {
       setStatus(previous ? 'Ready (the previous model is still in use).' : 'No model loaded.');
       showError(`Could not use ${description}: ${e.message}`);
@@ -322,6 +364,7 @@ async function useModel(source, options, description) {
       $('version').textContent = await explainer.version();
     }
     fillLayers();
+    showBackend();
     setStatus('Ready.');
     if (state.prepared) await usePhoto(state.prepared);
     return true;
@@ -448,7 +491,8 @@ async function explain() {
     const result = await runOne(method.name, runId, method.label);
     if (runId !== state.runId) return;
     showResult(result);
-    setStatus(`Done: ${method.label} in ${formatMs(result.elapsedMs)}.`);
+    noteFallback(result);
+    setStatus(`Done: ${method.label} in ${formatMs(result.elapsedMs)} on ${deviceOf(result)}.`);
   } catch (e) {
     if (runId !== state.runId) return;
     if (e instanceof CancelledError) setStatus('Cancelled.');
@@ -462,6 +506,11 @@ async function explain() {
   }
 }
 
+function deviceOf(result, { named = false } = {}) {
+  if (result.backend !== 'webgpu') return 'the CPU';
+  return named ? `the GPU (${result.device})` : 'the GPU';
+}
+
 function showResult(result) {
   state.last = result;
   const canvas = $('heatmap');
@@ -472,7 +521,7 @@ function showResult(result) {
   const delta = result.convergenceDelta == null ? '' : `; convergence delta ${formatValue(result.convergenceDelta)}`;
   $('result-info').textContent = `${methodLabel(result.method)} for “${result.label}” (class ${result.target}): ${formatMs(
     result.elapsedMs,
-  )}; attributions [${result.shape.join(', ')}], range ${formatValue(result.low)} to ${formatValue(result.high)}${delta}.`;
+  )} on ${deviceOf(result, { named: true })}; attributions [${result.shape.join(', ')}], range ${formatValue(result.low)} to ${formatValue(result.high)}${delta}.`;
   document.body.dataset.resultMethod = result.method;
   for (const id of ['download-png', 'download-raw', 'download-input']) $(id).disabled = false;
 }
@@ -545,6 +594,7 @@ async function compareAll() {
       try {
         const result = await runOne(method.name, runId, prefix);
         if (runId !== state.runId) return;
+        noteFallback(result);
         pixelsToCanvas(result.rgba, result.canvas.width, result.canvas.height, canvas);
         caption.textContent = `${method.label} · ${formatMs(result.elapsedMs)}`;
         button.setAttribute('aria-label', `${method.label}, ${formatMs(result.elapsedMs)}: show large`);
@@ -626,6 +676,7 @@ function wire() {
   }
 
   $('method').addEventListener('change', showMethod);
+  $('backend').addEventListener('change', chooseBackend);
   $('explain').addEventListener('click', explain);
   $('compare').addEventListener('click', compareAll);
   $('cancel').addEventListener('click', () => {
@@ -688,7 +739,17 @@ window.xaiApp = {
     const bytes = new Uint8Array(r.attributions.buffer, r.attributions.byteOffset, r.attributions.byteLength);
     let binary = '';
     for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return { method: r.method, params: r.params, shape: r.shape, target: r.target, label: r.label, attributions: btoa(binary), elapsedMs: r.elapsedMs };
+    return {
+      method: r.method,
+      params: r.params,
+      shape: r.shape,
+      target: r.target,
+      label: r.label,
+      attributions: btoa(binary),
+      elapsedMs: r.elapsedMs,
+      backend: r.backend,
+      device: r.device,
+    };
   },
   /** The preprocessed input as `candle-xai explain --input` reads it (base64 safetensors). */
   async inputSafetensors() {

@@ -5,10 +5,87 @@
 //
 // Protocol: the page sends {id, type, ...args}; the worker answers {id, ok: true, result} or
 // {id, ok: false, error, fatal}, and {id, progress: {done, total}} while explaining.
+//
+// Backends: explanations run on WebGPU (the engine's WGSL kernels) when the page asks for it
+// and the browser has an adapter, else on the CPU (WebAssembly). The model is always loaded on
+// the CPU too: prediction, and the fallback when the GPU fails mid-run.
 
 let xai = null;
 let exports = null; // the wasm instance's exports (its memory, for diagnostics)
-let model = null;
+let model = null; // on the CPU
+let gpuModel = null; // the same weights on the GPU, when explanations run there
+let gpu = null; // the engine's GpuDevice, once opened
+let gpuProblem = null; // why explanations do not run on WebGPU, for the page
+let gpuName = null; // the adapter, as the browser describes it
+let backend = 'cpu'; // where explanations run: 'webgpu' or 'cpu'
+
+function adapterName(adapter) {
+  const info = adapter.info ?? {};
+  const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ');
+  const software = info.isFallbackAdapter || adapter.isFallbackAdapter ? ' (software)' : '';
+  return `${name || 'unnamed adapter'}${software}`;
+}
+
+/** Opens WebGPU. `auto` skips software adapters (SwiftShader): the CPU path is faster. */
+async function openGpu(mode) {
+  if (gpu) return true;
+  if (!self.navigator?.gpu) {
+    gpuProblem = 'this browser does not offer WebGPU';
+    return false;
+  }
+  try {
+    const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+    if (!adapter) {
+      gpuProblem = 'the browser found no WebGPU adapter';
+      return false;
+    }
+    if (mode === 'auto' && (adapter.info?.isFallbackAdapter || adapter.isFallbackAdapter)) {
+      gpuProblem = 'the only WebGPU adapter is a software one, slower than the CPU path (choose WebGPU to use it anyway)';
+      return false;
+    }
+    gpu = await xai.GpuDevice.request();
+    gpuName = adapterName(adapter);
+    gpuProblem = null;
+    return true;
+  } catch (err) {
+    gpuProblem = `WebGPU could not start: ${err.message ?? err}`;
+    return false;
+  }
+}
+
+/** Puts the CPU model's weights on the GPU when explanations run there. */
+function uploadModel() {
+  if (backend !== 'webgpu' || !model || gpuModel) return;
+  try {
+    gpuModel = model.onGpu(gpu);
+  } catch (err) {
+    fallBack(err);
+  }
+}
+
+/** Gives WebGPU up after a failure (a lost device, a refused kernel, memory exhausted). */
+function fallBack(err) {
+  gpuModel?.free();
+  gpuModel = null;
+  gpu?.free();
+  gpu = null;
+  backend = 'cpu';
+  gpuProblem = `WebGPU failed (${err.message ?? err}); explanations now run on the CPU`;
+  return gpuProblem;
+}
+
+function backendInfo() {
+  return { backend, gpuName: gpu ? gpuName : null, gpuProblem };
+}
+
+async function useBackend(wanted) {
+  backend = wanted !== 'cpu' && (await openGpu(wanted)) ? 'webgpu' : 'cpu';
+  if (backend === 'cpu') {
+    gpuModel?.free();
+    gpuModel = null;
+  }
+  uploadModel();
+}
 
 function modelInfo(m) {
   return {
@@ -26,17 +103,26 @@ function requireModel() {
 }
 
 const handlers = {
-  async init({ glueUrl, module }) {
+  async init({ glueUrl, module, backend: wanted = 'cpu' }) {
     xai = await import(glueUrl);
     exports = await xai.default({ module_or_path: module });
-    return { result: { version: xai.version(), colormaps: xai.colormaps() } };
+    await useBackend(wanted);
+    return { result: { version: xai.version(), colormaps: xai.colormaps(), ...backendInfo() } };
   },
 
   load({ bytes, name, graph, arch }) {
     const loaded = xai.Model.load(new Uint8Array(bytes), name, graph ?? undefined, arch ?? undefined);
-    if (model) model.free();
+    gpuModel?.free();
+    gpuModel = null;
+    model?.free();
     model = loaded;
-    return { result: modelInfo(model) };
+    uploadModel();
+    return { result: { ...modelInfo(model), ...backendInfo() } };
+  },
+
+  async backend({ backend: wanted }) {
+    await useBackend(wanted);
+    return { result: backendInfo() };
   },
 
   methods() {
@@ -58,21 +144,29 @@ const handlers = {
     return { result: logits, transfer: [logits.buffer] };
   },
 
-  explain({ input, shape, method, params, target, layer }, id) {
+  async explain({ input, shape, method, params, target, layer }, id) {
     const progress = (done, total) => {
       postMessage({ id, progress: { done, total } });
       return true;
     };
+    const run = (m) =>
+      m.explain(input, Uint32Array.from(shape), method, params ?? undefined, target ?? undefined, layer ?? undefined, progress);
+    requireModel();
     const started = performance.now();
-    const r = requireModel().explain(
-      input,
-      Uint32Array.from(shape),
-      method,
-      params ?? undefined,
-      target ?? undefined,
-      layer ?? undefined,
-      progress,
-    );
+    let r;
+    let fallback = null;
+    if (gpuModel) {
+      try {
+        r = await run(gpuModel);
+      } catch (err) {
+        if (err?.name !== 'DeviceError') throw err;
+        fallback = fallBack(err);
+      }
+    }
+    r ??= await run(model);
+    r.fallback = fallback;
+    r.backend = backend;
+    if (backend === 'webgpu') r.device = `WebGPU: ${gpuName}`;
     r.engineMs = performance.now() - started;
     r.memoryBytes = exports.memory.buffer.byteLength;
     return { result: r, transfer: [r.attributions.buffer, r.logits.buffer] };

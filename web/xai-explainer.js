@@ -14,6 +14,8 @@
 //   colormap  bwr | hot | gray | positive                               default: bwr
 //   alpha     heatmap opacity, 0..1                                     default: 0.5
 //   size      rendered width in CSS pixels                              default: 224
+//   backend   auto | webgpu | cpu: where explanations run                default: auto (WebGPU on a
+//             hardware adapter, else WebAssembly on the CPU)
 // Properties: `result` (the last explanation: attributions, shape, target, label, ...),
 // `explainer` (the Explainer in use). Events: `xai-result` (detail: the result), `xai-error`
 // (detail: {message}). The JavaScript API (Explainer) is re-exported from this module.
@@ -22,16 +24,17 @@ import { Explainer, DEFAULT_MODEL_URL, METHOD_LABELS } from './xai.js';
 
 export { Explainer, DEFAULT_MODEL_URL, METHOD_LABELS, CancelledError, softmax } from './xai.js';
 
-// One Explainer per model URL, shared by every element on the page.
+// One Explainer per model URL and backend, shared by every element on the page.
 const explainers = new Map();
-function explainerFor(modelUrl) {
+function explainerFor(modelUrl, backend = 'auto') {
   const url = new URL(modelUrl, document.baseURI).href;
-  if (!explainers.has(url)) {
-    const promise = Explainer.load(url);
-    promise.catch(() => explainers.delete(url));
-    explainers.set(url, promise);
+  const key = `${backend} ${url}`;
+  if (!explainers.has(key)) {
+    const promise = Explainer.load(url, { backend });
+    promise.catch(() => explainers.delete(key));
+    explainers.set(key, promise);
   }
-  return explainers.get(url);
+  return explainers.get(key);
 }
 
 // The engine runs one explanation at a time; elements queue so each gets its own run.
@@ -65,7 +68,7 @@ const TEMPLATE = `
 </figure>`;
 
 export class XaiExplainer extends HTMLElement {
-  static observedAttributes = ['src', 'model', 'method', 'params', 'target', 'layer', 'colormap', 'alpha', 'size'];
+  static observedAttributes = ['src', 'model', 'method', 'params', 'target', 'layer', 'colormap', 'alpha', 'size', 'backend'];
 
   #root;
   #run = 0;
@@ -145,7 +148,7 @@ export class XaiExplainer extends HTMLElement {
     try {
       const options = this.#options();
       this.#caption('Loading the model…');
-      const explainer = await explainerFor(this.getAttribute('model') || DEFAULT_MODEL_URL);
+      const explainer = await explainerFor(this.getAttribute('model') || DEFAULT_MODEL_URL, this.getAttribute('backend') || 'auto');
       if (run !== this.#run) return;
       this.explainer = explainer;
       const result = await enqueue(async () => {
@@ -167,7 +170,8 @@ export class XaiExplainer extends HTMLElement {
       await this.#drawBar(result);
       const p = softmaxAt(result.logits, result.target);
       const name = METHOD_LABELS[result.method] ?? result.method;
-      this.#caption(`${result.label} (${(p * 100).toFixed(1)}%) · ${name} · ${(result.elapsedMs / 1000).toFixed(2)} s`);
+      const where = result.backend === 'webgpu' ? 'GPU' : 'CPU';
+      this.#caption(`${result.label} (${(p * 100).toFixed(1)}%) · ${name} · ${(result.elapsedMs / 1000).toFixed(2)} s on the ${where}`);
       this.#el('canvas.heat').setAttribute('aria-label', `${name} heatmap of ${src} for ${result.label}`);
       this.dispatchEvent(new CustomEvent('xai-result', { detail: result, bubbles: true }));
     } catch (e) {

@@ -84,9 +84,11 @@ class Engine {
   #next = 1;
   #ready = null;
   #model = null; // {bytes, name, graph, arch} to reload after a restart
+  #backend; // 'auto' | 'webgpu' | 'cpu', asked again of a restarted worker
   info = null;
 
-  constructor() {
+  constructor(backend = 'cpu') {
+    this.#backend = backend;
     this.#ready = this.#start();
   }
 
@@ -99,7 +101,8 @@ class Engine {
       this.#failAll(new Error(`the engine worker failed: ${e.message || 'unknown error'}`));
     };
     this.#worker = worker;
-    this.meta = await this.#send('init', { glueUrl: rt.glueUrl, module: rt.module });
+    this.meta = await this.#send('init', { glueUrl: rt.glueUrl, module: rt.module, backend: this.#backend });
+    this.backend = backendOf(this.meta);
     if (this.#model) this.info = await this.#send('load', this.#model);
   }
 
@@ -146,7 +149,23 @@ class Engine {
     const info = await this.#send('load', { bytes, name, graph, arch });
     this.#model = { bytes, name, graph, arch };
     this.info = info;
+    this.backend = backendOf(info);
     return info;
+  }
+
+  /** Moves explanations to 'webgpu', 'cpu' or 'auto' (WebGPU on a hardware adapter). */
+  async setBackend(backend) {
+    await this.#ready;
+    this.#backend = backend;
+    this.backend = await this.#send('backend', { backend });
+    return this.backend;
+  }
+
+  /** After a run fell back from a failed GPU, later restarts stay on the CPU. */
+  noteFallback(result) {
+    if (!result.fallback) return;
+    this.#backend = 'cpu';
+    this.backend = { backend: 'cpu', gpuName: null, gpuProblem: result.fallback };
   }
 
   /** Stops whatever runs now (its promise rejects with CancelledError) and starts afresh. */
@@ -161,6 +180,10 @@ class Engine {
     this.#worker?.terminate();
     this.#failAll(new Error('the explainer was disposed'));
   }
+}
+
+function backendOf({ backend, gpuName, gpuProblem }) {
+  return { backend, gpuName, gpuProblem };
 }
 
 async function toBytes(source) {
@@ -245,11 +268,13 @@ export class Explainer {
    * Loads a model: `.safetensors` or PyTorch `.pth` bytes (ArrayBuffer, Uint8Array, Blob/File
    * or URL); nothing for the default ImageNet MobileNetV2. Options: `name` (for messages),
    * `graph` (graph JSON text for a custom model), `arch` (force a torchvision architecture),
-   * `labels` (class names; ImageNet's by default for a 1000-class model).
+   * `labels` (class names; ImageNet's by default for a 1000-class model), `backend` (where
+   * explanations run: 'auto' (default: WebGPU on a hardware adapter, else the CPU), 'webgpu'
+   * (any adapter, software ones included) or 'cpu' (WebAssembly)).
    */
   static async load(source, options = {}) {
     const painter = options.painter ?? new Engine();
-    const engine = new Engine();
+    const engine = new Engine(options.backend ?? 'auto');
     try {
       const bytes = await toBytes(source ?? DEFAULT_MODEL_URL);
       const name = options.name ?? nameOf(source ?? DEFAULT_MODEL_URL, 'model.safetensors');
@@ -280,6 +305,19 @@ export class Explainer {
   }
   get numClasses() {
     return this.info.numClasses;
+  }
+
+  /**
+   * Where explanations run: {backend: 'webgpu' | 'cpu', gpuName (the adapter, on WebGPU),
+   * gpuProblem (why not WebGPU, or why it was given up)}.
+   */
+  get backend() {
+    return this.#engine.backend;
+  }
+
+  /** Moves explanations to 'webgpu', 'cpu' or 'auto'; resolves to the new `backend`. */
+  async setBackend(backend) {
+    return this.#engine.setBackend(backend);
   }
 
   /** Every method: [{name, label, method (defaults), tunables}]. */
@@ -349,7 +387,8 @@ export class Explainer {
    * 'positive'), `alpha` (heatmap opacity 0..1), `onProgress(done, total)`, `signal`
    * (an AbortSignal that cancels). Returns {attributions (Float32Array), shape, logits, target,
    * label, top5, probabilities, convergenceDelta, method, params, elapsedMs, canvas, low, high,
-   * prepared}.
+   * prepared, backend ('webgpu' | 'cpu'), device (the adapter's name or 'cpu'), fallback (set
+   * when WebGPU failed and the CPU produced this result: why)}.
    */
   async explain(image, options = {}) {
     const prepared = await this.prepare(image);
@@ -382,6 +421,7 @@ export class Explainer {
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
+    this.#engine.noteFallback(result);
     result.elapsedMs = performance.now() - started;
     result.label = this.labelOf(result.target);
     result.probabilities = softmax(result.logits);

@@ -7,7 +7,7 @@
 //! affine map, a reduction, or the forward or input-VJP of one layer kind.
 
 pub mod candle;
-#[cfg(wgpu_backend)]
+#[cfg(feature = "wgpu")]
 pub mod wgpu;
 
 use crate::error::Result;

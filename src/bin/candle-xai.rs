@@ -355,12 +355,12 @@ fn parse_device(name: &str) -> CliResult<candle_xai::Device> {
         .map_err(|e| Error::Device(format!("could not open CUDA device {ordinal}: {e}")).into())
 }
 
-#[cfg(wgpu_backend)]
+#[cfg(feature = "wgpu")]
 fn open_wgpu() -> CliResult<candle_xai::Device> {
     Ok(candle_xai::Device::Wgpu(candle_xai::backend::wgpu::WgpuDevice::new()?))
 }
 
-#[cfg(not(wgpu_backend))]
+#[cfg(not(feature = "wgpu"))]
 fn open_wgpu() -> CliResult<candle_xai::Device> {
     Err(Error::Device("this candle-xai was built without the `wgpu` feature; use --device cpu".into()).into())
 }

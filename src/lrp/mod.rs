@@ -93,7 +93,7 @@ impl LrpParams {
     }
 }
 
-pub(crate) fn relevance(
+pub(crate) async fn relevance(
     probe: &crate::methods::probe::Probe<'_>,
     input: &Tensor,
     params: &LrpParams,
@@ -120,6 +120,7 @@ pub(crate) fn relevance(
             None => crate::layers::Layer::input_vjp(&node.op, inputs, output, r),
         },
     )?;
+    input.device().settle().await?;
     progress.report(1, 1)?;
     Ok(crate::methods::Attribution {
         attributions: relevance,

@@ -29,7 +29,7 @@ impl Default for GradCamParams {
 }
 
 /// Grad-CAM from the backward pass of the unperturbed `input` at the layer `layer`.
-pub(crate) fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &GradCamParams) -> Result<Attribution> {
+pub(crate) async fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &GradCamParams) -> Result<Attribution> {
     if pass.activation.rank() != 4 {
         return Err(Error::invalid_parameter(
             "layer",
@@ -51,7 +51,7 @@ pub(crate) fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &GradCam
     if params.upsample {
         // The map is small: it is read back and upsampled on the host, whatever the device.
         let (_, _, h, w) = input.dims4()?;
-        cam = Tensor::from_candle(cam.to_host()?.upsample_bilinear2d(h, w, false)?)?;
+        cam = Tensor::from_candle(cam.to_host_async().await?.upsample_bilinear2d(h, w, false)?)?;
     }
     Ok(Attribution {
         attributions: cam,

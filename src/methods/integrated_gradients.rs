@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::baseline::Baseline;
-use super::probe::{in_passes, unstack, Probe, Progress};
+use super::probe::{unstack, Passes, Probe, Progress};
 use super::quadrature::Quadrature;
 use super::Attribution;
 use crate::backend::Reduce;
@@ -36,7 +36,7 @@ impl Default for IntegratedGradientsParams {
     }
 }
 
-pub(crate) fn integrated_gradients(
+pub(crate) async fn integrated_gradients(
     probe: &Probe<'_>,
     input: &Tensor,
     host_input: &candle_core::Tensor,
@@ -73,7 +73,8 @@ pub(crate) fn integrated_gradients(
     let (step_sizes, alphas) = params.quadrature.points(params.n_steps);
     let batch = probe.batch();
     let mut integral: Option<Tensor> = None;
-    in_passes(params.n_steps, batch, params.batch_size, progress, |steps| {
+    let mut passes = Passes::new(params.n_steps, batch, params.batch_size, input.device(), progress);
+    while let Some(steps) = passes.next().await? {
         let points = steps
             .clone()
             .map(|i| start.add(&span.affine(alphas[i], 0.0)?))
@@ -92,8 +93,7 @@ pub(crate) fn integrated_gradients(
                 None => weighted,
             });
         }
-        Ok(())
-    })?;
+    }
     let integral = integral.expect("n_steps >= 1");
     let attributions = if params.multiply_by_inputs {
         integral.mul(&span)?
@@ -102,8 +102,9 @@ pub(crate) fn integrated_gradients(
     };
     // captum's convergence delta: sum(attributions) - (f(input) - f(baseline)) at the target,
     // in f32 as captum computes it.
-    let sums = attributions.reduce(Reduce::SumPerSample)?.to_vec()?;
-    let (end_logits, start_logits) = (input_logits.to_vec()?, start_logits.to_vec()?);
+    let sums = attributions.reduce(Reduce::SumPerSample)?.to_vec_async().await?;
+    let end_logits = input_logits.to_vec_async().await?;
+    let start_logits = start_logits.to_vec_async().await?;
     let classes = input_logits.dim(1)?;
     let delta: Vec<f32> = probe
         .targets

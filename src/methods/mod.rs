@@ -168,8 +168,23 @@ pub struct Explanation {
     pub convergence_delta: Option<HostTensor>,
 }
 
-/// Explains `input` ([N, C, H, W], already normalised) with `request`, on the model's device.
+/// Explains `input` ([N, C, H, W], already normalised) with `request`, on the model's device,
+/// blocking until the result is on the host. The browser, which cannot block, awaits
+/// [`explain_async`] instead.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn explain(
+    model: &Model,
+    input: &HostTensor,
+    request: &Request,
+    progress: &mut Progress<'_>,
+) -> Result<Explanation> {
+    pollster::block_on(explain_async(model, input, request, progress))
+}
+
+/// [`explain`] as a future. It awaits the device only where the host needs a value: the
+/// logits (for the top-1 targets), between the passes of a multi-pass method, Grad-CAM's map
+/// before upsampling, Integrated Gradients' convergence delta, and the final attributions.
+pub async fn explain_async(
     model: &Model,
     input: &HostTensor,
     request: &Request,
@@ -198,7 +213,7 @@ pub fn explain(
     } else {
         (graph.predict(&input)?, None)
     };
-    let host_logits = logits.to_host()?;
+    let host_logits = logits.to_host_async().await?;
     let targets = request.targets.resolve(&host_logits)?;
     let probe = Probe {
         model,
@@ -206,18 +221,18 @@ pub fn explain(
         at,
     };
     let result = match (&request.method, activations) {
-        (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, &host_input, p, progress)?,
+        (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, &host_input, p, progress).await?,
         (Method::IntegratedGradients(p), _) => {
-            integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, progress)?
+            integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, progress).await?
         }
-        (Method::Lrp(p), _) => crate::lrp::relevance(&probe, &input, p, progress)?,
+        (Method::Lrp(p), _) => crate::lrp::relevance(&probe, &input, p, progress).await?,
         (method, Some(activations)) => {
             progress.report(0, 1)?;
             let pass = probe.backward(&activations)?;
             let result = match method {
                 Method::Gradient(p) => gradient::gradient(pass, p)?,
                 Method::InputXGradient => gradient::input_x_gradient(pass)?,
-                Method::GradCam(p) => grad_cam::grad_cam(pass, &graph.node(at).name, &input, p)?,
+                Method::GradCam(p) => grad_cam::grad_cam(pass, &graph.node(at).name, &input, p).await?,
                 _ => unreachable!("only single-pass methods carry activations"),
             };
             progress.report(1, 1)?;
@@ -226,7 +241,7 @@ pub fn explain(
         (_, None) => unreachable!("single-pass methods always carry activations"),
     };
     Ok(Explanation {
-        attributions: result.attributions.to_host()?,
+        attributions: result.attributions.to_host_async().await?,
         logits: host_logits,
         targets,
         convergence_delta: result.convergence_delta,

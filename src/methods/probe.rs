@@ -99,25 +99,52 @@ pub(crate) fn check_targets(targets: &[usize], classes: usize) -> Result<()> {
 }
 
 /// Splits `count` perturbations of a batch of `batch` samples into passes of at most
-/// `rows_per_pass` rows (at least one perturbation each), reporting progress after each.
-pub(crate) fn in_passes(
+/// `rows_per_pass` rows (at least one perturbation each). Before handing out the next range,
+/// `next` waits until the device has finished the previous pass and reports progress: the bar
+/// follows the work rather than its submission, a cancel lands between passes, and at most one
+/// pass's buffers are in flight on a GPU.
+pub(crate) struct Passes<'p, 'a> {
     count: usize,
-    batch: usize,
-    rows_per_pass: Option<usize>,
-    progress: &mut Progress<'_>,
-    mut pass: impl FnMut(Range<usize>) -> Result<()>,
-) -> Result<()> {
-    let rows = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS).max(1);
-    let per_pass = (rows / batch).max(1);
-    let mut start = 0;
-    progress.report(0, count)?;
-    while start < count {
-        let end = (start + per_pass).min(count);
-        pass(start..end)?;
-        progress.report(end, count)?;
-        start = end;
+    per_pass: usize,
+    start: usize,
+    started: bool,
+    device: Device,
+    progress: &'p mut Progress<'a>,
+}
+
+impl<'p, 'a> Passes<'p, 'a> {
+    pub fn new(
+        count: usize,
+        batch: usize,
+        rows_per_pass: Option<usize>,
+        device: Device,
+        progress: &'p mut Progress<'a>,
+    ) -> Self {
+        let rows = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS).max(1);
+        Self {
+            count,
+            per_pass: (rows / batch.max(1)).max(1),
+            start: 0,
+            started: false,
+            device,
+            progress,
+        }
     }
-    Ok(())
+
+    /// The perturbations of the next pass, or None when all `count` are done.
+    pub async fn next(&mut self) -> Result<Option<Range<usize>>> {
+        if self.started {
+            self.device.settle().await?;
+        }
+        self.started = true;
+        self.progress.report(self.start, self.count)?;
+        if self.start >= self.count {
+            return Ok(None);
+        }
+        let range = self.start..(self.start + self.per_pass).min(self.count);
+        self.start = range.end;
+        Ok(Some(range))
+    }
 }
 
 /// Splits [k*B, ...] into k tensors of [B, ...].

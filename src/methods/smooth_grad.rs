@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::probe::{in_passes, unstack, Probe, Progress};
+use super::probe::{unstack, Passes, Probe, Progress};
 use super::Attribution;
 use crate::backend::Map;
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ impl SmoothGradParams {
     }
 }
 
-pub(crate) fn smooth_grad(
+pub(crate) async fn smooth_grad(
     probe: &Probe<'_>,
     input: &Tensor,
     host_input: &candle_core::Tensor,
@@ -139,7 +139,8 @@ pub(crate) fn smooth_grad(
         });
         Ok(())
     };
-    in_passes(params.n_samples, batch, params.batch_size, progress, |copies| {
+    let mut passes = Passes::new(params.n_samples, batch, params.batch_size, input.device(), progress);
+    while let Some(copies) = passes.next().await? {
         let noisy = copies
             .map(|i| input.add(&params.noise_for(i, input, &stdevs)?))
             .collect::<Result<Vec<_>>>()?;
@@ -149,8 +150,7 @@ pub(crate) fn smooth_grad(
             accumulate(&mut sum_sq, g.map(Map::Sqr)?)?;
             accumulate(&mut sum, g)?;
         }
-        Ok(())
-    })?;
+    }
     let n = params.n_samples as f64;
     let mean = sum.expect("n_samples >= 1").affine(1.0 / n, 0.0)?;
     let mean_sq = sum_sq.expect("n_samples >= 1").affine(1.0 / n, 0.0)?;

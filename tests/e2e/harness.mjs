@@ -55,14 +55,15 @@ export async function serve(root = DIST) {
 }
 
 /** Headless Chromium with the flags this machine needs (no background network at all);
- * playwright gives it a fresh temporary profile. */
-export async function launch() {
+ * playwright gives it a fresh temporary profile. With `webgpu`, the page gets WebGPU on
+ * SwiftShader (Chromium's software adapter); otherwise it has no GPU at all. */
+export async function launch({ webgpu = false } = {}) {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: [
       '--no-sandbox',
-      '--disable-gpu',
+      webgpu ? '--enable-unsafe-webgpu' : '--disable-gpu',
       '--disable-quic',
       '--no-first-run',
       '--disable-background-networking',

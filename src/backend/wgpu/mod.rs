@@ -126,6 +126,15 @@ impl WgpuDevice {
                 *slot = Some(e.to_string());
             }
         }));
+        // A lost device (a driver reset, the browser reclaiming the GPU) fails the next
+        // readback with the reason, like any other error.
+        let slot = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = lock(&slot);
+            if slot.is_none() {
+                *slot = Some(format!("the GPU device was lost ({reason:?}): {message}"));
+            }
+        });
         let limits = device.limits();
         Ok(WgpuDevice(Arc::new(DeviceContext {
             device,
@@ -139,7 +148,13 @@ impl WgpuDevice {
 
     pub fn describe(&self) -> String {
         let info = &self.0.info;
-        format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+        // Browsers hide the adapter's name from wgpu.
+        let name = if info.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &info.name
+        };
+        format!("{name} ({:?}, {:?})", info.backend, info.device_type)
     }
 
     pub fn upload(&self, data: &[f32], dims: &[usize]) -> Result<WgpuTensor> {
@@ -349,6 +364,26 @@ impl WgpuDevice {
         Ok([x as u32, y as u32, 1])
     }
 
+    /// Resolves once the work submitted so far has finished; returns the first error it raised.
+    pub async fn settle(&self) -> Result<()> {
+        let (done, deliver) = Callback::new();
+        self.0.queue.on_submitted_work_done(move || deliver(()));
+        self.poll_natively()?;
+        done.await;
+        self.take_error()
+    }
+
+    /// Natively, wgpu runs callbacks only inside `poll`; in the browser the event loop runs
+    /// them and only the await waits.
+    fn poll_natively(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.0
+            .device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the device: {e}")))?;
+        Ok(())
+    }
+
     fn take_error(&self) -> Result<()> {
         match lock(&self.0.uncaptured).take() {
             Some(e) => Err(Error::Device(e)),
@@ -372,22 +407,41 @@ impl fmt::Debug for WgpuTensor {
     }
 }
 
-/// Resolves when `map_async`'s callback has run, without any executor-specific channel.
-#[derive(Default)]
-struct MapState {
-    result: Option<std::result::Result<(), ::wgpu::BufferAsyncError>>,
+/// A future that resolves with the value a wgpu callback (`map_async`,
+/// `on_submitted_work_done`) delivers, without any executor-specific channel.
+struct Callback<T>(Arc<Mutex<CallbackState<T>>>);
+
+struct CallbackState<T> {
+    value: Option<T>,
     waker: Option<Waker>,
 }
 
-struct MapFuture(Arc<Mutex<MapState>>);
+impl<T: 'static> Callback<T> {
+    /// The future, and the function to hand wgpu as its callback.
+    fn new() -> (Self, impl FnOnce(T) + 'static) {
+        let state = Arc::new(Mutex::new(CallbackState {
+            value: None,
+            waker: None,
+        }));
+        let sender = state.clone();
+        let deliver = move |value: T| {
+            let mut s = lock(&sender);
+            s.value = Some(value);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        };
+        (Callback(state), deliver)
+    }
+}
 
-impl Future for MapFuture {
-    type Output = std::result::Result<(), ::wgpu::BufferAsyncError>;
+impl<T> Future for Callback<T> {
+    type Output = T;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<T> {
         let mut state = lock(&self.0);
-        match state.result.take() {
-            Some(r) => Poll::Ready(r),
+        match state.value.take() {
+            Some(v) => Poll::Ready(v),
             None => {
                 state.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -451,15 +505,8 @@ impl WgpuTensor {
         });
         encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
         ctx.queue.submit([encoder.finish()]);
-        let state = Arc::new(Mutex::new(MapState::default()));
-        let callback_state = state.clone();
-        staging.map_async(::wgpu::MapMode::Read, .., move |r| {
-            let mut s = lock(&callback_state);
-            s.result = Some(r);
-            if let Some(w) = s.waker.take() {
-                w.wake();
-            }
-        });
+        let (mapped, deliver) = Callback::new();
+        staging.map_async(::wgpu::MapMode::Read, .., deliver);
         let oom = oom.pop().await;
         let validation = validation.pop().await;
         if let Some(e) = oom.or(validation) {
@@ -468,11 +515,8 @@ impl WgpuTensor {
                 self.dims
             )));
         }
-        #[cfg(not(target_arch = "wasm32"))]
-        ctx.device
-            .poll(::wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("waiting for the device: {e}")))?;
-        MapFuture(state)
+        self.device.poll_natively()?;
+        mapped
             .await
             .map_err(|e| Error::Device(format!("mapping a tensor of shape {:?}: {e}", self.dims)))?;
         // A kernel of this or an earlier operation may have failed after submission.
@@ -628,7 +672,7 @@ pub(crate) fn u32_of(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::Shape(format!("{what} = {n} does not fit the kernels' 32-bit indices")))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

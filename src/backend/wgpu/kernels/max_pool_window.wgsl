@@ -6,7 +6,7 @@
 
 struct Best {
     value: f32,
-    // Row-major index within the plane, -1 for a window without input cells.
+    // Row-major index within the plane, -1 while no input cell has been seen.
     index: i32,
 }
 
@@ -17,7 +17,9 @@ fn window_max(i: u32) -> Best {
     let base = plane * p.h * p.w;
     let h0 = i32(oh * p.sh) - i32(p.ph);
     let w0 = i32(ow * p.sw) - i32(p.pw);
-    var best = Best(bitcast<f32>(0xff800000u), -1);
+    // The index, not the value, marks "nothing yet": browsers' WGSL compilers refuse an
+    // infinite constant. PyTorch's geometry never makes an empty window.
+    var best = Best(0.0, -1);
     for (var ki = 0u; ki < p.kh; ki++) {
         let ih = h0 + i32(ki * p.dh);
         if ih < 0 || ih >= i32(p.h) {
