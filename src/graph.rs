@@ -49,6 +49,16 @@ impl Activations {
     pub fn output(&self) -> &Tensor {
         self.0.last().expect("a graph has at least its input node")
     }
+
+    /// The most elements any node holds per batch row: how a pass's memory grows with rows.
+    pub fn widest_row(&self) -> usize {
+        self.0.iter().map(row_len).max().unwrap_or(0)
+    }
+}
+
+/// Elements per batch row of `t` ([rows, ...]).
+fn row_len(t: &Tensor) -> usize {
+    t.elem_count() / t.dims().first().copied().unwrap_or(1).max(1)
 }
 
 /// A backward step: given a node, its inputs, its output and the signal arriving at its output,
@@ -161,6 +171,12 @@ impl Graph {
 
     /// Runs the graph keeping only what later nodes still read: for predictions.
     pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(self.predict_sized(input)?.0)
+    }
+
+    /// [`Graph::predict`], also returning [`Activations::widest_row`] of the pass.
+    pub fn predict_sized(&self, input: &Tensor) -> Result<(Tensor, usize)> {
+        let mut widest_row = row_len(input);
         let mut last_use = vec![0usize; self.nodes.len()];
         for (id, node) in self.nodes.iter().enumerate() {
             for &i in &node.inputs {
@@ -180,6 +196,7 @@ impl Graph {
                 })
                 .collect();
             let out = node.op.forward(&inputs).map_err(|e| in_layer(node, e))?;
+            widest_row = widest_row.max(row_len(&out));
             for &i in &node.inputs {
                 if last_use[i] == id {
                     outputs[i] = None;
@@ -187,7 +204,8 @@ impl Graph {
             }
             outputs[id] = Some(out);
         }
-        Ok(outputs.pop().flatten().expect("the output node was computed"))
+        let output = outputs.pop().flatten().expect("the output node was computed");
+        Ok((output, widest_row))
     }
 
     /// Walks back from node `from` (seeded with `seed`, shaped like its output) to node `to`,

@@ -46,6 +46,16 @@ impl Device {
         }
     }
 
+    /// The most elements one tensor may hold here, when the device bounds it (a GPU's
+    /// largest storage buffer); multi-pass methods split their passes to stay below it.
+    pub fn max_tensor_len(&self) -> Option<usize> {
+        match self {
+            Device::Candle(_) => None,
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(d) => Some(d.max_tensor_len()),
+        }
+    }
+
     /// Resolves once the work submitted so far has finished (immediately on candle, whose
     /// operations return finished). Surfaces a GPU error raised by that work.
     pub async fn settle(&self) -> Result<()> {

@@ -4,27 +4,15 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use candle_xai::import::graph_json::GraphSpec;
 use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
 use candle_xai::methods::*;
-use candle_xai::{LoadOptions, Model};
-use common::{assert_close, devices, fixture, Refs, PATH_TOL, REL_TOL};
+use candle_xai::Model;
+use common::{assert_close, devices, Refs, PATH_TOL, REL_TOL};
 
 const MODELS: [&str; 3] = ["mlp", "vgg", "resnet"];
 
 fn load(name: &str, device: &candle_xai::Device) -> (Model, Refs) {
-    let graph =
-        GraphSpec::from_json(&std::fs::read_to_string(fixture(&format!("mnist/{name}.graph.json"))).unwrap()).unwrap();
-    let bytes = std::fs::read(fixture(&format!("mnist/{name}.safetensors"))).unwrap();
-    let options = LoadOptions {
-        graph: Some(graph),
-        ..Default::default()
-    };
-    let model = Model::from_safetensors(&bytes, name, &options, &Device::Cpu)
-        .unwrap()
-        .to_device(device)
-        .unwrap();
-    (model, Refs::load(&fixture(&format!("mnist/{name}_refs.safetensors"))))
+    common::mnist_model(name, device)
 }
 
 fn run(model: &Model, refs: &Refs, method: Method, layer: Option<&str>) -> Explanation {

@@ -73,7 +73,7 @@ pub(crate) async fn integrated_gradients(
     let (step_sizes, alphas) = params.quadrature.points(params.n_steps);
     let batch = probe.batch();
     let mut integral: Option<Tensor> = None;
-    let mut passes = Passes::new(params.n_steps, batch, params.batch_size, input.device(), progress);
+    let mut passes = Passes::new(params.n_steps, params.batch_size, probe, progress);
     while let Some(steps) = passes.next().await? {
         let points = steps
             .clone()

@@ -207,11 +207,13 @@ pub async fn explain_async(
         request.method,
         Method::Gradient(_) | Method::InputXGradient | Method::GradCam(_)
     );
-    let (logits, activations) = if single_pass {
+    let (logits, activations, widest_row) = if single_pass {
         let activations = graph.forward(&input, None)?;
-        (activations.output().clone(), Some(activations))
+        let widest_row = activations.widest_row();
+        (activations.output().clone(), Some(activations), widest_row)
     } else {
-        (graph.predict(&input)?, None)
+        let (logits, widest_row) = graph.predict_sized(&input)?;
+        (logits, None, widest_row)
     };
     let host_logits = logits.to_host_async().await?;
     let targets = request.targets.resolve(&host_logits)?;
@@ -219,6 +221,7 @@ pub async fn explain_async(
         model,
         targets: &targets,
         at,
+        widest_row,
     };
     let result = match (&request.method, activations) {
         (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, &host_input, p, progress).await?,

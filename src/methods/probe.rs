@@ -41,6 +41,8 @@ pub(crate) struct Probe<'a> {
     pub targets: &'a [usize],
     /// Where the gradient is taken: the input (node 0) or a layer's output.
     pub at: NodeId,
+    /// [`crate::graph::Activations::widest_row`] of a pass: sizes passes to the device.
+    pub widest_row: usize,
 }
 
 pub(crate) struct Pass {
@@ -98,11 +100,12 @@ pub(crate) fn check_targets(targets: &[usize], classes: usize) -> Result<()> {
     }
 }
 
-/// Splits `count` perturbations of a batch of `batch` samples into passes of at most
-/// `rows_per_pass` rows (at least one perturbation each). Before handing out the next range,
-/// `next` waits until the device has finished the previous pass and reports progress: the bar
-/// follows the work rather than its submission, a cancel lands between passes, and at most one
-/// pass's buffers are in flight on a GPU.
+/// Splits `count` perturbations of the probe's batch into passes of at most `rows_per_pass`
+/// rows (at least one perturbation each), fewer when the device bounds the size of a tensor
+/// (a GPU's largest storage buffer): a method that would need more is split, not refused.
+/// Before handing out the next range, `next` waits until the device has finished the previous
+/// pass and reports progress: the bar follows the work rather than its submission, a cancel
+/// lands between passes, and at most one pass's buffers are in flight on a GPU.
 pub(crate) struct Passes<'p, 'a> {
     count: usize,
     per_pass: usize,
@@ -113,17 +116,15 @@ pub(crate) struct Passes<'p, 'a> {
 }
 
 impl<'p, 'a> Passes<'p, 'a> {
-    pub fn new(
-        count: usize,
-        batch: usize,
-        rows_per_pass: Option<usize>,
-        device: Device,
-        progress: &'p mut Progress<'a>,
-    ) -> Self {
-        let rows = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS).max(1);
+    pub fn new(count: usize, rows_per_pass: Option<usize>, probe: &Probe<'_>, progress: &'p mut Progress<'a>) -> Self {
+        let device = probe.model.device().clone();
+        let mut rows = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS);
+        if let Some(max_len) = device.max_tensor_len() {
+            rows = rows.min(max_len / probe.widest_row.max(1));
+        }
         Self {
             count,
-            per_pass: (rows / batch.max(1)).max(1),
+            per_pass: (rows / probe.batch().max(1)).max(1),
             start: 0,
             started: false,
             device,

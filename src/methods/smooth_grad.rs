@@ -139,7 +139,7 @@ pub(crate) async fn smooth_grad(
         });
         Ok(())
     };
-    let mut passes = Passes::new(params.n_samples, batch, params.batch_size, input.device(), progress);
+    let mut passes = Passes::new(params.n_samples, params.batch_size, probe, progress);
     while let Some(copies) = passes.next().await? {
         let noisy = copies
             .map(|i| input.add(&params.noise_for(i, input, &stdevs)?))

@@ -192,6 +192,26 @@ pub fn tiny_rgb_model(dir: &Path) -> (PathBuf, PathBuf) {
     (model, graph)
 }
 
+/// A trained MNIST model of `tests/fixtures/mnist` (`mlp`, `vgg` or `resnet`), on the CPU.
+pub fn mnist_cpu(name: &str) -> candle_xai::Model {
+    let graph = candle_xai::import::graph_json::GraphSpec::from_json(
+        &std::fs::read_to_string(fixture(&format!("mnist/{name}.graph.json"))).unwrap(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(fixture(&format!("mnist/{name}.safetensors"))).unwrap();
+    let options = candle_xai::LoadOptions {
+        graph: Some(graph),
+        ..Default::default()
+    };
+    candle_xai::Model::from_safetensors(&bytes, name, &options, &candle_core::Device::Cpu).unwrap()
+}
+
+/// [`mnist_cpu`] on `device`, with its captum/zennit references.
+pub fn mnist_model(name: &str, device: &candle_xai::Device) -> (candle_xai::Model, Refs) {
+    let model = mnist_cpu(name).to_device(device).unwrap();
+    (model, Refs::load(&fixture(&format!("mnist/{name}_refs.safetensors"))))
+}
+
 /// Explains the fixture's `inputs` for its `targets` with `method`, at the input or `layer`.
 pub fn explain_refs(
     model: &candle_xai::Model,

@@ -92,6 +92,18 @@ impl WgpuDevice {
     }
 
     pub async fn new_async() -> Result<Self> {
+        Self::open(None).await
+    }
+
+    /// The default adapter, with its storage buffers capped at `bytes` (never above what the
+    /// adapter allows): runs a model as a device with less memory per buffer would, such as
+    /// a browser that grants only WebGPU's default 128 MiB. Blocks until it is ready.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_max_buffer_bytes(bytes: u64) -> Result<Self> {
+        pollster::block_on(Self::open(Some(bytes)))
+    }
+
+    async fn open(max_buffer_bytes: Option<u64>) -> Result<Self> {
         // Instance::new panics when the build enabled no backend for this platform.
         if ::wgpu::Instance::enabled_backend_features().is_empty() {
             return Err(Error::Device(
@@ -108,11 +120,16 @@ impl WgpuDevice {
         let info = adapter.get_info();
         // The adapter's own limits rather than WebGPU's defaults, so native drivers allow
         // storage buffers far beyond 128 MiB.
+        let mut limits = adapter.limits();
+        if let Some(cap) = max_buffer_bytes {
+            limits.max_buffer_size = limits.max_buffer_size.min(cap);
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
+        }
         let (device, queue) = adapter
             .request_device(&::wgpu::DeviceDescriptor {
                 label: Some("candle-xai"),
                 required_features: ::wgpu::Features::empty(),
-                required_limits: adapter.limits(),
+                required_limits: limits,
                 memory_hints: ::wgpu::MemoryHints::Performance,
                 ..Default::default()
             })
@@ -189,15 +206,21 @@ impl WgpuDevice {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// Too large a buffer would otherwise only surface as an asynchronous validation error.
-    fn check_size(&self, len: usize) -> Result<()> {
-        let bytes = (len as u64).saturating_mul(4);
-        let limit = self
+    /// The most f32 elements one tensor may hold on this device.
+    pub fn max_tensor_len(&self) -> usize {
+        let bytes = self
             .0
             .limits
             .max_storage_buffer_binding_size
             .min(self.0.limits.max_buffer_size);
-        if bytes > limit {
+        usize::try_from(bytes / 4).unwrap_or(usize::MAX)
+    }
+
+    /// Too large a buffer would otherwise only surface as an asynchronous validation error.
+    fn check_size(&self, len: usize) -> Result<()> {
+        let bytes = (len as u64).saturating_mul(4);
+        let limit = self.max_tensor_len() as u64 * 4;
+        if len > self.max_tensor_len() {
             return Err(Error::Device(format!(
                 "a tensor of {len} f32 ({bytes} bytes) exceeds the device's storage buffer limit of {limit} bytes"
             )));
