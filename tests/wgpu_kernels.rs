@@ -474,6 +474,84 @@ fn conv_1x1_and_larger_than_a_tile() {
     );
 }
 
+/// The input-VJP runs as a GEMM from 16 input channels per group (smaller ones gather), so
+/// these cases keep at least 16 and cover its stride phases and tile edges.
+#[test]
+fn conv_vjp_gemm_ragged_tiles_and_stride_phases() {
+    // 67 input channels per group: a full and a ragged 64-channel tile; 19 output channels
+    // per group: a reduction that is no multiple of the 16-deep slices.
+    check_conv(
+        ConvCase {
+            n: 2,
+            cin: 134,
+            hw: (9, 10),
+            cout: 38,
+            g: geom((3, 3), 2, 1, (1, 0, 2, 1), 2),
+        },
+        21,
+    );
+    // 1x1 stride 2: odd rows and columns receive no gradient at all.
+    check_conv(
+        ConvCase {
+            n: 2,
+            cin: 16,
+            hw: (9, 7),
+            cout: 24,
+            g: geom((1, 1), 2, 1, (0, 0, 0, 0), 1),
+        },
+        22,
+    );
+    // Dilation 2 with stride 2: every tap lands on even offsets, so one phase per axis is empty.
+    check_conv(
+        ConvCase {
+            n: 1,
+            cin: 17,
+            hw: (11, 12),
+            cout: 5,
+            g: geom((3, 3), 2, 2, (2, 1, 2, 2), 1),
+        },
+        23,
+    );
+    // Stride 4, dilation 2 (taps every other step) and stride 3, dilation 2 (every third).
+    check_conv(
+        ConvCase {
+            n: 2,
+            cin: 18,
+            hw: (13, 11),
+            cout: 3,
+            g: geom((5, 3), 4, 2, (3, 0, 1, 2), 1),
+        },
+        24,
+    );
+    check_conv(
+        ConvCase {
+            n: 1,
+            cin: 40,
+            hw: (14, 13),
+            cout: 6,
+            g: geom((5, 4), 3, 2, (1, 2, 3, 0), 2),
+        },
+        25,
+    );
+}
+
+#[test]
+fn conv_vjp_gemm_folds_the_dispatch() {
+    // Stride 300 makes 90000 stride phases per sample, nearly all of them without pixels:
+    // more workgroups than one dimension holds, yet cheap. Rows 0 and 1 each take one tap,
+    // row 2 none (it must still be written, as zero).
+    check_conv(
+        ConvCase {
+            n: 2,
+            cin: 16,
+            hw: (3, 2),
+            cout: 3,
+            g: geom((2, 1), 300, 1, (0, 0, 0, 0), 1),
+        },
+        26,
+    );
+}
+
 // ---------------------------------------------------------------- pooling
 
 /// PyTorch's max pooling: the first maximum of each window's valid cells, and its index.
@@ -704,6 +782,12 @@ fn timing() {
             geom((3, 3), 1, 1, (1, 1, 1, 1), 64),
         ),
         (
+            "1x3x224x224 7x7/2 stem conv",
+            [1, 3, 224, 224],
+            64,
+            geom((7, 7), 2, 1, (3, 3, 3, 3), 1),
+        ),
+        (
             "1x256x14x14 3x3 conv",
             [1, 256, 14, 14],
             256,
@@ -712,7 +796,7 @@ fn timing() {
     ];
     for (name, dims, cout, g) in cases {
         let (_, x) = random(&mut rng, &dims);
-        let (_, k) = random(&mut rng, &[cout, dims[1] / g.groups, 3, 3]);
+        let (_, k) = random(&mut rng, &[cout, dims[1] / g.groups, g.kernel.0, g.kernel.1]);
         let y = x.conv2d(&k, &g).unwrap();
         y.to_vec().unwrap();
         let (_, grad) = random(&mut rng, y.dims());

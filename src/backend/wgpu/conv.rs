@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{u32_of, Kernel, WgpuTensor};
+use super::{u32_of, Kernel, WgpuDevice, WgpuTensor};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::layers::WindowGeometry;
@@ -25,13 +25,22 @@ const DEPTHWISE: Kernel = Kernel {
     entry: "depthwise",
     inputs: 2,
 };
-const TRANSPOSED: Kernel = Kernel {
-    name: "conv_transposed",
+const TRANSPOSED_GEMM: Kernel = Kernel {
+    name: "conv_transposed_gemm",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
         include_str!("kernels/conv_transposed.wgsl")
     ),
-    entry: "general",
+    entry: "gemm",
+    inputs: 2,
+};
+const TRANSPOSED_GATHER: Kernel = Kernel {
+    name: "conv_transposed_gather",
+    source: concat!(
+        include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/conv_transposed.wgsl")
+    ),
+    entry: "gather",
     inputs: 2,
 };
 const TRANSPOSED_DEPTHWISE: Kernel = Kernel {
@@ -43,8 +52,11 @@ const TRANSPOSED_DEPTHWISE: Kernel = Kernel {
     entry: "depthwise",
     inputs: 2,
 };
-/// Output channels and output pixels per GEMM workgroup (see conv.wgsl).
+/// Channels and pixels per GEMM workgroup (see conv.wgsl and conv_transposed.wgsl).
 const TILE: usize = 64;
+/// Below this many input channels per group the input-VJP gathers instead of running a GEMM
+/// whose 64-channel tiles would be three-quarters padding.
+const VJP_GEMM_MIN_CHANNELS: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -64,8 +76,8 @@ struct Params {
     pad_left: u32,
     cin_g: u32,
     cout_g: u32,
-    /// Forward GEMM only: workgroups along y per group (conv_params.wgsl).
-    co_tiles: u32,
+    /// GEMMs only: 64-row tiles per group (conv_params.wgsl).
+    channel_tiles: u32,
 }
 
 /// The sizes of one convolution, checked against each other.
@@ -130,7 +142,7 @@ impl Shape {
         self.groups == self.cin && self.cout == self.cin
     }
 
-    fn params(&self, g: &WindowGeometry, co_tiles: usize) -> Result<Params> {
+    fn params(&self, g: &WindowGeometry, channel_tiles: usize) -> Result<Params> {
         Ok(Params {
             n: u32_of(self.n, "batch")?,
             cin: u32_of(self.cin, "input channels")?,
@@ -147,7 +159,7 @@ impl Shape {
             pad_left: u32_of(g.padding.2, "left padding")?,
             cin_g: u32_of(self.cin / self.groups, "input channels per group")?,
             cout_g: u32_of(self.cout / self.groups, "output channels per group")?,
-            co_tiles: u32_of(co_tiles, "channel tiles")?,
+            channel_tiles: u32_of(channel_tiles, "channel tiles")?,
         })
     }
 }
@@ -167,13 +179,13 @@ pub(super) fn conv2d(x: &WgpuTensor, kernel: &WgpuTensor, g: &WindowGeometry) ->
             device.linear_grid(out.len())?,
         )?;
     } else {
-        let co_tiles = (s.cout / s.groups).div_ceil(TILE);
+        let channel_tiles = (s.cout / s.groups).div_ceil(TILE);
         let grid = [
             u32_of((s.out_hw.0 * s.out_hw.1).div_ceil(TILE), "pixel tiles")?,
-            u32_of(s.groups * co_tiles, "channel tiles")?,
+            u32_of(s.groups * channel_tiles, "channel tiles")?,
             u32_of(s.n, "batch")?,
         ];
-        device.dispatch(&GEMM, &s.params(g, co_tiles)?, &inputs, out.buffer(), grid)?;
+        device.dispatch(&GEMM, &s.params(g, channel_tiles)?, &inputs, out.buffer(), grid)?;
     }
     Ok(out)
 }
@@ -188,18 +200,35 @@ pub(super) fn conv2d_transposed(
     let s = Shape::check(grad.dims(), kernel.dims(), g, Some(input_hw))?;
     let device = grad.device();
     let out = device.alloc(&[s.n, s.cin, input_hw.0, input_hw.1])?;
-    let kind = if s.depthwise() {
-        &TRANSPOSED_DEPTHWISE
+    let inputs = [grad.buffer(), kernel.buffer()];
+    let cin_g = s.cin / s.groups;
+    if s.depthwise() || cin_g < VJP_GEMM_MIN_CHANNELS {
+        let kind = if s.depthwise() {
+            &TRANSPOSED_DEPTHWISE
+        } else {
+            &TRANSPOSED_GATHER
+        };
+        device.dispatch(
+            kind,
+            &s.params(g, 0)?,
+            &inputs,
+            out.buffer(),
+            device.linear_grid(out.len())?,
+        )?;
     } else {
-        &TRANSPOSED
-    };
-    let grid = device.linear_grid(out.len())?;
-    device.dispatch(
-        kind,
-        &s.params(g, 0)?,
-        &[grad.buffer(), kernel.buffer()],
-        out.buffer(),
-        grid,
-    )?;
+        // One workgroup per (pixel tile, channel tile, group, stride phase, sample), folded
+        // into x and y; the kernel unfolds the linear id (conv_transposed.wgsl).
+        let channel_tiles = cin_g.div_ceil(TILE);
+        let phase_pixels = input_hw.0.div_ceil(g.stride) * input_hw.1.div_ceil(g.stride);
+        let workgroups = phase_pixels.div_ceil(TILE) * channel_tiles * s.groups * g.stride * g.stride * s.n;
+        let grid = WgpuDevice::fold(workgroups)?;
+        device.dispatch(
+            &TRANSPOSED_GEMM,
+            &s.params(g, channel_tiles)?,
+            &inputs,
+            out.buffer(),
+            grid,
+        )?;
+    }
     Ok(out)
 }

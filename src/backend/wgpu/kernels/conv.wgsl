@@ -21,8 +21,8 @@ fn gemm(
     @builtin(local_invocation_index) li: u32,
 ) {
     let pixels = p.ho * p.wo;
-    let g = wid.y / p.co_tiles;
-    let co0 = (wid.y % p.co_tiles) * TILE;
+    let g = wid.y / p.channel_tiles;
+    let co0 = (wid.y % p.channel_tiles) * TILE;
     let pix0 = wid.x * TILE;
     let n = wid.z;
     let khw = p.kh * p.kw;

@@ -16,6 +16,7 @@ struct Params {
     pad_left: u32,
     cin_g: u32,
     cout_g: u32,
-    // Forward GEMM only: workgroups along y per group, ceil(cout_g / 64).
-    co_tiles: u32,
+    // GEMMs only: 64-row tiles per group, ceil(cout_g / 64) forward and ceil(cin_g / 64)
+    // for the input-VJP.
+    channel_tiles: u32,
 }
