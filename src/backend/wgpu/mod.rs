@@ -1,11 +1,13 @@
 //! The wgpu backend: our own WGSL compute kernels over f32 storage buffers.
 //!
-//! Every operation records one command encoder and submits it without waiting; results stay
-//! on the device until `to_vec` maps a staging copy. wgpu reports validation and
+//! Every operation records its commands into the device's pending batch (batch.rs) without
+//! waiting; the batch is submitted when a readback needs it or when it is full, and results
+//! stay on the device until `to_vec` maps a staging copy. wgpu reports validation and
 //! out-of-memory errors asynchronously, so the device keeps the first uncaptured error and
 //! the next readback returns it as [`Error::Device`] instead of letting wgpu's default
 //! handler panic.
 
+mod batch;
 mod conv;
 mod elementwise;
 mod matmul;
@@ -23,6 +25,7 @@ use ::wgpu::util::DeviceExt;
 use crate::backend::{BackendStorage, Map, Reduce, WindowBins, Zip};
 use crate::error::{Error, Result};
 use crate::layers::{PoolWindow, WindowGeometry};
+use batch::Batch;
 
 /// Threads per workgroup of the 1-D kernels; WebGPU's default limit is 256.
 const LINEAR_WORKGROUP: u32 = 256;
@@ -48,6 +51,9 @@ struct DeviceContext {
     info: ::wgpu::AdapterInfo,
     limits: ::wgpu::Limits,
     pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    /// Commands recorded but not yet submitted. Held locked while recording and submitting,
+    /// so that batches reach the queue in the order their commands were recorded.
+    batch: Mutex<Option<Batch>>,
     /// The first error wgpu raised outside an error scope, waiting for the next readback.
     uncaptured: Arc<Mutex<Option<String>>>,
 }
@@ -159,6 +165,7 @@ impl WgpuDevice {
             info,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            batch: Mutex::new(None),
             uncaptured,
         })))
     }
@@ -309,7 +316,7 @@ impl WgpuDevice {
         p
     }
 
-    /// Records and submits one dispatch of `kernel`; does not wait for it.
+    /// Records one dispatch of `kernel` into the pending batch; does not wait for it.
     pub(crate) fn dispatch<P: bytemuck::Pod>(
         &self,
         kernel: &Kernel,
@@ -330,41 +337,66 @@ impl WgpuDevice {
             )));
         }
         let p = self.pipeline(kernel);
-        let device = &self.0.device;
-        let uniform = device.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::bytes_of(params),
-            usage: ::wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![::wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        for (i, b) in inputs.iter().chain(std::iter::once(&output)).enumerate() {
-            entries.push(::wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
+        self.record(|batch| {
+            let mut entries = vec![::wgpu::BindGroupEntry {
+                binding: 0,
+                resource: ::wgpu::BindingResource::Buffer(batch.params(bytemuck::bytes_of(params))),
+            }];
+            for (i, b) in inputs.iter().chain(std::iter::once(&output)).enumerate() {
+                entries.push(::wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.as_entire_binding(),
+                });
+            }
+            let bind_group = self.0.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+                label: Some(kernel.name),
+                layout: &p.layout,
+                entries: &entries,
             });
-        }
-        let bind_group = device.create_bind_group(&::wgpu::BindGroupDescriptor {
-            label: Some(kernel.name),
-            layout: &p.layout,
-            entries: &entries,
-        });
-        let mut encoder = device.create_command_encoder(&::wgpu::CommandEncoderDescriptor {
-            label: Some(kernel.name),
-        });
-        {
-            let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+            let mut pass = batch.encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                 label: Some(kernel.name),
                 timestamp_writes: None,
             });
             pass.set_pipeline(&p.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-        }
-        self.0.queue.submit([encoder.finish()]);
+        });
         Ok(())
+    }
+
+    /// Records one command into the pending batch, submitting the batch once it is full.
+    fn record(&self, command: impl FnOnce(&mut Batch)) {
+        let mut pending = lock(&self.0.batch);
+        let batch = pending.get_or_insert_with(|| Batch::new(&self.0.device, &self.0.limits));
+        command(batch);
+        if batch.count() {
+            if let Some(full) = pending.take() {
+                full.submit(&self.0.queue);
+            }
+        }
+    }
+
+    /// Submits the pending batch, if any.
+    fn flush(&self) {
+        if let Some(batch) = lock(&self.0.batch).take() {
+            batch.submit(&self.0.queue);
+        }
+    }
+
+    /// Records `last` after everything pending and submits it all.
+    fn submit_with(&self, last: impl FnOnce(&mut ::wgpu::CommandEncoder)) {
+        let mut pending = lock(&self.0.batch);
+        match pending.take() {
+            Some(mut batch) => {
+                last(&mut batch.encoder);
+                batch.submit(&self.0.queue);
+            }
+            None => {
+                let mut encoder = self.0.device.create_command_encoder(&Default::default());
+                last(&mut encoder);
+                self.0.queue.submit([encoder.finish()]);
+            }
+        }
     }
 
     /// Workgroups for `len` threads of a 1-D kernel. Past 65535 workgroups the count folds
@@ -389,6 +421,7 @@ impl WgpuDevice {
 
     /// Resolves once the work submitted so far has finished; returns the first error it raised.
     pub async fn settle(&self) -> Result<()> {
+        self.flush();
         let (done, deliver) = Callback::new();
         self.0.queue.on_submitted_work_done(move || deliver(()));
         self.poll_natively()?;
@@ -509,12 +542,13 @@ impl WgpuTensor {
     /// browser the map callback fires from the event loop, so only the await waits.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
         let ctx = &self.device.0;
-        self.device.take_error()?;
         let len = self.len();
         if len == 0 {
+            self.device.take_error()?;
             return Ok(Vec::new());
         }
         let size = (len * 4) as u64;
+        // The pending batch is submitted inside these scopes, so its errors come back here.
         let validation = ctx.device.push_error_scope(::wgpu::ErrorFilter::Validation);
         let oom = ctx.device.push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
         let staging = ctx.device.create_buffer(&::wgpu::BufferDescriptor {
@@ -523,15 +557,16 @@ impl WgpuTensor {
             usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = ctx.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
-        });
-        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
-        ctx.queue.submit([encoder.finish()]);
+        // After everything recorded so far, this tensor's producers among it.
+        self.device
+            .submit_with(|encoder| encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size));
         let (mapped, deliver) = Callback::new();
         staging.map_async(::wgpu::MapMode::Read, .., deliver);
         let oom = oom.pop().await;
         let validation = validation.pop().await;
+        // An error raised outside the scopes (a kernel that failed to compile, a full batch
+        // submitted earlier) is the older and more telling one; both are consumed.
+        self.device.take_error()?;
         if let Some(e) = oom.or(validation) {
             return Err(Error::Device(format!(
                 "reading a tensor of shape {:?} back: {e}",
@@ -600,10 +635,11 @@ impl BackendStorage for WgpuTensor {
         let out = self.device.alloc(&dims)?;
         let bytes = (len * row * 4) as u64;
         if bytes > 0 {
-            let ctx = &self.device.0;
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(&self.buffer, (start * row * 4) as u64, &out.buffer, 0, bytes);
-            ctx.queue.submit([encoder.finish()]);
+            self.device.record(|batch| {
+                batch
+                    .encoder
+                    .copy_buffer_to_buffer(&self.buffer, (start * row * 4) as u64, &out.buffer, 0, bytes)
+            });
         }
         Ok(out)
     }
@@ -630,17 +666,18 @@ impl BackendStorage for WgpuTensor {
         let mut dims = first.dims.clone();
         dims[0] = rows;
         let out = first.device.alloc(&dims)?;
-        let ctx = &first.device.0;
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        let mut offset = 0u64;
-        for p in parts {
-            let bytes = (p.len() * 4) as u64;
-            if bytes > 0 {
-                encoder.copy_buffer_to_buffer(&p.buffer, 0, &out.buffer, offset, bytes);
+        first.device.record(|batch| {
+            let mut offset = 0u64;
+            for p in parts {
+                let bytes = (p.len() * 4) as u64;
+                if bytes > 0 {
+                    batch
+                        .encoder
+                        .copy_buffer_to_buffer(&p.buffer, 0, &out.buffer, offset, bytes);
+                }
+                offset += bytes;
             }
-            offset += bytes;
-        }
-        ctx.queue.submit([encoder.finish()]);
+        });
         Ok(out)
     }
 
@@ -718,6 +755,18 @@ mod tests {
             .dispatch(&BROKEN, &params, &[x.buffer()], y.buffer(), [1, 1, 1])
             .unwrap();
         let err = y.to_vec().unwrap_err();
+        assert!(matches!(err, Error::Device(_)), "{err}");
+        assert_eq!(x.map(Map::Sqr).unwrap().to_vec().unwrap(), [1.0, 4.0]);
+        // Again with enough work after the broken dispatch that its batch is submitted
+        // before the readback, outside the readback's error scopes.
+        device
+            .dispatch(&BROKEN, &params, &[x.buffer()], y.buffer(), [1, 1, 1])
+            .unwrap();
+        let mut z = x.clone();
+        for _ in 0..batch::MAX_COMMANDS {
+            z = z.map(Map::Sqr).unwrap();
+        }
+        let err = z.to_vec().unwrap_err();
         assert!(matches!(err, Error::Device(_)), "{err}");
         assert_eq!(x.map(Map::Sqr).unwrap().to_vec().unwrap(), [1.0, 4.0]);
     }
