@@ -19,15 +19,24 @@ let gpuProblem = null; // why explanations do not run on WebGPU, for the page
 let gpuName = null; // the adapter, as the browser describes it
 let backend = 'cpu'; // where explanations run: 'webgpu' or 'cpu'
 
+let gpuIsSoftware = false;
+
+const isSoftware = (adapter) => Boolean(adapter.info?.isFallbackAdapter || adapter.isFallbackAdapter);
+const SOFTWARE_ONLY =
+  'the only WebGPU adapter is a software one, slower than the CPU path (choose WebGPU to use it anyway)';
+
 function adapterName(adapter) {
   const info = adapter.info ?? {};
   const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ');
-  const software = info.isFallbackAdapter || adapter.isFallbackAdapter ? ' (software)' : '';
-  return `${name || 'unnamed adapter'}${software}`;
+  return `${name || 'unnamed adapter'}${isSoftware(adapter) ? ' (software)' : ''}`;
 }
 
 /** Opens WebGPU. `auto` skips software adapters (SwiftShader): the CPU path is faster. */
 async function openGpu(mode) {
+  if (gpu && mode === 'auto' && gpuIsSoftware) {
+    gpuProblem = SOFTWARE_ONLY;
+    return false;
+  }
   if (gpu) return true;
   if (!self.navigator?.gpu) {
     gpuProblem = 'this browser does not offer WebGPU';
@@ -39,12 +48,13 @@ async function openGpu(mode) {
       gpuProblem = 'the browser found no WebGPU adapter';
       return false;
     }
-    if (mode === 'auto' && (adapter.info?.isFallbackAdapter || adapter.isFallbackAdapter)) {
-      gpuProblem = 'the only WebGPU adapter is a software one, slower than the CPU path (choose WebGPU to use it anyway)';
+    if (mode === 'auto' && isSoftware(adapter)) {
+      gpuProblem = SOFTWARE_ONLY;
       return false;
     }
     gpu = await xai.GpuDevice.request();
     gpuName = adapterName(adapter);
+    gpuIsSoftware = isSoftware(adapter);
     gpuProblem = null;
     return true;
   } catch (err) {

@@ -107,5 +107,10 @@ test('the page: automatic skips a software adapter; choosing the GPU explains th
   const decode = (r) => new Float32Array(Uint8Array.from(Buffer.from(r.attributions, 'base64')).buffer);
   const e = relativeError(decode(onGpu), decode(onCpu), TOLERANCE);
   assert.ok(e.relative <= TOLERANCE, `Grad-CAM on WebGPU differs from the CPU by ${e.relative.toExponential(2)}`);
+  // Back to automatic: the software adapter, though open, is not used.
+  await page.selectOption('#backend', 'auto');
+  await idle(page);
+  assert.equal(await page.$eval('body', (b) => b.dataset.backend), 'cpu');
+  assert.match(await page.$eval('#backend-info', (e) => e.textContent), /CPU .*software/);
   assert.deepEqual(errors, []);
 });
