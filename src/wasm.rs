@@ -363,6 +363,15 @@ impl WasmGpu {
         })
     }
 
+    /// Loses the device on purpose, as a driver reset would: the next explanation on it
+    /// rejects with a `DeviceError`. For testing the page's fallback to the CPU.
+    #[wasm_bindgen(js_name = loseForTesting)]
+    pub fn lose_for_testing(&self) {
+        if let crate::Device::Wgpu(device) = &self.device {
+            device.lose_for_testing();
+        }
+    }
+
     /// The adapter, as the page names it: its name, backend and kind.
     #[wasm_bindgen(getter)]
     pub fn name(&self) -> String {

@@ -130,6 +130,12 @@ const handlers = {
     return { result: { ...modelInfo(model), ...backendInfo() } };
   },
 
+  /** The GPU device is lost on purpose (tests of the fallback); the model stays on it. */
+  loseGpuForTesting() {
+    gpu?.loseForTesting();
+    return { result: backendInfo() };
+  },
+
   async backend({ backend: wanted }) {
     await useBackend(wanted);
     return { result: backendInfo() };

@@ -320,6 +320,14 @@ export class Explainer {
     return this.#engine.setBackend(backend);
   }
 
+  /**
+   * Loses the GPU device on purpose, as a driver reset would (WebGL's `loseContext` for
+   * WebGPU): the next explanation fails on the GPU and is redone on the CPU. For tests.
+   */
+  async loseGpuForTesting() {
+    return this.#engine.call('loseGpuForTesting');
+  }
+
   /** Every method: [{name, label, method (defaults), tunables}]. */
   async methods() {
     this.#methods ??= this.#painter.call('methods').then((list) =>

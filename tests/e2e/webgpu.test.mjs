@@ -107,6 +107,18 @@ test('the page: automatic skips a software adapter; choosing the GPU explains th
   const decode = (r) => new Float32Array(Uint8Array.from(Buffer.from(r.attributions, 'base64')).buffer);
   const e = relativeError(decode(onGpu), decode(onCpu), TOLERANCE);
   assert.ok(e.relative <= TOLERANCE, `Grad-CAM on WebGPU differs from the CPU by ${e.relative.toExponential(2)}`);
+  // A lost GPU: the run is redone on the CPU, the page says so and stays on the CPU.
+  await page.selectOption('#backend', 'webgpu');
+  await idle(page);
+  assert.equal(await page.$eval('body', (b) => b.dataset.backend), 'webgpu');
+  await page.evaluate(() => window.xaiApp.state.explainer.loseGpuForTesting());
+  const after = await explainWith('webgpu');
+  assert.equal(after.backend, 'cpu', `after losing the GPU: ${JSON.stringify(after)}`);
+  assert.match(await page.$eval('#error', (e) => e.textContent), /GPU failed, so this ran on the CPU: WebGPU failed \(.*lost/);
+  assert.equal(await page.$eval('#backend', (e) => e.value), 'cpu');
+  assert.equal(await page.$eval('body', (b) => b.dataset.backend), 'cpu');
+  const e2 = relativeError(decode(after), decode(onCpu), TOLERANCE);
+  assert.ok(e2.relative <= TOLERANCE, 'the fallback run equals the CPU run');
   // Back to automatic: the software adapter, though open, is not used.
   await page.selectOption('#backend', 'auto');
   await idle(page);

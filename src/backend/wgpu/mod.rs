@@ -170,6 +170,12 @@ impl WgpuDevice {
         })))
     }
 
+    /// Loses the device on purpose, as a driver reset would (WebGL's `loseContext` for
+    /// WebGPU): every later readback fails with [`Error::Device`]. For testing fallbacks.
+    pub fn lose_for_testing(&self) {
+        self.0.device.destroy();
+    }
+
     pub fn describe(&self) -> String {
         let info = &self.0.info;
         // Browsers hide the adapter's name from wgpu.
