@@ -11,6 +11,7 @@ const GEMM: Kernel = Kernel {
     name: "conv_gemm",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/tile_gemm.wgsl"),
         include_str!("kernels/conv.wgsl")
     ),
     entry: "gemm",
@@ -20,6 +21,7 @@ const DEPTHWISE: Kernel = Kernel {
     name: "conv_depthwise",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/tile_gemm.wgsl"),
         include_str!("kernels/conv.wgsl")
     ),
     entry: "depthwise",
@@ -29,6 +31,7 @@ const TRANSPOSED_GEMM: Kernel = Kernel {
     name: "conv_transposed_gemm",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/tile_gemm.wgsl"),
         include_str!("kernels/conv_transposed.wgsl")
     ),
     entry: "gemm",
@@ -38,6 +41,7 @@ const TRANSPOSED_GATHER: Kernel = Kernel {
     name: "conv_transposed_gather",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/tile_gemm.wgsl"),
         include_str!("kernels/conv_transposed.wgsl")
     ),
     entry: "gather",
@@ -47,6 +51,7 @@ const TRANSPOSED_DEPTHWISE: Kernel = Kernel {
     name: "conv_transposed_depthwise",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
+        include_str!("kernels/tile_gemm.wgsl"),
         include_str!("kernels/conv_transposed.wgsl")
     ),
     entry: "depthwise",

@@ -8,7 +8,10 @@ use crate::error::{Error, Result};
 
 const MATMUL: Kernel = Kernel {
     name: "matmul",
-    source: include_str!("kernels/matmul.wgsl"),
+    source: concat!(
+        include_str!("kernels/tile_gemm.wgsl"),
+        include_str!("kernels/matmul.wgsl")
+    ),
     entry: "main",
     inputs: 2,
 };

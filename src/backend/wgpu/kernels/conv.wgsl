@@ -4,16 +4,10 @@
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>;
-var<workgroup> tile_b: array<f32, 1024>;
-
 // Implicit GEMM per (sample, group): out[co, pixel] = sum_r weight[co, r] * patch[r, pixel],
 // r = (ci, ki, kj). The patch matrix (im2col) is never stored: each tile of it is gathered
 // from x straight into workgroup memory, zero outside the padded input. Tiling as in
-// matmul.wgsl: 64 channels x 64 pixels per workgroup, 4x4 outputs per thread.
+// tile_gemm.wgsl: 64 channels x 64 pixels per workgroup, 4x4 outputs per thread.
 @compute @workgroup_size(16, 16)
 fn gemm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -65,19 +59,7 @@ fn gemm(
             tile_b[kb * TILE + col] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ra[i] = tile_a[kk * TILE + lid.y + 16u * i];
-                rb[i] = tile_b[kk * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(ra[i], rb[j], acc[i * 4u + j]);
-                }
-            }
-        }
+        accumulate_slice(lid, &acc);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {

@@ -57,12 +57,6 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     dx[i] = acc;
 }
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>;
-var<workgroup> tile_b: array<f32, 1024>;
-
 // One axis of a stride phase: the `count` input positions from `first` in steps of the
 // stride, those with (pos + pad) % stride == phase. All of them are fed by the same kernel
 // taps, `taps` of them from `k0` in steps of `step`, and tap k0 + t * step of the m-th
@@ -181,19 +175,7 @@ fn gemm(
             tile_b[kb * TILE + col] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ra[i] = tile_a[kk * TILE + lid.y + 16u * i];
-                rb[i] = tile_b[kk * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(ra[i], rb[j], acc[i * 4u + j]);
-                }
-            }
-        }
+        accumulate_slice(lid, &acc);
         workgroupBarrier();
     }
     // Every input pixel belongs to exactly one phase, so each dx element is written once,

@@ -1,6 +1,5 @@
 // C[M, N] = A[M, K] x B, with B stored [K, N] or, when rhs_t != 0, [N, K].
-// A 64x64 block of C per workgroup; each of the 16x16 threads accumulates a 4x4 sub-block
-// strided by 16, so the shared-memory reads of one k step are conflict-free and reused 4x.
+// A 64x64 block of C per workgroup, tiled as tile_gemm.wgsl describes.
 struct Params {
     m: u32,
     k: u32,
@@ -12,13 +11,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-
-// [TK][TILE], k-major so the inner loop reads one row of each.
-var<workgroup> tile_a: array<f32, 1024>;
-var<workgroup> tile_b: array<f32, 1024>;
 
 @compute @workgroup_size(16, 16)
 fn main(
@@ -61,19 +53,7 @@ fn main(
             }
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ra[i] = tile_a[kk * TILE + lid.y + 16u * i];
-                rb[i] = tile_b[kk * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(ra[i], rb[j], acc[i * 4u + j]);
-                }
-            }
-        }
+        accumulate_slice(lid, &acc);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
