@@ -58,9 +58,20 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || 
     rustup target add wasm32-unknown-unknown
 }
 
+# The two tools are build helpers, not the product: build them without link-time optimisation and
+# with many codegen units (minutes less on 2 cores), and both at once, so one's serial link and
+# largest crates overlap the other's parallel phases.
+tool_install() {
+    CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=64 \
+        CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 \
+        CARGO_PROFILE_RELEASE_STRIP=true cargo install --quiet "$@"
+}
+pids=()
 if [ "$(trunk --version 2>/dev/null || true)" != "trunk $TRUNK_VERSION" ]; then
-    step "cargo install trunk $TRUNK_VERSION (about 13 minutes on 2 cores)"
-    cargo install trunk --version "$TRUNK_VERSION" --locked
+    step "cargo install trunk $TRUNK_VERSION"
+    # Without `update_check`: the page builds offline, trunk must not ask crates.io for news.
+    tool_install trunk --version "$TRUNK_VERSION" --locked --no-default-features --features rustls &
+    pids+=($!)
 fi
 
 # wasm-bindgen-cli must equal the wasm-bindgen crate in Cargo.lock (without --locked: one of its
@@ -72,9 +83,11 @@ if ! grep -q "^wasm_bindgen = \"$bindgen_version\"$" Trunk.toml; then
     exit 1
 fi
 if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $bindgen_version" ]; then
-    step "cargo install wasm-bindgen-cli $bindgen_version (about 8 minutes on 2 cores)"
-    cargo install wasm-bindgen-cli --version "$bindgen_version" --force
+    step "cargo install wasm-bindgen-cli $bindgen_version"
+    tool_install wasm-bindgen-cli --version "$bindgen_version" --force &
+    pids+=($!)
 fi
+for pid in "${pids[@]}"; do wait "$pid"; done
 
 # trunk builds with `cargo --offline`: have every crate (all targets) in the local registry.
 step "cargo fetch"
