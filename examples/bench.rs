@@ -15,7 +15,8 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
+use candle_xai::lrp::{Composite, MergeConvention};
+use candle_xai::methods::LrpParams;
 use candle_xai::methods::{GradientParams, IntegratedGradientsParams, Quadrature, SmoothGradParams};
 use candle_xai::{explain, LoadOptions, Method, Model, Progress, Request};
 use clap::Parser;

@@ -5,9 +5,8 @@
 use std::fmt;
 
 use crate::backend::candle::CandleStorage;
-use crate::backend::{BackendStorage, Map, Reduce, WindowBins, Zip};
+use crate::backend::{BackendStorage, Map, PoolWindow, Reduce, WindowBins, WindowGeometry, Zip};
 use crate::error::{Error, Result};
-use crate::layers::{PoolWindow, WindowGeometry};
 
 /// Where a model's weights and activations live.
 #[derive(Clone)]

@@ -4,7 +4,8 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
+use candle_xai::lrp::{Composite, MergeConvention};
+use candle_xai::methods::LrpParams;
 use candle_xai::methods::*;
 use candle_xai::Model;
 use common::{assert_close, devices, Refs, PATH_TOL, REL_TOL};

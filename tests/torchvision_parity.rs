@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_xai::import::StateDict;
-use candle_xai::lrp::{Composite, LrpParams, MergeConvention};
+use candle_xai::lrp::{Composite, MergeConvention};
+use candle_xai::methods::LrpParams;
 use candle_xai::methods::*;
 use candle_xai::Model;
 use common::{devices, fixture, max_abs, max_abs_diff, seeded_weights::weights_from_metadata, Refs, PATH_TOL, REL_TOL};

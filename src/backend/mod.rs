@@ -7,11 +7,13 @@
 //! affine map, a reduction, or the forward or input-VJP of one layer kind.
 
 pub mod candle;
+mod geometry;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+pub use geometry::{PoolWindow, WindowBins, WindowGeometry};
+
 use crate::error::Result;
-use crate::layers::{PoolWindow, WindowGeometry};
 
 /// Element-wise maps of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,34 +107,6 @@ pub enum Reduce {
     SumChannels,
     /// [N, ...] -> [N]: the sum of each sample.
     SumPerSample,
-}
-
-/// Separable windows whose mean a pooling layer takes: output row `i` covers input rows
-/// `rows[i].0..rows[i].1` (likewise for columns), and is divided by
-/// `row_counts[i] * col_counts[j]` (or by `divisor_override`). Average pooling with any
-/// padding, ceil_mode and count_include_pad, and adaptive average pooling, are both this.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowBins {
-    pub input_hw: (usize, usize),
-    pub rows: Vec<(usize, usize)>,
-    pub cols: Vec<(usize, usize)>,
-    pub row_counts: Vec<usize>,
-    pub col_counts: Vec<usize>,
-    pub divisor_override: Option<usize>,
-}
-
-impl WindowBins {
-    pub fn output_hw(&self) -> (usize, usize) {
-        (self.rows.len(), self.cols.len())
-    }
-
-    /// The divisor of output cell (i, j).
-    pub fn divisor(&self, i: usize, j: usize) -> f32 {
-        match self.divisor_override {
-            Some(d) => d as f32,
-            None => (self.row_counts[i] * self.col_counts[j]) as f32,
-        }
-    }
 }
 
 /// One backend's tensor storage: dense, row-major f32, living on that backend's device.

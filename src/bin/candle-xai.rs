@@ -2,7 +2,7 @@
 //! list a model's layers and the methods, and convert PyTorch checkpoints to safetensors.
 
 // The command is native-only; in a wasm32 build (the browser's, which compiles every target of the
-// crate) this binary is empty and the page uses `candle_xai::wasm` instead.
+// crate) this binary is empty and the page uses the library's wasm bindings instead.
 #![cfg_attr(target_arch = "wasm32", no_main)]
 #![cfg(not(target_arch = "wasm32"))]
 

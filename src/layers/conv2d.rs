@@ -1,35 +1,11 @@
-//! Conv2d: forward, input-VJP (a transposed convolution) and the geometry both share, with
-//! any stride, padding, dilation and group count. The backends hold the kernels.
+//! Conv2d: forward and input-VJP (a transposed convolution), with any stride, padding,
+//! dilation and group count. The backends hold the kernels; the geometry both share is the
+//! backend's [`WindowGeometry`].
 
 use super::Layer;
+use crate::backend::WindowGeometry;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-
-/// Where a sliding window goes: the part of a convolution or pooling layer that is not weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowGeometry {
-    pub kernel: (usize, usize),
-    /// One stride and one dilation for both axes (as candle's convolution takes them).
-    pub stride: usize,
-    pub dilation: usize,
-    /// (top, bottom, left, right) zero padding.
-    pub padding: (usize, usize, usize, usize),
-    pub groups: usize,
-}
-
-impl WindowGeometry {
-    pub fn output_hw(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
-        let (kh, kw) = self.kernel;
-        let (t, b, l, r) = self.padding;
-        let span_h = self.dilation * (kh - 1) + 1;
-        let span_w = self.dilation * (kw - 1) + 1;
-        let (ph, pw) = (h + t + b, w + l + r);
-        if ph < span_h || pw < span_w {
-            return None;
-        }
-        Some(((ph - span_h) / self.stride + 1, (pw - span_w) / self.stride + 1))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Conv2d {

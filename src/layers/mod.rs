@@ -1,5 +1,5 @@
 //! The layers a model graph is made of. Each file holds one layer kind with its forward and
-//! its input-VJP side by side; LRP rules build on the same two (see `crate::lrp`).
+//! its input-VJP side by side; the LRP rules (one level up) build on the same two.
 
 mod activation;
 mod add;
@@ -9,13 +9,14 @@ mod flatten;
 mod linear;
 mod pool;
 
+pub use crate::backend::{PoolWindow, WindowGeometry};
 pub use activation::Activation;
 pub use add::Add;
 pub use batch_norm::BatchNorm2d;
-pub use conv2d::{Conv2d, WindowGeometry};
+pub use conv2d::Conv2d;
 pub use flatten::Flatten;
 pub use linear::Linear;
-pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolWindow};
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};

@@ -3,93 +3,27 @@
 //! ([`WindowBins`]) with PyTorch's bin edges and divisors.
 
 use super::Layer;
-use crate::backend::WindowBins;
+use crate::backend::{PoolWindow, WindowBins};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// A pooling window as PyTorch describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolWindow {
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-    pub dilation: (usize, usize),
-    pub ceil_mode: bool,
-}
-
-fn pooled_len(len: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Option<usize> {
-    let span = d * (k - 1) + 1;
-    if len + 2 * p < span {
-        return None;
+/// PyTorch's average-pooling windows along one axis: [start, end) clipped to the input,
+/// and the divisor's factor (counting the padding when `count_include_pad`).
+fn average_bins(len: usize, out: usize, k: usize, s: usize, p: usize, count_pad: bool) -> AxisBins {
+    let mut bins = AxisBins::default();
+    for o in 0..out {
+        let start = (o * s) as isize - p as isize;
+        let end = (start + k as isize).min((len + p) as isize);
+        let padded_count = (end - start) as usize;
+        let (start, end) = (start.max(0) as usize, end.min(len as isize).max(0) as usize);
+        bins.ranges.push((start, end.max(start)));
+        bins.counts.push(if count_pad {
+            padded_count
+        } else {
+            end.saturating_sub(start)
+        });
     }
-    let room = len + 2 * p - span;
-    let mut out = if ceil { room.div_ceil(s) } else { room / s } + 1;
-    // PyTorch: the last window must start inside the input or its left padding.
-    if ceil && (out - 1) * s >= len + p {
-        out -= 1;
-    }
-    Some(out)
-}
-
-impl PoolWindow {
-    pub fn validate(&self, layer: &str) -> Result<()> {
-        let unsupported = |reason: &str| Error::UnsupportedLayer {
-            layer: layer.to_string(),
-            kind: "pooling".into(),
-            reason: reason.into(),
-        };
-        if self.stride.0 != self.stride.1 || self.dilation.0 != self.dilation.1 {
-            return Err(unsupported("different strides or dilations along height and width"));
-        }
-        if self.kernel.0 == 0 || self.kernel.1 == 0 || self.stride.0 == 0 || self.dilation.0 == 0 {
-            return Err(unsupported("zero kernel size, stride or dilation"));
-        }
-        if self.padding.0 * 2 > self.kernel.0 || self.padding.1 * 2 > self.kernel.1 {
-            return Err(unsupported(
-                "padding must be at most half the kernel size (as in PyTorch)",
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn output_hw(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
-        let oh = pooled_len(
-            h,
-            self.kernel.0,
-            self.stride.0,
-            self.padding.0,
-            self.dilation.0,
-            self.ceil_mode,
-        )?;
-        let ow = pooled_len(
-            w,
-            self.kernel.1,
-            self.stride.1,
-            self.padding.1,
-            self.dilation.1,
-            self.ceil_mode,
-        )?;
-        Some((oh, ow))
-    }
-
-    /// PyTorch's average-pooling windows along one axis: [start, end) clipped to the input,
-    /// and the divisor's factor (counting the padding when `count_include_pad`).
-    fn average_bins(len: usize, out: usize, k: usize, s: usize, p: usize, count_pad: bool) -> AxisBins {
-        let mut bins = AxisBins::default();
-        for o in 0..out {
-            let start = (o * s) as isize - p as isize;
-            let end = (start + k as isize).min((len + p) as isize);
-            let padded_count = (end - start) as usize;
-            let (start, end) = (start.max(0) as usize, end.min(len as isize).max(0) as usize);
-            bins.ranges.push((start, end.max(start)));
-            bins.counts.push(if count_pad {
-                padded_count
-            } else {
-                end.saturating_sub(start)
-            });
-        }
-        bins
-    }
+    bins
 }
 
 /// One axis of [`WindowBins`].
@@ -147,8 +81,8 @@ impl AvgPool2d {
             min: window.kernel.0.max(window.kernel.1),
         })?;
         let pad = self.count_include_pad;
-        let rows = PoolWindow::average_bins(h, oh, window.kernel.0, window.stride.0, window.padding.0, pad);
-        let cols = PoolWindow::average_bins(w, ow, window.kernel.1, window.stride.1, window.padding.1, pad);
+        let rows = average_bins(h, oh, window.kernel.0, window.stride.0, window.padding.0, pad);
+        let cols = average_bins(w, ow, window.kernel.1, window.stride.1, window.padding.1, pad);
         Ok(window_bins((h, w), rows, cols, self.divisor_override))
     }
 }

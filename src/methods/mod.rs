@@ -4,6 +4,7 @@ mod baseline;
 mod grad_cam;
 mod gradient;
 mod integrated_gradients;
+mod lrp;
 pub(crate) mod probe;
 mod quadrature;
 mod smooth_grad;
@@ -13,6 +14,7 @@ pub use baseline::Baseline;
 pub use grad_cam::GradCamParams;
 pub use gradient::GradientParams;
 pub use integrated_gradients::IntegratedGradientsParams;
+pub use lrp::LrpParams;
 pub use probe::Progress;
 pub use quadrature::Quadrature;
 pub use smooth_grad::{Aggregate, SmoothGradParams};
@@ -22,7 +24,6 @@ use candle_core::Tensor as HostTensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lrp::LrpParams;
 use crate::model::Model;
 use crate::tensor::Tensor;
 use probe::Probe;
@@ -228,7 +229,7 @@ pub async fn explain_async(
         (Method::IntegratedGradients(p), _) => {
             integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, progress).await?
         }
-        (Method::Lrp(p), _) => crate::lrp::relevance(&probe, &input, p, progress).await?,
+        (Method::Lrp(p), _) => lrp::relevance(&probe, &input, p, progress).await?,
         (method, Some(activations)) => {
             progress.report(0, 1)?;
             let pass = probe.backward(&activations)?;

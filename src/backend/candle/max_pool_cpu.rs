@@ -7,8 +7,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::elementwise::f32_data;
+use crate::backend::PoolWindow;
 use crate::error::Result;
-use crate::layers::PoolWindow;
 
 /// `x` [N, C, H, W] pooled by `window` to `out_hw`.
 pub fn max_pool(x: &Tensor, window: PoolWindow, out_hw: (usize, usize)) -> Result<Tensor> {

@@ -11,9 +11,8 @@ mod window_gather;
 
 use candle_core::{DType, Tensor, D};
 
-use super::{BackendStorage, Map, Reduce, WindowBins, Zip};
+use super::{BackendStorage, Map, PoolWindow, Reduce, WindowBins, WindowGeometry, Zip};
 use crate::error::Result;
-use crate::layers::{PoolWindow, WindowGeometry};
 use depthwise::{depthwise_correlate, depthwise_transposed};
 use elementwise::{activation_forward, activation_vjp, channel_affine, on_cpu_f32};
 use im2col::{col2im_transpose, im2col_correlate, Sliding};

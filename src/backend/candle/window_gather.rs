@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::padding::pad_or_crop_hw;
 use super::{BackendStorage, CandleStorage};
+use crate::backend::{PoolWindow, WindowGeometry};
 use crate::error::Result;
-use crate::layers::{PoolWindow, WindowGeometry};
 
 /// The window laid over one input size: PyTorch's padding, plus the extra (bottom, right)
 /// cells that ceil_mode windows reach past it.

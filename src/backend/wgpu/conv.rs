@@ -4,8 +4,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{u32_of, Kernel, WgpuDevice, WgpuTensor};
 use crate::backend::BackendStorage;
+use crate::backend::WindowGeometry;
 use crate::error::{Error, Result};
-use crate::layers::WindowGeometry;
 
 const GEMM: Kernel = Kernel {
     name: "conv_gemm",

@@ -23,8 +23,8 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use ::wgpu::util::DeviceExt;
 
 use crate::backend::{BackendStorage, Map, Reduce, WindowBins, Zip};
+use crate::backend::{PoolWindow, WindowGeometry};
 use crate::error::{Error, Result};
-use crate::layers::{PoolWindow, WindowGeometry};
 use batch::Batch;
 
 /// Threads per workgroup of the 1-D kernels; WebGPU's default limit is 256.

@@ -4,9 +4,9 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{u32_of, Kernel, WgpuTensor};
 use crate::backend::BackendStorage;
+use crate::backend::PoolWindow;
 use crate::backend::WindowBins;
 use crate::error::{Error, Result};
-use crate::layers::PoolWindow;
 
 const MAX_POOL: Kernel = Kernel {
     name: "max_pool",
