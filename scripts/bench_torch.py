@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch side of the candle-xai benchmark (captum 0.9 / zennit 0.5.1 on CPU).
 
-Writes ``<out-dir>/{resnet18,mobilenet_v2}.safetensors`` (torchvision state dicts with seeded random weights,
-plain contiguous float32, ``num_batches_tracked`` dropped) and ``<out-dir>/input.safetensors`` (``input``: a seeded
+Writes ``<out-dir>/{resnet18,mobilenet_v2}.safetensors`` (torchvision state dicts, 1000 classes, torchvision's own
+random initialisation after ``torch.manual_seed(0)`` (not the fixtures' counter-based seeded weights: timing needs no
+bit-exact weights, only the same ones on both sides), plain contiguous float32, ``num_batches_tracked`` dropped) and ``<out-dir>/input.safetensors`` (``input``: a seeded
 random [1, 3, size, size]), so that ``examples/bench.rs`` runs on exactly the same weights and input. Then times every
 row and prints one JSON object per row ({model, method, ms_median, ms_min, reps, threads}), also written to
 ``<out-dir>/torch.jsonl``.
@@ -15,7 +16,9 @@ Each timed call explains the top-1 class, so it includes that prediction forward
                         nt_samples_batch_size=8, stdevs=0.1 * (x.max() - x.min()), target, abs=False)
   lrp-*                 with Gradient(model, composite) as attributor: attributor(x, one_hot(target))
                         composite construction and registration (canonizers included) inside the timing, since
-                        our LRP merges BatchNorm on every call.
+                        our LRP merges BatchNorm on every call. Composites and canonizers are the fixtures' own
+                        (scripts/xai_reference.py: ``composites(arch, names="engine")``): ResNetCanonizer for
+                        resnet18, MobileNetV2Canonizer (BN merge + residual Sum + pooling module) for mobilenet_v2.
 One warm-up call, then ``--reps`` timed calls; median and minimum in milliseconds.
 
     python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--threads N] [--device cuda]
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 import warnings
 from importlib.metadata import version
@@ -36,19 +40,9 @@ import torchvision
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from safetensors.torch import save_file
 from zennit.attribution import Gradient
-from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import (
-    EpsilonAlpha2Beta1,
-    EpsilonAlpha2Beta1Flat,
-    EpsilonGammaBox,
-    EpsilonPlus,
-    EpsilonPlusFlat,
-    LayerMapComposite,
-    layer_map_base,
-)
-from zennit.rules import Epsilon
-from zennit.torchvision import ResNetCanonizer
-from zennit.types import Convolution
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xai_reference import composites, freeze, no_inplace  # noqa: E402  (the fixtures' composites, defined once)
 
 MODELS = ["resnet18", "mobilenet_v2"]
 WEIGHT_SEED = 0
@@ -59,32 +53,14 @@ SG_SEED = 2
 def build_model(arch):
     torch.manual_seed(WEIGHT_SEED)
     model = getattr(torchvision.models, arch)(num_classes=1000).eval()
-    for m in model.modules():  # zennit's hooks want out-of-place activations (used for every row)
-        if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6)):
-            m.inplace = False
-    for p in model.parameters():  # gradients w.r.t. the input only, as ours
-        p.requires_grad_(False)
-    return model
+    # zennit's hooks want out-of-place activations (used for every row); gradients w.r.t. the input only, as ours
+    return freeze(no_inplace(model))
 
 
 def save_state_dict(model, path):
     state = {k: v.detach().to(torch.float32).contiguous().clone()
              for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(state, path)
-
-
-def composites(arch):
-    canonizers = (lambda: [ResNetCanonizer()]) if arch == "resnet18" else (lambda: [SequentialMergeBatchNorm()])
-    return {  # our Composite::name() -> a fresh zennit composite
-        "lrp-uniform-epsilon": lambda: LayerMapComposite(
-            layer_map=layer_map_base() + [(Convolution, Epsilon(0.25)), (torch.nn.Linear, Epsilon(0.25))],
-            canonizers=canonizers()),
-        "lrp-epsilon-gamma-box": lambda: EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canonizers()),
-        "lrp-epsilon-plus": lambda: EpsilonPlus(canonizers=canonizers()),
-        "lrp-epsilon-alpha2-beta1": lambda: EpsilonAlpha2Beta1(canonizers=canonizers()),
-        "lrp-epsilon-plus-flat": lambda: EpsilonPlusFlat(canonizers=canonizers()),
-        "lrp-epsilon-alpha2-beta1-flat": lambda: EpsilonAlpha2Beta1Flat(canonizers=canonizers()),
-    }
 
 
 def top1(model, x):
@@ -117,7 +93,8 @@ def methods(arch, model):
         return run
 
     rows = {"gradient": gradient, "integrated-gradients": integrated_gradients, "smoothgrad": smoothgrad}
-    rows.update({name: lrp(make) for name, make in composites(arch).items()})
+    # exactly the composites and canonizers of the fixtures (scripts/xai_reference.py), under our Composite::name()
+    rows.update({name: lrp(make) for name, make in composites(arch, names="engine").items()})
     return rows
 
 

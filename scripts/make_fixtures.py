@@ -19,7 +19,9 @@ the files are byte-identical from run to run (1.5-2.5 min on 2 cores; ~25 s of t
 the rest the float64 pass that fills the ``f64_rel_err`` metadata). ``--with-f64`` also writes ``<model>_refs_f64.safetensors`` (every reference
 recomputed in float64; not committed). ``--models resnet18`` limits the run to some models.
 Model weights are NOT stored; they come from a counter-based PRNG (FNV-1a 64 of the tensor name + splitmix64
-finaliser, see ``seeded_values``) that ``tests/common/seeded_weights.rs`` re-implements bit-exactly. Each refs file's
+finaliser, see ``seeded_values`` in scripts/xai_reference.py) that ``tests/common/seeded_weights.rs`` re-implements
+bit-exactly. The seeded weights, weight specs, models, canonizers and composites are defined once, in
+scripts/xai_reference.py, which scripts/make_layout_fixtures.py and scripts/bench_torch.py import too. Each refs file's
 safetensors ``__metadata__["weights"]`` lists ``{"name", "shape", "lo", "hi"}`` per state_dict tensor (state_dict
 order, ``num_batches_tracked`` left out). After writing, the script reloads each file, regenerates the weights from
 the metadata alone and asserts bit-equality with the weights the references were computed with.
@@ -28,9 +30,7 @@ the metadata alone and asserts bit-equality with the weights the references were
 import argparse
 import copy
 import json
-import math
 import os
-import re
 import struct
 import sys
 import time
@@ -58,26 +58,26 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 
 import zennit
 from zennit.attribution import Gradient
-from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
-from zennit.composites import (
-    EpsilonAlpha2Beta1,
-    EpsilonAlpha2Beta1Flat,
-    EpsilonGammaBox,
-    EpsilonPlus,
-    EpsilonPlusFlat,
-    LayerMapComposite,
-    layer_map_base,
-)
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import EpsilonPlus
 from zennit.layer import Sum
-from zennit.rules import Epsilon
-from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-from zennit.types import Convolution
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xai_reference import (  # noqa: E402  (seeded weights, weight specs, models, canonizers, composites: defined once)
+    CANONIZER_DOC,
+    GAINS,
+    NUM_CLASSES,
+    composites,
+    make_canonizers,
+    seeded_model,
+    weights_from_spec,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # constants
 
 MODELS = ("resnet18", "vgg11_bn", "mobilenet_v2")
-BATCH, CHANNELS, SIZE, NUM_CLASSES = 2, 3, 64, 10
+BATCH, CHANNELS, SIZE = 2, 3, 64
 IG_STEPS = 16
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 SG_SAMPLES, SG_STDEV, SG_SEED = 4, 0.3, 1234
@@ -85,229 +85,6 @@ INPUT_SEED = 20240601
 
 GRADCAM_LAYER = {"resnet18": "layer4", "vgg11_bn": "features.27", "mobilenet_v2": "features.18"}
 MID_LAYER = {"resnet18": "layer2", "vgg11_bn": "features.10", "mobilenet_v2": "features.7"}
-
-# weight-scale gains, see weight_spec()
-GAINS = {
-    #               conv / hidden linear, last conv of a residual branch, final classifier linear
-    "resnet18": dict(conv=1.2, branch=0.7, head=2.5),
-    "vgg11_bn": dict(conv=1.2, branch=None, head=2.0),
-    "mobilenet_v2": dict(conv=math.sqrt(2.0), branch=0.7, head=4.0),
-}
-
-# ----------------------------------------------------------------------------------------------------------------
-# seeded weights
-
-_M64 = (1 << 64) - 1
-
-
-def fnv1a64(name: str) -> int:
-    h = 0xCBF29CE484222325
-    for b in name.encode("utf-8"):
-        h = ((h ^ b) * 0x100000001B3) & _M64
-    return h
-
-
-def seeded_values(name: str, numel: int, lo: float, hi: float) -> np.ndarray:
-    """Counter-based PRNG, bit-identical to tests/common/seeded_weights.rs::seeded_values."""
-    key = np.uint64(fnv1a64(name))
-    i = np.arange(1, numel + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = key + i * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(40)).astype(np.float32) / np.float32(16777216.0)
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    d = np.float32(hi32 - lo32)
-    p = (d * u).astype(np.float32)
-    return (lo32 + p).astype(np.float32)
-
-
-def f32(x: float) -> float:
-    """The float32 value of x, as a Python float (repr round-trips exactly)."""
-    return float(np.float32(x))
-
-
-def is_branch_last_conv(kind: str, name: str, model: nn.Module) -> bool:
-    """Last conv of a residual branch (scaled down so the residual stream does not blow up)."""
-    if kind == "resnet18":
-        return re.fullmatch(r"layer\d\.\d\.conv2\.weight", name) is not None
-    if kind == "mobilenet_v2":
-        # InvertedResidual.conv = [CNA(expand)?, CNA(depthwise), Conv2d(project), BatchNorm2d]
-        m = re.fullmatch(r"(features\.\d+)\.conv\.(\d+)\.weight", name)
-        if m is None:
-            return False
-        block = model.get_submodule(m.group(1))
-        return isinstance(block.conv[int(m.group(2))], nn.Conv2d)
-    return False
-
-
-def weight_spec(kind: str, model: nn.Module):
-    """[{"name", "shape", "lo", "hi"}] in state_dict order (num_batches_tracked left out).
-
-    conv / linear weight: +-sqrt(3 / fan_in) * gain (uniform with variance gain^2 / fan_in), fan_in = in/groups*kh*kw
-    conv / linear bias: +-0.1; BN weight [0.5, 1.5], bias [-0.2, 0.2], running_mean [-0.2, 0.2], running_var [0.5, 1.5]
-    """
-    gains = GAINS[kind]
-    spec = []
-    for name, t in model.state_dict().items():
-        if name.endswith("num_batches_tracked"):
-            continue
-        mod_name, pname = name.rsplit(".", 1)
-        mod = model.get_submodule(mod_name)
-        if isinstance(mod, nn.BatchNorm2d):
-            lo, hi = {
-                "weight": (0.5, 1.5),
-                "bias": (-0.2, 0.2),
-                "running_mean": (-0.2, 0.2),
-                "running_var": (0.5, 1.5),
-            }[pname]
-        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and pname == "bias":
-            lo, hi = -0.1, 0.1
-        elif isinstance(mod, (nn.Conv2d, nn.Linear)) and pname == "weight":
-            fan_in = t[0].numel()
-            if isinstance(mod, nn.Linear) and mod.out_features == NUM_CLASSES:
-                gain = gains["head"]
-            elif is_branch_last_conv(kind, name, model):
-                gain = gains["branch"]
-            else:
-                gain = gains["conv"]
-            a = f32(math.sqrt(3.0 / fan_in) * gain)
-            lo, hi = -a, a
-        else:
-            raise RuntimeError(f"no weight rule for {name} ({type(mod).__name__})")
-        spec.append({"name": name, "shape": list(t.shape), "lo": f32(lo), "hi": f32(hi)})
-    return spec
-
-
-def weights_from_spec(spec):
-    return {
-        e["name"]: torch.from_numpy(seeded_values(e["name"], int(np.prod(e["shape"], dtype=np.int64)), e["lo"], e["hi"])
-                                    .reshape(e["shape"]))
-        for e in spec
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# models
-
-def no_inplace(model: nn.Module) -> nn.Module:
-    # in-place activations are mathematically identical, but captum layer hooks and zennit hooks are safer without
-    for m in model.modules():
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
-            m.inplace = False
-    return model
-
-
-def build_model(kind: str) -> nn.Module:
-    if kind == "resnet18":
-        model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
-    elif kind == "vgg11_bn":
-        model = torchvision.models.vgg11_bn(num_classes=NUM_CLASSES)
-        # same nn.Sequential structure and names, hidden width 64 instead of 4096
-        model.classifier[0] = nn.Linear(512 * 7 * 7, 64)
-        model.classifier[3] = nn.Linear(64, 64)
-        model.classifier[6] = nn.Linear(64, NUM_CLASSES)
-    elif kind == "mobilenet_v2":
-        model = torchvision.models.mobilenet_v2(num_classes=NUM_CLASSES)
-    else:
-        raise ValueError(kind)
-    model = no_inplace(model).eval()
-    spec = weight_spec(kind, model)
-    weights = weights_from_spec(spec)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected, unexpected
-    assert all(k.endswith("num_batches_tracked") for k in missing), missing
-    sd = model.state_dict()
-    for k, v in sd.items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        assert torch.equal(v.view(torch.int32), weights[k].view(torch.int32)), f"{k} not set"
-    assert set(weights) == {k for k in sd if not k.endswith("num_batches_tracked")}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, spec
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# MobileNetV2 canonizer (zennit 0.5.1 ships none)
-
-class InvertedResidualCanonizer(AttributeCanonizer):
-    """Residual add of torchvision InvertedResidual (use_res_connect) -> zennit.layer.Sum (gets the Norm rule),
-    exactly like zennit.torchvision.ResNetBasicBlockCanonizer does for BasicBlock."""
-
-    def __init__(self):
-        super().__init__(self._attribute_map)
-
-    @classmethod
-    def _attribute_map(cls, name, module):
-        if isinstance(module, torchvision.models.mobilenetv2.InvertedResidual) and module.use_res_connect:
-            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
-        return None
-
-    @staticmethod
-    def forward(self, x):
-        out = torch.stack([x, self.conv(x)], dim=-1)
-        return self.canonizer_sum(out)
-
-
-class MobileNetV2PoolCanonizer(AttributeCanonizer):
-    """torchvision MobileNetV2 pools with the functional F.adaptive_avg_pool2d, which no composite can hook; this
-    puts an nn.AdaptiveAvgPool2d module there so that it gets the Norm rule, like ResNet's and VGG's pooling."""
-
-    def __init__(self):
-        super().__init__(self._attribute_map)
-
-    @classmethod
-    def _attribute_map(cls, name, module):
-        if isinstance(module, torchvision.models.MobileNetV2):
-            return {"forward": cls.forward.__get__(module), "canonizer_avgpool": nn.AdaptiveAvgPool2d((1, 1))}
-        return None
-
-    @staticmethod
-    def forward(self, x):
-        x = self.features(x)
-        x = self.canonizer_avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
-
-
-class MobileNetV2Canonizer(CompositeCanonizer):
-    def __init__(self):
-        super().__init__((SequentialMergeBatchNorm(), InvertedResidualCanonizer(), MobileNetV2PoolCanonizer()))
-
-
-def make_canonizers(kind):
-    return {
-        "resnet18": lambda: [ResNetCanonizer()],
-        "vgg11_bn": lambda: [VGGCanonizer()],
-        "mobilenet_v2": lambda: [MobileNetV2Canonizer()],
-    }[kind]()
-
-
-CANONIZER_DOC = {
-    "resnet18": "zennit.torchvision.ResNetCanonizer() = SequentialMergeBatchNorm + BasicBlock residual add -> "
-                "zennit.layer.Sum (Norm rule)",
-    "vgg11_bn": "zennit.torchvision.VGGCanonizer() = SequentialMergeBatchNorm",
-    "mobilenet_v2": "script's MobileNetV2Canonizer = SequentialMergeBatchNorm (all 52 BN merged into the preceding "
-                    "conv) + InvertedResidual residual add -> zennit.layer.Sum (Norm rule) + the functional global "
-                    "average pool replaced by an nn.AdaptiveAvgPool2d module (Norm rule)",
-}
-
-
-def composites(kind):
-    c = lambda: make_canonizers(kind)  # noqa: E731 (fresh canonizer instances per composite)
-    return {
-        "lrp_epsilon_gamma_box": lambda: EpsilonGammaBox(low=-3.0, high=3.0, canonizers=c()),
-        "lrp_epsilon_plus": lambda: EpsilonPlus(canonizers=c()),
-        "lrp_epsilon_alpha2_beta1": lambda: EpsilonAlpha2Beta1(canonizers=c()),
-        "lrp_epsilon_plus_flat": lambda: EpsilonPlusFlat(canonizers=c()),
-        "lrp_epsilon_alpha2_beta1_flat": lambda: EpsilonAlpha2Beta1Flat(canonizers=c()),
-        "lrp_epsilon_0_25": lambda: LayerMapComposite(
-            layer_map=layer_map_base() + [(Convolution, Epsilon(0.25)), (torch.nn.Linear, Epsilon(0.25))],
-            canonizers=c()),
-    }
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # inputs
@@ -549,7 +326,7 @@ def check_maxpool_tie_convention():
 
 def generate(kind: str, outdir: str, with_f64: bool = False):
     t0 = time.time()
-    model, spec = build_model(kind)
+    model, spec = seeded_model(kind)
     x = make_inputs()
     out = {"inputs": x}
 

@@ -14,8 +14,9 @@ Writes into --out:
   names: ``classifier.0/3/6`` replaced), as any fine-tuned head may be.
 * ``<arch>_forward.safetensors`` for resnet50, vgg16_bn and alexnet: no weights, only ``logits`` [1, 10]
   (float64, computed in float64) and ``__metadata__``: ``arch``, ``weights`` (the seeded-weights list of
-  ``{"name", "shape", "lo", "hi"}`` of scripts/make_fixtures.py / tests/common/seeded_weights.rs, state_dict
-  order) and ``input`` (one more such entry, named ``input``: the [1, 3, 64, 64] image, 96x96 for alexnet).
+  ``{"name", "shape", "lo", "hi"}`` of scripts/xai_reference.py / tests/common/seeded_weights.rs, state_dict
+  order; gains ``xai_reference.GAINS``) and ``input`` (one more such entry, named ``input``: the [1, 3, 64, 64]
+  image, 96x96 for alexnet).
 * ``tiny_checkpoint.pth``: ``torch.save`` (zip format) of ``{"epoch": 3, "state_dict": <tensors>,
   "optimizer": {...}}``, where the tensors are a tiny conv net's state dict plus views that exercise the
   reader: a transposed (non-contiguous) tensor, a slice with a storage offset, a strided slice sharing
@@ -28,102 +29,40 @@ Writes into --out:
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torchvision
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import f32, seeded_values  # noqa: E402  (one implementation of the seeded weights)
+from xai_reference import f32, seeded_model, seeded_tensor, torchvision_model  # noqa: E402  (defined once)
 
-NUM_CLASSES = 10
-HIDDEN = 64
 ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "mobilenet_v2", "alexnet",
 )
-FORWARD = {"resnet50": 64, "vgg16_bn": 64, "alexnet": 96}
-GAINS = dict(conv=1.2, branch=0.7, head=2.0)
-
-
-def build(arch: str) -> nn.Module:
-    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
-    if arch.startswith("vgg"):
-        model.classifier[0] = nn.Linear(512 * 7 * 7, HIDDEN)
-        model.classifier[3] = nn.Linear(HIDDEN, HIDDEN)
-        model.classifier[6] = nn.Linear(HIDDEN, NUM_CLASSES)
-    elif arch == "alexnet":
-        model.classifier[1] = nn.Linear(256 * 6 * 6, HIDDEN)
-        model.classifier[4] = nn.Linear(HIDDEN, HIDDEN)
-        model.classifier[6] = nn.Linear(HIDDEN, NUM_CLASSES)
-    return model.eval()
+FORWARD = {"resnet50": 64, "vgg16_bn": 64, "alexnet": 96}  # their gains: xai_reference.GAINS
 
 
 def floating_items(model: nn.Module):
     return [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
 
 
-def weight_spec(model: nn.Module):
-    """The seeded-weights list, with make_fixtures.py's scales: conv / linear weight +-sqrt(3 / fan_in) * gain
-    (gain 0.7 on a ResNet block's last conv, 2.0 on the final linear, 1.2 elsewhere), biases +-0.1, BN weight
-    [0.5, 1.5], bias [-0.2, 0.2], running_mean [-0.2, 0.2], running_var [0.5, 1.5]."""
-    spec = []
-    for name, t in floating_items(model):
-        mod_name, pname = name.rsplit(".", 1)
-        mod = model.get_submodule(mod_name)
-        if isinstance(mod, nn.BatchNorm2d):
-            lo, hi = {"weight": (0.5, 1.5), "bias": (-0.2, 0.2), "running_mean": (-0.2, 0.2), "running_var": (0.5, 1.5)}[pname]
-        elif pname == "bias":
-            lo, hi = -0.1, 0.1
-        else:
-            if isinstance(mod, nn.Linear) and mod.out_features == NUM_CLASSES:
-                gain = GAINS["head"]
-            elif is_branch_last_conv(model, name):
-                gain = GAINS["branch"]
-            else:
-                gain = GAINS["conv"]
-            a = f32(math.sqrt(3.0 / t[0].numel()) * gain)
-            lo, hi = -a, a
-        spec.append({"name": name, "shape": list(t.shape), "lo": f32(lo), "hi": f32(hi)})
-    return spec
-
-
-def is_branch_last_conv(model: nn.Module, name: str) -> bool:
-    """The last conv of a ResNet block's residual branch: conv2 (BasicBlock) or conv3 (Bottleneck)."""
-    m = re.fullmatch(r"(layer\d\.\d+)\.(conv2|conv3)\.weight", name)
-    if m is None:
-        return False
-    last = "conv3" if hasattr(model.get_submodule(m.group(1)), "conv3") else "conv2"
-    return m.group(2) == last
-
-
-def seeded(entry) -> torch.Tensor:
-    numel = int(np.prod(entry["shape"], dtype=np.int64))
-    return torch.from_numpy(seeded_values(entry["name"], numel, entry["lo"], entry["hi"]).reshape(entry["shape"]))
-
-
 def write_layout(arch: str, out: str):
-    model = build(arch)
+    model = torchvision_model(arch)
     layout = [[k, list(v.shape)] for k, v in floating_items(model)]
     with open(os.path.join(out, f"{arch}.json"), "w") as f:
         json.dump(layout, f, separators=(",", ":"))
 
 
 def write_forward(arch: str, side: int, out: str):
-    model = build(arch)
-    spec = weight_spec(model)
-    missing, unexpected = model.load_state_dict({e["name"]: seeded(e) for e in spec}, strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    model, spec = seeded_model(arch)
     inp = {"name": "input", "shape": [1, 3, side, side], "lo": f32(-1.0), "hi": f32(1.0)}
     with torch.no_grad():
-        logits = model.double()(seeded(inp).double())
+        logits = model.double()(seeded_tensor(inp).double())
     save_file(
         {"logits": logits.contiguous()},
         os.path.join(out, f"{arch}_forward.safetensors"),
