@@ -94,8 +94,12 @@ lines += [
     "BatchNorm on every call. Composites: `lrp-uniform-epsilon` = `LayerMapComposite(layer_map_base() + "
     "[(Convolution, Epsilon(0.25)), (Linear, Epsilon(0.25))])`, `lrp-epsilon-gamma-box` = "
     "`EpsilonGammaBox(low=-3, high=3)`, then `EpsilonPlus`, `EpsilonAlpha2Beta1`, `EpsilonPlusFlat`, "
-    "`EpsilonAlpha2Beta1Flat`. Canonizers: `zennit.torchvision.ResNetCanonizer()` for resnet18, "
-    "`SequentialMergeBatchNorm()` for mobilenet_v2. Ours: `LrpParams::new(composite)` with "
+    "`EpsilonAlpha2Beta1Flat`. Composites and canonizers are exactly the ones the reference fixtures "
+    "check (`scripts/xai_reference.py`, imported by `scripts/make_fixtures.py` and `scripts/bench_torch.py`): "
+    "`zennit.torchvision.ResNetCanonizer()` for resnet18 (BatchNorm merge, residual add -> `zennit.layer.Sum`), "
+    "`MobileNetV2Canonizer()` for mobilenet_v2 (zennit 0.5.1 ships none: `SequentialMergeBatchNorm` + each "
+    "InvertedResidual's residual add -> `zennit.layer.Sum` + the functional global average pool -> an "
+    "`nn.AdaptiveAvgPool2d` module, so both get the Norm rule). Ours: `LrpParams::new(composite)` with "
     "`merge_convention: MergeConvention::KeepEps` (zennit 0.5.1's merge).",
     "- The torch models have out-of-place ReLU/ReLU6 (zennit's hooks want them) and parameters with "
     "`requires_grad=False` (both sides differentiate with respect to the input only).",
