@@ -42,9 +42,8 @@ impl CustomOp1 for ChannelAffine {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            candle_core::bail!("channel-affine supports f32 only")
-        };
+        // Only the layout's elements: a narrowed tensor's storage starts before them.
+        let x = f32_data(storage, layout, "channel-affine")?;
         let dims = layout.shape().dims();
         let c = self.scale.len();
         if dims.len() < 2 || dims[1] != c {
