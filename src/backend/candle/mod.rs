@@ -150,7 +150,11 @@ impl BackendStorage for CandleStorage {
         Self::wrap(match op {
             Reduce::MeanHw => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?,
             Reduce::SumChannels => x.sum_keepdim(1)?,
-            Reduce::SumPerSample => x.flatten_from(1)?.sum(D::Minus1)?,
+            // Through [N, rest]: a rank-1 [N] holds samples of one element each, which
+            // flatten_from(1) would refuse.
+            Reduce::SumPerSample => x
+                .reshape((x.dim(0)?, x.dims()[1..].iter().product::<usize>()))?
+                .sum(1)?,
         })
     }
 
