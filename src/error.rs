@@ -110,6 +110,20 @@ pub enum Error {
     #[error("invalid value for {parameter}: {reason}")]
     InvalidParameter { parameter: String, reason: String },
 
+    #[error("{parameter} does not apply to method `{method}`; it is used by {used_by}")]
+    ParameterNotApplicable {
+        parameter: String,
+        method: String,
+        used_by: String,
+    },
+
+    #[error("`{value}` is not {what}; expected {expected}")]
+    Unparsable {
+        value: String,
+        what: &'static str,
+        expected: String,
+    },
+
     #[error("unknown method `{name}`; known: {known}")]
     UnknownMethod { name: String, known: String },
 
@@ -139,6 +153,19 @@ impl Error {
         Error::InvalidParameter {
             parameter: parameter.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// `value` is not one of `choices`, the names of `what`.
+    pub(crate) fn unknown_choice<'a>(
+        value: &str,
+        what: &'static str,
+        choices: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Error::Unparsable {
+            value: value.to_string(),
+            what,
+            expected: format!("one of {}", choices.into_iter().collect::<Vec<_>>().join(", ")),
         }
     }
 }

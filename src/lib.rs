@@ -20,6 +20,7 @@ mod rng;
 #[cfg(not(target_arch = "wasm32"))]
 pub use methods::explain;
 pub use methods::{explain_async, Explanation, Method, Progress, Request, Targets};
+pub mod files;
 pub mod image;
 pub mod render;
 #[cfg(target_arch = "wasm32")]

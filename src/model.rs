@@ -52,6 +52,16 @@ impl Model {
         )
     }
 
+    /// Builds a model from the bytes of a `.safetensors` file or a PyTorch `.pth` checkpoint,
+    /// told apart by their contents. `source` names them in error messages.
+    pub fn from_bytes(bytes: &[u8], source: &str, options: &LoadOptions, device: &candle_core::Device) -> Result<Self> {
+        if crate::import::pth::looks_like_pth(bytes) {
+            let state = crate::import::pth::state_dict_from_pth(bytes, source, device)?;
+            return Self::from_state_dict(&state, options.graph.clone(), options.arch.as_deref(), device);
+        }
+        Self::from_safetensors(bytes, source, options, device)
+    }
+
     /// Reads a `.safetensors` file (or a PyTorch `.pth` checkpoint) from disk.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: &std::path::Path, options: &LoadOptions, device: &candle_core::Device) -> Result<Self> {
@@ -59,12 +69,7 @@ impl Model {
             path: path.to_path_buf(),
             source,
         })?;
-        let source = path.display().to_string();
-        if crate::import::pth::looks_like_pth(&bytes) {
-            let state = crate::import::pth::state_dict_from_pth(&bytes, &source, device)?;
-            return Self::from_state_dict(&state, options.graph.clone(), options.arch.as_deref(), device);
-        }
-        Self::from_safetensors(&bytes, &source, options, device)
+        Self::from_bytes(&bytes, &path.display().to_string(), options, device)
     }
 
     /// Builds the graph from a state dict: an explicit graph first, then a forced torchvision

@@ -277,22 +277,45 @@ const FONT_SCALE: u32 = 2;
 const MARGIN: u32 = 6;
 
 /// The heatmap of `attribution` ([C, H, W]) over `photo`, resized to the photo when needed,
-/// with a colour bar on the right labelled with the values of its ends.
-pub fn render(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha: f32) -> Result<Rendered> {
+/// without a colour bar (the page draws its own); `low`/`high` are the values the colour map's
+/// ends stand for.
+pub fn overlay(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha: f32) -> Result<Rendered> {
     if !(0.0..=1.0).contains(&alpha) {
-        return Err(Error::invalid_parameter("alpha", format!("{alpha} is not in [0, 1]")));
+        return Err(Error::invalid_parameter(
+            "alpha",
+            format!("{alpha} is not between 0 and 1"),
+        ));
     }
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let map = RelevanceMap::from_attribution(attribution)?.resized(w, h);
     let normalised = normalise(&map.values, colormap);
     let heat = colorize(&normalised.values, w, h, colormap);
-    let overlay = blend(photo, &heat, alpha);
-    let image = with_colour_bar(&overlay, colormap, normalised.low, normalised.high);
     Ok(Rendered {
-        image,
+        image: blend(photo, &heat, alpha),
         low: normalised.low,
         high: normalised.high,
     })
+}
+
+/// [`overlay`] with a colour bar on the right labelled with the values of its ends: the image
+/// `candle-xai explain --image` writes.
+pub fn render(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha: f32) -> Result<Rendered> {
+    let overlay = overlay(photo, attribution, colormap, alpha)?;
+    Ok(Rendered {
+        image: with_colour_bar(&overlay.image, colormap, overlay.low, overlay.high),
+        ..overlay
+    })
+}
+
+/// `steps` RGB colours of `colormap` from its high end to its low end (a colour bar).
+pub fn colour_bar(colormap: Colormap, steps: usize) -> Vec<[u8; 3]> {
+    let steps = steps.max(2);
+    (0..steps)
+        .map(|i| {
+            let t = 1.0 - i as f32 / (steps - 1) as f32;
+            colormap.color(if colormap.is_signed() { 2.0 * t - 1.0 } else { t })
+        })
+        .collect()
 }
 
 /// A label as the colour bar prints it, e.g. `-1.25e-3`.

@@ -23,6 +23,46 @@ impl Device {
         Device::Candle(candle_core::Device::Cpu)
     }
 
+    /// The device called `name`: `cpu`; `wgpu` (our WGSL kernels on the default adapter;
+    /// `webgpu` too); `cuda` or `cuda:N` when built with the `cuda` feature.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(name: &str) -> Result<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "cpu" => return Ok(Self::cpu()),
+            #[cfg(feature = "wgpu")]
+            "wgpu" | "webgpu" => return Ok(Device::Wgpu(crate::backend::wgpu::WgpuDevice::new()?)),
+            #[cfg(not(feature = "wgpu"))]
+            "wgpu" | "webgpu" => {
+                return Err(Error::Device(
+                    "this candle-xai was built without the `wgpu` feature; use --device cpu".into(),
+                ))
+            }
+            _ => {}
+        }
+        let ordinal = match name.as_str() {
+            "cuda" | "gpu" => 0,
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => n,
+                _ => {
+                    return Err(Error::Device(format!(
+                        "unknown device `{other}`; use cpu, wgpu, cuda or cuda:N"
+                    )))
+                }
+            },
+        };
+        if !cfg!(feature = "cuda") {
+            return Err(Error::Device(
+                "this candle-xai was built without CUDA support; rebuild it with `cargo build --release --features cuda`, \
+                 or use --device cpu"
+                    .into(),
+            ));
+        }
+        candle_core::Device::new_cuda(ordinal)
+            .map(Device::Candle)
+            .map_err(|e| Error::Device(format!("could not open CUDA device {ordinal}: {e}")))
+    }
+
     /// A tensor of `dims` holding `data` (row-major) on this device.
     pub fn tensor(&self, data: &[f32], dims: &[usize]) -> Result<Tensor> {
         let storage = match self {

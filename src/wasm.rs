@@ -7,7 +7,6 @@
 //!
 //! Tensors cross the boundary as flat `Float32Array`s with a separate shape array.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
@@ -16,9 +15,10 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::Error;
+use crate::files;
 use crate::import::graph_json::GraphSpec;
-use crate::methods::tunables;
-use crate::render::{self, Colormap, RelevanceMap};
+use crate::methods::catalog;
+use crate::render::{self, Colormap};
 use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 
 /// Rows per forward/backward pass in the browser when a method's JSON does not say: bounds the
@@ -90,22 +90,19 @@ fn flat(t: &Tensor) -> JsResult<Vec<f32>> {
 // -------------------------------------------------------------------------------------------
 // Methods
 
-/// Every method: `[{name, method, tunables}]` as JSON, where `method` is the method's default
-/// parameters as `explain` accepts them and `tunables` its tunable parameters with ranges.
+/// Every method: `[{name, label, help, method, defaults, parameters, tunables}]` as JSON, the
+/// engine's method schema (`candle-xai methods` prints the same), where `method` (as `defaults`)
+/// is the method's default parameters as `explain` accepts them.
 #[wasm_bindgen]
 pub fn methods() -> JsResult<String> {
-    let list = Method::NAMES
-        .iter()
-        .map(|name| {
-            let method = Method::from_name(name)?;
-            Ok(serde_json::json!({
-                "name": name,
-                "method": serde_json::to_value(&method).map_err(|e| Error::invalid_parameter("method", e.to_string()))?,
-                "tunables": tunables(&method),
-            }))
+    let list: Vec<serde_json::Value> = catalog()
+        .into_iter()
+        .map(|info| {
+            let mut entry = serde_json::to_value(&info).map_err(js_error)?;
+            entry["method"] = entry["defaults"].clone();
+            Ok(entry)
         })
-        .collect::<Result<Vec<_>, Error>>()
-        .map_err(js_error)?;
+        .collect::<JsResult<_>>()?;
     serde_json::to_string(&list).map_err(js_error)
 }
 
@@ -113,39 +110,21 @@ pub fn methods() -> JsResult<String> {
 /// object such as `{"n_steps": 16}`; empty or `{}` for the defaults). Rows per pass default to
 /// [`WEB_ROWS_PER_PASS`].
 pub fn build_method(name: &str, params_json: &str) -> Result<Method, Error> {
-    let method = Method::from_name(name)?;
-    let mut value = serde_json::to_value(&method).map_err(|e| Error::invalid_parameter("method", e.to_string()))?;
-    let params_json = params_json.trim();
-    if !params_json.is_empty() {
-        let overrides: serde_json::Value = serde_json::from_str(params_json)
-            .map_err(|e| Error::invalid_parameter("parameters", format!("not valid JSON: {e}")))?;
-        let serde_json::Value::Object(overrides) = overrides else {
-            return Err(Error::invalid_parameter(
-                "parameters",
-                "expected a JSON object of parameter values",
-            ));
-        };
-        let target = value.as_object_mut().expect("a method serialises as an object");
-        for (key, v) in overrides {
-            if key == "method" || key == "composite" {
-                continue;
-            }
-            if !target.contains_key(&key) && key != "batch_size" && key != "stdev" {
-                return Err(Error::invalid_parameter(
-                    &key,
-                    format!("method `{name}` has no parameter `{key}`"),
-                ));
-            }
-            target.insert(key, v);
-        }
-    }
-    if matches!(method, Method::IntegratedGradients(_) | Method::SmoothGrad(_)) {
-        let object = value.as_object_mut().expect("a method serialises as an object");
+    let mut overrides = match params_json.trim() {
+        "" => serde_json::Value::Object(Default::default()),
+        text => serde_json::from_str(text)
+            .map_err(|e| Error::invalid_parameter("parameters", format!("not valid JSON: {e}")))?,
+    };
+    let takes_batch_size = Method::from_name(name)?
+        .parameters()
+        .iter()
+        .any(|p| p.key == "batch_size");
+    if let Some(object) = overrides.as_object_mut().filter(|_| takes_batch_size) {
         if object.get("batch_size").is_none_or(|v| v.is_null()) {
             object.insert("batch_size".into(), WEB_ROWS_PER_PASS.into());
         }
     }
-    serde_json::from_value(value).map_err(|e| Error::invalid_parameter(name, e.to_string()))
+    Method::from_json(name, &overrides)
 }
 
 // -------------------------------------------------------------------------------------------
@@ -204,25 +183,21 @@ pub fn overlay(
     colormap: &str,
     alpha: f32,
 ) -> JsResult<Object> {
-    if !(0.0..=1.0).contains(&alpha) {
-        return Err(JsError::new(&format!("opacity {alpha} is not between 0 and 1")));
-    }
     let colormap = Colormap::parse(colormap).map_err(js_error)?;
     let photo = photo_image(photo, width, height)?;
     let attribution = first_sample(attributions, shape)?;
-    let map = RelevanceMap::from_attribution(&attribution)
-        .map_err(js_error)?
-        .resized(width as usize, height as usize);
-    let normalised = render::normalise(&map.values, colormap);
-    let heat = render::colorize(&normalised.values, width as usize, height as usize, colormap);
-    let blended = render::blend(&photo, &heat, alpha);
-    let rgba: Vec<u8> = blended.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect();
+    let overlay = render::overlay(&photo, &attribution, colormap, alpha).map_err(js_error)?;
+    let rgba: Vec<u8> = overlay
+        .image
+        .pixels()
+        .flat_map(|p| [p.0[0], p.0[1], p.0[2], 255])
+        .collect();
     let out = Object::new();
     set(&out, "rgba", Uint8ClampedArray::from(rgba.as_slice()))?;
     set(&out, "width", width)?;
     set(&out, "height", height)?;
-    set(&out, "low", normalised.low)?;
-    set(&out, "high", normalised.high)?;
+    set(&out, "low", overlay.low)?;
+    set(&out, "high", overlay.high)?;
     Ok(out)
 }
 
@@ -230,13 +205,7 @@ pub fn overlay(
 #[wasm_bindgen(js_name = colormapColors)]
 pub fn colormap_colors(colormap: &str, steps: u32) -> JsResult<Uint8Array> {
     let colormap = Colormap::parse(colormap).map_err(js_error)?;
-    let steps = steps.max(2);
-    let colours: Vec<u8> = (0..steps)
-        .flat_map(|i| {
-            let t = 1.0 - i as f32 / (steps - 1) as f32;
-            colormap.color(if colormap.is_signed() { 2.0 * t - 1.0 } else { t })
-        })
-        .collect();
+    let colours: Vec<u8> = render::colour_bar(colormap, steps as usize).concat();
     Ok(Uint8Array::from(colours.as_slice()))
 }
 
@@ -268,38 +237,18 @@ pub fn render_png(
 // -------------------------------------------------------------------------------------------
 // Safetensors files
 
-fn safetensors_bytes(tensors: Vec<(&str, Vec<usize>, safetensors::Dtype, Vec<u8>)>) -> JsResult<Vec<u8>> {
-    let views = tensors
-        .iter()
-        .map(|(name, shape, dtype, bytes)| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
-                .map(|view| (*name, view))
-                .map_err(js_error)
-        })
-        .collect::<JsResult<Vec<_>>>()?;
-    let mut metadata = HashMap::new();
-    metadata.insert("producer".to_string(), format!("candle-xai {} (browser)", version()));
-    safetensors::tensor::serialize(views, Some(metadata)).map_err(js_error)
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn i64_bytes(values: &[i64]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// The `producer` metadata of the files the page saves.
+fn producer() -> String {
+    format!("candle-xai {} (browser)", version())
 }
 
 /// A model input as `candle-xai explain --input` reads it: `inputs` (f32) and, when `target`
 /// is given, `targets` (int64).
 #[wasm_bindgen(js_name = inputSafetensors)]
 pub fn input_safetensors(input: &[f32], shape: &[u32], target: Option<i32>) -> JsResult<Vec<u8>> {
-    tensor(input, shape, "the input")?;
-    let mut tensors = vec![("inputs", to_dims(shape), safetensors::Dtype::F32, f32_bytes(input))];
-    if let Some(t) = target {
-        tensors.push(("targets", vec![1], safetensors::Dtype::I64, i64_bytes(&[t as i64])));
-    }
-    safetensors_bytes(tensors)
+    let input = tensor(input, shape, "the input")?;
+    let targets = target.map(|t| vec![t as i64]);
+    files::inputs_safetensors(&input, targets.as_deref(), &producer()).map_err(js_error)
 }
 
 /// An explanation as `candle-xai explain --input ... --out Y.safetensors` writes it:
@@ -313,31 +262,15 @@ pub fn explanation_safetensors(
     target: u32,
     convergence_delta: Option<f32>,
 ) -> JsResult<Vec<u8>> {
-    tensor(attributions, shape, "the attribution")?;
-    let mut tensors = vec![
-        (
-            "attributions",
-            to_dims(shape),
-            safetensors::Dtype::F32,
-            f32_bytes(attributions),
-        ),
-        (
-            "logits",
-            vec![1, logits.len()],
-            safetensors::Dtype::F32,
-            f32_bytes(logits),
-        ),
-        ("targets", vec![1], safetensors::Dtype::I64, i64_bytes(&[target as i64])),
-    ];
-    if let Some(delta) = convergence_delta {
-        tensors.push((
-            "convergence_delta",
-            vec![1],
-            safetensors::Dtype::F32,
-            f32_bytes(&[delta]),
-        ));
-    }
-    safetensors_bytes(tensors)
+    let explanation = Explanation {
+        attributions: tensor(attributions, shape, "the attribution")?,
+        logits: tensor(logits, &[1, logits.len() as u32], "the logits")?,
+        targets: vec![target as usize],
+        convergence_delta: convergence_delta
+            .map(|d| tensor(&[d], &[1], "the convergence delta"))
+            .transpose()?,
+    };
+    files::explanation_safetensors(&explanation, &producer()).map_err(js_error)
 }
 
 // -------------------------------------------------------------------------------------------
@@ -396,15 +329,11 @@ impl WasmModel {
             Some(text) => Some(GraphSpec::from_json(text).map_err(js_error)?),
             None => None,
         };
-        let arch = arch.filter(|a| !a.trim().is_empty());
-        let device = Device::Cpu;
-        let model = if crate::import::pth::looks_like_pth(bytes) {
-            let state = crate::import::pth::state_dict_from_pth(bytes, name, &device).map_err(js_error)?;
-            Model::from_state_dict(&state, graph, arch.as_deref(), &device)
-        } else {
-            Model::from_safetensors(bytes, name, &LoadOptions { arch, graph }, &device)
-        }
-        .map_err(js_error)?;
+        let options = LoadOptions {
+            arch: arch.filter(|a| !a.trim().is_empty()),
+            graph,
+        };
+        let model = Model::from_bytes(bytes, name, &options, &Device::Cpu).map_err(js_error)?;
         Ok(Self { model: Rc::new(model) })
     }
 
@@ -543,6 +472,7 @@ fn explanation_object(explanation: &Explanation, request: &Request) -> JsResult<
 mod tests {
     use super::*;
     use crate::methods::Quadrature;
+    use std::collections::HashMap;
     use wasm_bindgen_test::*;
 
     wasm_bindgen_test_configure!(run_in_dedicated_worker);

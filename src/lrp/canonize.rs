@@ -4,19 +4,51 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::layers::{BatchNorm2d, Op};
 
 /// What remains of a BatchNorm after merging.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum MergeConvention {
     /// zennit >= 1.0: the merged BatchNorm is an exact identity (eps set to 0).
     #[default]
     Exact,
     /// zennit 0.5: the merged BatchNorm keeps its eps, so it still divides by sqrt(1 + eps).
     KeepEps,
+}
+
+impl MergeConvention {
+    pub const ALL: [MergeConvention; 2] = [MergeConvention::Exact, MergeConvention::KeepEps];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeConvention::Exact => "exact",
+            MergeConvention::KeepEps => "keep-eps",
+        }
+    }
+}
+
+/// Any case, `_` for `-`.
+impl std::str::FromStr for MergeConvention {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        let canonical = name.trim().replace('_', "-").to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == canonical)
+            .ok_or_else(|| Error::unknown_choice(name, "a BatchNorm merge convention", Self::ALL.map(Self::name)))
+    }
+}
+
+impl TryFrom<String> for MergeConvention {
+    type Error = Error;
+
+    fn try_from(name: String) -> Result<Self> {
+        name.parse()
+    }
 }
 
 /// Merges every BatchNorm2d whose input is a Conv2d read by nothing else into that conv.

@@ -45,6 +45,32 @@ impl Composite {
         }
     }
 
+    /// The composite's name for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Composite::UniformEpsilon => "LRP: uniform ε",
+            Composite::EpsilonGammaBox => "LRP: ε + γ + z-box",
+            Composite::EpsilonPlus => "LRP: ε + z⁺",
+            Composite::EpsilonAlpha2Beta1 => "LRP: ε + α2β1",
+            Composite::EpsilonPlusFlat => "LRP: ε + z⁺ + flat",
+            Composite::EpsilonAlpha2Beta1Flat => "LRP: ε + α2β1 + flat",
+        }
+    }
+
+    /// One sentence on which rule goes where.
+    pub fn help(self) -> &'static str {
+        match self {
+            Composite::UniformEpsilon => "Layer-wise Relevance Propagation with the ε rule on every layer.",
+            Composite::EpsilonGammaBox => {
+                "LRP: z-box on the first layer, γ on the other convolutions, ε on the dense layers."
+            }
+            Composite::EpsilonPlus => "LRP: z⁺ on convolutions, ε on dense layers (zennit EpsilonPlus).",
+            Composite::EpsilonAlpha2Beta1 => "LRP: α2β1 on convolutions, ε on dense layers.",
+            Composite::EpsilonPlusFlat => "LRP ε + z⁺ with the flat rule on the first layer.",
+            Composite::EpsilonAlpha2Beta1Flat => "LRP ε + α2β1 with the flat rule on the first layer.",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL
             .into_iter()

@@ -17,12 +17,54 @@ const fn stabilizer() -> f64 {
     STABILIZER
 }
 
-/// A lower or upper input bound for ZBox: one value, or one per input channel.
+/// A lower or upper input bound for ZBox: one value, or one per input channel. JSON takes a
+/// number, a list, or the text form `-2.1` / `-2.1,-2.0,-1.8`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "BoundSpec")]
 pub enum Bound {
     Scalar(f64),
     PerChannel(Vec<f64>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BoundSpec {
+    Scalar(f64),
+    PerChannel(Vec<f64>),
+    Text(String),
+}
+
+impl TryFrom<BoundSpec> for Bound {
+    type Error = crate::Error;
+
+    fn try_from(spec: BoundSpec) -> Result<Self> {
+        match spec {
+            BoundSpec::Scalar(v) => Ok(Bound::Scalar(v)),
+            BoundSpec::PerChannel(values) => Ok(Bound::PerChannel(values)),
+            BoundSpec::Text(text) => text.parse(),
+        }
+    }
+}
+
+/// One number, or comma-separated numbers (one per channel).
+impl std::str::FromStr for Bound {
+    type Err = crate::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let values = text
+            .split(',')
+            .map(|v| v.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| crate::Error::Unparsable {
+                value: text.to_string(),
+                what: "a bound",
+                expected: "a number or comma-separated numbers (one per channel)".to_string(),
+            })?;
+        Ok(match values.as_slice() {
+            [v] => Bound::Scalar(*v),
+            _ => Bound::PerChannel(values),
+        })
+    }
 }
 
 impl Bound {

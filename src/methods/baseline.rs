@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
+/// Written as `{"kind": "blur", "sigma": 2}` in JSON, or in the short form [`Baseline::SYNTAX`]
+/// (`"blur:2"`, also accepted in JSON).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", try_from = "BaselineSpec")]
 pub enum Baseline {
     #[default]
     Zero,
@@ -29,7 +31,81 @@ pub enum Baseline {
     Tensor(Tensor),
 }
 
+/// What a baseline may be written as: the short form, a constant, or the tagged object.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BaselineSpec {
+    Text(String),
+    Constant(f32),
+    Tagged(TaggedBaseline),
+}
+
+/// [`Baseline`]'s JSON object form (all but an explicit tensor).
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum TaggedBaseline {
+    Zero,
+    Constant {
+        value: f32,
+    },
+    Blur {
+        sigma: f32,
+    },
+    UniformNoise {
+        low: f32,
+        high: f32,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+impl TryFrom<BaselineSpec> for Baseline {
+    type Error = Error;
+
+    fn try_from(spec: BaselineSpec) -> Result<Self> {
+        Ok(match spec {
+            BaselineSpec::Text(text) => text.parse()?,
+            BaselineSpec::Constant(value) => Baseline::Constant { value },
+            BaselineSpec::Tagged(TaggedBaseline::Zero) => Baseline::Zero,
+            BaselineSpec::Tagged(TaggedBaseline::Constant { value }) => Baseline::Constant { value },
+            BaselineSpec::Tagged(TaggedBaseline::Blur { sigma }) => Baseline::Blur { sigma },
+            BaselineSpec::Tagged(TaggedBaseline::UniformNoise { low, high, seed }) => {
+                Baseline::UniformNoise { low, high, seed }
+            }
+        })
+    }
+}
+
+/// The short form: `zero`, a number, `blur:<sigma>` or `uniform:<low>:<high>` (seed 0).
+impl std::str::FromStr for Baseline {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || Error::Unparsable {
+            value: text.to_string(),
+            what: "a baseline",
+            expected: Baseline::SYNTAX.to_string(),
+        };
+        let number = |s: &str| s.trim().parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(bad);
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        Ok(match parts.as_slice() {
+            ["zero"] => Baseline::Zero,
+            ["blur", sigma] => Baseline::Blur { sigma: number(sigma)? },
+            ["uniform", low, high] => Baseline::UniformNoise {
+                low: number(low)?,
+                high: number(high)?,
+                seed: 0,
+            },
+            [value] => Baseline::Constant { value: number(value)? },
+            _ => return Err(bad()),
+        })
+    }
+}
+
 impl Baseline {
+    /// The short form's syntax.
+    pub const SYNTAX: &'static str = "zero, a number, blur:<sigma> or uniform:<low>:<high>";
+
     /// The baseline for `input` [N, C, H, W], same shape and device.
     pub fn for_input(&self, input: &Tensor) -> Result<Tensor> {
         Ok(match self {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::probe::Pass;
-use super::Attribution;
+use super::{Attribution, Parameter};
 use crate::backend::{Activation, Map, Reduce};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -17,6 +17,23 @@ pub struct GradCamParams {
     pub relu: bool,
     /// Bilinear upsampling to the input's size (captum's LayerAttribution.interpolate).
     pub upsample: bool,
+}
+
+impl GradCamParams {
+    pub(crate) fn parameters(&self) -> Vec<Parameter> {
+        vec![
+            Parameter::bool(
+                "relu",
+                "ReLU",
+                "keep only the positive part of the map (the paper's Grad-CAM)",
+            ),
+            Parameter::bool(
+                "upsample",
+                "Upsample",
+                "upsample the map bilinearly to the input's size (captum's LayerAttribution.interpolate)",
+            ),
+        ]
+    }
 }
 
 impl Default for GradCamParams {

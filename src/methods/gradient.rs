@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::probe::Pass;
-use super::Attribution;
+use super::{Attribution, Parameter};
 use crate::backend::Map;
 use crate::error::Result;
 
@@ -15,6 +15,16 @@ use crate::error::Result;
 pub struct GradientParams {
     /// Absolute value of the gradient (captum's Saliency default is true; ours is signed).
     pub abs: bool,
+}
+
+impl GradientParams {
+    pub(crate) fn parameters(&self) -> Vec<Parameter> {
+        vec![Parameter::bool(
+            "abs",
+            "Absolute value",
+            "absolute value of the gradient (captum's Saliency takes it by default; ours is signed)",
+        )]
+    }
 }
 
 pub(crate) fn gradient(pass: Pass, params: &GradientParams) -> Result<Attribution> {

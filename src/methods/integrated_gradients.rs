@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::baseline::Baseline;
 use super::probe::{unstack, Passes, Probe, Progress};
 use super::quadrature::Quadrature;
-use super::Attribution;
+use super::{Attribution, Parameter, Scale};
 use crate::backend::Reduce;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -22,6 +22,8 @@ pub struct IntegratedGradientsParams {
     pub multiply_by_inputs: bool,
     /// Rows per forward/backward pass (captum's internal_batch_size).
     pub batch_size: Option<usize>,
+    /// The seed of a uniform-noise baseline (overrides the baseline's own).
+    pub seed: Option<u64>,
 }
 
 impl Default for IntegratedGradientsParams {
@@ -32,6 +34,69 @@ impl Default for IntegratedGradientsParams {
             baseline: Baseline::Zero,
             multiply_by_inputs: true,
             batch_size: None,
+            seed: None,
+        }
+    }
+}
+
+impl IntegratedGradientsParams {
+    pub(crate) fn parameters(&self) -> Vec<Parameter> {
+        vec![
+            Parameter::integer("n_steps", "Integration steps", "number of points on the path")
+                .at_least(1.0)
+                .tuned(Scale::Integer, 10.0, 100.0),
+            Parameter::choice::<Quadrature>(
+                "quadrature",
+                "Quadrature rule",
+                "where the path is sampled and how the samples are weighted (captum's methods)",
+                Quadrature::ALL.map(Quadrature::name).to_vec(),
+            )
+            .tuned(Scale::Choice, 0.0, 0.0),
+            Parameter::text::<Baseline>("baseline", "Baseline", "where the path starts", Baseline::SYNTAX),
+            Parameter::bool(
+                "multiply_by_inputs",
+                "Multiply by inputs",
+                "multiply the path integral by (input - baseline); off gives the plain integral",
+            ),
+            Parameter::integer("batch_size", "Rows per pass", "path points per forward/backward pass")
+                .at_least(1.0)
+                .optional(),
+            Parameter::integer("seed", "Seed", "seed of a uniform-noise baseline").optional(),
+        ]
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.n_steps < self.quadrature.min_steps() {
+            return Err(Error::invalid_parameter(
+                "n_steps",
+                format!(
+                    "{} needs at least {} steps",
+                    self.quadrature.name(),
+                    self.quadrature.min_steps()
+                ),
+            ));
+        }
+        if self.batch_size == Some(0) {
+            return Err(Error::invalid_parameter("batch_size", "must be at least 1"));
+        }
+        if self.seed.is_some() && !matches!(self.baseline, Baseline::UniformNoise { .. }) {
+            return Err(Error::invalid_parameter(
+                "seed",
+                "integrated-gradients uses a seed only with a uniform-noise baseline (uniform:<low>:<high>)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The baseline, with `seed` in place of a uniform-noise baseline's own.
+    fn seeded_baseline(&self) -> Baseline {
+        match (&self.baseline, self.seed) {
+            (Baseline::UniformNoise { low, high, .. }, Some(seed)) => Baseline::UniformNoise {
+                low: *low,
+                high: *high,
+                seed,
+            },
+            (baseline, _) => baseline.clone(),
         }
     }
 }
@@ -44,17 +109,10 @@ pub(crate) async fn integrated_gradients(
     params: &IntegratedGradientsParams,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
-    if params.n_steps < params.quadrature.min_steps() {
-        return Err(Error::invalid_parameter(
-            "n_steps",
-            format!(
-                "{} needs at least {} steps",
-                params.quadrature.name(),
-                params.quadrature.min_steps()
-            ),
-        ));
-    }
-    let baseline = input.device().upload(&params.baseline.for_input(host_input)?)?;
+    params.validate()?;
+    let baseline = input
+        .device()
+        .upload(&params.seeded_baseline().for_input(host_input)?)?;
     let graph = probe.model.graph();
     let at_layer = probe.at != 0;
     // The path runs between these two values of node `at`.

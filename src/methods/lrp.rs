@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::probe::{one_hot, Probe, Progress};
-use super::{Attribution, Scale, Tunable};
+use super::{Attribution, Parameter, Scale};
 use crate::error::{Error, Result};
 use crate::layers::Layer;
-use crate::lrp::{assign_rules, merge_batch_norms, Composite, CompositeParams, MergeConvention, Rule, Selector};
+use crate::lrp::{assign_rules, merge_batch_norms, Bound, Composite, CompositeParams, MergeConvention, Rule, Selector};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,32 +57,61 @@ impl LrpParams {
         Ok(())
     }
 
-    pub(crate) fn tunables(&self) -> Vec<Tunable> {
-        let p = &self.params;
-        let epsilon = Tunable {
-            name: "epsilon",
-            scale: Scale::Log,
-            min: 1e-6,
-            max: 1.0,
-            default: p.epsilon,
-            choices: Vec::new(),
-            default_choice: None,
-        };
+    pub(crate) fn parameters(&self) -> Vec<Parameter> {
+        let number = |key, label, help| Parameter::number(key, label, help).at_least(0.0);
+        let mut parameters = vec![number(
+            "epsilon",
+            "ε (stabiliser)",
+            "epsilon of the Epsilon rule (linear layers; every layer for lrp-uniform-epsilon)",
+        )
+        .tuned(Scale::Log, 1e-6, 1.0)];
         match self.composite {
-            Composite::EpsilonGammaBox => vec![
-                epsilon,
-                Tunable {
-                    name: "gamma",
-                    scale: Scale::Log,
-                    min: 1e-6,
-                    max: 1.0,
-                    default: p.gamma,
-                    choices: Vec::new(),
-                    default_choice: None,
-                },
-            ],
-            _ => vec![epsilon],
+            Composite::EpsilonGammaBox => parameters.extend([
+                number(
+                    "gamma",
+                    "γ (positive boost)",
+                    "gamma of the Gamma rule on the convolutions",
+                )
+                .tuned(Scale::Log, 1e-6, 1.0),
+                Parameter::text::<Bound>(
+                    "low",
+                    "ZBox lower bound",
+                    "the input's lowest value (normalised space) for ZBox on the first layer",
+                    "a number, or one per channel: v1,v2,v3",
+                ),
+                Parameter::text::<Bound>(
+                    "high",
+                    "ZBox upper bound",
+                    "the input's highest value (normalised space) for ZBox on the first layer",
+                    "a number, or one per channel: v1,v2,v3",
+                ),
+            ]),
+            Composite::EpsilonAlpha2Beta1 | Composite::EpsilonAlpha2Beta1Flat => parameters.extend([
+                number("alpha", "α", "weight of the positive contributions (AlphaBeta rule)"),
+                number("beta", "β", "weight of the negative contributions (AlphaBeta rule)"),
+            ]),
+            Composite::UniformEpsilon | Composite::EpsilonPlus | Composite::EpsilonPlusFlat => {}
         }
+        parameters.extend([
+            number("stabilizer", "Stabiliser", "the stabiliser of every rule but Epsilon (zennit's 1e-6)"),
+            Parameter::bool(
+                "start_from_logit",
+                "Start from the logit",
+                "start from the target's logit value instead of 1",
+            ),
+            Parameter::choice::<MergeConvention>(
+                "merge_convention",
+                "BatchNorm merge",
+                "what remains of a BatchNorm merged into the layer before it: exact (zennit >= 1.0) or keep-eps (zennit 0.5)",
+                MergeConvention::ALL.map(MergeConvention::name).to_vec(),
+            ),
+            Parameter::json::<Vec<(Selector, Rule)>>(
+                "rules",
+                "Rule overrides",
+                "rules that override the composite, by layer kind or name: [[{\"kind\": \"Linear\"}, {\"rule\": \"epsilon\", \"epsilon\": 0.1}]]",
+            ),
+        ]);
+        parameters
     }
 }
 

@@ -5,20 +5,22 @@ mod grad_cam;
 mod gradient;
 mod integrated_gradients;
 mod lrp;
+mod parameters;
 pub(crate) mod probe;
 mod quadrature;
 mod smooth_grad;
-mod tunables;
 
 pub use baseline::Baseline;
 pub use grad_cam::GradCamParams;
 pub use gradient::GradientParams;
 pub use integrated_gradients::IntegratedGradientsParams;
 pub use lrp::LrpParams;
+pub use parameters::{
+    catalog, methods_taking, not_applicable, Kind, MethodInfo, Parameter, ParameterInfo, Scale, Tunable,
+};
 pub use probe::Progress;
 pub use quadrature::Quadrature;
 pub use smooth_grad::{Aggregate, SmoothGradParams};
-pub use tunables::{tunables, Scale, Tunable};
 
 use candle_core::Tensor as HostTensor;
 use serde::{Deserialize, Serialize};
@@ -75,6 +77,34 @@ impl Method {
                 }
             },
         })
+    }
+
+    /// The method's name for people.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Method::Gradient(_) => "Gradient (saliency)",
+            Method::InputXGradient => "Input × Gradient",
+            Method::SmoothGrad(_) => "SmoothGrad",
+            Method::IntegratedGradients(_) => "Integrated Gradients",
+            Method::GradCam(_) => "Grad-CAM",
+            Method::Lrp(p) => p.composite.label(),
+        }
+    }
+
+    /// One sentence on what the method computes.
+    pub fn help(&self) -> &'static str {
+        match self {
+            Method::Gradient(_) => "The gradient of the class score with respect to each pixel (signed).",
+            Method::InputXGradient => "The gradient times the input: first-order contribution of each pixel.",
+            Method::SmoothGrad(_) => "The gradient averaged over noisy copies of the photo: less speckle.",
+            Method::IntegratedGradients(_) => {
+                "Gradients integrated along a straight path from a black baseline to the photo; the attributions sum to the score difference."
+            }
+            Method::GradCam(_) => {
+                "A coarse map from a convolutional layer's activations weighted by their pooled gradients."
+            }
+            Method::Lrp(p) => p.composite.help(),
+        }
     }
 
     pub fn name(&self) -> String {

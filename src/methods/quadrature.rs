@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum Quadrature {
     RiemannLeft,
     RiemannRight,
@@ -11,7 +13,7 @@ pub enum Quadrature {
     RiemannTrapezoid,
     /// Named as captum names it (`gausslegendre`); `gauss-legendre` is accepted too.
     #[default]
-    #[serde(rename = "gausslegendre", alias = "gauss-legendre")]
+    #[serde(rename = "gausslegendre")]
     GaussLegendre,
 }
 
@@ -32,11 +34,6 @@ impl Quadrature {
             Quadrature::RiemannTrapezoid => "riemann-trapezoid",
             Quadrature::GaussLegendre => "gausslegendre",
         }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        let canonical = name.replace('_', "-").to_ascii_lowercase();
-        Self::ALL.into_iter().find(|q| q.name() == canonical)
     }
 
     /// (step sizes, alphas) for `n` steps, in captum's order.
@@ -70,6 +67,28 @@ impl Quadrature {
             // captum asserts n > 1 for every Riemann rule
             _ => 2,
         }
+    }
+}
+
+/// Any case, `_` for `-`, and `gauss-legendre` for captum's `gausslegendre`.
+impl std::str::FromStr for Quadrature {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        let canonical = name.trim().replace('_', "-").to_ascii_lowercase();
+        let canonical = canonical.replace("gauss-legendre", "gausslegendre");
+        Self::ALL
+            .into_iter()
+            .find(|q| q.name() == canonical)
+            .ok_or_else(|| Error::unknown_choice(name, "a quadrature rule", Self::ALL.map(Self::name)))
+    }
+}
+
+impl TryFrom<String> for Quadrature {
+    type Error = Error;
+
+    fn try_from(name: String) -> Result<Self> {
+        name.parse()
     }
 }
 

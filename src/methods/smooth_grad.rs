@@ -6,14 +6,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::probe::{unstack, Passes, Probe, Progress};
-use super::Attribution;
+use super::{Attribution, Parameter, Scale};
 use crate::backend::Map;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum Aggregate {
     /// mean of gradients (SmoothGrad)
     #[default]
@@ -22,6 +22,40 @@ pub enum Aggregate {
     Squared,
     /// variance of gradients (VarGrad)
     Variance,
+}
+
+impl Aggregate {
+    pub const ALL: [Aggregate; 3] = [Aggregate::Mean, Aggregate::Squared, Aggregate::Variance];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregate::Mean => "mean",
+            Aggregate::Squared => "squared",
+            Aggregate::Variance => "variance",
+        }
+    }
+}
+
+/// Any case; captum's `nt_type` names (`smoothgrad`, `smoothgrad_sq`, `vargrad`) too.
+impl std::str::FromStr for Aggregate {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Ok(match name.trim().replace('_', "-").to_ascii_lowercase().as_str() {
+            "mean" | "smoothgrad" => Aggregate::Mean,
+            "squared" | "smoothgrad-sq" => Aggregate::Squared,
+            "variance" | "vargrad" => Aggregate::Variance,
+            _ => return Err(Error::unknown_choice(name, "an aggregate", Self::ALL.map(Self::name))),
+        })
+    }
+}
+
+impl TryFrom<String> for Aggregate {
+    type Error = Error;
+
+    fn try_from(name: String) -> Result<Self> {
+        name.parse()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,7 +94,48 @@ impl Default for SmoothGradParams {
 }
 
 impl SmoothGradParams {
+    pub(crate) fn parameters(&self) -> Vec<Parameter> {
+        vec![
+            Parameter::integer("n_samples", "Noisy samples", "number of noisy copies of the input")
+                .at_least(1.0)
+                .tuned(Scale::Integer, 1.0, 100.0),
+            Parameter::number(
+                "noise_level",
+                "Noise level (relative to the value range)",
+                "noise std relative to each sample's value range, max - min (pnpxai)",
+            )
+            .at_least(0.0)
+            .tuned(Scale::Linear, 0.0, 1.0),
+            Parameter::number(
+                "stdev",
+                "Noise std (absolute)",
+                "absolute noise std instead of noise_level (captum's stdevs)",
+            )
+            .at_least(0.0)
+            .optional()
+            .excludes("noise_level"),
+            Parameter::integer("seed", "Seed", "seed of the noise"),
+            Parameter::choice::<Aggregate>(
+                "aggregate",
+                "Aggregate",
+                "mean (SmoothGrad), squared (SmoothGrad-squared) or variance (VarGrad) of the noisy gradients",
+                Aggregate::ALL.map(Aggregate::name).to_vec(),
+            ),
+            Parameter::bool(
+                "abs",
+                "Absolute value",
+                "absolute value of each noisy gradient before aggregating",
+            ),
+            Parameter::integer("batch_size", "Rows per pass", "noisy copies per forward/backward pass")
+                .at_least(1.0)
+                .optional(),
+        ]
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if self.batch_size == Some(0) {
+            return Err(Error::invalid_parameter("batch_size", "must be at least 1"));
+        }
         if self.n_samples == 0 {
             return Err(Error::invalid_parameter("n_samples", "must be at least 1"));
         }

@@ -35,9 +35,9 @@ impl MaxPool {
     fn winners(&self, plane: &[f32], (h, w): (usize, usize), mut visit: impl FnMut(usize, usize)) {
         let PoolWindow {
             kernel: (kh, kw),
-            stride: (s, _),
+            stride: (sh, sw),
             padding: (ph, pw),
-            dilation: (d, _),
+            dilation: (dh, dw),
             ..
         } = self.window;
         let (oh, ow) = self.out_hw;
@@ -45,12 +45,12 @@ impl MaxPool {
             for ox in 0..ow {
                 let mut best: Option<(f32, usize)> = None;
                 for a in 0..kh {
-                    let y = (oy * s + a * d) as isize - ph as isize;
+                    let y = (oy * sh + a * dh) as isize - ph as isize;
                     if y < 0 || y >= h as isize {
                         continue;
                     }
                     for b in 0..kw {
-                        let x = (ox * s + b * d) as isize - pw as isize;
+                        let x = (ox * sw + b * dw) as isize - pw as isize;
                         if x < 0 || x >= w as isize {
                             continue;
                         }
