@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The browser build's tests (run scripts/setup-web.sh first):
 #   1. `trunk build --release` -> dist/
-#   2. clippy on the wasm32 build, and the bindings' unit tests (wasm-bindgen-test) in headless
-#      Chromium
+#   2. the bindings' unit tests (wasm-bindgen-test) in headless Chromium
 #   3. the page's end-to-end tests (tests/e2e/*.test.mjs, node --test + playwright-core) against
 #      dist/ served on 127.0.0.1, comparing every method's attributions with the native CLI's
-# Screenshots land in target/e2e-screenshots/.
+# Screenshots land in target/e2e-screenshots/. Each step prints its time and the load average.
+# (Clippy on the wasm32 build, a lint rather than a test, runs in .ci/run.)
 #
 # Environment: SKIP_BUILD=1 (reuse dist/), SKIP_WASM_TESTS=1, E2E_FILTER=<node --test-name-pattern>.
 set -euo pipefail
@@ -13,13 +13,13 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '== %s\n' "$*" >&2; }
-seconds() { echo $(( $(date +%s) - $1 )); }
+took() { printf '== %s took %d s (load average %s)\n' "$1" $(($(date +%s) - $2)) "$(cut -d' ' -f1-3 /proc/loadavg)" >&2; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     step "trunk build --release"
     t=$(date +%s)
     trunk build --release
-    step "trunk build took $(seconds "$t") s"
+    took "trunk build" "$t"
 fi
 for f in dist/index.html dist/candle-xai.js dist/candle-xai_bg.wasm dist/web/app.js; do
     [ -s "$f" ] || { echo "error: $f is missing; did trunk build fail?" >&2; exit 1; }
@@ -30,16 +30,13 @@ done
 }
 
 if [ "${SKIP_WASM_TESTS:-0}" != 1 ]; then
-    # The native clippy run never sees src/wasm.rs (it is wasm32-only).
-    step "clippy (wasm32)"
-    cargo clippy --release --quiet --target wasm32-unknown-unknown --lib -- -D warnings
     step "wasm-bindgen-test (headless Chromium)"
     t=$(date +%s)
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
         CHROMEDRIVER=/usr/bin/chromedriver \
         WASM_BINDGEN_TEST_TIMEOUT=300 \
         cargo test --release --target wasm32-unknown-unknown --lib
-    step "wasm tests took $(seconds "$t") s"
+    took "wasm tests" "$t"
 fi
 
 step "native CLI for the parity checks"
@@ -51,4 +48,5 @@ export CANDLE_XAI_BIN="$PWD/target/release/candle-xai"
 filter=()
 [ -n "${E2E_FILTER:-}" ] && filter=(--test-name-pattern "$E2E_FILTER")
 node --test --test-concurrency=1 --test-reporter=spec "${filter[@]}" tests/e2e/*.test.mjs
-step "end-to-end tests took $(seconds "$t") s; screenshots in target/e2e-screenshots/"
+took "end-to-end tests" "$t"
+step "screenshots in target/e2e-screenshots/"

@@ -1,6 +1,7 @@
 //! Shared test helpers: reference fixtures, the devices compiled in, and the tolerance check.
 #![allow(dead_code)]
 
+pub mod parity;
 pub mod seeded_weights;
 
 use std::collections::HashMap;
@@ -30,14 +31,18 @@ pub fn fixture(path: &str) -> PathBuf {
 pub fn devices() -> Vec<candle_xai::Device> {
     let mut devices = vec![candle_xai::Device::cpu()];
     #[cfg(feature = "cuda")]
-    devices.push(
-        Device::new_cuda(0)
-            .expect("built with the cuda feature but no CUDA device")
-            .into(),
-    );
+    devices.push(cuda_device());
     #[cfg(feature = "wgpu")]
     devices.push(candle_xai::Device::Wgpu(wgpu_device()));
     devices
+}
+
+/// CUDA device 0; built with the `cuda` feature, a machine without one fails the test.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> candle_xai::Device {
+    Device::new_cuda(0)
+        .expect("built with the cuda feature but no CUDA device")
+        .into()
 }
 
 /// One wgpu device per test process: adapters are slow to open on software Vulkan.

@@ -7,9 +7,7 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-mod common;
-
-use common::{tiny_rgb_model, Scratch};
+use crate::common::{tiny_rgb_model, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
 
@@ -20,7 +18,7 @@ fn fixture(path: &str) -> PathBuf {
 }
 
 fn scratch(test: &str) -> Scratch {
-    common::scratch("bad-input", test)
+    crate::common::scratch("bad-input", test)
 }
 
 fn s(p: &Path) -> String {
@@ -276,7 +274,7 @@ fn bad_option_values() {
             "1",
         ],
     );
-    assert_names(&err, &["n_steps", "at least 2"]);
+    assert_names(&err, &["--n-steps", "at least 2"]);
     // clap's own errors exit 1 as well
     let err = fails(&["explain", "--model", "m.safetensors"]);
     assert_names(&err, &["--method"]);
@@ -297,15 +295,19 @@ fn non_finite_inputs() {
 }
 
 #[test]
+fn unknown_device() {
+    let dir = scratch("device");
+    let err = explain_vgg(&dir, &["--device", "tpu"]);
+    assert_names(&err, &["unknown device `tpu`"]);
+}
+
+/// Only a build without CUDA can refuse it (a `--features cuda` run shows this test as absent).
+#[cfg(not(feature = "cuda"))]
+#[test]
 fn cuda_without_the_feature() {
-    if cfg!(feature = "cuda") {
-        return;
-    }
     let dir = scratch("cuda");
     let err = explain_vgg(&dir, &["--device", "cuda"]);
     assert_names(&err, &["CUDA", "--features cuda"]);
-    let err = explain_vgg(&dir, &["--device", "tpu"]);
-    assert_names(&err, &["unknown device `tpu`"]);
 }
 
 fn explain_photo(dir: &Path, photo: &Path, extra: &[&str]) -> String {

@@ -1,16 +1,14 @@
 //! torchvision layouts recognised from names and shapes, forced architectures, the forward pass
 //! against PyTorch, and `.pth` checkpoints. Fixtures: `scripts/make_layout_fixtures.py`.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::{assert_close, fixture, seeded_weights, Refs, REL_TOL};
 use candle_core::{DType, Device, Tensor};
 use candle_xai::import::graph_json::{GraphSpec, NodeSpec, OpSpec};
 use candle_xai::import::pth::{looks_like_pth, state_dict_from_pth};
 use candle_xai::import::{torchvision, write_safetensors, StateDict};
 use candle_xai::{Error, Model};
-use common::{assert_close, fixture, seeded_weights, Refs, REL_TOL};
 
 const ARCHS: &[&str] = &[
     "resnet18",
@@ -342,7 +340,7 @@ fn forward_matches_pytorch() {
         let logits = model.predict(&input).unwrap();
         eprintln!(
             "{arch}: max |ours - torch| / max |torch| = {:.2e}",
-            common::relative_error(&logits, &refs.f32("logits"))
+            crate::common::relative_error(&logits, &refs.f32("logits"))
         );
         assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
 
@@ -485,14 +483,12 @@ fn converts_checkpoint_to_safetensors() {
 
 /// A real checkpoint, when one is at hand (too big to ship): `CANDLE_XAI_PTH=mobilenet_v2-b0353104.pth`
 /// and `CANDLE_XAI_PTH_REF=refs.safetensors` holding `input` [N, 3, H, W] and PyTorch's `logits`.
-/// Run with `cargo test --release --test import_layouts -- --ignored`.
+/// Run with `cargo test --release --test engine -- --ignored real_checkpoint`.
 #[test]
 #[ignore = "needs CANDLE_XAI_PTH and CANDLE_XAI_PTH_REF"]
 fn real_checkpoint_matches_pytorch() {
-    let (Ok(pth), Ok(reference)) = (std::env::var("CANDLE_XAI_PTH"), std::env::var("CANDLE_XAI_PTH_REF")) else {
-        eprintln!("CANDLE_XAI_PTH / CANDLE_XAI_PTH_REF not set: nothing to check");
-        return;
-    };
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: nothing to check"));
+    let (pth, reference) = (var("CANDLE_XAI_PTH"), var("CANDLE_XAI_PTH_REF"));
     let state = state_dict_from_pth(&std::fs::read(&pth).unwrap(), &pth, &Device::Cpu).unwrap();
     let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
     let refs = Refs::load(std::path::Path::new(&reference));

@@ -4,13 +4,11 @@
 //! and convolutions with stride on odd sizes, dilation, groups and non-square kernels.
 //! Fixture: `scripts/make_pool_fixtures.py`.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::{assert_close, devices, fixture, Refs};
 use candle_xai::import::graph_json::{GraphSpec, NodeSpec, OpSpec};
 use candle_xai::import::StateDict;
-use common::{assert_close, devices, fixture, Refs};
 
 #[test]
 fn layers_match_pytorch_forward_and_input_gradient() {
