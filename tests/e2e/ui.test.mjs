@@ -176,11 +176,27 @@ test('colour maps, opacity and the colour bar', async () => {
   await idle(page);
   const pixel = () => page.$eval('#heatmap', (c) => Array.from(c.getContext('2d').getImageData(112, 112, 1, 1).data));
   const before = await pixel();
+  // Each colour map draws its own colour bar; going back to one draws its bar again.
+  const barPixels = () => {
+    const c = document.getElementById('colorbar');
+    return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).join();
+  };
+  const bars = new Map([[await page.$eval('#colormap', (e) => e.value), await page.evaluate(barPixels)]]);
   for (const colormap of ['hot', 'gray', 'positive', 'bwr']) {
     await page.selectOption('#colormap', colormap);
-    await page.waitForFunction(() => true);
+    const seen = bars.get(colormap);
+    await page.waitForFunction(
+      ({ seen, others }) => {
+        const c = document.getElementById('colorbar');
+        const now = Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).join();
+        return seen === undefined ? !others.includes(now) : now === seen;
+      },
+      { seen, others: [...bars.values()] },
+    );
+    if (seen === undefined) bars.set(colormap, await page.evaluate(barPixels));
     await screenshot(page, `ui-colormap-${colormap}`);
   }
+  assert.equal(bars.size, 4, 'four colour maps, four colour bars');
   await page.$eval('#alpha', (e) => {
     e.value = '1';
     e.dispatchEvent(new Event('input'));
