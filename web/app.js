@@ -1,33 +1,10 @@
 // The explainer page: wires the controls in index.html to the Explainer API (web/xai.js).
 // All engine work happens in Web Workers; this file only moves data and draws.
 
-import { Explainer, CancelledError, METHOD_LABELS, pixelsToCanvas, rgbToRgba } from './xai.js';
+import { Explainer, CancelledError, pixelsToCanvas, rgbToRgba } from './xai.js';
 
 const $ = (id) => document.getElementById(id);
 const SAMPLES = new URL('assets/samples/', import.meta.url);
-
-const METHOD_HELP = {
-  gradient: 'The gradient of the class score with respect to each pixel (signed).',
-  'input-x-gradient': 'The gradient times the input: first-order contribution of each pixel.',
-  smoothgrad: 'The gradient averaged over noisy copies of the photo: less speckle.',
-  'integrated-gradients': 'Gradients integrated along a straight path from a black baseline to the photo; the attributions sum to the score difference.',
-  'grad-cam': "A coarse map from a convolutional layer's activations weighted by their pooled gradients.",
-  'lrp-uniform-epsilon': 'Layer-wise Relevance Propagation with the ε rule on every layer.',
-  'lrp-epsilon-gamma-box': 'LRP: z-box on the first layer, γ on the other convolutions, ε on the dense layers.',
-  'lrp-epsilon-plus': 'LRP: z⁺ on convolutions, ε on dense layers (zennit EpsilonPlus).',
-  'lrp-epsilon-alpha2-beta1': 'LRP: α2β1 on convolutions, ε on dense layers.',
-  'lrp-epsilon-plus-flat': 'LRP ε + z⁺ with the flat rule on the first layer.',
-  'lrp-epsilon-alpha2-beta1-flat': 'LRP ε + α2β1 with the flat rule on the first layer.',
-};
-
-const PARAM_LABELS = {
-  n_samples: 'Noisy samples',
-  noise_level: 'Noise level (relative to the value range)',
-  n_steps: 'Integration steps',
-  quadrature: 'Quadrature rule',
-  epsilon: 'ε (stabiliser)',
-  gamma: 'γ (positive boost)',
-};
 
 const state = {
   explainer: null,
@@ -118,8 +95,21 @@ function baseName() {
 // ------------------------------------------------------------------------------------------
 // Methods and their parameters
 
+/** A method's human name, from the engine's method list. */
 function methodLabel(name) {
-  return METHOD_LABELS[name] ?? name;
+  return state.methods.find((m) => m.name === name)?.label ?? name;
+}
+
+/** The engine's description of the parameter a tunable sets ({key, label, help, ...}). */
+function parameterOf(method, t) {
+  return method.parameters.find((p) => p.key === t.name);
+}
+
+/** A parameter's help as a sentence: capitalised, with a full stop. */
+function sentence(text) {
+  if (!text) return '';
+  const s = text[0].toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(s) ? s : `${s}.`;
 }
 
 function fillMethods() {
@@ -170,12 +160,15 @@ function shown(v) {
 
 function tunableControl(method, t) {
   const values = state.params[method.name];
+  const param = parameterOf(method, t);
+  const name = param?.label ?? t.name;
+  const help = sentence(param?.help);
   const id = `param-${t.name}`;
   const wrap = document.createElement('div');
   wrap.className = 'field';
   const label = document.createElement('label');
   label.htmlFor = id;
-  label.textContent = `${PARAM_LABELS[t.name] ?? t.name} `;
+  label.textContent = `${name} `;
   const code = document.createElement('code');
   code.textContent = t.name;
   label.append(code);
@@ -191,7 +184,7 @@ function tunableControl(method, t) {
     select.value = values[t.name];
     select.addEventListener('change', () => (values[t.name] = select.value));
     select.setAttribute('aria-describedby', hint.id);
-    hint.textContent = `Default: ${t.default_choice}.`;
+    hint.textContent = `${help} Default: ${t.default_choice}.`.trim();
     wrap.append(select, hint);
     return wrap;
   }
@@ -208,7 +201,7 @@ function tunableControl(method, t) {
   number.setAttribute('aria-describedby', hint.id);
   const slider = document.createElement('input');
   slider.type = 'range';
-  slider.setAttribute('aria-label', `${PARAM_LABELS[t.name] ?? t.name} (slider${t.scale === 'log' ? ', logarithmic' : ''})`);
+  slider.setAttribute('aria-label', `${name} (slider${t.scale === 'log' ? ', logarithmic' : ''})`);
   if (t.scale === 'log') {
     slider.min = 0;
     slider.max = LOG_STEPS;
@@ -239,7 +232,7 @@ function tunableControl(method, t) {
     slider.value = toSlider(t, v);
   });
   row.append(number, slider);
-  hint.textContent = `Range ${shown(t.min)} – ${shown(t.max)}${t.scale === 'log' ? ' (log scale)' : ''}; default ${shown(t.default)}.`;
+  hint.textContent = `${help} Range ${shown(t.min)} – ${shown(t.max)}${t.scale === 'log' ? ' (log scale)' : ''}; default ${shown(t.default)}.`.trim();
   wrap.append(row, hint);
   return wrap;
 }
@@ -247,7 +240,7 @@ function tunableControl(method, t) {
 function showMethod() {
   const method = currentMethod();
   if (!method) return;
-  $('method-help').textContent = METHOD_HELP[method.name] ?? '';
+  $('method-help').textContent = method.help ?? '';
   $('layer-field').hidden = method.name !== 'grad-cam';
   const box = $('tunables');
   box.replaceChildren();
@@ -528,16 +521,7 @@ function showResult(result) {
 
 async function drawColorbar() {
   if (!state.explainer) return;
-  const colormap = $('colormap').value;
-  const colours = await state.explainer.colormapColors(colormap, 224);
-  const rgba = new Uint8ClampedArray(16 * 224 * 4);
-  for (let y = 0; y < 224; y++) {
-    for (let x = 0; x < 16; x++) {
-      const o = (y * 16 + x) * 4;
-      rgba.set([colours[y * 3], colours[y * 3 + 1], colours[y * 3 + 2], 255], o);
-    }
-  }
-  pixelsToCanvas(rgba, 16, 224, $('colorbar'));
+  await state.explainer.colorbar($('colormap').value, { width: 16, height: 224, canvas: $('colorbar') });
 }
 
 async function rerender() {

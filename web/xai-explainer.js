@@ -18,11 +18,12 @@
 //             hardware adapter, else WebAssembly on the CPU)
 // Properties: `result` (the last explanation: attributions, shape, target, label, ...),
 // `explainer` (the Explainer in use). Events: `xai-result` (detail: the result), `xai-error`
-// (detail: {message}). The JavaScript API (Explainer) is re-exported from this module.
+// (detail: {message}). The JavaScript API (all of xai.js: Explainer, ...) is re-exported from
+// this module.
 
-import { Explainer, DEFAULT_MODEL_URL, METHOD_LABELS } from './xai.js';
+import { Explainer, DEFAULT_MODEL_URL } from './xai.js';
 
-export { Explainer, DEFAULT_MODEL_URL, METHOD_LABELS, CancelledError, softmax } from './xai.js';
+export * from './xai.js';
 
 // One Explainer per model URL and backend, shared by every element on the page.
 const explainers = new Map();
@@ -151,9 +152,11 @@ export class XaiExplainer extends HTMLElement {
       const explainer = await explainerFor(this.getAttribute('model') || DEFAULT_MODEL_URL, this.getAttribute('backend') || 'auto');
       if (run !== this.#run) return;
       this.explainer = explainer;
+      const name = await explainer.methodLabel(options.method);
+      if (run !== this.#run) return;
       const result = await enqueue(async () => {
         if (run !== this.#run) return null;
-        this.#caption(`Explaining with ${METHOD_LABELS[options.method] ?? options.method}…`);
+        this.#caption(`Explaining with ${name}…`);
         const image = new URL(src, document.baseURI).href;
         return explainer.explain(image, {
           ...options,
@@ -168,8 +171,7 @@ export class XaiExplainer extends HTMLElement {
       if (!result || run !== this.#run) return;
       this.result = result;
       await this.#drawBar(result);
-      const p = softmaxAt(result.logits, result.target);
-      const name = METHOD_LABELS[result.method] ?? result.method;
+      const p = result.probabilities[result.target];
       const where = result.backend === 'webgpu' ? 'GPU' : 'CPU';
       this.#caption(`${result.label} (${(p * 100).toFixed(1)}%) · ${name} · ${(result.elapsedMs / 1000).toFixed(2)} s on the ${where}`);
       this.#el('canvas.heat').setAttribute('aria-label', `${name} heatmap of ${src} for ${result.label}`);
@@ -198,22 +200,10 @@ export class XaiExplainer extends HTMLElement {
   }
 
   async #drawBar(result) {
-    const colours = await this.explainer.colormapColors(result.colormap, 224);
-    const bar = this.#el('.bar canvas');
-    const image = new ImageData(1, 224);
-    for (let y = 0; y < 224; y++) image.data.set([colours[3 * y], colours[3 * y + 1], colours[3 * y + 2], 255], 4 * y);
-    bar.getContext('2d').putImageData(image, 0, 0);
+    await this.explainer.colorbar(result.colormap, { width: 1, height: 224, canvas: this.#el('.bar canvas') });
     this.#el('.bar .high').textContent = result.high.toExponential(1);
     this.#el('.bar .low').textContent = result.low.toExponential(1);
   }
-}
-
-function softmaxAt(logits, index) {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  return Math.exp(logits[index] - max) / sum;
 }
 
 if (!customElements.get('xai-explainer')) customElements.define('xai-explainer', XaiExplainer);

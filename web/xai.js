@@ -19,21 +19,6 @@ const WORKER_URL = new URL('worker.js', HERE).href;
 const GLUE_URL = new URL('candle-xai.js', ROOT).href;
 const WASM_URL = new URL('candle-xai_bg.wasm', ROOT).href;
 
-/** Method names as the engine spells them, in the order the page lists them. */
-export const METHOD_LABELS = {
-  gradient: 'Gradient (saliency)',
-  'input-x-gradient': 'Input × Gradient',
-  smoothgrad: 'SmoothGrad',
-  'integrated-gradients': 'Integrated Gradients',
-  'grad-cam': 'Grad-CAM',
-  'lrp-uniform-epsilon': 'LRP: uniform ε',
-  'lrp-epsilon-gamma-box': 'LRP: ε + γ + z-box',
-  'lrp-epsilon-plus': 'LRP: ε + z⁺',
-  'lrp-epsilon-alpha2-beta1': 'LRP: ε + α2β1',
-  'lrp-epsilon-plus-flat': 'LRP: ε + z⁺ + flat',
-  'lrp-epsilon-alpha2-beta1-flat': 'LRP: ε + α2β1 + flat',
-};
-
 const EXPLAIN_OPTIONS = new Set(['method', 'params', 'target', 'layer', 'colormap', 'alpha', 'onProgress', 'signal', 'canvas']);
 
 export class CancelledError extends Error {
@@ -213,12 +198,39 @@ function nameOf(source, fallback) {
   return fallback;
 }
 
+/** Class probabilities from logits (softmax, shifted by the largest logit so it cannot overflow). */
 export function softmax(logits) {
   let max = -Infinity;
   for (const v of logits) max = Math.max(max, v);
   const exps = Array.from(logits, (v) => Math.exp(v - max));
   const sum = exps.reduce((a, b) => a + b, 0);
   return exps.map((v) => v / sum);
+}
+
+/**
+ * The `k` most likely classes of `probabilities`, most likely first:
+ * [{index, label, probability}], labels from `labelOf(index)`.
+ */
+export function topClasses(probabilities, k = 5, labelOf = (index) => `class ${index}`) {
+  return Array.from(probabilities, (probability, index) => ({ index, probability }))
+    .sort((a, b) => b.probability - a.probability)
+    .slice(0, k)
+    .map(({ index, probability }) => ({ index, label: labelOf(index), probability }));
+}
+
+/**
+ * RGBA pixels of a vertical colour bar `width` x `height`, the high end at the top: row y has
+ * colour y of `colours` (RGB triples from top to bottom, as `Explainer#colormapColors(colormap,
+ * height)` returns them).
+ */
+export function colorbarPixels(colours, width, height) {
+  const rgba = new Uint8ClampedArray(width * height * 4);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      rgba.set([colours[3 * y], colours[3 * y + 1], colours[3 * y + 2], 255], (y * width + x) * 4);
+    }
+  }
+  return rgba;
 }
 
 let imagenetClasses = null;
@@ -328,12 +340,25 @@ export class Explainer {
     return this.#engine.call('loseGpuForTesting');
   }
 
-  /** Every method: [{name, label, method (defaults), tunables}]. */
+  /**
+   * Every method, as the engine describes it (cached): [{name, label (its human name), help (one
+   * sentence on what it computes), method and defaults (the default parameters), parameters
+   * (each as {key, kind: 'bool' | 'integer' | 'number' | 'choice' | 'text' | 'json', label, help,
+   * default, choices?, syntax?, min?, optional, excludes?}), tunables (the parameters worth a
+   * control: {name (a parameter's key), scale: 'integer' | 'linear' | 'log' | 'choice', min, max,
+   * default, choices?, default_choice?})}].
+   */
   async methods() {
-    this.#methods ??= this.#painter.call('methods').then((list) =>
-      list.map((m) => ({ ...m, label: METHOD_LABELS[m.name] ?? m.name })),
-    );
+    if (!this.#methods) {
+      this.#methods = this.#painter.call('methods');
+      this.#methods.catch(() => (this.#methods = null));
+    }
     return this.#methods;
+  }
+
+  /** The human name of method `name` (e.g. 'Integrated Gradients'), or `name` if it has none. */
+  async methodLabel(name) {
+    return (await this.methods()).find((m) => m.name === name)?.label ?? name;
   }
 
   /** The engine's (the crate's) version. */
@@ -349,6 +374,15 @@ export class Explainer {
   /** RGB colours of a colour map from its top (high) to its bottom (low). */
   async colormapColors(colormap, steps = 256) {
     return this.#painter.call('colormap', { colormap, steps });
+  }
+
+  /**
+   * Draws `colormap`'s colour bar (the high end at the top) on `canvas` (or a new canvas) of
+   * `width` x `height` pixels; resolves to the canvas.
+   */
+  async colorbar(colormap = 'bwr', { width = 16, height = 224, canvas } = {}) {
+    const colours = await this.colormapColors(colormap, height);
+    return pixelsToCanvas(colorbarPixels(colours, width, height), width, height, canvas);
   }
 
   /**
@@ -376,10 +410,7 @@ export class Explainer {
     const prepared = await this.prepare(image);
     const logits = await this.#engine.call('predict', { input: prepared.input, shape: prepared.shape });
     const probabilities = softmax(logits);
-    const top = probabilities
-      .map((probability, index) => ({ index, probability, label: this.labelOf(index) }))
-      .sort((a, b) => b.probability - a.probability)
-      .slice(0, k);
+    const top = topClasses(probabilities, k, (index) => this.labelOf(index));
     return { logits, probabilities, top, prepared };
   }
 
@@ -433,10 +464,7 @@ export class Explainer {
     result.elapsedMs = performance.now() - started;
     result.label = this.labelOf(result.target);
     result.probabilities = softmax(result.logits);
-    result.top5 = result.probabilities
-      .map((probability, index) => ({ index, probability, label: this.labelOf(index) }))
-      .sort((a, b) => b.probability - a.probability)
-      .slice(0, 5);
+    result.top5 = topClasses(result.probabilities, 5, (index) => this.labelOf(index));
     result.prepared = prepared;
     const rendered = await this.render(result, {
       colormap: options.colormap ?? 'bwr',
