@@ -156,6 +156,16 @@ impl Error {
         }
     }
 
+    /// The one of `all` whose `name` is `text`, in any case and with `_` for `-`; otherwise an
+    /// error listing the names. Enum parameters parse with it.
+    pub(crate) fn choose<T: Copy>(text: &str, what: &'static str, all: &[T], name: fn(T) -> &'static str) -> Result<T> {
+        let canonical = text.trim().replace('_', "-").to_ascii_lowercase();
+        all.iter()
+            .copied()
+            .find(|&choice| name(choice) == canonical)
+            .ok_or_else(|| Self::unknown_choice(text, what, all.iter().map(|&c| name(c))))
+    }
+
     /// `value` is not one of `choices`, the names of `what`.
     pub(crate) fn unknown_choice<'a>(
         value: &str,

@@ -35,11 +35,7 @@ impl std::str::FromStr for MergeConvention {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self> {
-        let canonical = name.trim().replace('_', "-").to_ascii_lowercase();
-        Self::ALL
-            .into_iter()
-            .find(|c| c.name() == canonical)
-            .ok_or_else(|| Error::unknown_choice(name, "a BatchNorm merge convention", Self::ALL.map(Self::name)))
+        Error::choose(name, "a BatchNorm merge convention", &Self::ALL, Self::name)
     }
 }
 

@@ -75,12 +75,11 @@ impl std::str::FromStr for Quadrature {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self> {
-        let canonical = name.trim().replace('_', "-").to_ascii_lowercase();
-        let canonical = canonical.replace("gauss-legendre", "gausslegendre");
-        Self::ALL
-            .into_iter()
-            .find(|q| q.name() == canonical)
-            .ok_or_else(|| Error::unknown_choice(name, "a quadrature rule", Self::ALL.map(Self::name)))
+        let name = match name.trim().to_ascii_lowercase().as_str() {
+            "gauss-legendre" | "gauss_legendre" => "gausslegendre",
+            _ => name,
+        };
+        Error::choose(name, "a quadrature rule", &Self::ALL, Self::name)
     }
 }
 

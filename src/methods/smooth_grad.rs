@@ -41,12 +41,13 @@ impl std::str::FromStr for Aggregate {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self> {
-        Ok(match name.trim().replace('_', "-").to_ascii_lowercase().as_str() {
-            "mean" | "smoothgrad" => Aggregate::Mean,
-            "squared" | "smoothgrad-sq" => Aggregate::Squared,
-            "variance" | "vargrad" => Aggregate::Variance,
-            _ => return Err(Error::unknown_choice(name, "an aggregate", Self::ALL.map(Self::name))),
-        })
+        let name = match name.trim().replace('_', "-").to_ascii_lowercase().as_str() {
+            "smoothgrad" => "mean",
+            "smoothgrad-sq" => "squared",
+            "vargrad" => "variance",
+            _ => name,
+        };
+        Error::choose(name, "an aggregate", &Self::ALL, Self::name)
     }
 }
 
