@@ -174,13 +174,13 @@ pub(super) fn conv2d(x: &WgpuTensor, kernel: &WgpuTensor, g: &WindowGeometry) ->
     let s = Shape::check(x.dims(), kernel.dims(), g, None)?;
     let device = x.device();
     let out = device.alloc(&[s.n, s.cout, s.out_hw.0, s.out_hw.1])?;
-    let inputs = [x.buffer(), kernel.buffer()];
+    let inputs = [x.buffer()?, kernel.buffer()?];
     if s.depthwise() {
         device.dispatch(
             &DEPTHWISE,
             &s.params(g, 0)?,
             &inputs,
-            out.buffer(),
+            out.buffer()?,
             device.linear_grid(out.len())?,
         )?;
     } else {
@@ -190,7 +190,7 @@ pub(super) fn conv2d(x: &WgpuTensor, kernel: &WgpuTensor, g: &WindowGeometry) ->
             u32_of(s.groups * channel_tiles, "channel tiles")?,
             u32_of(s.n, "batch")?,
         ];
-        device.dispatch(&GEMM, &s.params(g, channel_tiles)?, &inputs, out.buffer(), grid)?;
+        device.dispatch(&GEMM, &s.params(g, channel_tiles)?, &inputs, out.buffer()?, grid)?;
     }
     Ok(out)
 }
@@ -205,7 +205,7 @@ pub(super) fn conv2d_transposed(
     let s = Shape::check(grad.dims(), kernel.dims(), g, Some(input_hw))?;
     let device = grad.device();
     let out = device.alloc(&[s.n, s.cin, input_hw.0, input_hw.1])?;
-    let inputs = [grad.buffer(), kernel.buffer()];
+    let inputs = [grad.buffer()?, kernel.buffer()?];
     let cin_g = s.cin / s.groups;
     if s.depthwise() || cin_g < VJP_GEMM_MIN_CHANNELS {
         let kind = if s.depthwise() {
@@ -217,7 +217,7 @@ pub(super) fn conv2d_transposed(
             kind,
             &s.params(g, 0)?,
             &inputs,
-            out.buffer(),
+            out.buffer()?,
             device.linear_grid(out.len())?,
         )?;
     } else {
@@ -231,7 +231,7 @@ pub(super) fn conv2d_transposed(
             &TRANSPOSED_GEMM,
             &s.params(g, channel_tiles)?,
             &inputs,
-            out.buffer(),
+            out.buffer()?,
             grid,
         )?;
     }

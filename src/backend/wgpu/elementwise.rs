@@ -65,7 +65,8 @@ struct AffineParams {
     has_shift: u32,
     scale_per_sample: u32,
     shift_per_sample: u32,
-    _pad: u32,
+    /// The (sample, channel) plane the piece starts at, for a tensor split across buffers.
+    plane_offset: u32,
 }
 
 #[repr(C)]
@@ -92,14 +93,22 @@ pub(super) fn map(x: &WgpuTensor, op: Map) -> Result<WgpuTensor> {
         Map::Activation(Activation::LeakyRelu { negative_slope }) => (10, negative_slope, 0.0),
     };
     let device = x.device();
-    let out = device.alloc(x.dims())?;
-    let params = MapParams {
-        len: u32_of(x.len(), "elements")?,
-        op,
-        a,
-        b,
-    };
-    device.dispatch(&MAP, &params, &[x.buffer()], out.buffer(), device.linear_grid(x.len())?)?;
+    let out = device.alloc_pieces(x.dims(), &x.piece_lens())?;
+    for (piece, out_piece) in x.pieces().iter().zip(out.pieces()) {
+        let params = MapParams {
+            len: u32_of(piece.len, "elements")?,
+            op,
+            a,
+            b,
+        };
+        device.dispatch(
+            &MAP,
+            &params,
+            &[&*piece.buffer],
+            &out_piece.buffer,
+            device.linear_grid(piece.len)?,
+        )?;
+    }
     Ok(out)
 }
 
@@ -121,21 +130,31 @@ pub(super) fn zip(x: &WgpuTensor, rhs: &WgpuTensor, op: Zip) -> Result<WgpuTenso
         Zip::ActivationVjp(Activation::Relu6) => (5, 0.0),
         Zip::ActivationVjp(Activation::LeakyRelu { negative_slope }) => (6, negative_slope),
     };
+    // Tensors of one shape on one device are split alike; a reshaped one may not be.
+    if x.piece_lens() != rhs.piece_lens() {
+        return Err(Error::Device(format!(
+            "element-wise {op:?} of {:?} and {:?}, split differently across buffers",
+            x.dims(),
+            rhs.dims()
+        )));
+    }
     let device = x.device();
-    let out = device.alloc(x.dims())?;
-    let params = ZipParams {
-        len: u32_of(x.len(), "elements")?,
-        op,
-        slope,
-        _pad: 0,
-    };
-    device.dispatch(
-        &ZIP,
-        &params,
-        &[x.buffer(), rhs.buffer()],
-        out.buffer(),
-        device.linear_grid(x.len())?,
-    )?;
+    let out = device.alloc_pieces(x.dims(), &x.piece_lens())?;
+    for ((a, b), out_piece) in x.pieces().iter().zip(rhs.pieces()).zip(out.pieces()) {
+        let params = ZipParams {
+            len: u32_of(a.len, "elements")?,
+            op,
+            slope,
+            _pad: 0,
+        };
+        device.dispatch(
+            &ZIP,
+            &params,
+            &[&*a.buffer, &*b.buffer],
+            &out_piece.buffer,
+            device.linear_grid(a.len)?,
+        )?;
+    }
     Ok(out)
 }
 
@@ -161,27 +180,45 @@ pub(super) fn channel_affine(
             ))),
         }
     };
-    let params = AffineParams {
-        len: u32_of(x.len(), "elements")?,
-        channels: u32_of(c.max(1), "channels")?,
-        inner: u32_of(elem_count(&dims[2..]).max(1), "elements per channel")?,
-        has_scale: scale.is_some() as u32,
-        has_shift: shift.is_some() as u32,
-        scale_per_sample: per_sample(scale, "scale")?,
-        shift_per_sample: per_sample(shift, "shift")?,
-        _pad: 0,
-    };
+    let inner = elem_count(&dims[2..]).max(1);
+    let scale_per_sample = per_sample(scale, "scale")?;
+    let shift_per_sample = per_sample(shift, "shift")?;
     let device = x.device();
-    let out = device.alloc(dims)?;
-    let scale = scale.map_or(x.buffer(), |t| t.buffer());
-    let shift = shift.map_or(x.buffer(), |t| t.buffer());
-    device.dispatch(
-        &CHANNEL_AFFINE,
-        &params,
-        &[x.buffer(), scale, shift],
-        out.buffer(),
-        device.linear_grid(x.len())?,
-    )?;
+    let out = device.alloc_pieces(dims, &x.piece_lens())?;
+    let scale = scale.map(|t| t.buffer()).transpose()?;
+    let shift = shift.map(|t| t.buffer()).transpose()?;
+    let mut start = 0;
+    for (piece, out_piece) in x.pieces().iter().zip(out.pieces()) {
+        // Pieces hold whole rows [C, inner...], so each starts at a plane boundary.
+        if start % inner != 0 {
+            return Err(Error::Device(format!(
+                "channel_affine of {dims:?}: a buffer piece starts inside a channel plane"
+            )));
+        }
+        let params = AffineParams {
+            len: u32_of(piece.len, "elements")?,
+            channels: u32_of(c.max(1), "channels")?,
+            inner: u32_of(inner, "elements per channel")?,
+            has_scale: scale.is_some() as u32,
+            has_shift: shift.is_some() as u32,
+            scale_per_sample,
+            shift_per_sample,
+            plane_offset: u32_of(start / inner, "planes")?,
+        };
+        // An absent table is bound to the input itself, and skipped by its flag.
+        device.dispatch(
+            &CHANNEL_AFFINE,
+            &params,
+            &[
+                &*piece.buffer,
+                scale.unwrap_or(&piece.buffer),
+                shift.unwrap_or(&piece.buffer),
+            ],
+            &out_piece.buffer,
+            device.linear_grid(piece.len)?,
+        )?;
+        start += piece.len;
+    }
     Ok(out)
 }
 
@@ -209,16 +246,16 @@ pub(super) fn reduce(x: &WgpuTensor, op: Reduce) -> Result<WgpuTensor> {
         device.dispatch(
             &REDUCE_ROWS,
             &params,
-            &[x.buffer()],
-            out.buffer(),
+            &[x.buffer()?],
+            out.buffer()?,
             super::WgpuDevice::fold(outer)?,
         )?;
     } else {
         device.dispatch(
             &REDUCE_STRIDED,
             &params,
-            &[x.buffer()],
-            out.buffer(),
+            &[x.buffer()?],
+            out.buffer()?,
             device.linear_grid(outer * inner)?,
         )?;
     }

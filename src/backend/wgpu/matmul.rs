@@ -25,8 +25,21 @@ struct Params {
     k: u32,
     n: u32,
     rhs_t: u32,
+    /// Row stride of A, and the column of A where this product's k range starts.
+    lda: u32,
+    a_col: u32,
+    /// Row stride of C, and the column of C where this product's columns start.
+    ldc: u32,
+    c_col: u32,
+    /// Whether to add to C (the partial sums of a split k range) rather than overwrite it.
+    accumulate: u32,
+    _pad: [u32; 3],
 }
 
+/// A [M, K] x B, B being [K, N] or, when `rhs_transposed`, [N, K]. A weight too large for
+/// one buffer comes split by rows (see [`WgpuTensor`]); each piece is one product: rows of
+/// [N, K] give a block of C's columns, rows of [K, N] a k range whose partial product adds
+/// into C. The left-hand side is an activation, bounded by pass splitting, so it is whole.
 pub(super) fn matmul(a: &WgpuTensor, b: &WgpuTensor, rhs_transposed: bool) -> Result<WgpuTensor> {
     a.check_device(b)?;
     let (m, k, n) = match (a.dims(), b.dims()) {
@@ -39,17 +52,41 @@ pub(super) fn matmul(a: &WgpuTensor, b: &WgpuTensor, rhs_transposed: bool) -> Re
     };
     let device = a.device();
     let out = device.alloc(&[m, n])?;
-    let params = Params {
-        m: u32_of(m, "rows")?,
-        k: u32_of(k, "inner dimension")?,
-        n: u32_of(n, "columns")?,
-        rhs_t: rhs_transposed as u32,
-    };
-    let grid = [
-        u32_of(n.div_ceil(TILE), "column tiles")?,
-        u32_of(m.div_ceil(TILE), "row tiles")?,
-        1,
-    ];
-    device.dispatch(&MATMUL, &params, &[a.buffer(), b.buffer()], out.buffer(), grid)?;
+    let (a_buffer, c_buffer) = (a.buffer()?, out.buffer()?);
+    let row = if rhs_transposed { k } else { n }.max(1);
+    let mut first_row = 0;
+    for (i, piece) in b.pieces().iter().enumerate() {
+        if piece.len % row != 0 {
+            return Err(Error::Device(format!(
+                "matmul with {:?}: a buffer piece of the right-hand side ends inside a row",
+                b.dims()
+            )));
+        }
+        let rows = piece.len / row;
+        let (piece_k, piece_n, a_col, c_col) = if rhs_transposed {
+            (k, rows, 0, first_row)
+        } else {
+            (rows, n, first_row, 0)
+        };
+        let params = Params {
+            m: u32_of(m, "rows")?,
+            k: u32_of(piece_k, "inner dimension")?,
+            n: u32_of(piece_n, "columns")?,
+            rhs_t: rhs_transposed as u32,
+            lda: u32_of(k, "inner dimension")?,
+            a_col: u32_of(a_col, "inner dimension")?,
+            ldc: u32_of(n, "columns")?,
+            c_col: u32_of(c_col, "columns")?,
+            accumulate: (!rhs_transposed && i > 0) as u32,
+            _pad: [0; 3],
+        };
+        let grid = [
+            u32_of(piece_n.div_ceil(TILE), "column tiles")?,
+            u32_of(m.div_ceil(TILE), "row tiles")?,
+            1,
+        ];
+        device.dispatch(&MATMUL, &params, &[a_buffer, &piece.buffer], c_buffer, grid)?;
+        first_row += rows;
+    }
     Ok(out)
 }

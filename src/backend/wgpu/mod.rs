@@ -62,12 +62,25 @@ struct DeviceContext {
 #[derive(Clone)]
 pub struct WgpuDevice(Arc<DeviceContext>);
 
-/// A dense row-major f32 tensor in a storage buffer of one [`WgpuDevice`].
+/// A dense row-major f32 tensor in storage buffers of one [`WgpuDevice`].
+///
+/// A tensor is one buffer unless it exceeds the device's largest storage buffer (a browser
+/// may grant only 128 MiB, less than VGG's first classifier weight): then it is split into
+/// pieces of whole rows, one buffer each. Element-wise operations run piece by piece and
+/// matrix products piece by piece of the right-hand side, so layers and LRP rules work on
+/// split weights unchanged; the other kernels need their operands whole and say so.
 #[derive(Clone)]
 pub struct WgpuTensor {
-    buffer: Arc<::wgpu::Buffer>,
+    pieces: Arc<[Piece]>,
     dims: Vec<usize>,
     device: WgpuDevice,
+}
+
+/// One buffer of a tensor: the next `len` elements in row-major order.
+#[derive(Clone)]
+pub(crate) struct Piece {
+    pub buffer: Arc<::wgpu::Buffer>,
+    pub len: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,25 +200,39 @@ impl WgpuDevice {
         format!("{name} ({:?}, {:?})", info.backend, info.device_type)
     }
 
+    /// `data` (row-major, shaped `dims`) on this device, split into whole rows across
+    /// several buffers when it exceeds the largest one.
     pub fn upload(&self, data: &[f32], dims: &[usize]) -> Result<WgpuTensor> {
         let len = elem_count(dims);
         if len != data.len() {
             return Err(Error::Shape(format!("{} values for shape {dims:?}", data.len())));
         }
-        self.check_size(len)?;
-        // wgpu cannot bind an empty buffer; empty tensors keep one unused element.
-        let contents: &[u8] = if data.is_empty() {
-            &[0; 4]
-        } else {
-            bytemuck::cast_slice(data)
-        };
-        let buffer = self.0.device.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents,
-            usage: Self::usage(),
-        });
+        let mut start = 0;
+        let pieces = self
+            .split(dims)?
+            .into_iter()
+            .map(|len| {
+                let values = &data[start..start + len];
+                start += len;
+                // wgpu cannot bind an empty buffer; empty tensors keep one unused element.
+                let contents: &[u8] = if values.is_empty() {
+                    &[0; 4]
+                } else {
+                    bytemuck::cast_slice(values)
+                };
+                let buffer = self.0.device.create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents,
+                    usage: Self::usage(),
+                });
+                Piece {
+                    buffer: Arc::new(buffer),
+                    len,
+                }
+            })
+            .collect();
         Ok(WgpuTensor {
-            buffer: Arc::new(buffer),
+            pieces,
             dims: dims.to_vec(),
             device: self.clone(),
         })
@@ -231,28 +258,81 @@ impl WgpuDevice {
 
     /// Too large a buffer would otherwise only surface as an asynchronous validation error.
     fn check_size(&self, len: usize) -> Result<()> {
-        let bytes = (len as u64).saturating_mul(4);
-        let limit = self.max_tensor_len() as u64 * 4;
         if len > self.max_tensor_len() {
-            return Err(Error::Device(format!(
-                "a tensor of {len} f32 ({bytes} bytes) exceeds the device's storage buffer limit of {limit} bytes"
-            )));
+            let bytes = (len as u64).saturating_mul(4);
+            return Err(self.over_limit(format!("a tensor of {len} f32 ({bytes} bytes)")));
         }
         Ok(())
     }
 
-    /// A zero-filled tensor (wgpu clears new buffers) for a kernel to write.
+    fn over_limit(&self, what: String) -> Error {
+        let limit = self.max_tensor_len() as u64 * 4;
+        Error::Device(format!(
+            "{what} exceeds the device's storage buffer limit of {limit} bytes"
+        ))
+    }
+
+    /// How a tensor of `dims` is laid out in buffers: the element count of each piece. One
+    /// piece when it fits a buffer, else as many whole rows (along the first dimension) per
+    /// piece as fit. A row larger than a buffer cannot be split this way and is refused.
+    fn split(&self, dims: &[usize]) -> Result<Vec<usize>> {
+        let len = elem_count(dims);
+        let max = self.max_tensor_len();
+        if len <= max {
+            return Ok(vec![len]);
+        }
+        let row = match dims {
+            [_, rest @ ..] if !rest.is_empty() => elem_count(rest),
+            _ => return self.check_size(len).map(|()| vec![len]),
+        };
+        if row > max {
+            let bytes = (row as u64).saturating_mul(4);
+            return Err(self.over_limit(format!(
+                "a tensor of shape {dims:?} is split across buffers by whole rows only, and one row \
+                 of {row} f32 ({bytes} bytes)"
+            )));
+        }
+        let per_piece = (max / row) * row;
+        Ok((0..len)
+            .step_by(per_piece)
+            .map(|start| per_piece.min(len - start))
+            .collect())
+    }
+
+    /// A zero-filled tensor (wgpu clears new buffers) for a kernel to write, in one buffer.
     pub(crate) fn alloc(&self, dims: &[usize]) -> Result<WgpuTensor> {
         let len = elem_count(dims);
         self.check_size(len)?;
-        let buffer = self.0.device.create_buffer(&::wgpu::BufferDescriptor {
-            label: None,
-            size: (len.max(1) * 4) as u64,
-            usage: Self::usage(),
-            mapped_at_creation: false,
-        });
+        self.alloc_pieces(dims, &[len])
+    }
+
+    /// A zero-filled tensor laid out as [`Self::split`] lays out `dims`.
+    pub(crate) fn alloc_split(&self, dims: &[usize]) -> Result<WgpuTensor> {
+        self.alloc_pieces(dims, &self.split(dims)?)
+    }
+
+    /// A zero-filled tensor whose pieces hold `lens` elements (which sum to the shape's
+    /// count and each fit a buffer).
+    pub(crate) fn alloc_pieces(&self, dims: &[usize], lens: &[usize]) -> Result<WgpuTensor> {
+        debug_assert_eq!(lens.iter().sum::<usize>(), elem_count(dims));
+        let pieces = lens
+            .iter()
+            .map(|&len| {
+                self.check_size(len)?;
+                let buffer = self.0.device.create_buffer(&::wgpu::BufferDescriptor {
+                    label: None,
+                    size: (len.max(1) * 4) as u64,
+                    usage: Self::usage(),
+                    mapped_at_creation: false,
+                });
+                Ok(Piece {
+                    buffer: Arc::new(buffer),
+                    len,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(WgpuTensor {
-            buffer: Arc::new(buffer),
+            pieces,
             dims: dims.to_vec(),
             device: self.clone(),
         })
@@ -524,8 +604,27 @@ impl WgpuTensor {
         self.device.clone()
     }
 
-    pub(crate) fn buffer(&self) -> &::wgpu::Buffer {
-        &self.buffer
+    /// The tensor's one buffer, for the kernels that need their operands whole.
+    pub(crate) fn buffer(&self) -> Result<&::wgpu::Buffer> {
+        match &*self.pieces {
+            [one] => Ok(&one.buffer),
+            pieces => Err(Error::Device(format!(
+                "this operation needs its operand of shape {:?} in one buffer, but it is split \
+                 across {} to fit the device's storage buffer limit of {} bytes",
+                self.dims,
+                pieces.len(),
+                self.device.max_tensor_len() as u64 * 4
+            ))),
+        }
+    }
+
+    pub(crate) fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+
+    /// The element count of each piece.
+    pub(crate) fn piece_lens(&self) -> Vec<usize> {
+        self.pieces.iter().map(|p| p.len).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -553,21 +652,38 @@ impl WgpuTensor {
             self.device.take_error()?;
             return Ok(Vec::new());
         }
-        let size = (len * 4) as u64;
         // The pending batch is submitted inside these scopes, so its errors come back here.
         let validation = ctx.device.push_error_scope(::wgpu::ErrorFilter::Validation);
         let oom = ctx.device.push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
-        let staging = ctx.device.create_buffer(&::wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // One staging buffer per piece: a staging buffer is bounded like any other.
+        let staging: Vec<::wgpu::Buffer> = self
+            .pieces
+            .iter()
+            .map(|piece| {
+                ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: (piece.len.max(1) * 4) as u64,
+                    usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
         // After everything recorded so far, this tensor's producers among it.
-        self.device
-            .submit_with(|encoder| encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size));
-        let (mapped, deliver) = Callback::new();
-        staging.map_async(::wgpu::MapMode::Read, .., deliver);
+        self.device.submit_with(|encoder| {
+            for (piece, staging) in self.pieces.iter().zip(&staging) {
+                if piece.len > 0 {
+                    encoder.copy_buffer_to_buffer(&piece.buffer, 0, staging, 0, (piece.len * 4) as u64);
+                }
+            }
+        });
+        let mapped: Vec<_> = staging
+            .iter()
+            .map(|staging| {
+                let (mapped, deliver) = Callback::new();
+                staging.map_async(::wgpu::MapMode::Read, .., deliver);
+                mapped
+            })
+            .collect();
         let oom = oom.pop().await;
         let validation = validation.pop().await;
         // An error raised outside the scopes (a kernel that failed to compile, a full batch
@@ -580,20 +696,65 @@ impl WgpuTensor {
             )));
         }
         self.device.poll_natively()?;
-        mapped
-            .await
-            .map_err(|e| Error::Device(format!("mapping a tensor of shape {:?}: {e}", self.dims)))?;
+        for mapped in mapped {
+            mapped
+                .await
+                .map_err(|e| Error::Device(format!("mapping a tensor of shape {:?}: {e}", self.dims)))?;
+        }
         // A kernel of this or an earlier operation may have failed after submission.
         self.device.take_error()?;
-        let data = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Device(format!("reading a mapped buffer: {e}")))?;
-            // The mapping need not be 4-byte aligned on the host, so copy rather than cast.
-            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
-        };
-        staging.unmap();
+        let mut data = Vec::with_capacity(len);
+        for (piece, staging) in self.pieces.iter().zip(&staging) {
+            {
+                let view = staging
+                    .get_mapped_range(..)
+                    .map_err(|e| Error::Device(format!("reading a mapped buffer: {e}")))?;
+                // The mapping need not be 4-byte aligned on the host, so copy rather than cast.
+                data.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&view[..piece.len * 4]));
+            }
+            staging.unmap();
+        }
         Ok(data)
+    }
+
+    /// Each piece with the index of its first element.
+    fn spans(&self) -> Vec<(usize, &Piece)> {
+        let mut start = 0;
+        self.pieces
+            .iter()
+            .map(|p| {
+                start += p.len;
+                (start - p.len, p)
+            })
+            .collect()
+    }
+
+    /// The span holding element `at`: the last one that starts at or before it.
+    fn holding<'a>(spans: &[(usize, &'a Piece)], at: usize) -> (usize, &'a Piece) {
+        spans[spans.partition_point(|(start, _)| *start <= at).saturating_sub(1)]
+    }
+
+    /// Records copies of `len` elements from `src` at element `from` to `dst` at element
+    /// `to`, across however the two are split into pieces.
+    fn copy_elements(src: &WgpuTensor, from: usize, dst: &WgpuTensor, to: usize, len: usize) {
+        let (src_spans, dst_spans) = (src.spans(), dst.spans());
+        src.device.record(|batch| {
+            let mut done = 0;
+            while done < len {
+                let (s, d) = (from + done, to + done);
+                let (s0, sp) = Self::holding(&src_spans, s);
+                let (d0, dp) = Self::holding(&dst_spans, d);
+                let n = (len - done).min(s0 + sp.len - s).min(d0 + dp.len - d);
+                batch.encoder.copy_buffer_to_buffer(
+                    &sp.buffer,
+                    ((s - s0) * 4) as u64,
+                    &dp.buffer,
+                    ((d - d0) * 4) as u64,
+                    (n * 4) as u64,
+                );
+                done += n;
+            }
+        });
     }
 }
 
@@ -620,7 +781,7 @@ impl BackendStorage for WgpuTensor {
             return Err(Error::Shape(format!("cannot reshape {:?} to {dims:?}", self.dims)));
         }
         Ok(WgpuTensor {
-            buffer: self.buffer.clone(),
+            pieces: self.pieces.clone(),
             dims: dims.to_vec(),
             device: self.device.clone(),
         })
@@ -638,15 +799,8 @@ impl BackendStorage for WgpuTensor {
         let row = elem_count(&self.dims[1..]);
         let mut dims = self.dims.clone();
         dims[0] = len;
-        let out = self.device.alloc(&dims)?;
-        let bytes = (len * row * 4) as u64;
-        if bytes > 0 {
-            self.device.record(|batch| {
-                batch
-                    .encoder
-                    .copy_buffer_to_buffer(&self.buffer, (start * row * 4) as u64, &out.buffer, 0, bytes)
-            });
-        }
+        let out = self.device.alloc_split(&dims)?;
+        Self::copy_elements(self, start * row, &out, 0, len * row);
         Ok(out)
     }
 
@@ -671,19 +825,12 @@ impl BackendStorage for WgpuTensor {
         }
         let mut dims = first.dims.clone();
         dims[0] = rows;
-        let out = first.device.alloc(&dims)?;
-        first.device.record(|batch| {
-            let mut offset = 0u64;
-            for p in parts {
-                let bytes = (p.len() * 4) as u64;
-                if bytes > 0 {
-                    batch
-                        .encoder
-                        .copy_buffer_to_buffer(&p.buffer, 0, &out.buffer, offset, bytes);
-                }
-                offset += bytes;
-            }
-        });
+        let out = first.device.alloc_split(&dims)?;
+        let mut offset = 0;
+        for p in parts {
+            Self::copy_elements(p, 0, &out, offset, p.len());
+            offset += p.len();
+        }
         Ok(out)
     }
 
@@ -758,7 +905,7 @@ mod tests {
         let y = device.alloc(&[2]).unwrap();
         let params = [0u32; 4];
         device
-            .dispatch(&BROKEN, &params, &[x.buffer()], y.buffer(), [1, 1, 1])
+            .dispatch(&BROKEN, &params, &[x.buffer().unwrap()], y.buffer().unwrap(), [1, 1, 1])
             .unwrap();
         let err = y.to_vec().unwrap_err();
         assert!(matches!(err, Error::Device(_)), "{err}");
@@ -766,7 +913,7 @@ mod tests {
         // Again with enough work after the broken dispatch that its batch is submitted
         // before the readback, outside the readback's error scopes.
         device
-            .dispatch(&BROKEN, &params, &[x.buffer()], y.buffer(), [1, 1, 1])
+            .dispatch(&BROKEN, &params, &[x.buffer().unwrap()], y.buffer().unwrap(), [1, 1, 1])
             .unwrap();
         let mut z = x.clone();
         for _ in 0..batch::MAX_COMMANDS {

@@ -119,8 +119,8 @@ pub(super) fn max_pool(x: &WgpuTensor, window: &PoolWindow) -> Result<WgpuTensor
     device.dispatch(
         &MAX_POOL,
         &params,
-        &[x.buffer()],
-        out.buffer(),
+        &[x.buffer()?],
+        out.buffer()?,
         device.linear_grid(out.len())?,
     )?;
     Ok(out)
@@ -141,8 +141,8 @@ pub(super) fn max_pool_vjp(x: &WgpuTensor, grad: &WgpuTensor, window: &PoolWindo
     device.dispatch(
         &MAX_POOL_ARGMAX,
         &params,
-        &[x.buffer()],
-        winners.buffer(),
+        &[x.buffer()?],
+        winners.buffer()?,
         device.linear_grid(grad.len())?,
     )?;
     let dx = device.alloc(x.dims())?;
@@ -150,8 +150,8 @@ pub(super) fn max_pool_vjp(x: &WgpuTensor, grad: &WgpuTensor, window: &PoolWindo
     device.dispatch(
         &MAX_POOL_VJP,
         &params,
-        &[winners.buffer(), grad.buffer()],
-        dx.buffer(),
+        &[winners.buffer()?, grad.buffer()?],
+        dx.buffer()?,
         grid,
     )?;
     Ok(dx)
@@ -228,8 +228,8 @@ pub(super) fn window_mean(x: &WgpuTensor, bins: &WindowBins) -> Result<WgpuTenso
     device.dispatch(
         &WINDOW_MEAN,
         &params,
-        &[x.buffer(), &table, &divisors],
-        out.buffer(),
+        &[x.buffer()?, &table, &divisors],
+        out.buffer()?,
         grid,
     )?;
     Ok(out)
@@ -252,8 +252,8 @@ pub(super) fn window_mean_vjp(grad: &WgpuTensor, bins: &WindowBins) -> Result<Wg
     device.dispatch(
         &WINDOW_MEAN_VJP,
         &params,
-        &[grad.buffer(), &table, &divisors],
-        out.buffer(),
+        &[grad.buffer()?, &table, &divisors],
+        out.buffer()?,
         grid,
     )?;
     Ok(out)

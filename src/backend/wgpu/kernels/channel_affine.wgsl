@@ -9,7 +9,8 @@ struct Params {
     // 1 when that table is [N, C] (one row per sample), 0 when it is [C].
     scale_per_sample: u32,
     shift_per_sample: u32,
-    _pad: u32,
+    // The (sample, channel) plane x starts at: a piece of a tensor split across buffers.
+    plane_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,7 +25,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if i >= p.len {
         return;
     }
-    let nc = i / p.inner;
+    let nc = i / p.inner + p.plane_offset;
     let c = nc % p.channels;
     var v = x[i];
     if p.has_scale != 0u {

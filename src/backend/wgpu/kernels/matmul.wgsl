@@ -1,10 +1,21 @@
 // C[M, N] = A[M, K] x B, with B stored [K, N] or, when rhs_t != 0, [N, K].
 // A 64x64 block of C per workgroup, tiled as tile_gemm.wgsl describes.
+// A and C may be wider than this product (a piece of a B split across buffers, matmul.rs):
+// A's k range starts at column a_col of rows lda long, C's columns at c_col of rows ldc long,
+// and with accumulate != 0 the product adds to C instead of overwriting it.
 struct Params {
     m: u32,
     k: u32,
     n: u32,
     rhs_t: u32,
+    lda: u32,
+    a_col: u32,
+    ldc: u32,
+    c_col: u32,
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,7 +42,7 @@ fn main(
             let gk = k0 + kk;
             var va = 0.0;
             if gr < p.m && gk < p.k {
-                va = a[gr * p.k + gk];
+                va = a[gr * p.lda + p.a_col + gk];
             }
             tile_a[kk * TILE + r] = va;
             var vb = 0.0;
@@ -61,7 +72,8 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x + 16u * j;
             if r < p.m && col < p.n {
-                c[r * p.n + col] = acc[i * 4u + j];
+                let at = r * p.ldc + p.c_col + col;
+                c[at] = select(0.0, c[at], p.accumulate != 0u) + acc[i * 4u + j];
             }
         }
     }
