@@ -306,11 +306,6 @@ impl WgpuDevice {
         self.alloc_pieces(dims, &[len])
     }
 
-    /// A zero-filled tensor laid out as [`Self::split`] lays out `dims`.
-    pub(crate) fn alloc_split(&self, dims: &[usize]) -> Result<WgpuTensor> {
-        self.alloc_pieces(dims, &self.split(dims)?)
-    }
-
     /// A zero-filled tensor whose pieces hold `lens` elements (which sum to the shape's
     /// count and each fit a buffer).
     pub(crate) fn alloc_pieces(&self, dims: &[usize], lens: &[usize]) -> Result<WgpuTensor> {
@@ -799,7 +794,7 @@ impl BackendStorage for WgpuTensor {
         let row = elem_count(&self.dims[1..]);
         let mut dims = self.dims.clone();
         dims[0] = len;
-        let out = self.device.alloc_split(&dims)?;
+        let out = self.device.alloc(&dims)?;
         Self::copy_elements(self, start * row, &out, 0, len * row);
         Ok(out)
     }
@@ -825,7 +820,7 @@ impl BackendStorage for WgpuTensor {
         }
         let mut dims = first.dims.clone();
         dims[0] = rows;
-        let out = first.device.alloc_split(&dims)?;
+        let out = first.device.alloc(&dims)?;
         let mut offset = 0;
         for p in parts {
             Self::copy_elements(p, 0, &out, offset, p.len());
