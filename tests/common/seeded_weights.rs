@@ -1,4 +1,4 @@
-//! Deterministic "seeded" weights shared with `scripts/make_fixtures.py`.
+//! Deterministic "seeded" weights shared with `scripts/xai_reference.py` (the fixture scripts import them).
 //!
 //! The reference fixtures in `tests/fixtures/*_refs.safetensors` do not store the model weights.
 //! Instead each file's safetensors `__metadata__["weights"]` holds a JSON list
