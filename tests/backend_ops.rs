@@ -764,8 +764,9 @@ fn check_conv(case: &ConvCase, seed: u64) {
     });
 }
 
-/// im2col (CPU) and the GEMM forward with the gathering input-VJP (wgpu: under 16 input
-/// channels per group): strides 1, 2 and 3, dilation, asymmetric padding, odd sizes.
+/// im2col (CPU); on wgpu the gathering input-VJP (under 16 input channels per group) and,
+/// by output size, the GEMM or the direct forward: strides 1, 2 and 3, dilation, asymmetric
+/// padding, odd sizes.
 #[test]
 fn conv2d_strided_dilated_padded() {
     let cases = [
@@ -820,7 +821,7 @@ fn conv2d_grouped_and_depthwise() {
 fn conv2d_pointwise() {
     let cases = [
         // CPU: the columns are the input planes; wgpu: more than one 64-channel tile.
-        ConvCase::new([2, 16, 5, 5], 70, (1, 1)),
+        ConvCase::new([2, 16, 6, 6], 70, (1, 1)),
         ConvCase::new([2, 6, 5, 7], 4, (1, 1)).groups(2),
         // Strided or padded 1x1 convolutions are not pointwise; with stride 2 the odd rows
         // and columns get no gradient at all.
@@ -848,14 +849,15 @@ fn conv2d_larger_than_the_tiles() {
     }
 }
 
-/// wgpu's input-VJP runs as a GEMM from 16 input channels per group, one per stride phase:
-/// these keep at least 16 and cover its phases, tile edges and empty phases.
+/// wgpu's input-VJP runs as a GEMM from 16 input channels per group and 32 input pixels per
+/// stride phase, one per phase: these keep to both and cover its phases, tile edges and
+/// empty phases.
 #[test]
 fn conv2d_transposed_by_stride_phase() {
     let cases = [
         // 67 channels per group: a full and a ragged tile; 19 outputs per group: a reduction
         // that is no multiple of the 16-deep slices.
-        ConvCase::new([2, 134, 9, 10], 38, (3, 3))
+        ConvCase::new([2, 134, 13, 14], 38, (3, 3))
             .stride(2)
             .padding(1, 0, 2, 1)
             .groups(2),
@@ -864,13 +866,13 @@ fn conv2d_transposed_by_stride_phase() {
             .stride(2)
             .dilation(2)
             .padding(2, 1, 2, 2),
-        ConvCase::new([1, 20, 10, 11], 7, (3, 3)).stride(3).padding(1, 1, 1, 1),
+        ConvCase::new([1, 20, 19, 20], 7, (3, 3)).stride(3).padding(1, 1, 1, 1),
         // Stride 4, dilation 2 (taps every other step); stride 3, dilation 2 (every third).
-        ConvCase::new([2, 18, 13, 11], 3, (5, 3))
+        ConvCase::new([2, 18, 25, 23], 3, (5, 3))
             .stride(4)
             .dilation(2)
             .padding(3, 0, 1, 2),
-        ConvCase::new([1, 40, 14, 13], 6, (5, 4))
+        ConvCase::new([1, 40, 20, 19], 6, (5, 4))
             .stride(3)
             .dilation(2)
             .padding(1, 2, 3, 0)
@@ -878,6 +880,24 @@ fn conv2d_transposed_by_stride_phase() {
     ];
     for (seed, case) in cases.iter().enumerate() {
         check_conv(case, 500 + seed as u64);
+    }
+}
+
+/// Maps under 32 pixels (a network's last stages at a small input): wgpu sums each output
+/// directly and gathers each input-gradient, whatever the channel counts and groups.
+#[test]
+fn conv2d_small_maps() {
+    let cases = [
+        ConvCase::new([2, 8, 4, 5], 12, (3, 3)).padding(1, 1, 1, 1).groups(4),
+        // 67 input channels per group, 5x5 outputs: the input-VJP's GEMM would need 32 pixels.
+        ConvCase::new([2, 134, 9, 10], 38, (3, 3))
+            .stride(2)
+            .padding(1, 0, 2, 1)
+            .groups(2),
+        ConvCase::new([1, 70, 2, 2], 40, (3, 3)).padding(1, 1, 1, 1),
+    ];
+    for (seed, case) in cases.iter().enumerate() {
+        check_conv(case, 600 + seed as u64);
     }
 }
 

@@ -1,5 +1,6 @@
 //! What only the wgpu backend has: its dispatch grid folding past the per-dimension limit,
-//! its command batching, its own shape and buffer-size checks, and rough kernel timings.
+//! its command batching, and its own shape and buffer-size checks (rough kernel timings are
+//! `examples/wgpu_timing.rs`).
 //! What every backend must compute alike (every operation against a reference) is in
 //! backend_ops.rs, which runs on this backend too.
 #![cfg(feature = "wgpu")]
@@ -16,13 +17,6 @@ fn device() -> &'static WgpuDevice {
 
 fn upload(data: &[f32], dims: &[usize]) -> WgpuTensor {
     device().upload(data, dims).unwrap()
-}
-
-/// Deterministic, varied values of `dims` (inputs whose values do not matter).
-fn filled(dims: &[usize]) -> WgpuTensor {
-    let len = dims.iter().product();
-    let data: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
-    upload(&data, dims)
 }
 
 #[test]
@@ -122,78 +116,4 @@ fn geometry(kernel: (usize, usize), stride: usize, padding: usize) -> WindowGeom
         padding: (padding, padding, padding, padding),
         groups: 1,
     }
-}
-
-/// `cargo test --release --test wgpu_kernels -- --ignored --nocapture timing` prints rough
-/// kernel timings.
-#[test]
-#[ignore]
-fn timing() {
-    use std::time::Instant;
-    let depthwise = WindowGeometry {
-        groups: 64,
-        ..geometry((3, 3), 1, 1)
-    };
-    let cases = [
-        ("1x64x56x56 3x3 conv", [1, 64, 56, 56], 64, geometry((3, 3), 1, 1)),
-        ("1x64x56x56 3x3 depthwise", [1, 64, 56, 56], 64, depthwise),
-        (
-            "1x3x224x224 7x7/2 stem conv",
-            [1, 3, 224, 224],
-            64,
-            geometry((7, 7), 2, 3),
-        ),
-        ("1x256x14x14 3x3 conv", [1, 256, 14, 14], 256, geometry((3, 3), 1, 1)),
-    ];
-    for (name, dims, cout, g) in cases {
-        let x = filled(&dims);
-        let k = filled(&[cout, dims[1] / g.groups, g.kernel.0, g.kernel.1]);
-        let y = x.conv2d(&k, &g).unwrap();
-        y.to_vec().unwrap();
-        let grad = filled(y.dims());
-        grad.conv2d_transposed(&k, &g, (dims[2], dims[3]))
-            .unwrap()
-            .to_vec()
-            .unwrap();
-        let reps = 5;
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            x.conv2d(&k, &g).unwrap().to_vec().unwrap();
-        }
-        let fwd = t0.elapsed() / reps;
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            grad.conv2d_transposed(&k, &g, (dims[2], dims[3]))
-                .unwrap()
-                .to_vec()
-                .unwrap();
-        }
-        let bwd = t0.elapsed() / reps;
-        eprintln!(
-            "{name} on {:?}: forward {fwd:?}, input-VJP {bwd:?} (incl. readback)",
-            device()
-        );
-    }
-    // A model's pass is mostly small operations: what each costs beyond its kernel.
-    let small = filled(&[64, 64]);
-    let ops = 1000;
-    let t0 = Instant::now();
-    let mut t = small.clone();
-    for _ in 0..ops {
-        t = t.map(Map::Affine { mul: 1.0, add: 0.5 }).unwrap();
-    }
-    let recorded = t0.elapsed();
-    t.to_vec().unwrap();
-    eprintln!(
-        "{ops} chained 64x64 maps: {:?} per op on the host, {:?} per op until read back",
-        recorded / ops,
-        t0.elapsed() / ops
-    );
-    let a = filled(&[512, 512]);
-    a.matmul(&a, false).unwrap().to_vec().unwrap();
-    let t0 = Instant::now();
-    for _ in 0..5 {
-        a.matmul(&a, false).unwrap().to_vec().unwrap();
-    }
-    eprintln!("512^3 matmul: {:?}", t0.elapsed() / 5);
 }

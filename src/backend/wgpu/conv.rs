@@ -17,14 +17,14 @@ const GEMM: Kernel = Kernel {
     entry: "gemm",
     inputs: 2,
 };
-const DEPTHWISE: Kernel = Kernel {
-    name: "conv_depthwise",
+const DIRECT: Kernel = Kernel {
+    name: "conv_direct",
     source: concat!(
         include_str!("kernels/conv_params.wgsl"),
         include_str!("kernels/tile_gemm.wgsl"),
         include_str!("kernels/conv.wgsl")
     ),
-    entry: "depthwise",
+    entry: "direct",
     inputs: 2,
 };
 const TRANSPOSED_GEMM: Kernel = Kernel {
@@ -47,21 +47,16 @@ const TRANSPOSED_GATHER: Kernel = Kernel {
     entry: "gather",
     inputs: 2,
 };
-const TRANSPOSED_DEPTHWISE: Kernel = Kernel {
-    name: "conv_transposed_depthwise",
-    source: concat!(
-        include_str!("kernels/conv_params.wgsl"),
-        include_str!("kernels/tile_gemm.wgsl"),
-        include_str!("kernels/conv_transposed.wgsl")
-    ),
-    entry: "depthwise",
-    inputs: 2,
-};
 /// Channels and pixels per GEMM workgroup (see conv.wgsl and conv_transposed.wgsl).
 const TILE: usize = 64;
-/// Below this many input channels per group the input-VJP gathers instead of running a GEMM
-/// whose 64-channel tiles would be three-quarters padding.
-const VJP_GEMM_MIN_CHANNELS: usize = 16;
+/// Below this many input channels per group (the input-VJP's tile rows) or pixels per sample
+/// (per stride phase for the input-VJP: the tile columns), a GEMM's 64x64 tiles would be at
+/// least half padding, and the direct kernels sum each output on their own instead. On the
+/// small maps of a network's last stages (2x2 at a 64x64 input) that is up to 16 times less
+/// arithmetic. The forward is also direct with one input channel per group (depthwise), where
+/// the reduction is only the window.
+const GEMM_MIN_CHANNELS: usize = 16;
+const GEMM_MIN_PIXELS: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -143,8 +138,9 @@ impl Shape {
         Ok(shape)
     }
 
-    fn depthwise(&self) -> bool {
-        self.groups == self.cin && self.cout == self.cin
+    /// Whether the forward's GEMM tiles would be mostly padding.
+    fn forward_is_direct(&self) -> bool {
+        self.cin / self.groups == 1 || self.out_hw.0 * self.out_hw.1 < GEMM_MIN_PIXELS
     }
 
     fn params(&self, g: &WindowGeometry, channel_tiles: usize) -> Result<Params> {
@@ -175,9 +171,9 @@ pub(super) fn conv2d(x: &WgpuTensor, kernel: &WgpuTensor, g: &WindowGeometry) ->
     let device = x.device();
     let out = device.alloc(&[s.n, s.cout, s.out_hw.0, s.out_hw.1])?;
     let inputs = [x.buffer()?, kernel.buffer()?];
-    if s.depthwise() {
+    if s.forward_is_direct() {
         device.dispatch(
-            &DEPTHWISE,
+            &DIRECT,
             &s.params(g, 0)?,
             &inputs,
             out.buffer()?,
@@ -207,14 +203,10 @@ pub(super) fn conv2d_transposed(
     let out = device.alloc(&[s.n, s.cin, input_hw.0, input_hw.1])?;
     let inputs = [grad.buffer()?, kernel.buffer()?];
     let cin_g = s.cin / s.groups;
-    if s.depthwise() || cin_g < VJP_GEMM_MIN_CHANNELS {
-        let kind = if s.depthwise() {
-            &TRANSPOSED_DEPTHWISE
-        } else {
-            &TRANSPOSED_GATHER
-        };
+    let phase_pixels = input_hw.0.div_ceil(g.stride) * input_hw.1.div_ceil(g.stride);
+    if cin_g < GEMM_MIN_CHANNELS || phase_pixels < GEMM_MIN_PIXELS {
         device.dispatch(
-            kind,
+            &TRANSPOSED_GATHER,
             &s.params(g, 0)?,
             &inputs,
             out.buffer()?,
@@ -224,7 +216,6 @@ pub(super) fn conv2d_transposed(
         // One workgroup per (pixel tile, channel tile, group, stride phase, sample), folded
         // into x and y; the kernel unfolds the linear id (conv_transposed.wgsl).
         let channel_tiles = cin_g.div_ceil(TILE);
-        let phase_pixels = input_hw.0.div_ceil(g.stride) * input_hw.1.div_ceil(g.stride);
         let workgroups = phase_pixels.div_ceil(TILE) * channel_tiles * s.groups * g.stride * g.stride * s.n;
         let grid = WgpuDevice::fold(workgroups)?;
         device.dispatch(

@@ -23,7 +23,7 @@ fn gemm(
     let red = p.cin_g * khw;
     let w_base = g * p.cout_g * red;
     let x_base = (n * p.cin + g * p.cin_g) * p.h * p.w;
-    var acc: array<f32, 16>;
+    var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < red; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let e = li + t * 256u;
@@ -67,16 +67,16 @@ fn gemm(
         for (var j = 0u; j < 4u; j++) {
             let pix = pix0 + lid.x + 16u * j;
             if co < p.cout_g && pix < pixels {
-                y[(n * p.cout + g * p.cout_g + co) * pixels + pix] = acc[i * 4u + j];
+                y[(n * p.cout + g * p.cout_g + co) * pixels + pix] = acc[i][j];
             }
         }
     }
 }
 
-// groups == Cin == Cout: a GEMM with one row per group would waste 63/64 of each tile, so
-// one thread computes one output directly.
+// Few outputs per sample (a late layer's 2x2 map) or one input channel per group (depthwise):
+// a GEMM tile would be mostly padding, so one thread sums one output directly.
 @compute @workgroup_size(256)
-fn depthwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
     if i >= p.n * p.cout * p.ho * p.wo {
         return;
@@ -84,21 +84,26 @@ fn depthwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let ow = i % p.wo;
     let oh = (i / p.wo) % p.ho;
     let plane = i / (p.wo * p.ho);
-    let c = plane % p.cout;
-    let x_base = plane * p.h * p.w;
-    let w_base = c * p.kh * p.kw;
+    let co = plane % p.cout;
+    let n = plane / p.cout;
+    let g = co / p.cout_g;
+    let khw = p.kh * p.kw;
     let ih0 = i32(oh * p.stride) - i32(p.pad_top);
     let iw0 = i32(ow * p.stride) - i32(p.pad_left);
     var acc = 0.0;
-    for (var ki = 0u; ki < p.kh; ki++) {
-        let ih = ih0 + i32(ki * p.dilation);
-        if ih < 0 || ih >= i32(p.h) {
-            continue;
-        }
-        for (var kj = 0u; kj < p.kw; kj++) {
-            let iw = iw0 + i32(kj * p.dilation);
-            if iw >= 0 && iw < i32(p.w) {
-                acc = fma(x[x_base + u32(ih) * p.w + u32(iw)], weight[w_base + ki * p.kw + kj], acc);
+    for (var ci = 0u; ci < p.cin_g; ci++) {
+        let x_base = (n * p.cin + g * p.cin_g + ci) * p.h * p.w;
+        let w_base = (co * p.cin_g + ci) * khw;
+        for (var ki = 0u; ki < p.kh; ki++) {
+            let ih = ih0 + i32(ki * p.dilation);
+            if ih < 0 || ih >= i32(p.h) {
+                continue;
+            }
+            for (var kj = 0u; kj < p.kw; kj++) {
+                let iw = iw0 + i32(kj * p.dilation);
+                if iw >= 0 && iw < i32(p.w) {
+                    acc = fma(x[x_base + u32(ih) * p.w + u32(iw)], weight[w_base + ki * p.kw + kj], acc);
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 
-// gather and depthwise: the output index along one axis that tap k of input position `pos`
+// gather: the output index along one axis that tap k of input position `pos`
 // fed, or -1 when the tap lands between strides or outside the output.
 fn source(pos: u32, pad: u32, k: u32, out_len: u32) -> i32 {
     let t = i32(pos + pad) - i32(k * p.dilation);
@@ -17,8 +17,9 @@ fn source(pos: u32, pad: u32, k: u32, out_len: u32) -> i32 {
     return select(-1, o, o < i32(out_len));
 }
 
-// Few input channels per group (a network's stem: 3): a 64-channel GEMM tile would be mostly
-// padding, and each gradient feeds too few outputs to be worth staging in shared memory.
+// Few input channels per group (a network's stem: 3; depthwise: 1) or few input pixels per
+// stride phase (a late layer's 2x2 map): a 64x64 GEMM tile would be mostly padding, so one
+// thread gathers one dx element from the outputs it fed.
 @compute @workgroup_size(256)
 fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
@@ -140,7 +141,7 @@ fn gemm(
     let khw = p.kh * p.kw;
     let red = rows.taps * cols.taps * p.cout_g;
     let grad_base = (n * p.cout + g * p.cout_g) * p.ho * p.wo;
-    var acc: array<f32, 16>;
+    var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < red; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let e = li + t * 256u;
@@ -187,36 +188,8 @@ fn gemm(
             if ci < p.cin_g && pix < pixels {
                 let ih = rows.first + (pix / cols.count) * s;
                 let iw = cols.first + (pix % cols.count) * s;
-                dx[((n * p.cin + g * p.cin_g + ci) * p.h + ih) * p.w + iw] = acc[i * 4u + j];
+                dx[((n * p.cin + g * p.cin_g + ci) * p.h + ih) * p.w + iw] = acc[i][j];
             }
         }
     }
-}
-
-@compute @workgroup_size(256)
-fn depthwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
-    if i >= p.n * p.cin * p.h * p.w {
-        return;
-    }
-    let iw = i % p.w;
-    let ih = (i / p.w) % p.h;
-    let plane = i / (p.w * p.h);
-    let c = plane % p.cin;
-    let g_base = plane * p.ho * p.wo;
-    let w_base = c * p.kh * p.kw;
-    var acc = 0.0;
-    for (var ki = 0u; ki < p.kh; ki++) {
-        let oh = source(ih, p.pad_top, ki, p.ho);
-        if oh < 0 {
-            continue;
-        }
-        for (var kj = 0u; kj < p.kw; kj++) {
-            let ow = source(iw, p.pad_left, kj, p.wo);
-            if ow >= 0 {
-                acc = fma(grad[g_base + u32(oh) * p.wo + u32(ow)], weight[w_base + ki * p.kw + kj], acc);
-            }
-        }
-    }
-    dx[i] = acc;
 }

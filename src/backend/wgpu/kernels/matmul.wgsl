@@ -31,7 +31,7 @@ fn main(
 ) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    var acc: array<f32, 16>;
+    var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let e = li + t * 256u;
@@ -73,7 +73,7 @@ fn main(
             let col = col0 + lid.x + 16u * j;
             if r < p.m && col < p.n {
                 let at = r * p.ldc + p.c_col + col;
-                c[at] = select(0.0, c[at], p.accumulate != 0u) + acc[i * 4u + j];
+                c[at] = select(0.0, c[at], p.accumulate != 0u) + acc[i][j];
             }
         }
     }
