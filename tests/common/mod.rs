@@ -61,6 +61,8 @@ pub fn wgpu_device() -> candle_xai::backend::wgpu::WgpuDevice {
 pub struct Refs {
     pub tensors: HashMap<String, Tensor>,
     pub metadata: HashMap<String, String>,
+    /// max |t| of the tensors [`Refs::first_rows`] cut, over all their rows.
+    full_scales: HashMap<String, f32>,
 }
 
 impl Refs {
@@ -69,7 +71,11 @@ impl Refs {
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let metadata = header.metadata().clone().unwrap_or_default();
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
-        Refs { tensors, metadata }
+        Refs {
+            tensors,
+            metadata,
+            full_scales: HashMap::new(),
+        }
     }
 
     pub fn get(&self, name: &str) -> &Tensor {
@@ -80,6 +86,38 @@ impl Refs {
 
     pub fn f32(&self, name: &str) -> Tensor {
         self.get(name).to_dtype(DType::F32).unwrap()
+    }
+
+    /// The same references for the first `rows` inputs only: every tensor that is per input
+    /// (its first dimension is the batch) cut to those rows. Quadrature points and method
+    /// parameters are not per input, whatever their length. Comparisons keep the scale of the
+    /// whole tensor ([`Refs::scale`]), so a row is held to what it was held to in the batch.
+    pub fn first_rows(mut self, rows: usize) -> Refs {
+        let batch = self.get("inputs").dim(0).unwrap();
+        let shared = ["_alphas", "_step_sizes", "_params"];
+        for (name, tensor) in self.tensors.iter_mut() {
+            if tensor.rank() > 0 && tensor.dim(0).unwrap() == batch && !shared.iter().any(|s| name.ends_with(s)) {
+                if tensor.dtype().is_float() {
+                    let full = tensor.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                    let full = full.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+                    // An all-zero tensor keeps failing max_abs's check in comparisons.
+                    if full > 0.0 {
+                        self.full_scales.insert(name.clone(), full);
+                    }
+                }
+                *tensor = tensor.narrow(0, 0, rows).unwrap();
+            }
+        }
+        self
+    }
+
+    /// max |reference `name`| over all its rows, the scale its comparisons are relative to;
+    /// never 0 (a comparison against all zeros would prove nothing).
+    pub fn scale(&self, name: &str) -> f32 {
+        match self.full_scales.get(name) {
+            Some(&scale) => scale,
+            None => max_abs(self.get(name)),
+        }
     }
 
     pub fn targets(&self) -> Vec<i64> {

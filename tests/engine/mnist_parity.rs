@@ -15,6 +15,7 @@ const MNIST: Suite = Suite {
     not_results: &["inputs", "inputs_raw01", "targets"],
     // Riemann-trapezoid IG differs from Gauss-Legendre IG only in its points and weights.
     cpu_only: &["ig_riemann_trapezoid"],
+    gpu_rows: None,
 };
 
 fn load(name: &str) -> (candle_xai::Model, crate::common::Refs) {
