@@ -231,11 +231,124 @@ fn unpickle(bytes: &[u8]) -> Reason<(Object, usize)> {
     }
 }
 
-/// Walks the op-codes of the pickle at the start of `bytes`; returns its length up to STOP.
+/// Nesting deeper than this is refused: candle's reader, its error messages and the object's
+/// `Drop` all recurse once per level, so a deep pickle would overflow the stack.
+const MAX_PICKLE_DEPTH: u32 = 1000;
+/// candle's reader copies an object whenever the pickle memoises or recalls it. More copied
+/// nodes than this (a pickle that doubles an object at each step) is refused; a real
+/// checkpoint copies a few per tensor.
+const MAX_PICKLE_COPIES: u64 = 10_000_000;
+
+/// What the scan knows of an object on the pickle's stack: how deeply it nests and how many
+/// nodes it holds (what a copy of it costs).
+#[derive(Clone, Copy)]
+struct Extent {
+    depth: u32,
+    nodes: u64,
+}
+
+impl Extent {
+    const LEAF: Extent = Extent { depth: 1, nodes: 1 };
+}
+
+/// The pickle's stack as the scan follows it: an extent per object, None for a MARK.
+#[derive(Default)]
+struct ScanStack {
+    items: Vec<Option<Extent>>,
+    memo: HashMap<u32, Extent>,
+    copies: u64,
+}
+
+impl ScanStack {
+    fn pop(&mut self) -> Reason<Extent> {
+        match self.items.pop() {
+            Some(Some(extent)) => Ok(extent),
+            _ => Err("malformed pickle: an op-code takes an object the stack does not hold".into()),
+        }
+    }
+
+    fn pop_to_mark(&mut self) -> Reason<Vec<Extent>> {
+        let mark = self
+            .items
+            .iter()
+            .rposition(Option::is_none)
+            .ok_or("malformed pickle: no MARK before an op-code that needs one")?;
+        let items = self.items.split_off(mark + 1);
+        self.items.pop();
+        Ok(items.into_iter().flatten().collect())
+    }
+
+    /// `parts` added to `into` (a new container when None): one level deeper than its deepest part.
+    fn contain(&self, into: Option<Extent>, parts: &[Extent]) -> Reason<Extent> {
+        let mut extent = into.unwrap_or(Extent::LEAF);
+        for part in parts {
+            extent.depth = extent.depth.max(part.depth + 1);
+            extent.nodes = extent.nodes.saturating_add(part.nodes);
+        }
+        if extent.depth > MAX_PICKLE_DEPTH {
+            return Err(format!(
+                "the pickle nests objects more than {MAX_PICKLE_DEPTH} levels deep; no checkpoint does"
+            ));
+        }
+        Ok(extent)
+    }
+
+    fn push_container(&mut self, parts: &[Extent]) -> Reason<()> {
+        let extent = self.contain(None, parts)?;
+        self.items.push(Some(extent));
+        Ok(())
+    }
+
+    /// Adds `parts` to the object on top of the stack (APPEND, SETITEM and their batches).
+    fn add_to_top(&mut self, parts: &[Extent]) -> Reason<()> {
+        let top = self.pop()?;
+        let extent = self.contain(Some(top), parts)?;
+        self.items.push(Some(extent));
+        Ok(())
+    }
+
+    /// Accounts for candle's reader copying `extent`.
+    fn copy(&mut self, extent: Extent) -> Reason<Extent> {
+        self.copies = self.copies.saturating_add(extent.nodes);
+        if self.copies > MAX_PICKLE_COPIES {
+            return Err(format!(
+                "the pickle copies more than {MAX_PICKLE_COPIES} objects through its memo (a pickle bomb?)"
+            ));
+        }
+        Ok(extent)
+    }
+
+    fn memo_put(&mut self, id: u32) -> Reason<()> {
+        let top = match self.items.last() {
+            Some(Some(top)) => *top,
+            _ => return Err("malformed pickle: memoises an object the stack does not hold".into()),
+        };
+        let copy = self.copy(top)?;
+        self.memo.insert(id, copy);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, id: u32) -> Reason<()> {
+        let stored = *self
+            .memo
+            .get(&id)
+            .ok_or_else(|| format!("malformed pickle: recalls memo entry {id}, which it never stored"))?;
+        let copy = self.copy(stored)?;
+        self.items.push(Some(copy));
+        Ok(())
+    }
+}
+
+/// Walks the op-codes of the pickle at the start of `bytes`, following what each does to the
+/// stack; returns its length up to STOP. Refuses what candle's reader would choke on: unknown
+/// op-codes, arguments past the end, nesting past [`MAX_PICKLE_DEPTH`] and memo copies past
+/// [`MAX_PICKLE_COPIES`].
 fn scan_pickle(bytes: &[u8]) -> Reason<usize> {
     let truncated = || "the pickle is truncated".to_string();
+    let mut stack = ScanStack::default();
     let mut pos = 0;
     let arg = |pos: usize, n: usize| -> Reason<&[u8]> { bytes.get(pos..pos + n).ok_or_else(truncated) };
+    let le_u32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
     loop {
         let op = *bytes.get(pos).ok_or_else(truncated)?;
         pos += 1;
@@ -246,7 +359,7 @@ fn scan_pickle(bytes: &[u8]) -> Reason<usize> {
             b'M' => 2,
             b'J' | b'r' | b'j' => 4,
             b'G' => 8,
-            b'X' => 4 + u32::from_le_bytes(arg(pos, 4)?.try_into().expect("4 bytes")) as usize,
+            b'X' => 4 + le_u32(arg(pos, 4)?) as usize,
             0x8a => {
                 let n = arg(pos, 1)?[0] as usize;
                 if n > 8 {
@@ -267,8 +380,51 @@ fn scan_pickle(bytes: &[u8]) -> Reason<usize> {
                 ))
             }
         };
-        arg(pos, skip)?;
+        let args = arg(pos, skip)?;
         pos += skip;
+        match op {
+            0x80 => {}
+            b'(' => stack.items.push(None),
+            // TUPLE, DICT
+            b't' | b'd' => {
+                let parts = stack.pop_to_mark()?;
+                stack.push_container(&parts)?;
+            }
+            // TUPLE1..3
+            0x85..=0x87 => {
+                let parts = (0..op - 0x84).map(|_| stack.pop()).collect::<Reason<Vec<_>>>()?;
+                stack.push_container(&parts)?;
+            }
+            // REDUCE, NEWOBJ, BUILD: two objects make one.
+            b'R' | 0x81 | b'b' => {
+                let parts = [stack.pop()?, stack.pop()?];
+                stack.push_container(&parts)?;
+            }
+            // BINPERSID
+            b'Q' => {
+                let part = stack.pop()?;
+                stack.push_container(&[part])?;
+            }
+            // APPEND, SETITEM, APPENDS, SETITEMS
+            b'a' => {
+                let part = stack.pop()?;
+                stack.add_to_top(&[part])?;
+            }
+            b's' => {
+                let parts = [stack.pop()?, stack.pop()?];
+                stack.add_to_top(&parts)?;
+            }
+            b'e' | b'u' => {
+                let parts = stack.pop_to_mark()?;
+                stack.add_to_top(&parts)?;
+            }
+            b'q' => stack.memo_put(u32::from(args[0]))?,
+            b'r' => stack.memo_put(le_u32(args))?,
+            b'h' => stack.memo_get(u32::from(args[0]))?,
+            b'j' => stack.memo_get(le_u32(args))?,
+            // Everything else pushes one new object.
+            _ => stack.items.push(Some(Extent::LEAF)),
+        }
     }
 }
 
@@ -615,5 +771,45 @@ mod sniffing_tests {
         assert!(!looks_like_pth(&bytes));
         assert!(looks_like_pth(&[0x80, 0x02, b'}']));
         assert!(looks_like_pth(b"PK\x03\x04rest"));
+    }
+}
+
+#[cfg(test)]
+mod pickle_limit_tests {
+    use super::unpickle;
+
+    /// PROTO 2, `body`, STOP.
+    fn pickle(body: &[u8]) -> Vec<u8> {
+        [&[0x80, 0x02][..], body, b"."].concat()
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_reader_recurses() {
+        // 200,000 empty lists, each appended into the one below it.
+        let depth = 200_000;
+        let body = [vec![b']'; depth], vec![b'a'; depth - 1]].concat();
+        let err = unpickle(&pickle(&body)).unwrap_err();
+        assert!(err.contains("levels deep"), "{err}");
+        // Nesting a checkpoint could have is read.
+        let body = [vec![b']'; 50], vec![b'a'; 49]].concat();
+        assert!(unpickle(&pickle(&body)).is_ok());
+    }
+
+    #[test]
+    fn memo_copies_that_double_each_step_are_refused() {
+        // x = []; then 60 times: x = (x, x), each recalled from the memo.
+        let mut body = b"]q\x00".to_vec();
+        for _ in 0..60 {
+            body.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        let err = unpickle(&pickle(&body)).unwrap_err();
+        assert!(err.contains("pickle bomb"), "{err}");
+    }
+
+    #[test]
+    fn stack_misuse_is_an_error() {
+        for body in [&b"a"[..], b"t", b"h\x07", b"]u"] {
+            assert!(unpickle(&pickle(body)).is_err(), "{body:?}");
+        }
     }
 }
