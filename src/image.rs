@@ -5,6 +5,7 @@
 //! Everything works on bytes and on `RgbImage`s, never on files, so the browser can use it too.
 
 use std::io::Cursor;
+use std::ops::Range;
 
 use ::image::{ImageFormat, ImageReader, Limits, RgbImage};
 use candle_core::{Device, Tensor};
@@ -13,6 +14,8 @@ use crate::error::{Error, Result};
 
 /// Images with more pixels than this are refused before decoding.
 pub const MAX_IMAGE_PIXELS: u64 = 50_000_000;
+/// The most a decoder may allocate: a 50-megapixel RGBA image at 16 bits per channel.
+const MAX_DECODE_BYTES: u64 = MAX_IMAGE_PIXELS * 8;
 
 /// torchvision's ImageNet statistics.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -76,10 +79,17 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::Image(format!("{what} has no pixels ({width}x{height})")));
     }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(Error::Image(format!(
+            "{what} is a truncated or corrupt JPEG (its image data does not end with the end-of-image \
+             marker); decoding it would fill the missing part with grey"
+        )));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let image = reader
         .decode()
@@ -87,13 +97,56 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
     Ok(image.into_rgb8())
 }
 
+/// Whether a JPEG's markers lead to its end-of-image marker after the image data. A truncated
+/// JPEG decodes "successfully" with its missing part grey; this tells the two apart. Data
+/// after the end-of-image marker (some cameras append their own) is allowed.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const STANDALONE: std::ops::RangeInclusive<u8> = 0xd0..=0xd7; // RST0..RST7
+    let mut pos = 2; // past SOI
+    loop {
+        // A marker: 0xff (fill bytes may repeat it), then its code.
+        while bytes.get(pos) == Some(&0xff) && bytes.get(pos + 1) == Some(&0xff) {
+            pos += 1;
+        }
+        let (Some(&0xff), Some(&code)) = (bytes.get(pos), bytes.get(pos + 1)) else {
+            return false;
+        };
+        pos += 2;
+        match code {
+            0xd9 => return true,
+            0x01 => continue,
+            c if STANDALONE.contains(&c) => continue,
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(pos..pos + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return false;
+        };
+        pos += len;
+        if code == 0xda {
+            // Entropy-coded data up to the next marker that is neither a stuffed 0xff00 nor a
+            // restart marker.
+            loop {
+                match (bytes.get(pos), bytes.get(pos + 1)) {
+                    (Some(&0xff), Some(&next)) if next != 0x00 && !STANDALONE.contains(&next) && next != 0xff => break,
+                    (Some(_), Some(_)) => pos += 1,
+                    _ => return false,
+                }
+            }
+        }
+    }
+}
+
 /// Per-output-pixel (first source index, weights) of PIL's antialiased bilinear resampling
-/// (a triangle filter widened by the downscaling factor), as torchvision uses.
-fn resample_weights(in_len: usize, out_len: usize) -> Vec<(usize, Vec<f32>)> {
+/// (a triangle filter widened by the downscaling factor), as torchvision uses, for the output
+/// pixels `window` of `out_len`.
+fn resample_weights(in_len: usize, out_len: u64, window: std::ops::Range<u64>) -> Vec<(usize, Vec<f32>)> {
     let scale = in_len as f64 / out_len as f64;
     let filter_scale = scale.max(1.0);
     let support = filter_scale;
-    (0..out_len)
+    window
         .map(|i| {
             let center = (i as f64 + 0.5) * scale;
             let start = ((center - support + 0.5) as i64).max(0) as usize;
@@ -122,19 +175,21 @@ fn round_u8(v: f32) -> u8 {
     (v + 0.5).floor().clamp(0.0, 255.0) as u8
 }
 
-/// Resizes to exactly `width` x `height` with antialiased bilinear filtering (PIL's
-/// `Image.resize(..., BILINEAR)`: horizontal pass, then vertical, rounding to 8 bits after each).
-pub fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+/// A window of `image` resized to `width` x `height` with antialiased bilinear filtering
+/// (PIL's `Image.resize(..., BILINEAR)`: horizontal pass, then vertical, rounding to 8 bits
+/// after each): the `columns` x `rows` output pixels only, computed from the source rows they
+/// need. Each output pixel is what the whole resize gives it, at the cost of the window.
+fn resize_window(image: &RgbImage, (width, height): (u64, u64), columns: Range<u64>, rows: Range<u64>) -> RgbImage {
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
-    let (out_w, out_h) = (width as usize, height as usize);
-    if (in_w, in_h) == (out_w, out_h) {
-        return image.clone();
-    }
     let src = image.as_raw();
-    // Horizontal pass: in_h rows of out_w pixels.
-    let columns = resample_weights(in_w, out_w);
-    let mut wide = vec![0u8; in_h * out_w * 3];
-    for y in 0..in_h {
+    let columns = resample_weights(in_w, width, columns);
+    let rows = resample_weights(in_h, height, rows);
+    let out_w = columns.len();
+    // Horizontal pass over the source rows the vertical pass reads.
+    let first = rows.first().map_or(0, |(start, _)| *start);
+    let last = rows.iter().map(|(start, w)| start + w.len()).max().unwrap_or(0);
+    let mut wide = vec![0u8; (last - first) * out_w * 3];
+    for y in first..last {
         for (x, (start, weights)) in columns.iter().enumerate() {
             let mut acc = [0f32; 3];
             for (k, w) in weights.iter().enumerate() {
@@ -143,20 +198,19 @@ pub fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
                     acc[c] += w * src[p + c] as f32;
                 }
             }
-            let q = (y * out_w + x) * 3;
+            let q = ((y - first) * out_w + x) * 3;
             for c in 0..3 {
                 wide[q + c] = round_u8(acc[c]);
             }
         }
     }
     // Vertical pass.
-    let rows = resample_weights(in_h, out_h);
-    let mut out = vec![0u8; out_h * out_w * 3];
+    let mut out = vec![0u8; rows.len() * out_w * 3];
     for (y, (start, weights)) in rows.iter().enumerate() {
         for x in 0..out_w {
             let mut acc = [0f32; 3];
             for (k, w) in weights.iter().enumerate() {
-                let p = ((start + k) * out_w + x) * 3;
+                let p = ((start - first + k) * out_w + x) * 3;
                 for c in 0..3 {
                     acc[c] += w * wide[p + c] as f32;
                 }
@@ -167,33 +221,60 @@ pub fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
             }
         }
     }
-    RgbImage::from_raw(width, height, out).expect("buffer sized for the image")
+    RgbImage::from_raw(out_w as u32, rows.len() as u32, out).expect("buffer sized for the image")
+}
+
+/// Resizes to exactly `width` x `height` with antialiased bilinear filtering (PIL's
+/// `Image.resize(..., BILINEAR)`).
+pub fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    if image.dimensions() == (width, height) {
+        return image.clone();
+    }
+    let size = (u64::from(width), u64::from(height));
+    resize_window(image, size, 0..size.0, 0..size.1)
 }
 
 /// torchvision's `Resize(size)` with an int: the shorter side becomes `size`, the longer
 /// `int(size * long / short)`.
-pub fn resize_shorter_side(image: &RgbImage, size: u32) -> RgbImage {
-    let (w, h) = (image.width() as u64, image.height() as u64);
-    let size = size as u64;
+fn shorter_side_to(image: &RgbImage, size: u32) -> (u64, u64) {
+    let (w, h) = (u64::from(image.width()), u64::from(image.height()));
+    let size = u64::from(size);
     let (new_w, new_h) = if w <= h {
         (size, size * h / w)
     } else {
         (size * w / h, size)
     };
-    resize_bilinear(image, new_w.max(1) as u32, new_h.max(1) as u32)
+    (new_w.max(1), new_h.max(1))
+}
+
+/// torchvision's `Resize(size)` with an int (see [`preprocess`] for resizing and cropping
+/// without the whole intermediate image).
+pub fn resize_shorter_side(image: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = shorter_side_to(image, size);
+    resize_bilinear(image, w as u32, h as u32)
+}
+
+/// torchvision's `CenterCrop(size)` offset along one side: `round((side - size) / 2)`,
+/// rounding half to even.
+fn crop_offset(side: u64, size: u64) -> u64 {
+    ((side - size) as f64 / 2.0).round_ties_even() as u64
+}
+
+fn crop_error(size: u32, (w, h): (u64, u64)) -> Error {
+    Error::invalid_parameter(
+        "crop",
+        format!("cannot crop {size}x{size} pixels out of a {w}x{h} image"),
+    )
 }
 
 /// torchvision's `CenterCrop(size)`: offsets `round((side - size) / 2)`, rounding half to even.
 pub fn center_crop(image: &RgbImage, size: u32) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
     if size == 0 || size > w || size > h {
-        return Err(Error::invalid_parameter(
-            "crop",
-            format!("cannot crop {size}x{size} pixels out of a {w}x{h} image"),
-        ));
+        return Err(crop_error(size, (w.into(), h.into())));
     }
-    let top = ((h - size) as f64 / 2.0).round_ties_even() as u32;
-    let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
+    let top = crop_offset(h.into(), size.into()) as u32;
+    let left = crop_offset(w.into(), size.into()) as u32;
     Ok(::image::imageops::crop_imm(image, left, top, size, size).to_image())
 }
 
@@ -230,8 +311,15 @@ pub fn preprocess(image: &RgbImage, resize: u32, crop: u32, mean: [f32; 3], std:
             ),
         ));
     }
-    let resized = resize_shorter_side(image, resize);
-    let cropped = center_crop(&resized, crop)?;
+    // Only the crop's pixels of the resized image are computed: an extreme aspect ratio
+    // (100000x1) would make the whole intermediate gigabytes.
+    let resized = shorter_side_to(image, resize);
+    if crop == 0 || u64::from(crop) > resized.0.min(resized.1) {
+        return Err(crop_error(crop, resized));
+    }
+    let (left, top) = (crop_offset(resized.0, crop.into()), crop_offset(resized.1, crop.into()));
+    let crop = u64::from(crop);
+    let cropped = resize_window(image, resized, left..left + crop, top..top + crop);
     let tensor = to_tensor(&cropped, mean, std)?;
     Ok(Preprocessed { tensor, image: cropped })
 }
@@ -275,6 +363,41 @@ mod tests {
         let image = RgbImage::new(201, 333);
         // int(256 * 333 / 201) = 424
         assert_eq!(resize_shorter_side(&image, 256).dimensions(), (256, 424));
+    }
+
+    /// A photo-like pattern: varied pixels, so that resampling errors show.
+    fn pattern(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            let v = |k: u32| ((x * 37 + y * 91 + k * 53) % 251) as u8;
+            [v(0), v(1), v(2)].into()
+        })
+    }
+
+    #[test]
+    fn preprocessing_computes_only_the_crop_and_equals_resize_then_crop() {
+        for (w, h) in [(300, 200), (201, 333), (224, 224), (97, 1000)] {
+            let image = pattern(w, h);
+            let whole = center_crop(&resize_shorter_side(&image, 256), 224).unwrap();
+            assert_eq!(imagenet_preprocess(&image).unwrap().image, whole, "{w}x{h}");
+        }
+        // 100000x1 resized whole would be 25.6 million x 256 pixels (19 GB); the crop is
+        // all that is made. Both orientations.
+        for (w, h) in [(100_000, 1), (1, 100_000)] {
+            let p = imagenet_preprocess(&pattern(w, h)).unwrap();
+            assert_eq!(p.tensor.dims(), &[1, 3, 224, 224]);
+        }
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_and_trailing_data_is_not() {
+        let bytes = encode(&pattern(64, 48), ImageFormat::Jpeg);
+        assert!(decode(&bytes, "photo.jpg").is_ok());
+        for keep in [bytes.len() / 3, bytes.len() - 2] {
+            let err = decode(&bytes[..keep], "photo.jpg").unwrap_err().to_string();
+            assert!(err.contains("truncated"), "{keep} bytes: {err}");
+        }
+        let trailing = [&bytes[..], b"camera data"].concat();
+        assert!(decode(&trailing, "photo.jpg").is_ok());
     }
 
     #[test]
