@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::baseline::Baseline;
-use super::probe::{unstack, Passes, Probe, Progress};
+use super::probe::{unstack, Passes, Probe, Progress, MAX_ROWS};
 use super::quadrature::Quadrature;
 use super::{Attribution, Parameter, Scale};
 use crate::backend::Reduce;
@@ -44,6 +44,7 @@ impl IntegratedGradientsParams {
         vec![
             Parameter::integer("n_steps", "Integration steps", "number of points on the path")
                 .at_least(1.0)
+                .at_most(MAX_ROWS as f64)
                 .tuned(Scale::Integer, 10.0, 100.0),
             Parameter::choice::<Quadrature>(
                 "quadrature",
@@ -60,6 +61,7 @@ impl IntegratedGradientsParams {
             ),
             Parameter::integer("batch_size", "Rows per pass", "path points per forward/backward pass")
                 .at_least(1.0)
+                .at_most(MAX_ROWS as f64)
                 .optional(),
             Parameter::integer("seed", "Seed", "seed of a uniform-noise baseline").optional(),
         ]

@@ -70,6 +70,9 @@ pub struct Parameter {
     /// The smallest value allowed (numbers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
+    /// The largest value allowed (numbers): a bound on the work one explanation may ask for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
     /// May be null: the method then does without it (e.g. `stdev` unset = relative noise).
     pub optional: bool,
     /// Another parameter that may not be given together with this one.
@@ -97,6 +100,7 @@ impl Parameter {
             choices: Vec::new(),
             syntax: None,
             min: None,
+            max: None,
             optional: false,
             excludes: None,
             tune: None,
@@ -150,6 +154,10 @@ impl Parameter {
         Self { min: Some(min), ..self }
     }
 
+    pub(crate) fn at_most(self, max: f64) -> Self {
+        Self { max: Some(max), ..self }
+    }
+
     pub(crate) fn optional(self) -> Self {
         Self { optional: true, ..self }
     }
@@ -177,10 +185,25 @@ impl Parameter {
             };
         }
         (self.accepts)(value).map_err(|reason| Error::invalid_parameter(self.key, reason))?;
-        if let (Some(min), Some(v)) = (self.min, value.as_f64()) {
-            if v < min {
-                return Err(Error::invalid_parameter(self.key, format!("{v} is less than {min}")));
-            }
+        self.check_range(value)
+    }
+
+    /// Checks a number against [`Parameter::min`] and [`Parameter::max`].
+    fn check_range(&self, value: &Value) -> Result<()> {
+        let Some(v) = value.as_f64() else {
+            return Ok(());
+        };
+        let range = match (self.min, self.max) {
+            (Some(min), Some(max)) => format!("from {min} to {max}"),
+            (Some(min), None) => format!("at least {min}"),
+            (None, Some(max)) => format!("at most {max}"),
+            (None, None) => return Ok(()),
+        };
+        if self.min.is_some_and(|min| v < min) || self.max.is_some_and(|max| v > max) {
+            return Err(Error::invalid_parameter(
+                self.key,
+                format!("{v} is out of range: it must be {range}"),
+            ));
         }
         Ok(())
     }
@@ -309,7 +332,15 @@ impl Method {
     }
 
     /// Checks the parameters together (each one alone is checked as it is read).
+    /// Checks every parameter's value against its range, then what the method itself
+    /// requires of their combination.
     pub fn validate(&self) -> Result<()> {
+        let values = json_of(self)?;
+        for parameter in self.parameters() {
+            if let Some(value) = values.get(parameter.key) {
+                parameter.check_range(value)?;
+            }
+        }
         match self {
             Method::Gradient(_) | Method::InputXGradient | Method::GradCam(_) => Ok(()),
             Method::SmoothGrad(p) => p.validate(),

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::probe::{unstack, Passes, Probe, Progress};
+use super::probe::{unstack, Passes, Probe, Progress, MAX_ROWS};
 use super::{Attribution, Parameter, Scale};
 use crate::backend::Map;
 use crate::error::{Error, Result};
@@ -99,6 +99,7 @@ impl SmoothGradParams {
         vec![
             Parameter::integer("n_samples", "Noisy samples", "number of noisy copies of the input")
                 .at_least(1.0)
+                .at_most(MAX_ROWS as f64)
                 .tuned(Scale::Integer, 1.0, 100.0),
             Parameter::number(
                 "noise_level",
@@ -129,6 +130,7 @@ impl SmoothGradParams {
             ),
             Parameter::integer("batch_size", "Rows per pass", "noisy copies per forward/backward pass")
                 .at_least(1.0)
+                .at_most(MAX_ROWS as f64)
                 .optional(),
         ]
     }
