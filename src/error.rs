@@ -21,6 +21,9 @@ pub enum Error {
     #[error("{what} is not a PyTorch checkpoint candle-xai can read: {reason}")]
     InvalidCheckpoint { what: String, reason: String },
 
+    #[error("tensor `{name}` in {what} {reason}")]
+    BadWeights { name: String, what: String, reason: String },
+
     #[error("tensor `{name}` is missing from {what}")]
     MissingTensor { name: String, what: String },
 

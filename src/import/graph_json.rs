@@ -297,6 +297,19 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
             let bias = take("bias", 1)?;
             let mean = take("running_mean", 1)?;
             let var = take("running_var", 1)?;
+            let lowest = match var.elem_count() {
+                0 => 0.0,
+                _ => var.min(0)?.to_scalar::<f32>()?,
+            };
+            if lowest < 0.0 {
+                let reason = format!("holds a negative variance ({lowest}): running variances are >= 0");
+                return Err(state.bad_weights(&format!("{prefix}.running_var"), reason));
+            }
+            if !(eps.is_finite() && eps >= 0.0) {
+                return Err(Error::InvalidGraph(format!(
+                    "BatchNorm2d `{name}` has eps {eps}; it must be a finite number >= 0"
+                )));
+            }
             Op::BatchNorm2d(BatchNorm2d::new(&weight, &bias, &mean, &var, eps).map_err(|e| named(name, e))?)
         }
         OpSpec::ReLU => Op::Activation(Activation::Relu),

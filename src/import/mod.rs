@@ -99,7 +99,35 @@ impl StateDict {
                 found: t.dims().to_vec(),
             });
         }
+        self.check_finite(name, t)?;
         Ok(t.clone())
+    }
+
+    /// NaN or infinite weights would load and "explain" with NaN attributions: refused,
+    /// naming the tensor and the first bad value.
+    fn check_finite(&self, name: &str, t: &Tensor) -> Result<()> {
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(self.bad_weights(
+                name,
+                format!(
+                    "holds {} at element {i} ({} of its {} values are not finite): the file is corrupt",
+                    values[i],
+                    values.iter().filter(|v| !v.is_finite()).count(),
+                    values.len()
+                ),
+            )),
+        }
+    }
+
+    /// The error for tensor `name` of these weights, which is unusable because of `reason`.
+    pub fn bad_weights(&self, name: &str, reason: String) -> Error {
+        Error::BadWeights {
+            name: name.to_string(),
+            what: self.source.clone(),
+            reason,
+        }
     }
 
     /// The tensor `name` with exactly `shape`.

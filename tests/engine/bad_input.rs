@@ -275,11 +275,106 @@ fn bad_option_values() {
         ],
     );
     assert_names(&err, &["--n-steps", "at least 2"]);
+    // Past the range `methods` advertises: refused with that range.
+    let methods: serde_json::Value = serde_json::from_slice(
+        &Command::new(BIN)
+            .arg("methods")
+            .output()
+            .expect("the candle-xai binary runs")
+            .stdout,
+    )
+    .unwrap();
+    let ig = methods
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "integrated-gradients")
+        .unwrap();
+    let n_steps = ig["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "n_steps")
+        .unwrap();
+    let max = n_steps["max"].as_f64().expect("n_steps has a maximum") as u64;
+    let err = explain_vgg(
+        &dir,
+        &["--method", "integrated-gradients", "--n-steps", &(max + 1).to_string()],
+    );
+    assert_names(&err, &["--n-steps", &format!("from 1 to {max}")]);
     // clap's own errors exit 1 as well
     let err = fails(&["explain", "--model", "m.safetensors"]);
     assert_names(&err, &["--method"]);
     let err = explain_vgg(&dir, &["--target", "three"]);
     assert_names(&err, &["three"]);
+}
+
+/// conv -> bn -> relu -> pool -> fc on 3-channel inputs, with `running_var` and `eps` as given
+/// and a NaN in the conv weight when `nan` is set; returns (model, graph).
+fn batch_norm_model(dir: &Path, running_var: f32, eps: f64, nan: bool) -> (PathBuf, PathBuf) {
+    let filled = |n: usize, shape: &[usize], v: f32| Tensor::from_vec(vec![v; n], shape, &Device::Cpu).unwrap();
+    let mut conv = vec![0.1f32; 4 * 3 * 3 * 3];
+    if nan {
+        conv[17] = f32::NAN;
+    }
+    let weights = HashMap::from([
+        (
+            "conv.weight",
+            Tensor::from_vec(conv, (4, 3, 3, 3), &Device::Cpu).unwrap(),
+        ),
+        ("bn.weight", filled(4, &[4], 1.0)),
+        ("bn.bias", filled(4, &[4], 0.0)),
+        ("bn.running_mean", filled(4, &[4], 0.0)),
+        ("bn.running_var", filled(4, &[4], running_var)),
+        ("fc.weight", filled(12, &[3, 4], 0.5)),
+    ]);
+    let model = dir.join("bn.safetensors");
+    candle_core::safetensors::save(&weights, &model).unwrap();
+    let graph = dir.join("bn.graph.json");
+    let nodes = format!(
+        r#"{{"input_channels": 3, "nodes": [
+            {{"name": "conv", "op": "Conv2d", "kernel_size": 3}},
+            {{"name": "bn", "op": "BatchNorm2d", "eps": {eps:?}}},
+            {{"name": "relu", "op": "ReLU"}},
+            {{"name": "pool", "op": "AdaptiveAvgPool2d", "output_size": 1}},
+            {{"name": "flatten", "op": "Flatten"}},
+            {{"name": "fc", "op": "Linear"}}]}}"#
+    );
+    std::fs::write(&graph, nodes).unwrap();
+    (model, graph)
+}
+
+/// Weights that load but cannot give meaningful attributions are refused at load, naming the
+/// tensor, instead of "succeeding" with NaN heatmaps.
+#[test]
+fn implausible_weights() {
+    let dir = scratch("implausible");
+    let input = dir.join("input.safetensors");
+    write_inputs(
+        &input,
+        Tensor::ones((1, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let run = |(model, graph): (PathBuf, PathBuf)| {
+        fails(&[
+            "explain",
+            "--model",
+            &s(&model),
+            "--graph",
+            &s(&graph),
+            "--input",
+            &s(&input),
+            "--method",
+            "gradient",
+            "--out",
+            &s(&dir.join("out.safetensors")),
+        ])
+    };
+    let err = run(batch_norm_model(&dir, 1.0, 1e-5, true));
+    assert_names(&err, &["`conv.weight`", "NaN", "corrupt"]);
+    let err = run(batch_norm_model(&dir, -0.5, 1e-5, false));
+    assert_names(&err, &["`bn.running_var`", "negative variance"]);
+    let err = run(batch_norm_model(&dir, 1.0, -1e-5, false));
+    assert_names(&err, &["`bn`", "eps", ">= 0"]);
 }
 
 #[test]
