@@ -15,6 +15,9 @@ pub enum Error {
     #[error("{what} is empty (0 bytes)")]
     EmptyFile { what: String },
 
+    #[error("{what} is larger than the {limit_mib} MiB candle-xai reads from one file")]
+    FileTooLarge { what: String, limit_mib: u64 },
+
     #[error("{what} is not a valid safetensors file: {reason}")]
     InvalidSafetensors { what: String, reason: String },
 
@@ -145,11 +148,20 @@ pub enum Error {
     #[error("an operation mixed tensors of two devices")]
     DeviceMismatch,
 
-    #[error("tensor computation failed: {0}")]
+    #[error("tensor computation failed: {}", candle_message(.0))]
     Tensor(#[from] candle_core::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is
+/// set: a user gets the reason, not the engine's stack.
+pub(crate) fn candle_message(error: &candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
+    }
+}
 
 impl Error {
     pub(crate) fn invalid_parameter(parameter: &str, reason: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod error;
 pub mod graph;
 pub mod layers;
+pub mod limits;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -65,10 +65,7 @@ impl Model {
     /// Reads a `.safetensors` file (or a PyTorch `.pth` checkpoint) from disk.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: &std::path::Path, options: &LoadOptions, device: &candle_core::Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::limits::read_file(path)?;
         Self::from_bytes(&bytes, &path.display().to_string(), options, device)
     }
 

@@ -351,10 +351,31 @@ pub fn with_colour_bar(image: &RgbImage, colormap: Colormap, low: f32, high: f32
 
 /// PNG bytes of `image`.
 pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>> {
+    encode(image, ImageFormat::Png)
+}
+
+/// The format a heatmap file named `file` is written in, from its extension: PNG, JPEG or
+/// WebP (lossless). Any other name is refused rather than given bytes it does not say.
+pub fn format_for(file: &str) -> Result<ImageFormat> {
+    let extension = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("png") => Ok(ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg),
+        Some("webp") => Ok(ImageFormat::WebP),
+        _ => Err(Error::Image(format!(
+            "{file}: a heatmap is written as .png, .jpg or .webp; name the file with one of those"
+        ))),
+    }
+}
+
+/// `image` encoded as `format` (PNG, JPEG at quality 95, or lossless WebP).
+pub fn encode(image: &RgbImage, format: ImageFormat) -> Result<Vec<u8>> {
     let mut bytes = Cursor::new(Vec::new());
-    image
-        .write_to(&mut bytes, ImageFormat::Png)
-        .map_err(|e| Error::Image(format!("could not encode the PNG: {e}")))?;
+    let written = match format {
+        ImageFormat::Jpeg => ::image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95).encode_image(image),
+        other => image.write_to(&mut bytes, other),
+    };
+    written.map_err(|e| Error::Image(format!("could not encode the {format:?} image: {e}")))?;
     Ok(bytes.into_inner())
 }
 

@@ -147,6 +147,17 @@ fn read_zip(bytes: &[u8]) -> Reason<Vec<RawTensor>> {
 
 fn read_entry(archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Reason<Vec<u8>> {
     let mut file = archive.by_name(name).map_err(|e| format!("zip entry `{name}`: {e}"))?;
+    let method = match file.compression() {
+        zip::CompressionMethod::STORE => None,
+        zip::CompressionMethod::DEFLATE => Some("Deflate".to_string()),
+        other => Some(format!("{other:?}")),
+    };
+    if let Some(method) = method {
+        return Err(format!(
+            "zip entry `{name}` is compressed ({method}); torch.save stores entries uncompressed, and \
+             candle-xai reads only such checkpoints (load and save it again with torch.save)"
+        ));
+    }
     let mut data = Vec::new();
     file.read_to_end(&mut data)
         .map_err(|e| format!("zip entry `{name}` cannot be read (truncated or corrupt?): {e}"))?;
@@ -226,7 +237,7 @@ fn unpickle(bytes: &[u8]) -> Reason<(Object, usize)> {
     }));
     match decoded {
         Ok(Ok(object)) => Ok((object, len)),
-        Ok(Err(e)) => Err(format!("malformed pickle: {e}")),
+        Ok(Err(e)) => Err(format!("malformed pickle: {}", crate::error::candle_message(&e))),
         Err(_) => Err("malformed pickle (the reader gave up)".into()),
     }
 }

@@ -100,6 +100,36 @@ fn corrupt_header() {
     assert_names(&err, &["corrupt.safetensors", "not a valid safetensors file"]);
 }
 
+/// A pickle candle's reader rejects is reported without the engine's backtrace, even with
+/// RUST_BACKTRACE set.
+#[test]
+fn pickle_errors_without_backtraces() {
+    let dir = scratch("pickle-backtrace");
+    let model = dir.join("old.pth");
+    // The legacy format's magic number, protocol 1001, then "system info" that sets an item
+    // on a list.
+    let magic = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+    let bytes = [&magic[..], b"\x80\x02M\xe9\x03.", b"\x80\x02]K\x01K\x02s."].concat();
+    std::fs::write(&model, bytes).unwrap();
+    let out = Command::new(BIN)
+        .args(["layers", "--model", &s(&model)])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("the candle-xai binary runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_names(&err, &["old.pth", "malformed pickle"]);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line, no backtrace:\n{err}");
+}
+
+/// An endless stream is read up to a limit, then refused.
+#[test]
+fn endless_model_file() {
+    let dir = scratch("endless");
+    let err = explain_with_model(Path::new("/dev/zero"), &dir, &[]);
+    assert_names(&err, &["/dev/zero", "larger than the 512 MiB"]);
+}
+
 #[test]
 fn empty_model_and_input_files() {
     let dir = scratch("empty");
@@ -452,6 +482,56 @@ fn truncated_and_unsupported_photos() {
     std::fs::write(&empty, b"").unwrap();
     let err = explain_photo(&dir, &empty, &[]);
     assert_names(&err, &["empty.jpg", "is empty"]);
+}
+
+/// An output file gets the format its name says, or the command refuses it before working.
+#[test]
+fn output_files_follow_their_extension() {
+    let dir = scratch("out-format");
+    let photo = dir.join("photo.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 9]))
+        .save(&photo)
+        .unwrap();
+    let (model, graph) = tiny_rgb_model(&dir);
+    let run = |source: &str, input: &Path, out: &Path| {
+        Command::new(BIN)
+            .args([
+                "explain",
+                "--model",
+                &s(&model),
+                "--graph",
+                &s(&graph),
+                "--method",
+                "gradient",
+            ])
+            .args([source, &s(input), "--out", &s(out)])
+            .output()
+            .expect("the candle-xai binary runs")
+    };
+    for (name, magic) in [
+        ("heat.jpg", &b"\xff\xd8"[..]),
+        ("heat.webp", b"RIFF"),
+        ("heat.png", b"\x89PNG"),
+    ] {
+        let out = dir.join(name);
+        let done = run("--image", &photo, &out);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        assert!(std::fs::read(&out).unwrap().starts_with(magic), "{name}");
+    }
+    let refused = run("--image", &photo, &dir.join("heat.gif"));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert_names(&err, &["heat.gif", ".png, .jpg or .webp"]);
+    assert!(!dir.join("heat.gif").exists());
+    let inputs = dir.join("inputs.safetensors");
+    write_inputs(
+        &inputs,
+        Tensor::ones((1, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let refused = run("--input", &inputs, &dir.join("attributions.png"));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert_names(&err, &["attributions.png", ".safetensors"]);
 }
 
 #[test]

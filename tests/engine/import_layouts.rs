@@ -453,6 +453,19 @@ fn bad_checkpoints_are_invalid_not_panics() {
             assert_invalid(&bytes[..len], &format!("{name} cut at {len}"));
         }
     }
+    // Entries marked Deflate-compressed (torch.save never writes them): named as unsupported,
+    // not as corrupt.
+    let mut deflated = read("tiny_checkpoint.pth");
+    for at in 0..deflated.len().saturating_sub(12) {
+        let method = match &deflated[at..at + 4] {
+            b"PK\x03\x04" => at + 8,
+            b"PK\x01\x02" => at + 10,
+            _ => continue,
+        };
+        deflated[method..method + 2].copy_from_slice(&8u16.to_le_bytes());
+    }
+    let err = assert_invalid(&deflated, "deflated");
+    assert!(err.contains("compressed (Deflate)"), "{err}");
     // Corrupted bytes anywhere give a result or an error, never a panic.
     for name in ["tiny_checkpoint.pth", "tiny_legacy.pth"] {
         let bytes = read(name);

@@ -254,13 +254,7 @@ fn run(command: Command) -> CliResult<()> {
 // Loading
 
 fn read(path: &Path) -> CliResult<Vec<u8>> {
-    std::fs::read(path).map_err(|source| {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-        .into()
-    })
+    Ok(candle_xai::limits::read_file(path)?)
 }
 
 fn write(path: &Path, bytes: &[u8]) -> CliResult<()> {
@@ -386,6 +380,12 @@ fn timed_explain(
 }
 
 fn explain_tensors(model: &Model, mut request: Request, input: &Path, args: &ExplainArgs) -> CliResult<f64> {
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(CliError::Usage(format!(
+            "--out {}: the explanation of an input tensor file is written as .safetensors",
+            args.out.display()
+        )));
+    }
     let file = read_inputs(&read(input)?, &input.display().to_string())?;
     request.targets = match (args.target, file.targets) {
         (Some(t), _) => Targets::Classes(vec![t]),
@@ -445,6 +445,8 @@ fn explain_photos(
         } else {
             out.to_path_buf()
         };
+        // Refused before the work, not after it.
+        candle_xai::render::format_for(&out.display().to_string())?;
         let photo = explain_photo(model, &request, image, &out, colormap, alpha)?;
         println!("{}", photo.summary);
         return Ok(photo.explain_ms);
@@ -521,7 +523,8 @@ fn explain_photo(
     let (predicted, probability) = top_k(&logits, 1)[0];
     let attribution = explanation.attributions.get(0)?;
     let rendered = candle_xai::render::render(&prepared.image, &attribution, colormap, alpha)?;
-    write(out, &candle_xai::render::encode_png(&rendered.image)?)?;
+    let format = candle_xai::render::format_for(&out.display().to_string())?;
+    write(out, &candle_xai::render::encode(&rendered.image, format)?)?;
     let target = explanation.targets[0];
     let summary = format!(
         "{}: predicted class {predicted} (p = {probability:.4}); explained class {target} with {}; \
