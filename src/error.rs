@@ -15,6 +15,16 @@ pub enum Error {
     #[error("{what} is empty (0 bytes)")]
     EmptyFile { what: String },
 
+    #[error(
+        "{what} needs about {needed_mib} MiB of memory, more than the {budget_mib} MiB this explanation \
+         may use: use a smaller input or raise the memory limit"
+    )]
+    OverMemoryBudget {
+        what: String,
+        needed_mib: u64,
+        budget_mib: u64,
+    },
+
     #[error("{what} is larger than the {limit_mib} MiB candle-xai reads from one file")]
     FileTooLarge { what: String, limit_mib: u64 },
 

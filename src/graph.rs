@@ -169,6 +169,30 @@ impl Graph {
         Ok(Activations(outputs))
     }
 
+    /// About how many bytes one forward and backward pass of `rows` inputs of `input` dims
+    /// ([N, C, H, W], N ignored) holds at its peak on the CPU, planned from the shapes alone:
+    /// every node's output is kept for the backward pass, which builds a signal of the same
+    /// size per node and, at worst, a convolution's unfolded patches each way. None when the
+    /// shapes do not fit the graph (the forward then says where).
+    pub fn pass_bytes(&self, input: &[usize], rows: usize) -> Option<u64> {
+        let mut dims: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
+        let mut row = input.to_vec();
+        *row.first_mut()? = 1;
+        dims.push(row);
+        let (mut kept, mut widest_temporary) = (0u64, 0u64);
+        for node in self.nodes.iter().skip(1) {
+            let inputs: Vec<&[usize]> = node.inputs.iter().map(|&i| dims[i].as_slice()).collect();
+            let (out, temporary) = node.op.plan(&inputs)?;
+            kept = kept.saturating_add(out.iter().product::<usize>() as u64);
+            widest_temporary = widest_temporary.max(temporary as u64);
+            dims.push(out);
+        }
+        let per_row = kept
+            .saturating_mul(2)
+            .saturating_add(widest_temporary.saturating_mul(2));
+        Some(per_row.saturating_mul(rows as u64).saturating_mul(4))
+    }
+
     /// Runs the graph keeping only what later nodes still read: for predictions.
     pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
         Ok(self.predict_sized(input)?.0)

@@ -37,3 +37,21 @@ pub fn read_file(path: &std::path::Path) -> crate::Result<Vec<u8>> {
     }
     Ok(bytes)
 }
+
+/// The memory one explanation may hold at once on the CPU when its request sets no limit:
+/// three quarters of what the machine has available (Linux's `MemAvailable`), 4 GiB where
+/// that is unknown, 2 GiB in the browser (wasm32's 4 GiB address space also holds the model,
+/// the photo and the page's copies of them).
+pub fn default_memory_budget() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    return 2 << 30;
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        });
+        available.map_or(4 << 30, |bytes| bytes / 4 * 3)
+    }
+}

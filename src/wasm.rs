@@ -414,6 +414,7 @@ impl WasmModel {
             },
             layer: layer.filter(|l| !l.trim().is_empty()),
             method,
+            memory_limit: None,
         };
         let model = self.model.clone();
         Ok(future_to_promise(async move {

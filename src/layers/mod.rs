@@ -84,6 +84,41 @@ impl Op {
         })
     }
 
+    /// The output's dims for inputs of `inputs` dims, without computing anything, and the
+    /// elements of the largest buffer the CPU backend builds on the way (a convolution's
+    /// unfolded patches); None where the shapes do not fit (the forward says why).
+    pub fn plan(&self, inputs: &[&[usize]]) -> Option<(Vec<usize>, usize)> {
+        let first = inputs.first()?;
+        let same = || Some((first.to_vec(), 0));
+        match self {
+            Op::Input | Op::Identity | Op::BatchNorm2d(_) | Op::Activation(_) | Op::Add(_) => same(),
+            Op::Conv2d(c) => {
+                let &[n, _, h, w] = *first else { return None };
+                let g = c.geometry();
+                let (ho, wo) = g.output_hw((h, w))?;
+                let patches = c.in_channels() / g.groups.max(1) * g.kernel.0 * g.kernel.1 * ho * wo * n;
+                Some((vec![n, c.out_channels(), ho, wo], patches))
+            }
+            Op::Linear(l) => {
+                let (last, rest) = first.split_last()?;
+                (*last == l.in_features()).then(|| ([rest, &[l.out_features()]].concat(), 0))
+            }
+            Op::MaxPool2d(MaxPool2d { window }) | Op::AvgPool2d(AvgPool2d { window, .. }) => {
+                let &[n, c, h, w] = *first else { return None };
+                let (ho, wo) = window.output_hw((h, w))?;
+                Some((vec![n, c, ho, wo], 0))
+            }
+            Op::AdaptiveAvgPool2d(p) => {
+                let &[n, c, _, _] = *first else { return None };
+                Some((vec![n, c, p.output.0, p.output.1], 0))
+            }
+            Op::Flatten(_) => {
+                let (n, rest) = first.split_first()?;
+                Some((vec![*n, rest.iter().product()], 0))
+            }
+        }
+    }
+
     fn layer(&self) -> Option<&dyn Layer> {
         Some(match self {
             Op::Input | Op::Identity => return None,

@@ -167,6 +167,10 @@ pub struct Request {
     pub targets: Targets,
     /// A layer name for layer attribution (and Grad-CAM's layer); None = the input.
     pub layer: Option<String>,
+    /// The most bytes the passes may hold at once on the CPU; None =
+    /// [`crate::limits::default_memory_budget`]. Multi-pass methods split their passes to fit;
+    /// a single input that does not fit is an error naming both sizes.
+    pub memory_limit: Option<u64>,
 }
 
 impl Request {
@@ -175,8 +179,31 @@ impl Request {
             method,
             targets: Targets::TopPrediction,
             layer: None,
+            memory_limit: None,
         }
     }
+}
+
+/// How many input rows one pass may hold on the CPU within `limit` (the default budget when
+/// None); an error when the batch itself does not fit. Other devices bound their tensors
+/// themselves ([`crate::tensor::Device::max_tensor_len`]).
+fn rows_in_memory(model: &Model, dims: &[usize], limit: Option<u64>) -> Result<usize> {
+    if !matches!(model.device(), crate::tensor::Device::Candle(candle_core::Device::Cpu)) {
+        return Ok(usize::MAX);
+    }
+    let Some(per_row) = model.graph().pass_bytes(dims, 1) else {
+        return Ok(usize::MAX);
+    };
+    let budget = limit.unwrap_or_else(crate::limits::default_memory_budget);
+    let batch = dims[0] as u64;
+    if per_row.saturating_mul(batch) > budget {
+        return Err(Error::OverMemoryBudget {
+            what: format!("explaining {batch} input(s) of {:?}", &dims[1..]),
+            needed_mib: per_row.saturating_mul(batch).div_ceil(1 << 20),
+            budget_mib: budget >> 20,
+        });
+    }
+    Ok(usize::try_from(budget / per_row.max(1)).unwrap_or(usize::MAX))
 }
 
 /// The result of a method before the common fields are attached.
@@ -224,6 +251,7 @@ pub async fn explain_async(
     // The host copy serves the methods that derive something from the input's values
     // (SmoothGrad's noise scale, IG's baseline) without reading the device copy back.
     let host_input = model.check_input(input)?;
+    let rows_in_memory = rows_in_memory(model, host_input.dims(), request.memory_limit)?;
     let input = model.device().upload(&host_input)?;
     let graph = model.graph();
     let at = match (&request.layer, &request.method) {
@@ -253,6 +281,7 @@ pub async fn explain_async(
         targets: &targets,
         at,
         widest_row,
+        rows_in_memory,
     };
     let result = match (&request.method, activations) {
         (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, &host_input, p, progress).await?,

@@ -49,6 +49,8 @@ pub(crate) struct Probe<'a> {
     pub at: NodeId,
     /// [`crate::graph::Activations::widest_row`] of a pass: sizes passes to the device.
     pub widest_row: usize,
+    /// The most input rows one pass may hold within the explanation's memory budget.
+    pub rows_in_memory: usize,
 }
 
 pub(crate) struct Pass {
@@ -128,6 +130,7 @@ impl<'p, 'a> Passes<'p, 'a> {
         if let Some(max_len) = device.max_tensor_len() {
             rows = rows.min(max_len / probe.widest_row.max(1));
         }
+        rows = rows.min(probe.rows_in_memory);
         Self {
             count,
             per_pass: (rows / probe.batch().max(1)).max(1),

@@ -332,6 +332,8 @@ fn bad_option_values() {
         &["--method", "integrated-gradients", "--n-steps", &(max + 1).to_string()],
     );
     assert_names(&err, &["--n-steps", &format!("from 1 to {max}")]);
+    let err = explain_vgg(&dir, &["--method", "integrated-gradients", "--memory-limit", "1"]);
+    assert_names(&err, &["needs about", "more than the 1 MiB"]);
     // clap's own errors exit 1 as well
     let err = fails(&["explain", "--model", "m.safetensors"]);
     assert_names(&err, &["--method"]);

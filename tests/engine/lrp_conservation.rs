@@ -78,6 +78,7 @@ fn every_composite_conserves_relevance_without_biases() {
                         method: Method::Lrp(params),
                         targets: Targets::Classes(refs.targets()),
                         layer: None,
+                        memory_limit: None,
                     };
                     let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
                     let sums = out.attributions.flatten_from(1).unwrap().sum(D::Minus1).unwrap();

@@ -10,5 +10,6 @@ mod bad_input;
 mod import_layouts;
 mod layer_edge_cases;
 mod lrp_conservation;
+mod memory_budget;
 mod mnist_parity;
 mod torchvision_parity;

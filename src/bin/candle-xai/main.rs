@@ -100,6 +100,10 @@ struct ExplainArgs {
     /// (cuda:N) when built with the `cuda` feature
     #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
     device: String,
+    /// The most memory (MiB) the passes may hold at once on the CPU; multi-pass methods split
+    /// their passes to fit. Default: three quarters of the machine's available memory
+    #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..))]
+    memory_limit: Option<u64>,
     /// Print one JSON line with load and explain times on stderr
     #[arg(long)]
     timings: bool,
@@ -327,6 +331,7 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
         method,
         targets: Targets::TopPrediction,
         layer: args.layer.clone(),
+        memory_limit: args.memory_limit.map(|mib| mib.saturating_mul(1 << 20)),
     };
     if let Some(layer) = &request.layer {
         model.graph().find(layer)?;
