@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_xai::import::graph_json::GraphSpec;
 use candle_xai::import::StateDict;
-use candle_xai::methods::{IntegratedGradientsParams, LrpParams};
 use candle_xai::lrp::Composite;
+use candle_xai::methods::{IntegratedGradientsParams, LrpParams};
 use candle_xai::{explain, Method, Model, Progress, Request};
 
 /// Every explanation a target runs may hold this much: fuzzed shapes must be refused by the
@@ -43,7 +43,9 @@ pub fn pth(data: &[u8]) {
 pub fn graph_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(spec) = GraphSpec::from_json(text) else { return };
-    let Ok(model) = Model::from_state_dict(&tiny_weights(), Some(spec), None, &Device::Cpu) else { return };
+    let Ok(model) = Model::from_state_dict(&tiny_weights(), Some(spec), None, &Device::Cpu) else {
+        return;
+    };
     let channels = model.input_channels();
     if let Ok(input) = Tensor::ones((1, channels, 16, 16), DType::F32, &Device::Cpu) {
         explain_every_kind(&model, &input);
@@ -59,7 +61,9 @@ pub fn inputs(data: &[u8]) {
 
 /// A photo: decoded, preprocessed as for ImageNet, explained by the tiny model.
 pub fn image(data: &[u8]) {
-    let Ok(photo) = candle_xai::image::decode(data, "fuzz.png") else { return };
+    let Ok(photo) = candle_xai::image::decode(data, "fuzz.png") else {
+        return;
+    };
     if let Ok(prepared) = candle_xai::image::imagenet_preprocess(&photo) {
         explain_every_kind(&tiny_model(), &prepared.tensor);
     }
