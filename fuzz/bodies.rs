@@ -16,8 +16,11 @@ use candle_xai::{explain, Method, Model, Progress, Request};
 /// budget, not by the machine.
 const MEMORY_LIMIT: u64 = 256 << 20;
 
+/// What a fuzz target runs on its bytes.
+pub type Body = fn(&[u8]);
+
 /// The fuzz targets by name, for the replay test.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Body); 5] = [
     ("safetensors", safetensors),
     ("pth", pth),
     ("graph_json", graph_json),
