@@ -3,22 +3,16 @@
 //! and the `layers` / `methods` subcommands.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
 mod common;
 
-use common::{tiny_rgb_model, Scratch};
+use common::{mnist_fixture as fixture, tiny_rgb_model, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
-
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mnist")
-        .join(path)
-}
 
 fn scratch(test: &str) -> Scratch {
     common::scratch("cli", test)

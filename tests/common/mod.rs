@@ -24,6 +24,11 @@ pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
 }
 
+/// A file of the MNIST fixtures (`tests/fixtures/mnist/`).
+pub fn mnist_fixture(name: &str) -> PathBuf {
+    fixture(&format!("mnist/{name}"))
+}
+
 /// The devices this build can run on: CPU; CUDA when the `cuda` feature is on; the wgpu
 /// adapter (Mesa's lavapipe where there is no GPU) when the `wgpu` feature is on. A missing
 /// device fails the test rather than skipping it.

@@ -7,15 +7,9 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-use crate::common::{tiny_rgb_model, Scratch};
+use crate::common::{mnist_fixture as fixture, tiny_rgb_model, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
-
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mnist")
-        .join(path)
-}
 
 fn scratch(test: &str) -> Scratch {
     crate::common::scratch("bad-input", test)
@@ -27,10 +21,16 @@ fn s(p: &Path) -> String {
 
 /// Runs the command and checks it failed cleanly; returns stderr.
 fn fails<S: AsRef<str>>(args: &[S]) -> String {
-    let out = Command::new(BIN)
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .expect("the candle-xai binary runs");
+    failed(
+        Command::new(BIN)
+            .args(args.iter().map(|a| a.as_ref()))
+            .output()
+            .expect("the candle-xai binary runs"),
+    )
+}
+
+/// Checks that a finished command failed cleanly; returns its stderr.
+fn failed(out: std::process::Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "expected exit 1; stderr:\n{err}");
     assert!(!err.contains("panicked"), "it panicked:\n{err}");
@@ -111,13 +111,13 @@ fn pickle_errors_without_backtraces() {
     let magic = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
     let bytes = [&magic[..], b"\x80\x02M\xe9\x03.", b"\x80\x02]K\x01K\x02s."].concat();
     std::fs::write(&model, bytes).unwrap();
-    let out = Command::new(BIN)
-        .args(["layers", "--model", &s(&model)])
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("the candle-xai binary runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = failed(
+        Command::new(BIN)
+            .args(["layers", "--model", &s(&model)])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("the candle-xai binary runs"),
+    );
     assert_names(&err, &["old.pth", "malformed pickle"]);
     assert_eq!(err.trim_end().lines().count(), 1, "one line, no backtrace:\n{err}");
 }
@@ -520,9 +520,7 @@ fn output_files_follow_their_extension() {
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
         assert!(std::fs::read(&out).unwrap().starts_with(magic), "{name}");
     }
-    let refused = run("--image", &photo, &dir.join("heat.gif"));
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{err}");
+    let err = failed(run("--image", &photo, &dir.join("heat.gif")));
     assert_names(&err, &["heat.gif", ".png, .jpg or .webp"]);
     assert!(!dir.join("heat.gif").exists());
     let inputs = dir.join("inputs.safetensors");
@@ -530,9 +528,7 @@ fn output_files_follow_their_extension() {
         &inputs,
         Tensor::ones((1, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
-    let refused = run("--input", &inputs, &dir.join("attributions.png"));
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{err}");
+    let err = failed(run("--input", &inputs, &dir.join("attributions.png")));
     assert_names(&err, &["attributions.png", ".safetensors"]);
 }
 
