@@ -27,6 +27,12 @@ pub fn read_inputs(bytes: &[u8], what: &str) -> Result<Inputs> {
     if bytes.is_empty() {
         return Err(Error::EmptyFile { what: what.into() });
     }
+    if let Some(key) = crate::import::duplicated_header_key(bytes) {
+        return Err(Error::InvalidSafetensors {
+            what: what.into(),
+            reason: format!("its header names tensor `{key}` twice"),
+        });
+    }
     let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::InvalidSafetensors {
         what: what.into(),
         reason: e.to_string(),

@@ -61,11 +61,32 @@ pub struct NodeSpec {
 }
 
 /// An int or an [h, w] pair, as PyTorch accepts for sizes.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Pair {
     Same(usize),
     Each([usize; 2]),
+}
+
+/// By hand rather than serde's untagged derive, whose error ("data did not match any variant
+/// of untagged enum Pair") says neither what was expected nor what was found.
+impl<'de> Deserialize<'de> for Pair {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let whole = |v: &serde_json::Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+        match &value {
+            serde_json::Value::Array(items) => match items.as_slice() {
+                [h, w] => whole(h).zip(whole(w)).map(|(h, w)| Pair::Each([h, w])),
+                _ => None,
+            },
+            single => whole(single).map(Pair::Same),
+        }
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number or a [height, width] pair of whole numbers, found {value}"
+            ))
+        })
+    }
 }
 
 impl Pair {

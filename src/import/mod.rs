@@ -11,6 +11,36 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
+/// A key a safetensors header (`bytes`' JSON after the length) holds twice: the safetensors
+/// reader keeps one and then misreports the other's data as an invalid offset. None when
+/// every key is unique or the header is not readable JSON (the reader then says why).
+pub fn duplicated_header_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstDuplicate;
+    impl<'de> Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(FirstDuplicate)
+        .ok()
+        .flatten()
+}
+
 /// Named tensors as PyTorch's `state_dict()` has them, already on the model's device as f32.
 #[derive(Debug, Clone)]
 pub struct StateDict {
@@ -40,6 +70,9 @@ impl StateDict {
             what: source.to_string(),
             reason,
         };
+        if let Some(key) = duplicated_header_key(bytes) {
+            return Err(invalid(format!("its header names tensor `{key}` twice")));
+        }
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| invalid(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;

@@ -259,6 +259,29 @@ fn invalid_graph_json() {
         &s(&graph),
     ]);
     assert_names(&err, &["invalid model graph", "broken.graph.json"]);
+    // A size that is neither a number nor a pair says what it expected and what it found.
+    std::fs::write(
+        &graph,
+        r#"{"input_channels": 1, "nodes": [{"name": "c", "op": "Conv2d", "kernel_size": [3]}]}"#,
+    )
+    .unwrap();
+    let model = s(&fixture("vgg.safetensors"));
+    let err = fails(&["layers", "--model", &model, "--graph", &s(&graph)]);
+    assert_names(&err, &["a [height, width] pair", "found [3]"]);
+}
+
+/// A header that names a tensor twice is reported as such, for models and inputs alike.
+#[test]
+fn duplicated_safetensors_header_key() {
+    let dir = scratch("duplicate-key");
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let bytes = [&(header.len() as u64).to_le_bytes()[..], header, &[0; 8]].concat();
+    let file = dir.join("twice.safetensors");
+    std::fs::write(&file, bytes).unwrap();
+    let err = explain_with_model(&file, &dir, &[]);
+    assert_names(&err, &["twice.safetensors", "names tensor `w` twice"]);
+    let err = explain_vgg(&dir, &["--input", &s(&file)]);
+    assert_names(&err, &["twice.safetensors", "names tensor `w` twice"]);
 }
 
 #[test]
