@@ -142,7 +142,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Per-output-pixel (first source index, weights) of PIL's antialiased bilinear resampling
 /// (a triangle filter widened by the downscaling factor), as torchvision uses, for the output
 /// pixels `window` of `out_len`.
-fn resample_weights(in_len: usize, out_len: u64, window: std::ops::Range<u64>) -> Vec<(usize, Vec<f32>)> {
+fn resample_weights(in_len: usize, out_len: u64, window: Range<u64>) -> Vec<(usize, Vec<f32>)> {
     let scale = in_len as f64 / out_len as f64;
     let filter_scale = scale.max(1.0);
     let support = filter_scale;

@@ -111,7 +111,6 @@ pub(crate) async fn integrated_gradients(
     params: &IntegratedGradientsParams,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
-    params.validate()?;
     let baseline = input
         .device()
         .upload(&params.seeded_baseline().for_input(host_input)?)?;

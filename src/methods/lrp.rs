@@ -121,7 +121,6 @@ pub(crate) async fn relevance(
     params: &LrpParams,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
-    params.validate()?;
     progress.report(0, 1)?;
     let graph = merge_batch_norms(probe.model.graph(), params.merge_convention)?;
     let rules = assign_rules(&graph, params.composite, &params.params, &params.rules);

@@ -196,10 +196,11 @@ fn rows_in_memory(model: &Model, dims: &[usize], limit: Option<u64>) -> Result<u
     };
     let budget = limit.unwrap_or_else(crate::limits::default_memory_budget);
     let batch = dims[0] as u64;
-    if per_row.saturating_mul(batch) > budget {
+    let needed = per_row.saturating_mul(batch);
+    if needed > budget {
         return Err(Error::OverMemoryBudget {
             what: format!("explaining {batch} input(s) of {:?}", &dims[1..]),
-            needed_mib: per_row.saturating_mul(batch).div_ceil(1 << 20),
+            needed_mib: needed.div_ceil(1 << 20),
             budget_mib: budget >> 20,
         });
     }
@@ -250,6 +251,7 @@ pub async fn explain_async(
 ) -> Result<Explanation> {
     // The host copy serves the methods that derive something from the input's values
     // (SmoothGrad's noise scale, IG's baseline) without reading the device copy back.
+    request.method.validate()?;
     let host_input = model.check_input(input)?;
     let rows_in_memory = rows_in_memory(model, host_input.dims(), request.memory_limit)?;
     let input = model.device().upload(&host_input)?;

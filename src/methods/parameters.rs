@@ -331,9 +331,9 @@ impl Method {
         Ok(method)
     }
 
-    /// Checks the parameters together (each one alone is checked as it is read).
-    /// Checks every parameter's value against its range, then what the method itself
-    /// requires of their combination.
+    /// Checks every parameter's value against its range (also for a method built in code,
+    /// not read from JSON), then what the method requires of their combination. `explain`
+    /// runs it before any work.
     pub fn validate(&self) -> Result<()> {
         let values = json_of(self)?;
         for parameter in self.parameters() {
@@ -427,6 +427,23 @@ mod tests {
 
     use super::*;
     use crate::methods::{Baseline, Quadrature};
+
+    /// The advertised bounds hold for methods built in code as for those read from JSON.
+    #[test]
+    fn validate_checks_every_range() {
+        let ig = |n_steps| {
+            Method::IntegratedGradients(crate::methods::IntegratedGradientsParams {
+                n_steps,
+                ..Default::default()
+            })
+        };
+        assert!(ig(crate::methods::probe::MAX_ROWS).validate().is_ok());
+        let err = ig(crate::methods::probe::MAX_ROWS + 1)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n_steps") && err.contains("from 1 to 4096"), "{err}");
+    }
 
     #[test]
     fn every_method_takes_back_its_own_json() {

@@ -195,7 +195,6 @@ pub(crate) async fn smooth_grad(
     params: &SmoothGradParams,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
-    params.validate()?;
     if let Some(noise) = &params.noise {
         let mut expected = input.dims().to_vec();
         expected.insert(1, params.n_samples);
