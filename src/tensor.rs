@@ -498,6 +498,48 @@ impl Tensor {
         self.dims4()?;
         unary!(self, s => s.window_mean_vjp(bins))
     }
+
+    /// The dimensions reordered: output dimension k is input dimension `order[k]`.
+    pub fn permute(&self, order: &[usize]) -> Result<Tensor> {
+        let mut seen = order.to_vec();
+        seen.sort_unstable();
+        if order.len() != self.rank() || seen.iter().enumerate().any(|(i, &k)| i != k) {
+            return Err(shape_error(format!(
+                "permutation {order:?} of a tensor of shape {:?}",
+                self.dims()
+            )));
+        }
+        unary!(self, s => s.permute(order))
+    }
+
+    /// (x - mean) / sqrt(var + eps) along `axis`, the biased variance (LayerNorm, GroupNorm).
+    pub fn normalize(&self, axis: usize, eps: f32) -> Result<Tensor> {
+        self.check_axis(axis)?;
+        unary!(self, s => s.normalize(axis, eps))
+    }
+
+    /// The input-VJP of [`Tensor::normalize`] at this input.
+    pub fn normalize_vjp(&self, grad: &Tensor, axis: usize, eps: f32) -> Result<Tensor> {
+        self.check_axis(axis)?;
+        if grad.dims() != self.dims() {
+            return Err(shape_error(format!(
+                "normalisation gradient {:?} for an input of shape {:?}",
+                grad.dims(),
+                self.dims()
+            )));
+        }
+        binary!(self, grad, (x, g) => x.normalize_vjp(g, axis, eps))
+    }
+
+    fn check_axis(&self, axis: usize) -> Result<()> {
+        if axis >= self.rank() || self.dims()[axis] == 0 {
+            return Err(shape_error(format!(
+                "normalisation along axis {axis} of a tensor of shape {:?}",
+                self.dims()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Tensor {

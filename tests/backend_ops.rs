@@ -302,12 +302,42 @@ impl On {
 // ---------------------------------------------------------------- element-wise
 
 /// [3, 7, 41, 47]: more elements than two of the CPU kernels' 16384-element chunks, spread
-/// over [-8, 8) past ReLU6's kink, starting with the kinks themselves and -0.
+/// over [-8, 8) past ReLU6's kink, starting with the kinks themselves (Hardswish's and
+/// Hardsigmoid's at -3 and 3 too) and -0.
 fn element_wise_input(rng: &mut Rng) -> Host {
     let mut x = Host::from_fn(&[3, 7, 41, 47], || rng.uniform() * 8.0);
-    let kinks = [0.0, -0.0, 6.0, -6.0, 3.0, -2.0, 1.0, -1.0];
+    let kinks = [0.0, -0.0, 6.0, -6.0, 3.0, -3.0, -2.0, 1.0, -1.0];
     x.data[..kinks.len()].copy_from_slice(&kinks);
     x
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
+}
+
+fn normal_density(x: f64) -> f64 {
+    (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt()
+}
+
+/// GELU's tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+fn gelu_tanh_inner(x: f64) -> (f64, f64) {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    (c * (x + 0.044715 * x.powi(3)), c * (1.0 + 3.0 * 0.044715 * x * x))
+}
+
+/// A transcendental function's value: the kernels' exp, tanh and erf err by a few ulp of
+/// their argument's size (WGSL allows exp 3 + 2|x| ulp; the shaders' erf errs by 1.5e-7), so
+/// the error scale counts |x| next to the value; 8x ROUNDING_TOL of that still fails any
+/// wrong formula by orders of magnitude.
+fn smooth(value: f64, x: f64) -> Expected {
+    Expected {
+        value,
+        scale: 8.0 * (value.abs() + 0.1 * x.abs()),
+    }
 }
 
 fn activation_value(activation: Activation, x: f64) -> Expected {
@@ -316,11 +346,18 @@ fn activation_value(activation: Activation, x: f64) -> Expected {
         Activation::Relu6 => Expected::exact(x.clamp(0.0, 6.0)),
         Activation::LeakyRelu { negative_slope } if x <= 0.0 => Expected::rounded(x * negative_slope as f64),
         Activation::LeakyRelu { .. } => Expected::exact(x),
+        Activation::Silu => smooth(x * sigmoid(x), x),
+        Activation::Gelu => smooth(x * normal_cdf(x), x),
+        Activation::GeluTanh => smooth(0.5 * x * (1.0 + gelu_tanh_inner(x).0.tanh()), x),
+        Activation::Sigmoid => smooth(sigmoid(x), x),
+        Activation::Tanh => smooth(x.tanh(), x),
+        Activation::Hardswish => smooth(x * (x + 3.0).clamp(0.0, 6.0) / 6.0, x),
+        Activation::Hardsigmoid => smooth((x + 3.0).clamp(0.0, 6.0) / 6.0, x),
     }
 }
 
 /// PyTorch's derivatives at the kinks: ReLU's is 0 at 0, hardtanh's 0 at 0 and 6, LeakyReLU's
-/// the slope at 0.
+/// the slope at 0, Hardswish's -1/2 at -3 and 3/2 at 3, Hardsigmoid's 0 at -3 and 3.
 fn activation_derivative(activation: Activation, x: f64) -> f64 {
     match activation {
         Activation::Relu => (x > 0.0) as u8 as f64,
@@ -332,6 +369,27 @@ fn activation_derivative(activation: Activation, x: f64) -> f64 {
                 negative_slope as f64
             }
         }
+        Activation::Silu => sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
+        Activation::Gelu => normal_cdf(x) + x * normal_density(x),
+        Activation::GeluTanh => {
+            let (u, du) = gelu_tanh_inner(x);
+            0.5 * (1.0 + u.tanh()) + 0.5 * x * (1.0 - u.tanh().powi(2)) * du
+        }
+        Activation::Sigmoid => sigmoid(x) * (1.0 - sigmoid(x)),
+        Activation::Tanh => 1.0 - x.tanh().powi(2),
+        Activation::Hardswish if x < -3.0 => 0.0,
+        Activation::Hardswish if x <= 3.0 => x / 3.0 + 0.5,
+        Activation::Hardswish => 1.0,
+        Activation::Hardsigmoid if x > -3.0 && x < 3.0 => 1.0 / 6.0,
+        Activation::Hardsigmoid => 0.0,
+    }
+}
+
+fn activation_vjp(activation: Activation, x: f64, grad: f64) -> Expected {
+    let value = grad * activation_derivative(activation, x);
+    match activation {
+        Activation::Relu | Activation::Relu6 | Activation::LeakyRelu { .. } => Expected::rounded(value),
+        _ => smooth(value, grad.abs() * x),
     }
 }
 
@@ -356,15 +414,22 @@ fn zip_reference(op: Zip, a: f64, b: f64) -> Expected {
         Zip::Sub => Expected::sum([a, -b]),
         Zip::Mul => Expected::rounded(a * b),
         Zip::Div => Expected::rounded(a / b),
-        Zip::ActivationVjp(activation) => Expected::rounded(b * activation_derivative(activation, a)),
+        Zip::ActivationVjp(activation) => activation_vjp(activation, a, b),
     }
 }
 
-const ACTIVATIONS: [Activation; 4] = [
+const ACTIVATIONS: [Activation; 11] = [
     Activation::Relu,
     Activation::Relu6,
     Activation::LeakyRelu { negative_slope: 0.01 },
     Activation::LeakyRelu { negative_slope: 0.2 },
+    Activation::Silu,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Hardswish,
+    Activation::Hardsigmoid,
 ];
 
 #[test]
@@ -1237,6 +1302,105 @@ fn window_mean_and_its_vjp() {
             // Linear in x: the forward's derivative along x is window_mean(x) itself.
             let what = format!("window_mean_vjp as window_mean's adjoint {label}");
             on.check_adjoint(&what, (&grad.data, &y), (&dx, &x.data));
+        });
+    }
+}
+
+// ---------------------------------------------------------------- layout and normalisation
+
+#[test]
+fn permute_every_order() {
+    let cases: [(&[usize], &[usize]); 5] = [
+        (&[2, 3, 4, 5], &[0, 2, 3, 1]),
+        (&[2, 4, 5, 3], &[0, 3, 1, 2]),
+        (&[3, 4, 5], &[2, 0, 1]),
+        (&[2, 3, 1, 4, 2], &[4, 3, 2, 1, 0]),
+        // More elements than one 256-thread workgroup, the identity order too.
+        (&[3, 17, 9, 11], &[0, 1, 2, 3]),
+    ];
+    let mut rng = Rng::new(60);
+    for (dims, order) in cases {
+        let x = Host::random(&mut rng, dims);
+        let out_dims: Vec<usize> = order.iter().map(|&k| dims[k]).collect();
+        let mut want = Reference::zeros(&out_dims);
+        let strides: Vec<usize> = (0..dims.len()).map(|k| dims[k + 1..].iter().product()).collect();
+        for (i, slot) in want.data.iter_mut().enumerate() {
+            // Output index i, digit by digit, read from the input at the permuted strides.
+            let (mut rest, mut from) = (i, 0);
+            for k in (0..order.len()).rev() {
+                from += (rest % out_dims[k]) * strides[order[k]];
+                rest /= out_dims[k];
+            }
+            *slot = Expected::exact(x.data[from] as f64);
+        }
+        on_every_device(|on| {
+            on.check(
+                &format!("permute {order:?} of {dims:?}"),
+                on.upload(&x).permute(order),
+                &want,
+                0.0,
+            );
+        });
+    }
+}
+
+/// LayerNorm's normalisation over the channels of NCHW, over the last axis, and over rows
+/// longer than a workgroup; and its input-VJP, against the closed form
+/// dx = (g - mean(g) - y mean(g y)) / sigma in float64.
+#[test]
+fn normalize_and_its_vjp() {
+    let cases: [(&[usize], usize); 4] = [(&[2, 5, 3, 4], 1), (&[3, 4, 7], 2), (&[2, 300], 1), (&[4, 1, 3], 1)];
+    let eps = 1e-5;
+    let mut rng = Rng::new(61);
+    for (dims, axis) in cases {
+        // Off-centre and scaled, so that the mean and the variance both matter.
+        let mut x = Host::random(&mut rng, dims);
+        x.data.iter_mut().for_each(|v| *v = 2.0 * *v + 0.5);
+        let grad = Host::random(&mut rng, dims);
+        let (len, inner) = (dims[axis], dims[axis + 1..].iter().product::<usize>());
+        let outer = x.data.len() / (len * inner);
+        let mut y = Reference::zeros(dims);
+        let mut dx = Reference::zeros(dims);
+        for o in 0..outer {
+            for k in 0..inner {
+                let at: Vec<usize> = (0..len).map(|j| (o * len + j) * inner + k).collect();
+                let n = len as f64;
+                let xs: Vec<f64> = at.iter().map(|&i| x.data[i] as f64).collect();
+                let gs: Vec<f64> = at.iter().map(|&i| grad.data[i] as f64).collect();
+                let mean = xs.iter().sum::<f64>() / n;
+                let sigma = (xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n + eps).sqrt();
+                let ys: Vec<f64> = xs.iter().map(|v| (v - mean) / sigma).collect();
+                let mean_g = gs.iter().sum::<f64>() / n;
+                let mean_gy = gs.iter().zip(&ys).map(|(g, y)| g * y).sum::<f64>() / n;
+                let abs_mean = |v: &[f64]| v.iter().map(|a| a.abs()).sum::<f64>() / n;
+                let (x_scale, g_scale) = (abs_mean(&xs), abs_mean(&gs));
+                for (j, &i) in at.iter().enumerate() {
+                    y.data[i] = Expected {
+                        value: ys[j],
+                        scale: 4.0 * (xs[j].abs() + x_scale) / sigma,
+                    };
+                    dx.data[i] = Expected {
+                        value: (gs[j] - mean_g - ys[j] * mean_gy) / sigma,
+                        scale: 4.0 * (gs[j].abs() + g_scale + ys[j].abs() * g_scale * 3.0) / sigma,
+                    };
+                }
+            }
+        }
+        on_every_device(|on| {
+            let label = format!("of {dims:?} along axis {axis}");
+            let tx = on.upload(&x);
+            on.check(
+                &format!("normalize {label}"),
+                tx.normalize(axis, eps as f32),
+                &y,
+                SUM_TOL,
+            );
+            on.check(
+                &format!("normalize_vjp {label}"),
+                tx.normalize_vjp(&on.upload(&grad), axis, eps as f32),
+                &dx,
+                SUM_TOL,
+            );
         });
     }
 }

@@ -45,45 +45,92 @@ pub enum Map {
     Activation(Activation),
 }
 
-/// The activations a graph may hold. Their derivatives follow PyTorch's at the kinks: ReLU
-/// passes the gradient where x > 0, ReLU6 (hardtanh) where 0 < x < 6, LeakyReLU uses the
-/// slope where x <= 0.
+/// The activations a graph may hold. Values and derivatives follow PyTorch's, kinks included:
+/// ReLU passes the gradient where x > 0, ReLU6 (hardtanh) where 0 < x < 6, LeakyReLU uses the
+/// slope where x <= 0, Hardswish has slope x/3 + 1/2 on [-3, 3] and Hardsigmoid 1/6 on (-3, 3).
+/// The smooth ones are evaluated in f64 and rounded once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     Relu,
     Relu6,
-    LeakyRelu { negative_slope: f32 },
+    LeakyRelu {
+        negative_slope: f32,
+    },
+    /// x * sigmoid(x), also called Swish.
+    Silu,
+    /// x * Phi(x) with the exact normal CDF (PyTorch's `approximate='none'`).
+    Gelu,
+    /// GELU with PyTorch's tanh approximation (`approximate='tanh'`).
+    GeluTanh,
+    Sigmoid,
+    Tanh,
+    /// x * relu6(x + 3) / 6
+    Hardswish,
+    /// relu6(x + 3) / 6
+    Hardsigmoid,
+}
+
+/// sqrt(2 / pi) and the cubic coefficient of GELU's tanh form.
+const GELU_TANH_SCALE: f64 = 0.797_884_560_802_865_4;
+const GELU_TANH_CUBIC: f64 = 0.044_715;
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The standard normal CDF.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2))
 }
 
 impl Activation {
-    #[inline]
     pub fn value(self, x: f32) -> f32 {
-        match self {
-            Activation::Relu => x.max(0.0),
-            Activation::Relu6 => x.clamp(0.0, 6.0),
-            Activation::LeakyRelu { negative_slope } => {
-                if x > 0.0 {
-                    x
-                } else {
-                    x * negative_slope
-                }
-            }
-        }
+        let v = x as f64;
+        (match self {
+            Activation::Relu => return x.max(0.0),
+            Activation::Relu6 => return x.clamp(0.0, 6.0),
+            Activation::LeakyRelu { negative_slope } => return if x > 0.0 { x } else { x * negative_slope },
+            Activation::Silu => v * sigmoid(v),
+            Activation::Gelu => v * normal_cdf(v),
+            Activation::GeluTanh => 0.5 * v * (1.0 + (GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v)).tanh()),
+            Activation::Sigmoid => sigmoid(v),
+            Activation::Tanh => v.tanh(),
+            Activation::Hardswish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Hardsigmoid => (v + 3.0).clamp(0.0, 6.0) / 6.0,
+        }) as f32
     }
 
-    #[inline]
     pub fn derivative(self, x: f32) -> f32 {
-        match self {
-            Activation::Relu => (x > 0.0) as u8 as f32,
-            Activation::Relu6 => (x > 0.0 && x < 6.0) as u8 as f32,
-            Activation::LeakyRelu { negative_slope } => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    negative_slope
-                }
+        let v = x as f64;
+        (match self {
+            Activation::Relu => return (x > 0.0) as u8 as f32,
+            Activation::Relu6 => return (x > 0.0 && x < 6.0) as u8 as f32,
+            Activation::LeakyRelu { negative_slope } => return if x > 0.0 { 1.0 } else { negative_slope },
+            Activation::Silu => {
+                let s = sigmoid(v);
+                s * (1.0 + v * (1.0 - s))
             }
-        }
+            Activation::Gelu => {
+                let density = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                normal_cdf(v) + v * density
+            }
+            Activation::GeluTanh => {
+                let inner = GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v);
+                let t = inner.tanh();
+                let d_inner = GELU_TANH_SCALE * (1.0 + 3.0 * GELU_TANH_CUBIC * v * v);
+                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner
+            }
+            Activation::Sigmoid => {
+                let s = sigmoid(v);
+                s * (1.0 - s)
+            }
+            Activation::Tanh => 1.0 - v.tanh().powi(2),
+            Activation::Hardswish if v < -3.0 => 0.0,
+            Activation::Hardswish if v <= 3.0 => v / 3.0 + 0.5,
+            Activation::Hardswish => 1.0,
+            Activation::Hardsigmoid if v > -3.0 && v < 3.0 => 1.0 / 6.0,
+            Activation::Hardsigmoid => 0.0,
+        }) as f32
     }
 }
 
@@ -158,4 +205,14 @@ pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
 
     /// The input-VJP of `window_mean`: [N, C, Ho, Wo] -> [N, C, H, W].
     fn window_mean_vjp(&self, bins: &WindowBins) -> Result<Self>;
+
+    /// The dimensions reordered: output dimension k is input dimension `order[k]`.
+    fn permute(&self, order: &[usize]) -> Result<Self>;
+
+    /// (x - mean) / sqrt(var + eps) along dimension `axis`, with the biased variance (as
+    /// PyTorch's LayerNorm and GroupNorm).
+    fn normalize(&self, axis: usize, eps: f32) -> Result<Self>;
+
+    /// The input-VJP of `normalize` at this input.
+    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32) -> Result<Self>;
 }

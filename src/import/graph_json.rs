@@ -21,8 +21,8 @@ use super::StateDict;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::layers::{
-    Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Op, PoolWindow,
-    WindowGeometry,
+    Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, LayerNorm, LayerScale, Linear,
+    MaxPool2d, Mul, NormAxis, Op, Permute, PoolWindow, WindowGeometry,
 };
 use crate::tensor::Tensor;
 
@@ -116,6 +116,21 @@ const fn leaky_slope() -> f64 {
 const fn yes() -> bool {
     true
 }
+const fn ln_eps() -> f64 {
+    1e-5
+}
+fn gamma() -> String {
+    "gamma".into()
+}
+
+/// GELU's two forms, as PyTorch's `approximate` argument names them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GeluApproximation {
+    #[default]
+    None,
+    Tanh,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op")]
@@ -172,7 +187,48 @@ pub enum OpSpec {
     Flatten,
     Dropout,
     Identity,
+    /// torchvision's `StochasticDepth`, the identity in eval mode.
+    StochasticDepth,
     Add,
+    /// The element-wise product of its two inputs; an [N, C, 1, 1] input scales the other's
+    /// channels (squeeze-and-excitation).
+    Mul,
+    SiLU,
+    GELU {
+        #[serde(default)]
+        approximate: GeluApproximation,
+    },
+    Sigmoid,
+    Tanh,
+    Hardswish,
+    Hardsigmoid,
+    /// `nn.LayerNorm(C)` over the last dimension, or over the channels of an NCHW map with
+    /// `"axis": "channels"`; `<params>.weight` and `<params>.bias` when the file has them.
+    LayerNorm {
+        #[serde(default = "ln_eps")]
+        eps: f64,
+        #[serde(default = "last_axis")]
+        axis: NormAxis,
+    },
+    /// torchvision's and timm's `LayerNorm2d`: LayerNorm over the channels of NCHW.
+    LayerNorm2d {
+        #[serde(default = "ln_eps")]
+        eps: f64,
+    },
+    /// A learned per-channel scale read from `<params>.<tensor>` (timm's `gamma`, torchvision
+    /// ConvNeXt's `layer_scale`).
+    LayerScale {
+        #[serde(default = "gamma")]
+        tensor: String,
+    },
+    /// Output dimension k is input dimension `dims[k]` (`torch.permute`).
+    Permute {
+        dims: Vec<usize>,
+    },
+}
+
+const fn last_axis() -> NormAxis {
+    NormAxis::Last
 }
 
 impl OpSpec {
@@ -290,14 +346,15 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
         used.insert(key);
         Ok(t)
     };
-    let optional_bias = |used: &mut HashSet<String>| -> Result<Option<Tensor>> {
-        let key = format!("{prefix}.bias");
+    let optional = |suffix: &str, used: &mut HashSet<String>| -> Result<Option<Tensor>> {
+        let key = format!("{prefix}.{suffix}");
         if !state.contains(&key) {
             return Ok(None);
         }
         used.insert(key.clone());
         Ok(Some(Tensor::from_candle(state.require(&key, 1)?)?))
     };
+    let optional_bias = |used: &mut HashSet<String>| optional("bias", used);
     let unsupported = |reason: &str| Error::UnsupportedLayer {
         layer: name.to_string(),
         kind: format!("{spec:?}").split([' ', '{']).next().unwrap_or("").to_string(),
@@ -361,9 +418,52 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
             Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output })
         }
         OpSpec::Flatten => Op::Flatten(Flatten),
-        OpSpec::Dropout | OpSpec::Identity => Op::Identity,
+        OpSpec::Dropout | OpSpec::Identity | OpSpec::StochasticDepth => Op::Identity,
         OpSpec::Add => Op::Add(Add),
+        OpSpec::Mul => Op::Mul(Mul),
+        OpSpec::SiLU => Op::Activation(Activation::Silu),
+        OpSpec::GELU { approximate } => Op::Activation(match approximate {
+            GeluApproximation::None => Activation::Gelu,
+            GeluApproximation::Tanh => Activation::GeluTanh,
+        }),
+        OpSpec::Sigmoid => Op::Activation(Activation::Sigmoid),
+        OpSpec::Tanh => Op::Activation(Activation::Tanh),
+        OpSpec::Hardswish => Op::Activation(Activation::Hardswish),
+        OpSpec::Hardsigmoid => Op::Activation(Activation::Hardsigmoid),
+        OpSpec::LayerNorm { eps, axis } => {
+            layer_norm(name, axis, eps, optional("weight", used)?, optional_bias(used)?)?
+        }
+        OpSpec::LayerNorm2d { eps } => layer_norm(
+            name,
+            NormAxis::Channels,
+            eps,
+            optional("weight", used)?,
+            optional_bias(used)?,
+        )?,
+        OpSpec::LayerScale { ref tensor } => {
+            let key = format!("{prefix}.{tensor}");
+            let gamma = state.require_vector(&key)?;
+            used.insert(key);
+            Op::LayerScale(LayerScale::new(Tensor::from_candle(gamma)?)?)
+        }
+        OpSpec::Permute { ref dims } => {
+            let mut sorted = dims.clone();
+            sorted.sort_unstable();
+            if sorted.iter().enumerate().any(|(i, &d)| i != d) {
+                return Err(unsupported(&format!(
+                    "{dims:?} is not a permutation of 0..{}",
+                    dims.len()
+                )));
+            }
+            Op::Permute(Permute { order: dims.clone() })
+        }
     })
+}
+
+fn layer_norm(name: &str, axis: NormAxis, eps: f64, weight: Option<Tensor>, bias: Option<Tensor>) -> Result<Op> {
+    Ok(Op::LayerNorm(
+        LayerNorm::new(axis, eps, weight, bias).map_err(|e| named(name, e))?,
+    ))
 }
 
 fn named(name: &str, error: Error) -> Error {

@@ -164,6 +164,21 @@ impl StateDict {
     }
 
     /// The tensor `name` with exactly `shape`.
+    /// A per-channel vector stored in any shape with one non-unit dimension ([C], [C, 1, 1],
+    /// [1, 1, C]), as [C].
+    pub fn require_vector(&self, name: &str) -> Result<Tensor> {
+        let dims = self.shape(name).map(<[usize]>::to_vec).unwrap_or_default();
+        let t = self.require(name, dims.len())?;
+        if dims.iter().filter(|&&d| d != 1).count() > 1 || dims.is_empty() {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: "one value per channel: [C] or [C, 1, 1]".into(),
+                found: dims,
+            });
+        }
+        Ok(t.flatten_all()?)
+    }
+
     pub fn require_shape(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.require(name, shape.len())?;
         if t.dims() != shape {

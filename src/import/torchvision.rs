@@ -15,8 +15,11 @@
 
 mod alexnet;
 mod builder;
+mod convnext;
+mod efficientnet;
 mod fit;
 mod mobilenet_v2;
+mod mobilenet_v3;
 mod resnet;
 mod vgg;
 
@@ -30,6 +33,9 @@ pub fn architectures() -> Vec<String> {
     names.extend(vgg::names());
     names.push(mobilenet_v2::NAME.to_string());
     names.push(alexnet::NAME.to_string());
+    names.extend(efficientnet::names().map(str::to_string));
+    names.extend(mobilenet_v3::names().map(str::to_string));
+    names.extend(convnext::names().map(str::to_string));
     names
 }
 
@@ -39,6 +45,9 @@ fn layout(arch: &str, state: &StateDict) -> Option<GraphSpec> {
         .or_else(|| vgg::spec(arch))
         .or_else(|| mobilenet_v2::spec(arch, state))
         .or_else(|| alexnet::spec(arch))
+        .or_else(|| efficientnet::spec(arch, state))
+        .or_else(|| mobilenet_v3::spec(arch, state))
+        .or_else(|| convnext::spec(arch, state))
 }
 
 /// Finds the torchvision architecture whose layout these tensors have.
@@ -50,7 +59,7 @@ pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
         let spec = layout(arch, state).expect("every listed architecture has a layout");
         let fit = fit::fit(&spec, state);
         if fit.is_exact() {
-            return Ok((arch.clone(), spec));
+            return Ok((convnext::variant(arch, state), spec));
         }
         let better = match &closest {
             None => true,

@@ -1,4 +1,5 @@
-//! Linear: y = x W^T + b; its input-VJP is g W.
+//! Linear: y = x W^T + b over the last dimension of an input of any rank >= 2 (ConvNeXt and
+//! transformers apply it to every position); its input-VJP is g W.
 
 use super::Layer;
 use crate::error::{Error, Result};
@@ -50,15 +51,15 @@ impl Linear {
     }
 
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight, true)?;
+        let y = over_rows(x, |rows| rows.matmul(&self.weight, true))?;
         match &self.bias {
-            Some(b) => y.channel_affine(None, Some(b)),
+            Some(b) => over_rows(&y, |rows| rows.channel_affine(None, Some(b))),
             None => Ok(y),
         }
     }
 
     pub fn transpose_apply(&self, grad: &Tensor) -> Result<Tensor> {
-        grad.matmul(&self.weight, false)
+        over_rows(grad, |rows| rows.matmul(&self.weight, false))
     }
 }
 
@@ -66,7 +67,7 @@ impl Layer for Linear {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
         let x = inputs[0];
         match x.dims() {
-            [_, f] if *f == self.in_features() => self.apply(x),
+            [_, .., f] if *f == self.in_features() => self.apply(x),
             dims => Err(Error::InputSizeMismatch {
                 layer: String::new(),
                 kind: "Linear".into(),
@@ -79,4 +80,18 @@ impl Layer for Linear {
     fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![self.transpose_apply(grad)?])
     }
+}
+
+/// `f` applied to `x` seen as a matrix of rows [*, last], its result given x's leading dims.
+fn over_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() == 2 {
+        return f(x);
+    }
+    let (&last, lead) = dims
+        .split_last()
+        .ok_or_else(|| Error::Shape("a linear layer applied to a scalar".into()))?;
+    let y = f(&x.reshape(&[lead.iter().product(), last])?)?;
+    let out_dims = [lead, &[y.dims()[1]]].concat();
+    y.reshape(&out_dims)
 }

@@ -6,7 +6,11 @@ mod add;
 mod batch_norm;
 mod conv2d;
 mod flatten;
+mod layer_norm;
+mod layer_scale;
 mod linear;
+mod mul;
+mod permute;
 mod pool;
 
 pub use crate::backend::{PoolWindow, WindowGeometry};
@@ -15,7 +19,11 @@ pub use add::Add;
 pub use batch_norm::BatchNorm2d;
 pub use conv2d::Conv2d;
 pub use flatten::Flatten;
+pub use layer_norm::{LayerNorm, NormAxis};
+pub use layer_scale::LayerScale;
 pub use linear::Linear;
+pub use mul::Mul;
+pub use permute::Permute;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 
 use crate::error::Result;
@@ -44,9 +52,14 @@ pub enum Op {
     AvgPool2d(AvgPool2d),
     AdaptiveAvgPool2d(AdaptiveAvgPool2d),
     Flatten(Flatten),
-    /// Dropout in eval mode, and BatchNorm after it has been folded away.
+    /// Dropout and stochastic depth in eval mode, and BatchNorm after it has been folded away.
     Identity,
     Add(Add),
+    /// The product of two branches (squeeze-and-excitation gates).
+    Mul(Mul),
+    LayerScale(LayerScale),
+    LayerNorm(LayerNorm),
+    Permute(Permute),
 }
 
 impl Op {
@@ -59,12 +72,22 @@ impl Op {
             Op::Activation(Activation::Relu) => "ReLU",
             Op::Activation(Activation::Relu6) => "ReLU6",
             Op::Activation(Activation::LeakyRelu { .. }) => "LeakyReLU",
+            Op::Activation(Activation::Silu) => "SiLU",
+            Op::Activation(Activation::Gelu | Activation::GeluTanh) => "GELU",
+            Op::Activation(Activation::Sigmoid) => "Sigmoid",
+            Op::Activation(Activation::Tanh) => "Tanh",
+            Op::Activation(Activation::Hardswish) => "Hardswish",
+            Op::Activation(Activation::Hardsigmoid) => "Hardsigmoid",
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::AdaptiveAvgPool2d(_) => "AdaptiveAvgPool2d",
             Op::Flatten(_) => "Flatten",
             Op::Identity => "Identity",
             Op::Add(_) => "Add",
+            Op::Mul(_) => "Mul",
+            Op::LayerScale(_) => "LayerScale",
+            Op::LayerNorm(_) => "LayerNorm",
+            Op::Permute(_) => "Permute",
         }
     }
 
@@ -80,6 +103,8 @@ impl Op {
                 l.bias().map(|b| b.to_device(device)).transpose()?,
             )?),
             Op::BatchNorm2d(bn) => Op::BatchNorm2d(bn.to_device(device)?),
+            Op::LayerScale(s) => Op::LayerScale(s.to_device(device)?),
+            Op::LayerNorm(n) => Op::LayerNorm(n.to_device(device)?),
             other => other.clone(),
         })
     }
@@ -91,7 +116,19 @@ impl Op {
         let first = inputs.first()?;
         let same = || Some((first.to_vec(), 0));
         match self {
-            Op::Input | Op::Identity | Op::BatchNorm2d(_) | Op::Activation(_) | Op::Add(_) => same(),
+            Op::Input
+            | Op::Identity
+            | Op::BatchNorm2d(_)
+            | Op::Activation(_)
+            | Op::Add(_)
+            | Op::LayerScale(_)
+            | Op::LayerNorm(_) => same(),
+            // The larger of a gate and its map.
+            Op::Mul(_) => inputs
+                .iter()
+                .max_by_key(|d| d.iter().product::<usize>())
+                .map(|d| (d.to_vec(), 0)),
+            Op::Permute(p) => Some((p.output_dims(first)?, 0)),
             Op::Conv2d(c) => {
                 let &[n, _, h, w] = *first else { return None };
                 let g = c.geometry();
@@ -131,6 +168,10 @@ impl Op {
             Op::AdaptiveAvgPool2d(l) => l,
             Op::Flatten(l) => l,
             Op::Add(l) => l,
+            Op::Mul(l) => l,
+            Op::LayerScale(l) => l,
+            Op::LayerNorm(l) => l,
+            Op::Permute(l) => l,
         })
     }
 }

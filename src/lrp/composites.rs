@@ -123,7 +123,8 @@ impl CompositeParams {
 }
 
 /// Assigns a rule to every node of `graph`; None means "plain gradient" (max pooling routes
-/// relevance to the argmax, flatten reshapes, identities pass).
+/// relevance to the argmax, flatten reshapes, identities pass), as zennit does for modules
+/// without a rule.
 pub fn assign_rules(
     graph: &Graph,
     composite: Composite,
@@ -185,7 +186,16 @@ pub fn assign_rules(
                 Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d(_) | Op::Add(_) => Some(Rule::Norm {
                     stabilizer: p.stabilizer,
                 }),
-                Op::Input | Op::MaxPool2d(_) | Op::Flatten(_) | Op::Identity => None,
+                // zennit has no rule for these: the gradient (a gate's product, LayerNorm,
+                // layer scale and permutations included).
+                Op::Input
+                | Op::MaxPool2d(_)
+                | Op::Flatten(_)
+                | Op::Identity
+                | Op::Mul(_)
+                | Op::LayerScale(_)
+                | Op::LayerNorm(_)
+                | Op::Permute(_) => None,
             }
         })
         .collect()

@@ -2,6 +2,7 @@
 //! own kernels (im2col + gemm convolution, direct depthwise convolution and max pooling,
 //! single-pass element-wise maps); on other candle devices they are composed of candle ops.
 
+mod activation;
 mod depthwise;
 mod elementwise;
 mod im2col;
@@ -78,13 +79,7 @@ impl BackendStorage for CandleStorage {
             Map::NegativeMask => mask(&x.lt(0f32)?)?,
             Map::Fill { value } => Tensor::full(value, x.dims(), x.device())?,
             Map::Activation(a) if self.is_cpu() => activation_forward(a, x)?,
-            Map::Activation(a) => match a {
-                super::Activation::Relu => x.relu()?,
-                super::Activation::Relu6 => x.clamp(0f32, 6f32)?,
-                super::Activation::LeakyRelu { negative_slope } => {
-                    (x.relu()? + x.minimum(0f32)?.affine(negative_slope as f64, 0.0)?)?
-                }
-            },
+            Map::Activation(a) => activation::forward(a, x)?,
         })
     }
 
@@ -96,17 +91,7 @@ impl BackendStorage for CandleStorage {
             Zip::Mul => (a * b)?,
             Zip::Div => (a / b)?,
             Zip::ActivationVjp(act) if self.is_cpu() => activation_vjp(act, a, b)?,
-            Zip::ActivationVjp(act) => {
-                let derivative = match act {
-                    super::Activation::Relu => mask(&a.gt(0f32)?)?,
-                    super::Activation::Relu6 => mask(&(a.gt(0f32)? * a.lt(6f32)?)?)?,
-                    super::Activation::LeakyRelu { negative_slope } => {
-                        let ns = negative_slope as f64;
-                        mask(&a.gt(0f32)?)?.affine(1.0 - ns, ns)?
-                    }
-                };
-                (b * derivative)?
-            }
+            Zip::ActivationVjp(act) => (b * activation::derivative(act, a)?)?,
         })
     }
 
@@ -241,6 +226,40 @@ impl BackendStorage for CandleStorage {
         let per_cell = grad.broadcast_div(&divisors)?;
         Self::wrap(rows.t()?.broadcast_matmul(&per_cell.broadcast_matmul(&cols)?)?)
     }
+
+    fn permute(&self, order: &[usize]) -> Result<Self> {
+        Self::wrap(self.0.permute(order)?)
+    }
+
+    fn normalize(&self, axis: usize, eps: f32) -> Result<Self> {
+        let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
+        Self::wrap(centred.broadcast_mul(&inv_std)?)
+    }
+
+    /// dx = (g - mean(g) - y * mean(g * y)) / sqrt(var + eps), y the normalised x.
+    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32) -> Result<Self> {
+        let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
+        let y = centred.broadcast_mul(&inv_std)?;
+        let g = &grad.0;
+        let along = (g * &y)?.mean_keepdim(axis)?;
+        let dx = g
+            .broadcast_sub(&g.mean_keepdim(axis)?)?
+            .sub(&y.broadcast_mul(&along)?)?
+            .broadcast_mul(&inv_std)?;
+        Self::wrap(dx)
+    }
+}
+
+/// x - mean and 1 / sqrt(var + eps) along `axis` (kept as size 1).
+fn normalize_parts(x: &Tensor, axis: usize, eps: f32) -> Result<(Tensor, Tensor)> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(axis)?)?;
+    let inv_std = centred
+        .sqr()?
+        .mean_keepdim(axis)?
+        .affine(1.0, eps as f64)?
+        .sqrt()?
+        .recip()?;
+    Ok((centred, inv_std))
 }
 
 /// 0/1 membership matrices [Ho, H] and [Wo, W], and the divisors [Ho, Wo].

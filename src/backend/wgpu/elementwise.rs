@@ -8,13 +8,19 @@ use crate::error::{Error, Result};
 
 const MAP: Kernel = Kernel {
     name: "map",
-    source: include_str!("kernels/map.wgsl"),
+    source: concat!(
+        include_str!("kernels/map.wgsl"),
+        include_str!("kernels/activation.wgsl")
+    ),
     entry: "main",
     inputs: 1,
 };
 const ZIP: Kernel = Kernel {
     name: "zip",
-    source: include_str!("kernels/zip.wgsl"),
+    source: concat!(
+        include_str!("kernels/zip.wgsl"),
+        include_str!("kernels/activation.wgsl")
+    ),
     entry: "main",
     inputs: 2,
 };
@@ -78,6 +84,22 @@ struct ReduceParams {
     scale: f32,
 }
 
+/// The activation's code in activation.wgsl, and its slope parameter.
+fn activation_code(activation: Activation) -> (u32, f32) {
+    match activation {
+        Activation::Relu => (0, 0.0),
+        Activation::Relu6 => (1, 0.0),
+        Activation::LeakyRelu { negative_slope } => (2, negative_slope),
+        Activation::Silu => (3, 0.0),
+        Activation::Gelu => (4, 0.0),
+        Activation::GeluTanh => (5, 0.0),
+        Activation::Sigmoid => (6, 0.0),
+        Activation::Tanh => (7, 0.0),
+        Activation::Hardswish => (8, 0.0),
+        Activation::Hardsigmoid => (9, 0.0),
+    }
+}
+
 pub(super) fn map(x: &WgpuTensor, op: Map) -> Result<WgpuTensor> {
     let (op, a, b) = match op {
         Map::Affine { mul, add } => (0, mul, add),
@@ -88,9 +110,10 @@ pub(super) fn map(x: &WgpuTensor, op: Map) -> Result<WgpuTensor> {
         Map::PositiveMask => (5, 0.0, 0.0),
         Map::NegativeMask => (6, 0.0, 0.0),
         Map::Fill { value } => (7, value, 0.0),
-        Map::Activation(Activation::Relu) => (8, 0.0, 0.0),
-        Map::Activation(Activation::Relu6) => (9, 0.0, 0.0),
-        Map::Activation(Activation::LeakyRelu { negative_slope }) => (10, negative_slope, 0.0),
+        Map::Activation(activation) => {
+            let (code, slope) = activation_code(activation);
+            (8 + code, slope, 0.0)
+        }
     };
     let device = x.device();
     let out = device.alloc_pieces(x.dims(), &x.piece_lens())?;
@@ -126,9 +149,10 @@ pub(super) fn zip(x: &WgpuTensor, rhs: &WgpuTensor, op: Zip) -> Result<WgpuTenso
         Zip::Sub => (1, 0.0),
         Zip::Mul => (2, 0.0),
         Zip::Div => (3, 0.0),
-        Zip::ActivationVjp(Activation::Relu) => (4, 0.0),
-        Zip::ActivationVjp(Activation::Relu6) => (5, 0.0),
-        Zip::ActivationVjp(Activation::LeakyRelu { negative_slope }) => (6, negative_slope),
+        Zip::ActivationVjp(activation) => {
+            let (code, slope) = activation_code(activation);
+            (4 + code, slope)
+        }
     };
     // Tensors of one shape on one device are split alike; a reshaped one may not be.
     if x.piece_lens() != rhs.piece_lens() {

@@ -10,6 +10,7 @@
 mod batch;
 mod conv;
 mod elementwise;
+mod layout;
 mod matmul;
 mod pool;
 
@@ -871,6 +872,18 @@ impl BackendStorage for WgpuTensor {
 
     fn window_mean_vjp(&self, bins: &WindowBins) -> Result<Self> {
         pool::window_mean_vjp(self, bins)
+    }
+
+    fn permute(&self, order: &[usize]) -> Result<Self> {
+        layout::permute(self, order)
+    }
+
+    fn normalize(&self, axis: usize, eps: f32) -> Result<Self> {
+        layout::normalize(self, axis, eps)
+    }
+
+    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32) -> Result<Self> {
+        layout::normalize_vjp(self, grad, axis, eps)
     }
 }
 

@@ -69,7 +69,12 @@ impl Builder {
 
     /// `nn.BatchNorm2d` with torchvision's eps.
     pub fn bn(&mut self, module: &str) -> &mut NodeSpec {
-        self.node(module, OpSpec::BatchNorm2d { eps: 1e-5 })
+        self.bn_eps(module, 1e-5)
+    }
+
+    /// `nn.BatchNorm2d(eps=...)`.
+    pub fn bn_eps(&mut self, module: &str, eps: f64) -> &mut NodeSpec {
+        self.node(module, OpSpec::BatchNorm2d { eps })
     }
 
     pub fn relu(&mut self, module: &str) -> &mut NodeSpec {
@@ -119,6 +124,32 @@ impl Builder {
         node
     }
 
+    /// torchvision's `Conv2dNormActivation` named `p`: `p.0` conv (padding (k - 1) / 2), `p.1`
+    /// BatchNorm, `p.2` the activation when there is one; the last also answers to `p`.
+    pub fn conv_norm_act(
+        &mut self,
+        p: &str,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        eps: f64,
+        activation: Option<OpSpec>,
+    ) {
+        self.conv(&format!("{p}.0"), kernel, stride, (kernel - 1) / 2, groups);
+        self.bn_eps(&format!("{p}.1"), eps);
+        if let Some(activation) = activation {
+            self.node(&format!("{p}.2"), activation);
+        }
+        self.alias_last([p]);
+    }
+
+    /// An element-wise product of the named nodes.
+    pub fn mul(&mut self, name: &str, inputs: [&str; 2]) -> &mut NodeSpec {
+        let node = self.node(name, OpSpec::Mul);
+        node.inputs = Some(inputs.iter().map(|s| s.to_string()).collect());
+        node
+    }
+
     /// The finished description of an RGB model.
     pub fn finish(self, default_cam_layer: &str) -> GraphSpec {
         let mut spec = GraphSpec {
@@ -134,7 +165,15 @@ impl Builder {
 
 /// Whether a node of this kind reads tensors from the state dict.
 pub(super) fn has_params(op: &OpSpec) -> bool {
-    matches!(op, OpSpec::Conv2d { .. } | OpSpec::Linear | OpSpec::BatchNorm2d { .. })
+    matches!(
+        op,
+        OpSpec::Conv2d { .. }
+            | OpSpec::Linear
+            | OpSpec::BatchNorm2d { .. }
+            | OpSpec::LayerNorm { .. }
+            | OpSpec::LayerNorm2d { .. }
+            | OpSpec::LayerScale { .. }
+    )
 }
 
 /// The smallest square input side for which every window of the graph fits (and residual

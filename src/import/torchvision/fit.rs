@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::import::graph_json::{GraphSpec, OpSpec, INPUT};
 use crate::import::StateDict;
+use crate::layers::NormAxis;
 
 /// Names listed in a message before the rest is only counted.
 const LIST_CAP: usize = 10;
@@ -185,6 +186,44 @@ impl Checker<'_> {
                     ..Flow::default()
                 }
             }
+            OpSpec::LayerNorm { axis, .. } => {
+                let width = match axis {
+                    NormAxis::Last => input.features,
+                    NormAxis::Channels => input.channels,
+                };
+                for suffix in ["weight", "bias"] {
+                    let name = format!("{prefix}.{suffix}");
+                    if self.state.contains(&name) {
+                        self.expect(&name, &[width]);
+                    }
+                }
+                input
+            }
+            OpSpec::LayerNorm2d { .. } => {
+                for suffix in ["weight", "bias"] {
+                    self.expect(&format!("{prefix}.{suffix}"), &[input.channels]);
+                }
+                input
+            }
+            OpSpec::LayerScale { ref tensor } => {
+                let name = format!("{prefix}.{tensor}");
+                let rank = self.state.shape(&name).map_or(1, <[usize]>::len);
+                let mut expected = vec![Some(1); rank];
+                expected[0] = input.channels;
+                self.expect(&name, &expected);
+                input
+            }
+            // Channels to the last place (NCHW -> NHWC) and back.
+            OpSpec::Permute { ref dims } if dims.len() > 2 && dims.last() == Some(&1) => Flow {
+                features: input.channels,
+                channels: None,
+                ..input
+            },
+            OpSpec::Permute { ref dims } if dims.len() > 2 && dims[1] == dims.len() - 1 => Flow {
+                channels: input.features,
+                features: None,
+                ..input
+            },
             OpSpec::AdaptiveAvgPool2d { output_size } => Flow {
                 hw: Some(output_size.hw()),
                 ..input
@@ -226,11 +265,11 @@ pub(super) fn fit(spec: &GraphSpec, state: &StateDict) -> Fit {
             None => vec![*flows.last().expect("the input is there")],
         };
         let input = inputs.first().copied().unwrap_or_default();
-        if matches!(node.op, OpSpec::Add) {
+        if matches!(node.op, OpSpec::Add | OpSpec::Mul) {
             let channels: Vec<usize> = inputs.iter().filter_map(|f| f.channels).collect();
             if channels.windows(2).any(|w| w[0] != w[1]) {
                 checker.fit.misshapen.push((
-                    format!("{} (residual sum)", node.name),
+                    format!("{} (a sum or product of branches)", node.name),
                     "equal channel counts".into(),
                     channels,
                 ));

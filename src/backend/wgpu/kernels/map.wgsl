@@ -1,4 +1,5 @@
 // One element-wise map per dispatch; the op code is uniform, so the switch never diverges.
+// Codes from 8 on are activations (activation.wgsl, code - 8), with their slope in `a`.
 struct Params {
     len: u32,
     op: u32,
@@ -27,10 +28,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         case 5u: { r = select(0.0, 1.0, v > 0.0); }
         case 6u: { r = select(0.0, 1.0, v < 0.0); }
         case 7u: { r = p.a; }
-        case 8u: { r = max(v, 0.0); }
-        case 9u: { r = min(max(v, 0.0), 6.0); }
-        case 10u: { r = select(v * p.a, v, v > 0.0); }
-        default: { r = v; }
+        default: { r = activate(p.op - 8u, v, p.a); }
     }
     y[i] = r;
 }

@@ -24,10 +24,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         case 1u: { r = u - v; }
         case 2u: { r = u * v; }
         case 3u: { r = u / v; }
-        // Activation VJPs: u is the activation's input, v the incoming gradient.
-        case 4u: { r = select(0.0, v, u > 0.0); }
-        case 5u: { r = select(0.0, v, u > 0.0 && u < 6.0); }
-        default: { r = select(v * p.slope, v, u > 0.0); }
+        // Activation VJPs (codes 4 + activation.wgsl's): u is the activation's input, v the
+        // incoming gradient.
+        default: { r = v * activation_derivative(p.op - 4u, u, p.slope); }
     }
     y[i] = r;
 }

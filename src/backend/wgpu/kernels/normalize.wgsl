@@ -1,0 +1,78 @@
+// Normalisation over the middle axis of x viewed as [outer, len, inner]: y = (x - mean) /
+// sqrt(var + eps) with the biased variance, as PyTorch's LayerNorm and GroupNorm, and its
+// input-VJP. One thread per (outer, inner) position walks its `len` elements; neighbouring
+// threads read neighbouring elements when inner > 1 (channels of NCHW), and for inner == 1
+// (the last axis) rows are few and long only in transformers, where len is a few hundred.
+struct Params {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+// The incoming gradient for `vjp`; `forward` is bound to x here and does not read it.
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+fn position(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+fn first(i: u32) -> u32 {
+    return (i / p.inner) * p.len * p.inner + i % p.inner;
+}
+
+// (mean, 1 / sqrt(var + eps)) of the row starting at `base`.
+fn moments(base: u32) -> vec2<f32> {
+    var sum = 0.0;
+    for (var j = 0u; j < p.len; j++) {
+        sum += x[base + j * p.inner];
+    }
+    let mean = sum / f32(p.len);
+    var sq = 0.0;
+    for (var j = 0u; j < p.len; j++) {
+        let d = x[base + j * p.inner] - mean;
+        sq += d * d;
+    }
+    return vec2<f32>(mean, inverseSqrt(sq / f32(p.len) + p.eps));
+}
+
+@compute @workgroup_size(256)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = position(gid, nwg);
+    if i >= p.outer * p.inner {
+        return;
+    }
+    let base = first(i);
+    let m = moments(base);
+    for (var j = 0u; j < p.len; j++) {
+        let at = base + j * p.inner;
+        y[at] = (x[at] - m.x) * m.y;
+    }
+}
+
+// dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
+@compute @workgroup_size(256)
+fn vjp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = position(gid, nwg);
+    if i >= p.outer * p.inner {
+        return;
+    }
+    let base = first(i);
+    let m = moments(base);
+    var sum_g = 0.0;
+    var sum_gx = 0.0;
+    for (var j = 0u; j < p.len; j++) {
+        let at = base + j * p.inner;
+        sum_g += g[at];
+        sum_gx += g[at] * (x[at] - m.x) * m.y;
+    }
+    let n = f32(p.len);
+    for (var j = 0u; j < p.len; j++) {
+        let at = base + j * p.inner;
+        let xhat = (x[at] - m.x) * m.y;
+        y[at] = (g[at] - sum_g / n - xhat * sum_gx / n) * m.y;
+    }
+}

@@ -1,0 +1,121 @@
+//! LayerNorm over one axis, with its elementwise affine: over the last dimension (PyTorch's
+//! `nn.LayerNorm(C)` after a permute, transformers) or over the channels of an NCHW map
+//! (ConvNeXt's `LayerNorm2d`, timm's `LayerNorm2d`). Its input-VJP is the full one: the mean
+//! and the standard deviation both depend on the input.
+
+use serde::{Deserialize, Serialize};
+
+use super::Layer;
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
+
+/// Which dimension a LayerNorm normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormAxis {
+    /// The last dimension.
+    Last,
+    /// Dimension 1 of [N, C, ...].
+    Channels,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    axis: NormAxis,
+    eps: f64,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+}
+
+impl LayerNorm {
+    pub fn new(axis: NormAxis, eps: f64, weight: Option<Tensor>, bias: Option<Tensor>) -> Result<Self> {
+        if let (Some(w), Some(b)) = (&weight, &bias) {
+            if w.dims() != b.dims() || w.rank() != 1 {
+                return Err(Error::InvalidGraph(format!(
+                    "layer norm weight {:?} and bias {:?}: need two [C] tensors",
+                    w.dims(),
+                    b.dims()
+                )));
+            }
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::InvalidGraph(format!(
+                "layer norm eps {eps} is not a positive number"
+            )));
+        }
+        Ok(Self {
+            axis,
+            eps,
+            weight,
+            bias,
+        })
+    }
+
+    pub fn axis(&self) -> NormAxis {
+        self.axis
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let move_to = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_device(device)).transpose();
+        Ok(Self {
+            weight: move_to(&self.weight)?,
+            bias: move_to(&self.bias)?,
+            ..self.clone()
+        })
+    }
+
+    fn dim(&self, x: &Tensor) -> Result<usize> {
+        let axis = match self.axis {
+            NormAxis::Last => x.rank().saturating_sub(1),
+            NormAxis::Channels => 1,
+        };
+        let width = self.weight.as_ref().or(self.bias.as_ref()).map(|w| w.dims()[0]);
+        if x.rank() < 2 || width.is_some_and(|c| x.dims()[axis] != c) {
+            return Err(Error::InvalidGraph(format!(
+                "layer norm over {} features for an input of shape {:?}",
+                width.map_or("any number of".into(), |c| c.to_string()),
+                x.dims()
+            )));
+        }
+        Ok(axis)
+    }
+
+    /// `f` applied with the normalised axis in the channel position the backends' per-channel
+    /// maps use: dimension 1 as it is, the last one through [rows, C].
+    fn per_feature(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        match self.axis {
+            NormAxis::Channels => f(x),
+            NormAxis::Last => {
+                let c = x.dims()[x.rank() - 1];
+                f(&x.reshape(&[x.elem_count() / c.max(1), c])?)?.reshape(x.dims())
+            }
+        }
+    }
+}
+
+impl Layer for LayerNorm {
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        let x = inputs[0];
+        let normalized = x.normalize(self.dim(x)?, self.eps as f32)?;
+        if self.weight.is_none() && self.bias.is_none() {
+            return Ok(normalized);
+        }
+        self.per_feature(&normalized, |t| {
+            t.channel_affine(self.weight.as_ref(), self.bias.as_ref())
+        })
+    }
+
+    fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        let x = inputs[0];
+        let axis = self.dim(x)?;
+        let grad = match &self.weight {
+            Some(w) => self.per_feature(grad, |g| g.channel_affine(Some(w), None))?,
+            None => grad.clone(),
+        };
+        Ok(vec![x.normalize_vjp(&grad, axis, self.eps as f32)?])
+    }
+}
