@@ -90,6 +90,7 @@ impl Graph {
                 Op::Input => node.inputs.is_empty(),
                 Op::Add(_) => node.inputs.len() >= 2,
                 Op::Mul(_) => node.inputs.len() == 2,
+                Op::Concat(_) => !node.inputs.is_empty(),
                 _ => node.inputs.len() == 1,
             };
             if !arity_ok {

@@ -331,6 +331,60 @@ impl Tensor {
         }))
     }
 
+    /// Slices `start..start + len` along `axis`.
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        if axis == 0 {
+            return self.narrow_rows(start, len);
+        }
+        if self
+            .dims()
+            .get(axis)
+            .is_none_or(|&d| start.checked_add(len).is_none_or(|end| end > d))
+        {
+            return Err(shape_error(format!(
+                "slices {start}..{} along axis {axis} of a tensor of shape {:?}",
+                start.saturating_add(len),
+                self.dims()
+            )));
+        }
+        unary!(self, s => s.narrow(axis, start, len))
+    }
+
+    /// Concatenation along `axis`; the parts agree on every other dimension.
+    pub fn cat(parts: &[Tensor], axis: usize) -> Result<Tensor> {
+        if axis == 0 {
+            return Self::cat_rows(parts);
+        }
+        let first = parts
+            .first()
+            .ok_or_else(|| shape_error("nothing to concatenate".into()))?;
+        let agree = |p: &Tensor| {
+            p.rank() == first.rank()
+                && p.dims()
+                    .iter()
+                    .zip(first.dims())
+                    .enumerate()
+                    .all(|(k, (a, b))| k == axis || a == b)
+        };
+        if axis >= first.rank() || !parts.iter().all(agree) {
+            let shapes: Vec<&[usize]> = parts.iter().map(Tensor::dims).collect();
+            return Err(shape_error(format!(
+                "concatenating shapes {shapes:?} along axis {axis}"
+            )));
+        }
+        Ok(Tensor(match &first.0 {
+            Storage::Candle(_) => {
+                let storages = parts.iter().map(|p| p.0.candle()).collect::<Result<Vec<_>>>()?;
+                Storage::Candle(CandleStorage::cat(&storages, axis)?)
+            }
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(_) => {
+                let storages = parts.iter().map(|p| p.0.wgpu()).collect::<Result<Vec<_>>>()?;
+                Storage::Wgpu(crate::backend::wgpu::WgpuTensor::cat(&storages, axis)?)
+            }
+        }))
+    }
+
     pub fn map(&self, op: Map) -> Result<Tensor> {
         unary!(self, s => s.map(op))
     }

@@ -1404,3 +1404,53 @@ fn normalize_and_its_vjp() {
         });
     }
 }
+
+/// Slices and concatenations along the channels and a later axis (axis 0 is `narrow_rows` /
+/// `cat_rows`, checked above): exact copies.
+#[test]
+fn narrow_and_cat_along_an_axis() {
+    let mut rng = Rng::new(62);
+    for (dims, axis) in [([2usize, 6, 3, 5], 1usize), ([3, 4, 9, 2], 2), ([2, 5, 4, 7], 3)] {
+        let x = Host::random(&mut rng, &dims);
+        let strides: Vec<usize> = (0..4).map(|k| dims[k + 1..].iter().product()).collect();
+        let index = |at: [usize; 4]| (0..4).map(|k| at[k] * strides[k]).sum::<usize>();
+        // Every element of x, in row-major order, as it appears in slice `start..start + len`.
+        let slice = |start: usize, len: usize| {
+            let mut out_dims = dims;
+            out_dims[axis] = len;
+            let mut data = Vec::new();
+            for a in 0..out_dims[0] {
+                for b in 0..out_dims[1] {
+                    for c in 0..out_dims[2] {
+                        for d in 0..out_dims[3] {
+                            let mut at = [a, b, c, d];
+                            at[axis] += start;
+                            data.push(x.data[index(at)]);
+                        }
+                    }
+                }
+            }
+            Host::new(&out_dims, data)
+        };
+        let cut = dims[axis] / 3 + 1;
+        let (head, tail) = (slice(0, cut), slice(cut, dims[axis] - cut));
+        let middle = slice(1, dims[axis] - 2);
+        on_every_device(|on| {
+            let label = format!("of {dims:?} along axis {axis}");
+            let tx = on.upload(&x);
+            on.check(
+                &format!("narrow {label}"),
+                tx.narrow(axis, 1, dims[axis] - 2),
+                &Reference::copy(&middle),
+                0.0,
+            );
+            let parts = [on.upload(&head), on.upload(&tail)];
+            on.check(
+                &format!("cat {label}"),
+                Tensor::cat(&parts, axis),
+                &Reference::copy(&x),
+                0.0,
+            );
+        });
+    }
+}

@@ -209,6 +209,12 @@ pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
     /// The dimensions reordered: output dimension k is input dimension `order[k]`.
     fn permute(&self, order: &[usize]) -> Result<Self>;
 
+    /// Slices `start..start + len` along `axis`.
+    fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self>;
+
+    /// Concatenation along `axis` of tensors that agree on every other dimension.
+    fn cat(parts: &[&Self], axis: usize) -> Result<Self>;
+
     /// (x - mean) / sqrt(var + eps) along dimension `axis`, with the biased variance (as
     /// PyTorch's LayerNorm and GroupNorm).
     fn normalize(&self, axis: usize, eps: f32) -> Result<Self>;

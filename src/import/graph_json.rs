@@ -21,8 +21,8 @@ use super::StateDict;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::layers::{
-    Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, LayerNorm, LayerScale, Linear,
-    MaxPool2d, Mul, NormAxis, Op, Permute, PoolWindow, WindowGeometry,
+    Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Flatten, LayerNorm,
+    LayerScale, Linear, MaxPool2d, Mul, Narrow, NormAxis, Op, Permute, PoolWindow, WindowGeometry,
 };
 use crate::tensor::Tensor;
 
@@ -225,6 +225,26 @@ pub enum OpSpec {
     Permute {
         dims: Vec<usize>,
     },
+    /// `torch.cat(inputs, dim)`.
+    Concat {
+        #[serde(default = "channel_dim")]
+        dim: usize,
+    },
+    /// `x.narrow(dim, start, length)`: one piece of a `chunk` or `split`.
+    Narrow {
+        #[serde(default = "channel_dim")]
+        dim: usize,
+        start: usize,
+        length: usize,
+    },
+    /// `nn.ChannelShuffle(groups)`.
+    ChannelShuffle {
+        groups: usize,
+    },
+}
+
+const fn channel_dim() -> usize {
+    1
 }
 
 const fn last_axis() -> NormAxis {
@@ -446,6 +466,14 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
             used.insert(key);
             Op::LayerScale(LayerScale::new(Tensor::from_candle(gamma)?)?)
         }
+        OpSpec::Concat { dim } => Op::Concat(Concat { axis: dim }),
+        OpSpec::Narrow { dim, start, length } => Op::Narrow(Narrow {
+            axis: dim,
+            start,
+            len: length,
+        }),
+        OpSpec::ChannelShuffle { groups } if groups > 0 => Op::ChannelShuffle(ChannelShuffle { groups }),
+        OpSpec::ChannelShuffle { .. } => return Err(unsupported("0 groups")),
         OpSpec::Permute { ref dims } => {
             let mut sorted = dims.clone();
             sorted.sort_unstable();

@@ -16,11 +16,15 @@
 mod alexnet;
 mod builder;
 mod convnext;
+mod densenet;
 mod efficientnet;
 mod fit;
 mod mobilenet_v2;
 mod mobilenet_v3;
+mod regnet;
 mod resnet;
+mod shufflenet_v2;
+mod squeezenet;
 mod vgg;
 
 use super::graph_json::GraphSpec;
@@ -36,6 +40,10 @@ pub fn architectures() -> Vec<String> {
     names.extend(efficientnet::names().map(str::to_string));
     names.extend(mobilenet_v3::names().map(str::to_string));
     names.extend(convnext::names().map(str::to_string));
+    names.extend(densenet::names().map(str::to_string));
+    names.extend(regnet::names().map(str::to_string));
+    names.extend(shufflenet_v2::names().map(str::to_string));
+    names.extend(squeezenet::names().map(str::to_string));
     names
 }
 
@@ -48,6 +56,10 @@ fn layout(arch: &str, state: &StateDict) -> Option<GraphSpec> {
         .or_else(|| efficientnet::spec(arch, state))
         .or_else(|| mobilenet_v3::spec(arch, state))
         .or_else(|| convnext::spec(arch, state))
+        .or_else(|| densenet::spec(arch))
+        .or_else(|| regnet::spec(arch, state))
+        .or_else(|| shufflenet_v2::spec(arch, state))
+        .or_else(|| squeezenet::spec(arch))
 }
 
 /// Finds the torchvision architecture whose layout these tensors have.
@@ -59,7 +71,8 @@ pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
         let spec = layout(arch, state).expect("every listed architecture has a layout");
         let fit = fit::fit(&spec, state);
         if fit.is_exact() {
-            return Ok((convnext::variant(arch, state), spec));
+            let name = shufflenet_v2::variant(arch, state).unwrap_or_else(|| convnext::variant(arch, state));
+            return Ok((name, spec));
         }
         let better = match &closest {
             None => true,

@@ -4,12 +4,15 @@
 mod activation;
 mod add;
 mod batch_norm;
+mod channel_shuffle;
+mod concat;
 mod conv2d;
 mod flatten;
 mod layer_norm;
 mod layer_scale;
 mod linear;
 mod mul;
+mod narrow;
 mod permute;
 mod pool;
 
@@ -17,12 +20,15 @@ pub use crate::backend::{PoolWindow, WindowGeometry};
 pub use activation::Activation;
 pub use add::Add;
 pub use batch_norm::BatchNorm2d;
+pub use channel_shuffle::ChannelShuffle;
+pub use concat::Concat;
 pub use conv2d::Conv2d;
 pub use flatten::Flatten;
 pub use layer_norm::{LayerNorm, NormAxis};
 pub use layer_scale::LayerScale;
 pub use linear::Linear;
 pub use mul::Mul;
+pub use narrow::Narrow;
 pub use permute::Permute;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 
@@ -60,6 +66,9 @@ pub enum Op {
     LayerScale(LayerScale),
     LayerNorm(LayerNorm),
     Permute(Permute),
+    Concat(Concat),
+    Narrow(Narrow),
+    ChannelShuffle(ChannelShuffle),
 }
 
 impl Op {
@@ -88,6 +97,9 @@ impl Op {
             Op::LayerScale(_) => "LayerScale",
             Op::LayerNorm(_) => "LayerNorm",
             Op::Permute(_) => "Permute",
+            Op::Concat(_) => "Concat",
+            Op::Narrow(_) => "Narrow",
+            Op::ChannelShuffle(_) => "ChannelShuffle",
         }
     }
 
@@ -129,6 +141,21 @@ impl Op {
                 .max_by_key(|d| d.iter().product::<usize>())
                 .map(|d| (d.to_vec(), 0)),
             Op::Permute(p) => Some((p.output_dims(first)?, 0)),
+            Op::ChannelShuffle(_) => same(),
+            Op::Concat(c) => {
+                let mut dims = first.to_vec();
+                *dims.get_mut(c.axis)? = inputs.iter().map(|d| d.get(c.axis).copied()).sum::<Option<usize>>()?;
+                Some((dims, 0))
+            }
+            Op::Narrow(n) => {
+                let mut dims = first.to_vec();
+                let width = dims.get_mut(n.axis)?;
+                if n.start + n.len > *width {
+                    return None;
+                }
+                *width = n.len;
+                Some((dims, 0))
+            }
             Op::Conv2d(c) => {
                 let &[n, _, h, w] = *first else { return None };
                 let g = c.geometry();
@@ -172,6 +199,9 @@ impl Op {
             Op::LayerScale(l) => l,
             Op::LayerNorm(l) => l,
             Op::Permute(l) => l,
+            Op::Concat(l) => l,
+            Op::Narrow(l) => l,
+            Op::ChannelShuffle(l) => l,
         })
     }
 }

@@ -195,7 +195,10 @@ pub fn assign_rules(
                 | Op::Mul(_)
                 | Op::LayerScale(_)
                 | Op::LayerNorm(_)
-                | Op::Permute(_) => None,
+                | Op::Permute(_)
+                | Op::Concat(_)
+                | Op::Narrow(_)
+                | Op::ChannelShuffle(_) => None,
             }
         })
         .collect()

@@ -231,6 +231,15 @@ impl BackendStorage for CandleStorage {
         Self::wrap(self.0.permute(order)?)
     }
 
+    fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
+        Self::wrap(self.0.narrow(axis, start, len)?)
+    }
+
+    fn cat(parts: &[&Self], axis: usize) -> Result<Self> {
+        let tensors: Vec<&Tensor> = parts.iter().map(|p| &p.0).collect();
+        Ok(Self(Tensor::cat(&tensors, axis)?))
+    }
+
     fn normalize(&self, axis: usize, eps: f32) -> Result<Self> {
         let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
         Self::wrap(centred.broadcast_mul(&inv_std)?)

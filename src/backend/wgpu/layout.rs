@@ -1,5 +1,5 @@
-//! Operations that move elements or normalise along one axis: permutation and the
-//! LayerNorm/GroupNorm normalisation with its input-VJP.
+//! Operations that move elements or normalise along one axis: permutation, narrowing and
+//! concatenation along an axis, and the LayerNorm/GroupNorm normalisation with its input-VJP.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -25,6 +25,82 @@ const NORMALIZE_VJP: Kernel = Kernel {
     entry: "vjp",
     inputs: 2,
 };
+
+const COPY_BLOCK: Kernel = Kernel {
+    name: "copy_block",
+    source: include_str!("kernels/copy_block.wgsl"),
+    entry: "main",
+    inputs: 1,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CopyParams {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    src_len: u32,
+    src_start: u32,
+    dst_len: u32,
+    dst_start: u32,
+    _pad: u32,
+}
+
+/// Copies `len` slices along `axis` from `src` (starting at `src_start`) into `dst` (starting
+/// at `dst_start`); the two agree on every other dimension.
+fn copy_block(
+    src: &WgpuTensor,
+    src_start: usize,
+    dst: &WgpuTensor,
+    dst_start: usize,
+    len: usize,
+    axis: usize,
+) -> Result<()> {
+    let dims = src.dims();
+    let params = CopyParams {
+        outer: u32_of(elem_count(&dims[..axis]), "rows")?,
+        len: u32_of(len, "slices")?,
+        inner: u32_of(elem_count(&dims[axis + 1..]), "elements per slice")?,
+        src_len: u32_of(dims[axis], "source length")?,
+        src_start: u32_of(src_start, "source offset")?,
+        dst_len: u32_of(dst.dims()[axis], "destination length")?,
+        dst_start: u32_of(dst_start, "destination offset")?,
+        _pad: 0,
+    };
+    let device = src.device();
+    let count = params.outer as usize * len * params.inner as usize;
+    device.dispatch(
+        &COPY_BLOCK,
+        &params,
+        &[src.buffer()?],
+        dst.buffer()?,
+        device.linear_grid(count)?,
+    )
+}
+
+pub(super) fn narrow(x: &WgpuTensor, axis: usize, start: usize, len: usize) -> Result<WgpuTensor> {
+    let mut dims = x.dims().to_vec();
+    dims[axis] = len;
+    let out = x.device().alloc(&dims)?;
+    copy_block(x, start, &out, 0, len, axis)?;
+    Ok(out)
+}
+
+pub(super) fn cat(parts: &[&WgpuTensor], axis: usize) -> Result<WgpuTensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::Shape("concatenation of no tensors".into()))?;
+    let mut dims = first.dims().to_vec();
+    dims[axis] = parts.iter().map(|p| p.dims()[axis]).sum();
+    let out = first.device().alloc(&dims)?;
+    let mut offset = 0;
+    for part in parts {
+        first.check_device(part)?;
+        copy_block(part, 0, &out, offset, part.dims()[axis], axis)?;
+        offset += part.dims()[axis];
+    }
+    Ok(out)
+}
 
 /// The largest rank `permute.wgsl` indexes.
 const MAX_RANK: usize = 8;

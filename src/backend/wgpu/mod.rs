@@ -878,6 +878,14 @@ impl BackendStorage for WgpuTensor {
         layout::permute(self, order)
     }
 
+    fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
+        layout::narrow(self, axis, start, len)
+    }
+
+    fn cat(parts: &[&Self], axis: usize) -> Result<Self> {
+        layout::cat(parts, axis)
+    }
+
     fn normalize(&self, axis: usize, eps: f32) -> Result<Self> {
         layout::normalize(self, axis, eps)
     }

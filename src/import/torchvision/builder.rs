@@ -86,12 +86,24 @@ impl Builder {
     }
 
     pub fn max_pool(&mut self, module: &str, kernel: usize, stride: usize, padding: usize) -> &mut NodeSpec {
+        self.max_pool_with(module, kernel, stride, padding, false)
+    }
+
+    /// `nn.MaxPool2d(kernel, stride, padding, ceil_mode=...)`.
+    pub fn max_pool_with(
+        &mut self,
+        module: &str,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        ceil_mode: bool,
+    ) -> &mut NodeSpec {
         let op = OpSpec::MaxPool2d {
             kernel_size: Pair::Same(kernel),
             stride: Some(Pair::Same(stride)),
             padding: Pair::Same(padding),
             dilation: Pair::Same(1),
-            ceil_mode: false,
+            ceil_mode,
         };
         self.node(module, op)
     }
@@ -141,6 +153,13 @@ impl Builder {
             self.node(&format!("{p}.2"), activation);
         }
         self.alias_last([p]);
+    }
+
+    /// A concatenation of the named nodes along the channels.
+    pub fn concat<S: AsRef<str>>(&mut self, name: &str, inputs: &[S]) -> &mut NodeSpec {
+        let node = self.node(name, OpSpec::Concat { dim: 1 });
+        node.inputs = Some(inputs.iter().map(|s| s.as_ref().to_string()).collect());
+        node
     }
 
     /// An element-wise product of the named nodes.
@@ -203,7 +222,7 @@ fn runs_at(spec: &GraphSpec, side: usize) -> bool {
                 _ => None,
             },
             OpSpec::AdaptiveAvgPool2d { output_size } => Some(output_size.hw()),
-            OpSpec::Add => inputs.iter().all(|&s| s == hw).then_some(hw),
+            OpSpec::Add | OpSpec::Concat { .. } => inputs.iter().all(|&s| s == hw).then_some(hw),
             _ => Some(hw),
         };
         let Some(out) = out.filter(|&(h, w)| h > 0 && w > 0) else {

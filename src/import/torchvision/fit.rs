@@ -276,7 +276,12 @@ pub(super) fn fit(spec: &GraphSpec, state: &StateDict) -> Fit {
             }
         }
         let prefix = node.params.as_deref().unwrap_or(&node.name);
-        let out = checker.node(prefix, &node.op, input);
+        let mut out = checker.node(prefix, &node.op, input);
+        match node.op {
+            OpSpec::Concat { dim: 1 } => out.channels = inputs.iter().map(|f| f.channels).sum(),
+            OpSpec::Narrow { dim: 1, length, .. } => out.channels = Some(length),
+            _ => {}
+        }
         names.insert(node.name.as_str(), flows.len());
         for alias in &node.aliases {
             names.insert(alias.as_str(), flows.len());
