@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::backend::candle::CandleStorage;
-use crate::backend::{BackendStorage, Map, PoolWindow, Reduce, WindowBins, WindowGeometry, Zip};
+use crate::backend::{BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
 use crate::error::{Error, Result};
 
 /// Where a model's weights and activations live.
@@ -572,8 +572,9 @@ impl Tensor {
         unary!(self, s => s.normalize(axis, eps))
     }
 
-    /// The input-VJP of [`Tensor::normalize`] at this input.
-    pub fn normalize_vjp(&self, grad: &Tensor, axis: usize, eps: f32) -> Result<Tensor> {
+    /// The input-VJP of [`Tensor::normalize`] at this input, through the standard deviation
+    /// or with it held constant.
+    pub fn normalize_vjp(&self, grad: &Tensor, axis: usize, eps: f32, std: StdTerm) -> Result<Tensor> {
         self.check_axis(axis)?;
         if grad.dims() != self.dims() {
             return Err(shape_error(format!(
@@ -582,7 +583,7 @@ impl Tensor {
                 self.dims()
             )));
         }
-        binary!(self, grad, (x, g) => x.normalize_vjp(g, axis, eps))
+        binary!(self, grad, (x, g) => x.normalize_vjp(g, axis, eps, std))
     }
 
     fn check_axis(&self, axis: usize) -> Result<()> {

@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use candle_xai::backend::{Activation, Map, PoolWindow, Reduce, WindowBins, WindowGeometry, Zip};
+use candle_xai::backend::{Activation, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
 use candle_xai::{Device, Tensor};
 
 /// Tolerances, relative to each reference element's error scale ([`Expected`]): the sum of
@@ -1346,7 +1346,8 @@ fn permute_every_order() {
 
 /// LayerNorm's normalisation over the channels of NCHW, over the last axis, and over rows
 /// longer than a workgroup; and its input-VJP, against the closed form
-/// dx = (g - mean(g) - y mean(g y)) / sigma in float64.
+/// dx = (g - mean(g) - y mean(g y)) / sigma in float64, and (g - mean(g)) / sigma with the
+/// standard deviation held constant.
 #[test]
 fn normalize_and_its_vjp() {
     let cases: [(&[usize], usize); 4] = [(&[2, 5, 3, 4], 1), (&[3, 4, 7], 2), (&[2, 300], 1), (&[4, 1, 3], 1)];
@@ -1361,6 +1362,7 @@ fn normalize_and_its_vjp() {
         let outer = x.data.len() / (len * inner);
         let mut y = Reference::zeros(dims);
         let mut dx = Reference::zeros(dims);
+        let mut dx_constant_std = Reference::zeros(dims);
         for o in 0..outer {
             for k in 0..inner {
                 let at: Vec<usize> = (0..len).map(|j| (o * len + j) * inner + k).collect();
@@ -1383,6 +1385,10 @@ fn normalize_and_its_vjp() {
                         value: (gs[j] - mean_g - ys[j] * mean_gy) / sigma,
                         scale: 4.0 * (gs[j].abs() + g_scale + ys[j].abs() * g_scale * 3.0) / sigma,
                     };
+                    dx_constant_std.data[i] = Expected {
+                        value: (gs[j] - mean_g) / sigma,
+                        scale: 4.0 * (gs[j].abs() + g_scale) / sigma,
+                    };
                 }
             }
         }
@@ -1397,8 +1403,14 @@ fn normalize_and_its_vjp() {
             );
             on.check(
                 &format!("normalize_vjp {label}"),
-                tx.normalize_vjp(&on.upload(&grad), axis, eps as f32),
+                tx.normalize_vjp(&on.upload(&grad), axis, eps as f32, StdTerm::Differentiated),
                 &dx,
+                SUM_TOL,
+            );
+            on.check(
+                &format!("normalize_vjp, standard deviation constant, {label}"),
+                tx.normalize_vjp(&on.upload(&grad), axis, eps as f32, StdTerm::Constant),
+                &dx_constant_std,
                 SUM_TOL,
             );
         });

@@ -156,6 +156,14 @@ pub enum Reduce {
     SumPerSample,
 }
 
+/// Whether `normalize_vjp` differentiates through the standard deviation (the true gradient)
+/// or holds it constant (lxt's identity rule for LayerNorm: only the centring stays linear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdTerm {
+    Differentiated,
+    Constant,
+}
+
 /// One backend's tensor storage: dense, row-major f32, living on that backend's device.
 /// Shapes are checked by the caller ([`crate::Tensor`] and the layers); a backend may assume
 /// them.
@@ -219,6 +227,7 @@ pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
     /// PyTorch's LayerNorm and GroupNorm).
     fn normalize(&self, axis: usize, eps: f32) -> Result<Self>;
 
-    /// The input-VJP of `normalize` at this input.
-    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32) -> Result<Self>;
+    /// The input-VJP of `normalize` at this input, through the standard deviation or with it
+    /// held constant.
+    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: StdTerm) -> Result<Self>;
 }

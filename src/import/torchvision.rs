@@ -62,6 +62,15 @@ fn layout(arch: &str, state: &StateDict) -> Option<GraphSpec> {
         .or_else(|| squeezenet::spec(arch))
 }
 
+/// The name of the variant a state dict that fits `arch` is: some variants share their
+/// depths and differ only in widths, so the first of them fits all (EfficientNet B1 and B2,
+/// ConvNeXt S/B/L, ShuffleNetV2), and their widths name them.
+fn variant(arch: &str, state: &StateDict) -> String {
+    efficientnet::variant(arch, state)
+        .or_else(|| shufflenet_v2::variant(arch, state))
+        .unwrap_or_else(|| convnext::variant(arch, state))
+}
+
 /// Finds the torchvision architecture whose layout these tensors have.
 pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
     let archs = architectures();
@@ -71,8 +80,7 @@ pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
         let spec = layout(arch, state).expect("every listed architecture has a layout");
         let fit = fit::fit(&spec, state);
         if fit.is_exact() {
-            let name = shufflenet_v2::variant(arch, state).unwrap_or_else(|| convnext::variant(arch, state));
-            return Ok((name, spec));
+            return Ok((variant(arch, state), spec));
         }
         let better = match &closest {
             None => true,

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Layer;
+use crate::backend::StdTerm;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
@@ -84,6 +85,17 @@ impl LayerNorm {
         Ok(axis)
     }
 
+    /// The input-VJP, through the standard deviation or with it held constant (lxt's identity
+    /// rule: what remains is the linear centring and scaling).
+    pub fn vjp(&self, x: &Tensor, grad: &Tensor, std: StdTerm) -> Result<Tensor> {
+        let axis = self.dim(x)?;
+        let grad = match &self.weight {
+            Some(w) => self.per_feature(grad, |g| g.channel_affine(Some(w), None))?,
+            None => grad.clone(),
+        };
+        x.normalize_vjp(&grad, axis, self.eps as f32, std)
+    }
+
     /// `f` applied with the normalised axis in the channel position the backends' per-channel
     /// maps use: dimension 1 as it is, the last one through [rows, C].
     fn per_feature(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
@@ -110,12 +122,6 @@ impl Layer for LayerNorm {
     }
 
     fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
-        let x = inputs[0];
-        let axis = self.dim(x)?;
-        let grad = match &self.weight {
-            Some(w) => self.per_feature(grad, |g| g.channel_affine(Some(w), None))?,
-            None => grad.clone(),
-        };
-        Ok(vec![x.normalize_vjp(&grad, axis, self.eps as f32)?])
+        Ok(vec![self.vjp(inputs[0], grad, StdTerm::Differentiated)?])
     }
 }

@@ -22,16 +22,21 @@ pub enum Composite {
     EpsilonPlusFlat,
     /// EpsilonAlpha2Beta1 with Flat on the first conv or linear layer.
     EpsilonAlpha2Beta1Flat,
+    /// AttnLRP's rules outside attention, as lxt 2.1 applies them to vision models: Gamma on
+    /// every conv and linear layer, the identity rule on activations, LayerNorm and layer
+    /// scales, the uniform rule on element-wise products.
+    GammaIdentity,
 }
 
 impl Composite {
-    pub const ALL: [Composite; 6] = [
+    pub const ALL: [Composite; 7] = [
         Composite::UniformEpsilon,
         Composite::EpsilonGammaBox,
         Composite::EpsilonPlus,
         Composite::EpsilonAlpha2Beta1,
         Composite::EpsilonPlusFlat,
         Composite::EpsilonAlpha2Beta1Flat,
+        Composite::GammaIdentity,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +47,7 @@ impl Composite {
             Composite::EpsilonAlpha2Beta1 => "lrp-epsilon-alpha2-beta1",
             Composite::EpsilonPlusFlat => "lrp-epsilon-plus-flat",
             Composite::EpsilonAlpha2Beta1Flat => "lrp-epsilon-alpha2-beta1-flat",
+            Composite::GammaIdentity => "lrp-gamma-identity",
         }
     }
 
@@ -54,6 +60,7 @@ impl Composite {
             Composite::EpsilonAlpha2Beta1 => "LRP: ε + α2β1",
             Composite::EpsilonPlusFlat => "LRP: ε + z⁺ + flat",
             Composite::EpsilonAlpha2Beta1Flat => "LRP: ε + α2β1 + flat",
+            Composite::GammaIdentity => "LRP: γ + identity (lxt)",
         }
     }
 
@@ -68,6 +75,10 @@ impl Composite {
             Composite::EpsilonAlpha2Beta1 => "LRP: α2β1 on convolutions, ε on dense layers.",
             Composite::EpsilonPlusFlat => "LRP ε + z⁺ with the flat rule on the first layer.",
             Composite::EpsilonAlpha2Beta1Flat => "LRP ε + α2β1 with the flat rule on the first layer.",
+            Composite::GammaIdentity => {
+                "LRP as lxt (AttnLRP) does it: γ on every layer with weights, relevance passed through activations, \
+                 LayerNorm's deviation held constant, products split evenly. For EfficientNets, ConvNeXts and ViTs."
+            }
         }
     }
 
@@ -159,7 +170,7 @@ pub fn assign_rules(
                     high: p.high.clone(),
                     stabilizer: p.stabilizer,
                 },
-                Composite::EpsilonGammaBox => Rule::Gamma {
+                Composite::EpsilonGammaBox | Composite::GammaIdentity => Rule::Gamma {
                     gamma: p.gamma,
                     stabilizer: p.stabilizer,
                 },
@@ -176,6 +187,9 @@ pub fn assign_rules(
                 composite,
                 Composite::EpsilonPlusFlat | Composite::EpsilonAlpha2Beta1Flat
             );
+            if composite == Composite::GammaIdentity {
+                return identity_rules(&node.op, p);
+            }
             match &node.op {
                 Op::Conv2d(_) | Op::Linear(_) if flat_first && Some(id) == first_linear_type => Some(Rule::Flat {
                     stabilizer: p.stabilizer,
@@ -202,6 +216,22 @@ pub fn assign_rules(
             }
         })
         .collect()
+}
+
+/// `Composite::GammaIdentity`'s rule for `op`.
+fn identity_rules(op: &Op, p: &CompositeParams) -> Option<Rule> {
+    let stabilizer = p.stabilizer;
+    match op {
+        Op::Conv2d(_) | Op::Linear(_) => Some(Rule::Gamma {
+            gamma: p.gamma,
+            stabilizer,
+        }),
+        Op::Activation(_) | Op::LayerNorm(_) | Op::LayerScale(_) => Some(Rule::Identity { stabilizer }),
+        Op::Mul(_) => Some(Rule::Uniform { stabilizer }),
+        Op::BatchNorm2d(_) => Some(Rule::Pass),
+        Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d(_) | Op::Add(_) => Some(Rule::Norm { stabilizer }),
+        _ => None,
+    }
 }
 
 fn first_node(graph: &Graph, wanted: impl Fn(&Op) -> bool) -> Option<NodeId> {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Map;
+use crate::backend::{Map, StdTerm};
 use crate::error::Result;
 use crate::layers::{Conv2d, Layer, Linear, Op};
 use crate::tensor::Tensor;
@@ -130,6 +130,20 @@ pub enum Rule {
     },
     /// Relevance passes through unchanged (element-wise layers).
     Pass,
+    /// AttnLRP's identity rule, as lxt 2.1 applies it: element-wise activations and a layer
+    /// scale pass relevance unchanged; LayerNorm holds its standard deviation constant, so
+    /// what remains is linear (centring, scaling) and relevance follows it as in the
+    /// epsilon rule: R_in = x * J^T (R / stabilize(y)).
+    Identity {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    /// AttnLRP's uniform rule on an element-wise product of n factors: each factor gets 1/n of
+    /// the relevance (a gate summed over the positions it scales).
+    Uniform {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
     /// Relevance split in proportion to each input's contribution (pooling, sums).
     Norm {
         #[serde(default = "stabilizer")]
@@ -216,24 +230,56 @@ fn stabilize(z: &Tensor, epsilon: f64) -> Result<Tensor> {
     })
 }
 
+fn misapplied(rule: &Rule, op: &Op, applies_to: &str) -> crate::Error {
+    crate::Error::UnsupportedLayer {
+        layer: String::new(),
+        kind: op.kind().into(),
+        reason: format!("the {rule:?} rule applies to {applies_to} only"),
+    }
+}
+
+/// R_i = x_i * VJP_i(R / (share * stabilize(y))): each input's part of the output, in
+/// proportion to what it contributed (sums, averages), and 1/share of it for products, whose
+/// every factor accounts for the whole output.
+fn proportional(
+    op: &Op,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    relevance: &Tensor,
+    stabilizer: f64,
+    share: f64,
+) -> Result<Vec<Tensor>> {
+    let mut g = relevance.div(&stabilize(output, stabilizer)?)?;
+    if share != 1.0 {
+        g = g.affine(1.0 / share, 0.0)?;
+    }
+    let grads = op.input_vjp(inputs, output, &g)?;
+    inputs.iter().zip(grads).map(|(x, g)| x.mul(&g)).collect()
+}
+
 impl Rule {
     /// Relevance at the inputs of the node running `op`, given its inputs, its output and the
     /// relevance at its output.
     pub fn apply(&self, op: &Op, inputs: &[&Tensor], output: &Tensor, relevance: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Rule::Pass => return Ok(vec![relevance.clone(); inputs.len()]),
-            Rule::Norm { stabilizer } => {
-                let g = relevance.div(&stabilize(output, *stabilizer)?)?;
-                let grads = op.input_vjp(inputs, output, &g)?;
-                return inputs.iter().zip(grads).map(|(x, g)| x.mul(&g)).collect();
+        match (self, op) {
+            (Rule::Pass, _) => return Ok(vec![relevance.clone(); inputs.len()]),
+            (Rule::Norm { stabilizer }, _) => return proportional(op, inputs, output, relevance, *stabilizer, 1.0),
+            (Rule::Identity { .. }, Op::Activation(_) | Op::LayerScale(_) | Op::Identity) => {
+                return Ok(vec![relevance.clone()])
             }
+            (Rule::Identity { stabilizer }, Op::LayerNorm(norm)) => {
+                let x = inputs[0];
+                let g = relevance.div(&stabilize(output, *stabilizer)?)?;
+                return Ok(vec![x.mul(&norm.vjp(x, &g, StdTerm::Constant)?)?]);
+            }
+            (Rule::Uniform { stabilizer }, Op::Mul(_)) => {
+                return proportional(op, inputs, output, relevance, *stabilizer, inputs.len() as f64)
+            }
+            (Rule::Identity { .. }, _) => return Err(misapplied(self, op, "activations, LayerNorm and layer scales")),
+            (Rule::Uniform { .. }, _) => return Err(misapplied(self, op, "element-wise products")),
             _ => {}
         }
-        let layer = Affine::of(op).ok_or_else(|| crate::Error::UnsupportedLayer {
-            layer: String::new(),
-            kind: op.kind().into(),
-            reason: format!("the {self:?} rule applies to Conv2d and Linear layers only"),
-        })?;
+        let layer = Affine::of(op).ok_or_else(|| misapplied(self, op, "Conv2d and Linear layers"))?;
         let x = inputs[0];
         Ok(vec![self.affine_relevance(&layer, x, relevance)?])
     }
@@ -311,7 +357,9 @@ impl Rule {
                 let g = ratio(squared.apply(&x.ones_like()?)?, *stabilizer)?;
                 squared.transpose_apply(&g, x)?
             }
-            Rule::Pass | Rule::Norm { .. } => unreachable!("handled before"),
+            Rule::Pass | Rule::Norm { .. } | Rule::Identity { .. } | Rule::Uniform { .. } => {
+                unreachable!("handled before")
+            }
         })
     }
 }

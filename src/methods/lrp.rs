@@ -59,13 +59,26 @@ impl LrpParams {
 
     pub(crate) fn parameters(&self) -> Vec<Parameter> {
         let number = |key, label, help| Parameter::number(key, label, help).at_least(0.0);
-        let mut parameters = vec![number(
-            "epsilon",
-            "ε (stabiliser)",
-            "epsilon of the Epsilon rule (linear layers; every layer for lrp-uniform-epsilon)",
-        )
-        .tuned(Scale::Log, 1e-6, 1.0)];
+        let mut parameters = Vec::new();
+        if self.composite != Composite::GammaIdentity {
+            parameters.push(
+                number(
+                    "epsilon",
+                    "ε (stabiliser)",
+                    "epsilon of the Epsilon rule (linear layers; every layer for lrp-uniform-epsilon)",
+                )
+                .tuned(Scale::Log, 1e-6, 1.0),
+            );
+        }
         match self.composite {
+            Composite::GammaIdentity => parameters.push(
+                number(
+                    "gamma",
+                    "γ (positive boost)",
+                    "gamma of the Gamma rule on every conv and linear layer",
+                )
+                .tuned(Scale::Log, 1e-6, 1.0),
+            ),
             Composite::EpsilonGammaBox => parameters.extend([
                 number(
                     "gamma",

@@ -45,7 +45,7 @@ pub enum Method {
 
 impl Method {
     /// Names accepted by `from_name`, as the CLI spells them.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "gradient",
         "input-x-gradient",
         "smoothgrad",
@@ -57,6 +57,7 @@ impl Method {
         "lrp-epsilon-alpha2-beta1",
         "lrp-epsilon-plus-flat",
         "lrp-epsilon-alpha2-beta1-flat",
+        "lrp-gamma-identity",
     ];
 
     /// The method called `name`, with its default parameters.

@@ -129,6 +129,9 @@ impl Case<'_> {
     /// Grad-CAM of a class the image shows no evidence for), must be at most `tol`, or the
     /// suite's lenient tolerance on its lenient rows.
     pub fn compare(&self, key: &str, ours: &Tensor, tol: f32) {
+        if self.refs.tensors.contains_key(&format!("{key}_f64")) {
+            return self.compare_conditioned(key, ours, tol);
+        }
         self.mark(key);
         let reference = self.refs.get(key);
         let scale = self.refs.scale(key);
@@ -154,6 +157,30 @@ impl Case<'_> {
                     "{key}: row {row} max |ours - ref| / max |ref| = {err:.3e} > {allowed:.0e}"
                 ));
             }
+        }
+    }
+
+    /// Where float32 itself is ill-conditioned the fixture also holds the float64 truth
+    /// (`<key>_f64`): ours must be at least as close to it as the peer's own float32 result
+    /// (or within `tol` of its scale), over the whole tensor.
+    fn compare_conditioned(&self, key: &str, ours: &Tensor, tol: f32) {
+        let truth_key = format!("{key}_f64");
+        self.mark(key);
+        self.mark(&truth_key);
+        let truth = self.refs.get(&truth_key);
+        let ours = ours.to_device(&CpuDevice::Cpu).unwrap();
+        assert_eq!(ours.dims(), truth.dims(), "{key}: shapes differ");
+        let (ours_error, peer_error) = (max_abs_diff(&ours, truth), max_abs_diff(self.refs.get(key), truth));
+        let scale = crate::common::max_abs(truth);
+        let allowed = peer_error.max(tol * scale);
+        println!(
+            "{} {key}: float64 truth, max |ours - truth| {ours_error:.2e}, the peer's {peer_error:.2e} (scale {scale:.2e})",
+            self.name
+        );
+        if ours_error.is_nan() || ours_error > allowed {
+            self.fail(format!(
+                "{key}: max |ours - float64 truth| = {ours_error:.3e} > {allowed:.3e}, the peer's own float32 error or {tol:.0e} of max |truth|"
+            ));
         }
     }
 

@@ -26,6 +26,23 @@ const ARCHS: &[&str] = &[
     "vgg19_bn",
     "mobilenet_v2",
     "alexnet",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_v2_s",
+    "efficientnet_v2_m",
+    "efficientnet_v2_l",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
 ];
 
 fn layout(arch: &str) -> Vec<(String, Vec<usize>)> {
@@ -86,6 +103,13 @@ fn recognises_every_torchvision_layout() {
             a if a.starts_with("vgg") => (32, ""),
             "mobilenet_v2" => (1, "features.18"),
             "alexnet" => (63, "features.11"),
+            "efficientnet_b0" | "efficientnet_b1" | "efficientnet_b7" => (1, "features.8"),
+            "efficientnet_v2_s" => (1, "features.7"),
+            a if a.starts_with("efficientnet") => (1, ""),
+            "mobilenet_v3_small" => (1, "features.12"),
+            "mobilenet_v3_large" => (1, "features.16"),
+            // The 4x4 stem and three 2x2 downsamplings, all stride = kernel, no padding.
+            a if a.starts_with("convnext") => (32, "features.7"),
             _ => unreachable!(),
         };
         assert_eq!(spec.min_input_size, Some(family_min), "{arch}");
@@ -265,7 +289,7 @@ fn forced_architecture_must_fit() {
         other => panic!("expected ArchitectureMismatch, got {other:?}"),
     }
     assert!(
-        matches!(torchvision::spec_for("densenet121", &zeros_of("alexnet")), Err(Error::UnknownArchitecture(a)) if a == "densenet121")
+        matches!(torchvision::spec_for("inception_v3", &zeros_of("alexnet")), Err(Error::UnknownArchitecture(a)) if a == "inception_v3")
     );
 }
 
@@ -320,10 +344,18 @@ fn stray_tensors_are_named() {
     assert!(!listed.contains("encoder.block10.w"), "{unmatched}");
 }
 
-/// resnet50, vgg16_bn and alexnet with seeded weights against PyTorch's float64 logits.
+/// One member of each family with seeded weights against PyTorch's float64 logits.
 #[test]
 fn forward_matches_pytorch() {
-    for arch in ["resnet50", "vgg16_bn", "alexnet"] {
+    for arch in [
+        "resnet50",
+        "vgg16_bn",
+        "alexnet",
+        "efficientnet_b1",
+        "efficientnet_v2_s",
+        "mobilenet_v3_large",
+        "convnext_small",
+    ] {
         let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
         assert_eq!(refs.metadata["arch"], arch);
         let weights = seeded_weights::weights_from_metadata(&refs.metadata["weights"]);

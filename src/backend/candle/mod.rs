@@ -12,7 +12,7 @@ mod window_gather;
 
 use candle_core::{DType, Tensor, D};
 
-use super::{BackendStorage, Map, PoolWindow, Reduce, WindowBins, WindowGeometry, Zip};
+use super::{BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
 use crate::error::Result;
 use depthwise::{depthwise_correlate, depthwise_transposed};
 use elementwise::{activation_forward, activation_vjp, channel_affine, on_cpu_f32};
@@ -245,17 +245,18 @@ impl BackendStorage for CandleStorage {
         Self::wrap(centred.broadcast_mul(&inv_std)?)
     }
 
-    /// dx = (g - mean(g) - y * mean(g * y)) / sqrt(var + eps), y the normalised x.
-    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32) -> Result<Self> {
+    /// dx = (g - mean(g) - y * mean(g * y)) / sqrt(var + eps), y the normalised x; without
+    /// the y term when the standard deviation is held constant.
+    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: StdTerm) -> Result<Self> {
         let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
-        let y = centred.broadcast_mul(&inv_std)?;
         let g = &grad.0;
-        let along = (g * &y)?.mean_keepdim(axis)?;
-        let dx = g
-            .broadcast_sub(&g.mean_keepdim(axis)?)?
-            .sub(&y.broadcast_mul(&along)?)?
-            .broadcast_mul(&inv_std)?;
-        Self::wrap(dx)
+        let mut dx = g.broadcast_sub(&g.mean_keepdim(axis)?)?;
+        if std == StdTerm::Differentiated {
+            let y = centred.broadcast_mul(&inv_std)?;
+            let along = (g * &y)?.mean_keepdim(axis)?;
+            dx = dx.sub(&y.broadcast_mul(&along)?)?;
+        }
+        Self::wrap(dx.broadcast_mul(&inv_std)?)
     }
 }
 

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{elem_count, u32_of, Kernel, WgpuTensor};
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, StdTerm};
 use crate::error::{Error, Result};
 
 const PERMUTE: Kernel = Kernel {
@@ -122,6 +122,9 @@ struct NormalizeParams {
     len: u32,
     inner: u32,
     eps: f32,
+    /// 1: the standard deviation's own gradient is left out (`StdTerm::Constant`).
+    constant_std: u32,
+    _pad: [u32; 3],
 }
 
 pub(super) fn permute(x: &WgpuTensor, order: &[usize]) -> Result<WgpuTensor> {
@@ -160,26 +163,35 @@ pub(super) fn permute(x: &WgpuTensor, order: &[usize]) -> Result<WgpuTensor> {
     Ok(out)
 }
 
-fn normalize_params(dims: &[usize], axis: usize, eps: f32) -> Result<NormalizeParams> {
+fn normalize_params(dims: &[usize], axis: usize, eps: f32, std: StdTerm) -> Result<NormalizeParams> {
     Ok(NormalizeParams {
         outer: u32_of(elem_count(&dims[..axis]), "rows")?,
         len: u32_of(dims[axis], "normalised length")?,
         inner: u32_of(elem_count(&dims[axis + 1..]), "elements per row")?,
         eps,
+        constant_std: (std == StdTerm::Constant) as u32,
+        _pad: [0; 3],
     })
 }
 
 pub(super) fn normalize(x: &WgpuTensor, axis: usize, eps: f32) -> Result<WgpuTensor> {
-    run_normalize(&NORMALIZE, x, x, axis, eps)
+    let params = normalize_params(x.dims(), axis, eps, StdTerm::Differentiated)?;
+    run_normalize(&NORMALIZE, x, x, params)
 }
 
-pub(super) fn normalize_vjp(x: &WgpuTensor, grad: &WgpuTensor, axis: usize, eps: f32) -> Result<WgpuTensor> {
+pub(super) fn normalize_vjp(
+    x: &WgpuTensor,
+    grad: &WgpuTensor,
+    axis: usize,
+    eps: f32,
+    std: StdTerm,
+) -> Result<WgpuTensor> {
     x.check_device(grad)?;
-    run_normalize(&NORMALIZE_VJP, x, grad, axis, eps)
+    let params = normalize_params(x.dims(), axis, eps, std)?;
+    run_normalize(&NORMALIZE_VJP, x, grad, params)
 }
 
-fn run_normalize(kernel: &Kernel, x: &WgpuTensor, grad: &WgpuTensor, axis: usize, eps: f32) -> Result<WgpuTensor> {
-    let params = normalize_params(x.dims(), axis, eps)?;
+fn run_normalize(kernel: &Kernel, x: &WgpuTensor, grad: &WgpuTensor, params: NormalizeParams) -> Result<WgpuTensor> {
     let device = x.device();
     let out = device.alloc(x.dims())?;
     let positions = params.outer as usize * params.inner as usize;

@@ -890,8 +890,8 @@ impl BackendStorage for WgpuTensor {
         layout::normalize(self, axis, eps)
     }
 
-    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32) -> Result<Self> {
-        layout::normalize_vjp(self, grad, axis, eps)
+    fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: crate::backend::StdTerm) -> Result<Self> {
+        layout::normalize_vjp(self, grad, axis, eps, std)
     }
 }
 

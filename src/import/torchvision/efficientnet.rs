@@ -68,6 +68,32 @@ const V2_L: [Stage; 7] = [
     (false, 3, 1, 7),
 ];
 
+/// The head's width (4x the last stage's), which tells B1 and B2 apart: their rounded
+/// depths are equal.
+const V1_HEAD_WIDTH: [(&str, usize); 8] = [
+    ("efficientnet_b0", 1280),
+    ("efficientnet_b1", 1280),
+    ("efficientnet_b2", 1408),
+    ("efficientnet_b3", 1536),
+    ("efficientnet_b4", 1792),
+    ("efficientnet_b5", 2048),
+    ("efficientnet_b6", 2304),
+    ("efficientnet_b7", 2560),
+];
+
+/// The torchvision name of a state dict that fits `arch`'s depths: among the variants with
+/// those depths, the one with its head's width; other widths keep `arch`.
+pub(super) fn variant(arch: &str, state: &StateDict) -> Option<String> {
+    let (stages, _) = table(arch)?;
+    let head = state
+        .shape(&format!("features.{}.0.weight", stages.len() + 1))
+        .and_then(|s| s.first().copied())?;
+    V1_HEAD_WIDTH
+        .iter()
+        .find(|&&(name, width)| width == head && table(name).is_some_and(|(s, _)| s == stages))
+        .map(|(name, _)| name.to_string())
+}
+
 pub(super) fn names() -> impl Iterator<Item = &'static str> {
     V1_DEPTH
         .iter()

@@ -8,6 +8,8 @@ struct Params {
     len: u32,
     inner: u32,
     eps: f32,
+    // 1: vjp holds the standard deviation constant (its gradient term is left out).
+    constant_std: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,7 +55,8 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
-// dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
+// dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps), without the xhat term when
+// the standard deviation is held constant.
 @compute @workgroup_size(256)
 fn vjp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = position(gid, nwg);
@@ -70,6 +73,9 @@ fn vjp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         sum_gx += g[at] * (x[at] - m.x) * m.y;
     }
     let n = f32(p.len);
+    if p.constant_std != 0u {
+        sum_gx = 0.0;
+    }
     for (var j = 0u; j < p.len; j++) {
         let at = base + j * p.inner;
         let xhat = (x[at] - m.x) * m.y;
