@@ -110,3 +110,110 @@ fn every_composite_conserves_relevance_without_biases() {
         }
     }
 }
+
+/// A small model with every operation of today's CNNs (LayerNorm over channels and over the
+/// last axis between permutes, a dense layer over positions, GELU, layer scale, residual sums,
+/// squeeze-and-excitation with SiLU and Sigmoid, Hardswish, a ShuffleNet split with its
+/// concatenation and channel shuffle), bias-free: lxt's rules (Gamma, identity, uniform)
+/// conserve relevance through all of it, as they do in lxt.
+const MODERN_BLOCKS: &str = r#"{ "input_channels": 3, "nodes": [
+  {"name": "stem", "op": "Conv2d", "kernel_size": 4, "stride": 4},
+  {"name": "stem_norm", "op": "LayerNorm2d", "eps": 1e-6},
+  {"name": "dw", "op": "Conv2d", "kernel_size": 3, "padding": 1, "groups": 8},
+  {"name": "to_nhwc", "op": "Permute", "dims": [0, 2, 3, 1]},
+  {"name": "norm", "op": "LayerNorm", "eps": 1e-6},
+  {"name": "expand", "op": "Linear"},
+  {"name": "gelu", "op": "GELU"},
+  {"name": "project", "op": "Linear"},
+  {"name": "to_nchw", "op": "Permute", "dims": [0, 3, 1, 2]},
+  {"name": "scale", "op": "LayerScale"},
+  {"name": "res", "op": "Add", "inputs": ["stem_norm", "scale"]},
+  {"name": "se_pool", "op": "AdaptiveAvgPool2d", "output_size": 1},
+  {"name": "se_fc1", "op": "Conv2d", "kernel_size": 1},
+  {"name": "se_act", "op": "SiLU"},
+  {"name": "se_fc2", "op": "Conv2d", "kernel_size": 1},
+  {"name": "se_gate", "op": "Sigmoid"},
+  {"name": "se", "op": "Mul", "inputs": ["res", "se_gate"]},
+  {"name": "hs", "op": "Hardswish"},
+  {"name": "half_a", "op": "Narrow", "start": 0, "length": 4},
+  {"name": "half_b", "op": "Narrow", "start": 4, "length": 4, "inputs": ["hs"]},
+  {"name": "branch", "op": "Conv2d", "kernel_size": 1},
+  {"name": "cat", "op": "Concat", "inputs": ["half_a", "branch"]},
+  {"name": "shuffle", "op": "ChannelShuffle", "groups": 2},
+  {"name": "pool", "op": "AdaptiveAvgPool2d", "output_size": 1},
+  {"name": "flatten", "op": "Flatten"},
+  {"name": "fc", "op": "Linear"} ] }"#;
+
+fn modern_blocks() -> Model {
+    let shapes: [(&str, &[usize]); 11] = [
+        ("stem.weight", &[8, 3, 4, 4]),
+        ("stem_norm.weight", &[8]),
+        ("dw.weight", &[8, 1, 3, 3]),
+        ("norm.weight", &[8]),
+        ("expand.weight", &[16, 8]),
+        ("project.weight", &[8, 16]),
+        ("scale.gamma", &[8]),
+        ("se_fc1.weight", &[2, 8, 1, 1]),
+        ("se_fc2.weight", &[8, 2, 1, 1]),
+        ("branch.weight", &[4, 4, 1, 1]),
+        ("fc.weight", &[5, 8]),
+    ];
+    let tensors = shapes
+        .iter()
+        .map(|&(name, shape)| {
+            let numel = shape.iter().product();
+            let (lo, hi) = if name.contains("norm") || name.contains("scale") {
+                (0.5, 1.5)
+            } else {
+                (-1.0, 1.0)
+            };
+            let values = crate::common::seeded_weights::seeded_values(name, numel, lo, hi);
+            (
+                name.to_string(),
+                Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let graph = GraphSpec::from_json(MODERN_BLOCKS).unwrap();
+    Model::from_state_dict(
+        &StateDict::new(tensors, "modern blocks"),
+        Some(graph),
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn gamma_identity_conserves_through_modern_blocks() {
+    let inputs = Tensor::from_vec(
+        crate::common::seeded_weights::seeded_values("input", 2 * 3 * 16 * 16, -2.0, 2.0),
+        (2, 3, 16, 16),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for device in devices() {
+        let model = modern_blocks().to_device(&device).unwrap();
+        let mut params = LrpParams::new(Composite::GammaIdentity);
+        params.params.stabilizer = 1e-9;
+        let request = Request {
+            method: Method::Lrp(params),
+            targets: Targets::Classes(vec![1, 3]),
+            layer: None,
+            memory_limit: None,
+        };
+        let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
+        let sums = out.attributions.flatten_from(1).unwrap().sum(D::Minus1).unwrap();
+        let sums = sums
+            .to_device(&candle_core::Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (row, sum) in sums.iter().enumerate() {
+            assert!(
+                (sum - 1.0).abs() < 1e-3,
+                "{device:?} row {row}: relevance sums to {sum}"
+            );
+        }
+    }
+}
