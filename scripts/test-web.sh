@@ -42,6 +42,12 @@ fi
 step "native CLI for the parity checks"
 cargo build --release --quiet --bin candle-xai
 
+step "seeded EfficientNet and ConvNeXt (.safetensors, .pth) for the page"
+for model in efficientnet_b0 convnext_tiny; do
+    [ -s "target/e2e-models/$model.pth" ] && [ "target/e2e-models/$model.pth" -nt "tests/fixtures/${model}_refs.safetensors" ] && continue
+    cargo run --release --quiet --example seeded_model -- "tests/fixtures/${model}_refs.safetensors" "target/e2e-models/$model"
+done
+
 step "browser end-to-end tests"
 t=$(date +%s)
 export CANDLE_XAI_BIN="$PWD/target/release/candle-xai"

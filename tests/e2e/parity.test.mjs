@@ -45,6 +45,7 @@ const METHODS = [
   'lrp-epsilon-alpha2-beta1',
   'lrp-epsilon-plus-flat',
   'lrp-epsilon-alpha2-beta1-flat',
+  'lrp-gamma-identity',
 ];
 
 let server;
