@@ -25,6 +25,7 @@ mod regnet;
 mod resnet;
 mod shufflenet_v2;
 mod squeezenet;
+mod timm;
 mod vgg;
 
 use super::graph_json::GraphSpec;
@@ -71,8 +72,18 @@ fn variant(arch: &str, state: &StateDict) -> String {
         .unwrap_or_else(|| convnext::variant(arch, state))
 }
 
-/// Finds the torchvision architecture whose layout these tensors have.
+/// Finds the torchvision architecture whose layout these tensors have, under torchvision's
+/// names or timm's (`timm_efficientnet_b0`, with timm's module paths).
 pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
+    if let Some(family) = timm::detect(state) {
+        let modules = timm::Modules::of(family, state);
+        let (arch, spec) = recognise_torchvision(&modules.to_torchvision(state))?;
+        return Ok((format!("{}{arch}", timm::PREFIX), modules.to_timm(spec)));
+    }
+    recognise_torchvision(state)
+}
+
+fn recognise_torchvision(state: &StateDict) -> Result<(String, GraphSpec)> {
     let archs = architectures();
     // The closest candidate: most tensors read with the right shape, then fewest problems.
     let mut closest: Option<(String, fit::Fit)> = None;
@@ -107,6 +118,14 @@ pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
 /// The graph of a named torchvision architecture (`resnet50`, `vgg16_bn`, ...), sized from the
 /// tensors' shapes. Fails with `ArchitectureMismatch` unless the weights fit it exactly.
 pub fn spec_for(arch: &str, state: &StateDict) -> Result<GraphSpec> {
+    if let Some(torchvision_arch) = arch.strip_prefix(timm::PREFIX) {
+        let family = timm::detect(state).ok_or_else(|| Error::ArchitectureMismatch {
+            arch: arch.to_string(),
+            reason: "the file does not have timm's names for an EfficientNet or ConvNeXt".into(),
+        })?;
+        let modules = timm::Modules::of(family, state);
+        return Ok(modules.to_timm(spec_for(torchvision_arch, &modules.to_torchvision(state))?));
+    }
     let spec = layout(arch, state).ok_or_else(|| Error::UnknownArchitecture(arch.to_string()))?;
     let fit = fit::fit(&spec, state);
     if !fit.is_exact() {

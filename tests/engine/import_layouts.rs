@@ -591,3 +591,71 @@ fn graph_json_expresses_every_family() {
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap(), "{arch}");
     }
 }
+
+/// timm's ResNets are torchvision's layout (the same names); its EfficientNets and ConvNeXts
+/// are recognised under their own module paths, and compute PyTorch's logits.
+#[test]
+fn timm_layouts_are_recognised_with_their_module_names() {
+    for (arch, expected) in [
+        ("timm_resnet18", "resnet18"),
+        ("timm_resnet50", "resnet50"),
+        ("timm_efficientnet_b0", "timm_efficientnet_b0"),
+        ("timm_efficientnet_b3", "timm_efficientnet_b3"),
+        ("timm_convnext_tiny", "timm_convnext_tiny"),
+        ("timm_convnext_small", "timm_convnext_small"),
+    ] {
+        let state = zeros_of(arch);
+        let (name, spec) = torchvision::recognise(&state).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(name, expected);
+        assert_eq!(torchvision::spec_for(&name, &state).unwrap(), spec, "{arch}");
+        let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(model.num_classes(), Some(10), "{arch}");
+        let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+        let expected_names: &[&str] = match expected {
+            "timm_efficientnet_b0" => &[
+                "conv_stem",
+                "bn1",
+                "bn1.act",
+                "blocks.0.0.conv_dw",
+                "blocks.0.0.se.conv_reduce",
+                "blocks.1.0.conv_pwl",
+                "conv_head",
+                "bn2.act",
+                "classifier",
+            ],
+            "timm_convnext_tiny" => &[
+                "stem.0",
+                "stem.1",
+                "stages.0.blocks.0.conv_dw",
+                "stages.0.blocks.0.mlp.fc1",
+                "stages.0.blocks.0.gamma",
+                "stages.1.downsample.1",
+                "head.norm",
+                "head.fc",
+            ],
+            _ => &[],
+        };
+        for wanted in expected_names {
+            assert!(names.contains(wanted), "{arch}: no layer `{wanted}` in {names:?}");
+        }
+        let cam = spec.default_cam_layer.as_deref().unwrap();
+        assert!(
+            model.graph().node(model.default_cam_layer().unwrap()).answers_to(cam),
+            "{arch}"
+        );
+    }
+    for arch in ["timm_resnet50", "timm_efficientnet_b0", "timm_convnext_tiny"] {
+        let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
+        let tensors: HashMap<String, Tensor> = seeded_weights::weights_from_metadata(&refs.metadata["weights"])
+            .into_iter()
+            .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
+            .collect();
+        let state = StateDict::new(tensors, format!("{arch} seeded"));
+        let input_entry = format!("[{}]", refs.metadata["input"]);
+        let (_, shape, values) = seeded_weights::weights_from_metadata(&input_entry).remove(0);
+        let input = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+        let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
+        let logits = model.predict(&input).unwrap();
+        assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
+    }
+}
