@@ -1,11 +1,13 @@
 //! torchvision's own state-dict layouts, recognised from tensor names and shapes.
 //!
-//! Each family (`torchvision/resnet.rs`, `vgg.rs`, `mobilenet_v2.rs`, `alexnet.rs`) writes its
-//! architectures down as a `GraphSpec` whose nodes carry torchvision's module names, so the
-//! state dict's tensor names are the graph's parameter names. Recognition tries every known
-//! architecture and keeps the one that reads every tensor with the right shape
-//! (`torchvision/fit.rs`); ResNet depths differ in block counts, VGG depths in conv counts,
-//! `_bn` variants in their BatchNorm tensors, so exactly one fits a torchvision state dict.
+//! Each family (`torchvision/resnet.rs`, `vgg.rs`, `mobilenet_v2.rs`, `alexnet.rs`,
+//! `efficientnet.rs`, `mobilenet_v3.rs`, `convnext.rs`, `densenet.rs`, `regnet.rs`,
+//! `shufflenet_v2.rs`, `squeezenet.rs`) writes its architectures down as a `GraphSpec` whose
+//! nodes carry torchvision's module names, so the state dict's tensor names are the graph's
+//! parameter names. Recognition tries every known architecture and keeps the one that reads
+//! every tensor with the right shape (`torchvision/fit.rs`): depths differ in block counts,
+//! `_bn` variants in their BatchNorm tensors; variants that differ only in widths are named by
+//! them (`variant`). timm's names for the families it shares are mapped in `torchvision/timm.rs`.
 //!
 //! Node names (see `torchvision/builder.rs`): a module torchvision applies more than once
 //! gets `<module>_<k>` for its k-th further use — a ResNet BasicBlock runs `layer1.0.relu`
