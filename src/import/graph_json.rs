@@ -215,6 +215,12 @@ pub enum OpSpec {
         #[serde(default = "ln_eps")]
         eps: f64,
     },
+    /// `nn.GroupNorm(num_groups, C)`.
+    GroupNorm {
+        num_groups: usize,
+        #[serde(default = "ln_eps")]
+        eps: f64,
+    },
     /// A learned per-channel scale read from `<params>.<tensor>` (timm's `gamma`, torchvision
     /// ConvNeXt's `layer_scale`).
     LayerScale {
@@ -456,6 +462,13 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
         OpSpec::LayerNorm2d { eps } => layer_norm(
             name,
             NormAxis::Channels,
+            eps,
+            optional("weight", used)?,
+            optional_bias(used)?,
+        )?,
+        OpSpec::GroupNorm { num_groups, eps } => layer_norm(
+            name,
+            NormAxis::Groups(num_groups),
             eps,
             optional("weight", used)?,
             optional_bias(used)?,

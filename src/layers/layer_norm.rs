@@ -1,7 +1,8 @@
-//! LayerNorm over one axis, with its elementwise affine: over the last dimension (PyTorch's
-//! `nn.LayerNorm(C)` after a permute, transformers) or over the channels of an NCHW map
-//! (ConvNeXt's `LayerNorm2d`, timm's `LayerNorm2d`). Its input-VJP is the full one: the mean
-//! and the standard deviation both depend on the input.
+//! LayerNorm and GroupNorm, with their elementwise affine: over the last dimension (PyTorch's
+//! `nn.LayerNorm(C)` after a permute, transformers), over the channels of an NCHW map
+//! (ConvNeXt's `LayerNorm2d`, timm's `LayerNorm2d`), or over each of G channel groups and the
+//! positions (`nn.GroupNorm`). Its input-VJP is the full one: the mean and the standard
+//! deviation both depend on the input.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +11,7 @@ use crate::backend::StdTerm;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
-/// Which dimension a LayerNorm normalises.
+/// What a LayerNorm normalises together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NormAxis {
@@ -18,6 +19,8 @@ pub enum NormAxis {
     Last,
     /// Dimension 1 of [N, C, ...].
     Channels,
+    /// The channels of [N, C, ...] in this many groups, each with all its positions (GroupNorm).
+    Groups(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -69,38 +72,52 @@ impl LayerNorm {
         })
     }
 
-    fn dim(&self, x: &Tensor) -> Result<usize> {
+    /// `x` as the view whose axis is normalised, and that axis: x itself for one dimension,
+    /// [N, G, C / G * positions] for groups.
+    fn normalised_view(&self, x: &Tensor) -> Result<(Tensor, usize)> {
         let axis = match self.axis {
             NormAxis::Last => x.rank().saturating_sub(1),
-            NormAxis::Channels => 1,
+            NormAxis::Channels | NormAxis::Groups(_) => 1,
         };
         let width = self.weight.as_ref().or(self.bias.as_ref()).map(|w| w.dims()[0]);
-        if x.rank() < 2 || width.is_some_and(|c| x.dims()[axis] != c) {
+        let groups_fit = match self.axis {
+            NormAxis::Groups(g) => x.rank() >= 2 && g > 0 && x.dims()[1] % g == 0,
+            _ => true,
+        };
+        if x.rank() < 2 || !groups_fit || width.is_some_and(|c| x.dims()[axis] != c) {
             return Err(Error::InvalidGraph(format!(
-                "layer norm over {} features for an input of shape {:?}",
+                "{:?} norm over {} features for an input of shape {:?}",
+                self.axis,
                 width.map_or("any number of".into(), |c| c.to_string()),
                 x.dims()
             )));
         }
-        Ok(axis)
+        match self.axis {
+            NormAxis::Groups(g) => {
+                let n = x.dims()[0];
+                Ok((x.reshape(&[n, g, x.elem_count() / (n * g).max(1)])?, 2))
+            }
+            _ => Ok((x.clone(), axis)),
+        }
     }
 
     /// The input-VJP, through the standard deviation or with it held constant (lxt's identity
     /// rule: what remains is the linear centring and scaling).
     pub fn vjp(&self, x: &Tensor, grad: &Tensor, std: StdTerm) -> Result<Tensor> {
-        let axis = self.dim(x)?;
+        let (view, axis) = self.normalised_view(x)?;
         let grad = match &self.weight {
             Some(w) => self.per_feature(grad, |g| g.channel_affine(Some(w), None))?,
             None => grad.clone(),
         };
-        x.normalize_vjp(&grad, axis, self.eps as f32, std)
+        view.normalize_vjp(&grad.reshape(view.dims())?, axis, self.eps as f32, std)?
+            .reshape(x.dims())
     }
 
     /// `f` applied with the normalised axis in the channel position the backends' per-channel
     /// maps use: dimension 1 as it is, the last one through [rows, C].
     fn per_feature(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         match self.axis {
-            NormAxis::Channels => f(x),
+            NormAxis::Channels | NormAxis::Groups(_) => f(x),
             NormAxis::Last => {
                 let c = x.dims()[x.rank() - 1];
                 f(&x.reshape(&[x.elem_count() / c.max(1), c])?)?.reshape(x.dims())
@@ -112,7 +129,8 @@ impl LayerNorm {
 impl Layer for LayerNorm {
     fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
         let x = inputs[0];
-        let normalized = x.normalize(self.dim(x)?, self.eps as f32)?;
+        let (view, axis) = self.normalised_view(x)?;
+        let normalized = view.normalize(axis, self.eps as f32)?.reshape(x.dims())?;
         if self.weight.is_none() && self.bias.is_none() {
             return Ok(normalized);
         }

@@ -1,8 +1,9 @@
 //! Each layer's forward and input-VJP against PyTorch on the awkward cases: max-pool windows
 //! with exact ties (PyTorch routes the gradient to the first maximum in row-major window
 //! order, and so do we), ceil_mode and padding, average pooling's divisors, adaptive bins,
-//! and convolutions with stride on odd sizes, dilation, groups and non-square kernels.
-//! Fixture: `scripts/make_pool_fixtures.py`.
+//! and convolutions with stride on odd sizes, dilation, groups and non-square kernels; and
+//! GroupNorm with smooth activations. Fixtures: `scripts/make_pool_fixtures.py`,
+//! `scripts/make_op_fixtures.py`.
 
 use std::collections::HashMap;
 
@@ -53,5 +54,38 @@ fn layers_match_pytorch_forward_and_input_gradient() {
                 1e-5,
             );
         }
+    }
+}
+
+/// GroupNorm (affine and not), GELU's tanh form and Tanh in a small network, on every
+/// backend, against PyTorch's float64 logits and input gradient (scripts/make_op_fixtures.py).
+#[test]
+fn group_norm_and_smooth_activations_match_pytorch() {
+    let dir = |name: &str| crate::common::fixture(&format!("ops/{name}"));
+    let bytes = std::fs::read(dir("group_norm.safetensors")).unwrap();
+    let graph = candle_xai::import::graph_json::GraphSpec::from_json(
+        &std::fs::read_to_string(dir("group_norm.graph.json")).unwrap(),
+    )
+    .unwrap();
+    let (state, _) =
+        candle_xai::import::StateDict::from_safetensors(&bytes, "group_norm", &candle_core::Device::Cpu).unwrap();
+    let refs = crate::common::Refs::load(&dir("group_norm_refs.safetensors"));
+    let cpu = candle_xai::Model::from_state_dict(&state, Some(graph), None, &candle_core::Device::Cpu).unwrap();
+    for device in crate::common::devices() {
+        let model = cpu.to_device(&device).unwrap();
+        let inputs = refs.f32("inputs");
+        crate::common::assert_close("logits", &model.predict(&inputs).unwrap(), &refs.f32("logits"), 1e-5);
+        let out = crate::common::explain_refs(
+            &model,
+            &refs,
+            candle_xai::methods::Method::Gradient(Default::default()),
+            None,
+        );
+        crate::common::assert_close(
+            &format!("saliency on {device:?}"),
+            &out.attributions,
+            &refs.f32("saliency"),
+            1e-5,
+        );
     }
 }

@@ -191,6 +191,7 @@ pub(super) fn has_params(op: &OpSpec) -> bool {
             | OpSpec::BatchNorm2d { .. }
             | OpSpec::LayerNorm { .. }
             | OpSpec::LayerNorm2d { .. }
+            | OpSpec::GroupNorm { .. }
             | OpSpec::LayerScale { .. }
     )
 }

@@ -189,7 +189,7 @@ impl Checker<'_> {
             OpSpec::LayerNorm { axis, .. } => {
                 let width = match axis {
                     NormAxis::Last => input.features,
-                    NormAxis::Channels => input.channels,
+                    NormAxis::Channels | NormAxis::Groups(_) => input.channels,
                 };
                 for suffix in ["weight", "bias"] {
                     let name = format!("{prefix}.{suffix}");
@@ -199,7 +199,7 @@ impl Checker<'_> {
                 }
                 input
             }
-            OpSpec::LayerNorm2d { .. } => {
+            OpSpec::LayerNorm2d { .. } | OpSpec::GroupNorm { .. } => {
                 for suffix in ["weight", "bias"] {
                     self.expect(&format!("{prefix}.{suffix}"), &[input.channels]);
                 }
