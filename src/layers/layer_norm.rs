@@ -81,7 +81,7 @@ impl LayerNorm {
         };
         let width = self.weight.as_ref().or(self.bias.as_ref()).map(|w| w.dims()[0]);
         let groups_fit = match self.axis {
-            NormAxis::Groups(g) => x.rank() >= 2 && g > 0 && x.dims()[1] % g == 0,
+            NormAxis::Groups(g) => x.rank() >= 2 && g > 0 && x.dims()[1].is_multiple_of(g),
             _ => true,
         };
         if x.rank() < 2 || !groups_fit || width.is_some_and(|c| x.dims()[axis] != c) {
