@@ -15,8 +15,15 @@ const MATMUL: Kernel = Kernel {
     entry: "main",
     inputs: 2,
 };
+const MATMUL_FEW_ROWS: Kernel = Kernel {
+    name: "matmul_few_rows",
+    entry: "few_rows",
+    ..MATMUL
+};
 /// The block of C one workgroup computes, per side.
 const TILE: usize = 64;
+/// Below this many rows a tile would be mostly padding: one invocation per element instead.
+const FEW_ROWS: usize = TILE / 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -80,12 +87,23 @@ pub(super) fn matmul(a: &WgpuTensor, b: &WgpuTensor, rhs_transposed: bool) -> Re
             accumulate: (!rhs_transposed && i > 0) as u32,
             _pad: [0; 3],
         };
-        let grid = [
-            u32_of(piece_n.div_ceil(TILE), "column tiles")?,
-            u32_of(m.div_ceil(TILE), "row tiles")?,
-            1,
-        ];
-        device.dispatch(&MATMUL, &params, &[a_buffer, &piece.buffer], c_buffer, grid)?;
+        let inputs = [a_buffer, &*piece.buffer];
+        if m < FEW_ROWS {
+            device.dispatch(
+                &MATMUL_FEW_ROWS,
+                &params,
+                &inputs,
+                c_buffer,
+                device.linear_grid(m * piece_n)?,
+            )?;
+        } else {
+            let grid = [
+                u32_of(piece_n.div_ceil(TILE), "column tiles")?,
+                u32_of(m.div_ceil(TILE), "row tiles")?,
+                1,
+            ];
+            device.dispatch(&MATMUL, &params, &inputs, c_buffer, grid)?;
+        }
         first_row += rows;
     }
     Ok(out)

@@ -78,3 +78,30 @@ fn main(
         }
     }
 }
+
+// Few rows (M below half a tile): one invocation per element of C, each walking all of k, so
+// no invocation computes the padding rows a 64-row tile would (15/16 of the work for the one
+// or two rows of a classifier, or a late stage's few positions).
+@compute @workgroup_size(256)
+fn few_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i >= p.m * p.n {
+        return;
+    }
+    let r = i / p.n;
+    let col = i % p.n;
+    let a0 = r * p.lda + p.a_col;
+    var acc = 0.0;
+    if p.rhs_t != 0u {
+        let b0 = col * p.k;
+        for (var kk = 0u; kk < p.k; kk++) {
+            acc = fma(a[a0 + kk], b[b0 + kk], acc);
+        }
+    } else {
+        for (var kk = 0u; kk < p.k; kk++) {
+            acc = fma(a[a0 + kk], b[kk * p.n + col], acc);
+        }
+    }
+    let at = r * p.ldc + p.c_col + col;
+    c[at] = select(0.0, c[at], p.accumulate != 0u) + acc;
+}
