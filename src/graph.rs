@@ -177,22 +177,34 @@ impl Graph {
     /// size per node and, at worst, a convolution's unfolded patches each way. None when the
     /// shapes do not fit the graph (the forward then says where).
     pub fn pass_bytes(&self, input: &[usize], rows: usize) -> Option<u64> {
-        let mut dims: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
-        let mut row = input.to_vec();
-        *row.first_mut()? = 1;
-        dims.push(row);
         let (mut kept, mut widest_temporary) = (0u64, 0u64);
-        for node in self.nodes.iter().skip(1) {
-            let inputs: Vec<&[usize]> = node.inputs.iter().map(|&i| dims[i].as_slice()).collect();
-            let (out, temporary) = node.op.plan(&inputs)?;
+        for (out, temporary) in self.plan(input)?.iter().skip(1) {
             kept = kept.saturating_add(out.iter().product::<usize>() as u64);
-            widest_temporary = widest_temporary.max(temporary as u64);
-            dims.push(out);
+            widest_temporary = widest_temporary.max(*temporary as u64);
         }
         let per_row = kept
             .saturating_mul(2)
             .saturating_add(widest_temporary.saturating_mul(2));
         Some(per_row.saturating_mul(rows as u64).saturating_mul(4))
+    }
+
+    /// The output's dims for one input of `input` dims ([N, C, H, W], N ignored), from the
+    /// shapes alone; None when they do not fit the graph.
+    pub fn output_dims(&self, input: &[usize]) -> Option<Vec<usize>> {
+        self.plan(input)?.pop().map(|(dims, _)| dims)
+    }
+
+    /// Every node's output dims for one input, and the largest temporary it builds.
+    fn plan(&self, input: &[usize]) -> Option<Vec<(Vec<usize>, usize)>> {
+        let mut row = input.to_vec();
+        *row.first_mut()? = 1;
+        let mut planned = vec![(row, 0)];
+        for node in self.nodes.iter().skip(1) {
+            let inputs: Vec<&[usize]> = node.inputs.iter().map(|&i| planned[i].0.as_slice()).collect();
+            let next = node.op.plan(&inputs)?;
+            planned.push(next);
+        }
+        Some(planned)
     }
 
     /// Runs the graph keeping only what later nodes still read: for predictions.

@@ -145,8 +145,17 @@ impl Model {
 
     /// The number of classes, when the graph ends in a linear layer.
     pub fn num_classes(&self) -> Option<usize> {
-        match &self.graph.node(self.graph.output_id()).op {
-            Op::Linear(l) => Some(l.out_features()),
+        if let Op::Linear(l) = &self.graph.node(self.graph.output_id()).op {
+            return Some(l.out_features());
+        }
+        // A convolutional classifier (SqueezeNet): the output's width at the smallest input.
+        let side = self.min_input_size;
+        match self
+            .graph
+            .output_dims(&[1, self.input_channels, side, side])?
+            .as_slice()
+        {
+            [_, classes] => Some(*classes),
             _ => None,
         }
     }

@@ -40,18 +40,19 @@ pub struct PoolWindow {
     pub ceil_mode: bool,
 }
 
+/// PyTorch's pooled length: floor((len + 2p - span (+ s - 1 in ceil mode)) / s) + 1, rounding
+/// toward minus infinity, so in ceil mode a window may be wider than the padded input (the
+/// smallest SqueezeNet input ends on one); None when no window fits.
 fn pooled_len(len: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Option<usize> {
     let span = d * (k - 1) + 1;
-    if len + 2 * p < span {
-        return None;
-    }
-    let room = len + 2 * p - span;
-    let mut out = if ceil { room.div_ceil(s) } else { room / s } + 1;
+    let extra = if ceil { s - 1 } else { 0 };
+    let room = (len + 2 * p + extra).checked_sub(span)?;
+    let mut out = room / s + 1;
     // PyTorch: the last window must start inside the input or its left padding.
     if ceil && (out - 1) * s >= len + p {
         out -= 1;
     }
-    Some(out)
+    (out > 0).then_some(out)
 }
 
 impl PoolWindow {
