@@ -218,17 +218,24 @@ pub fn assign_rules(
         .collect()
 }
 
-/// `Composite::GammaIdentity`'s rule for `op`.
+/// What lxt divides by where it divides outside zennit's rules: the identity rule's input
+/// (`x + 1e-10`); sums, pools and products are plain gradients there, which this matches
+/// wherever their output is not within 1e-10 of 0.
+pub const LXT_STABILIZER: f64 = 1e-10;
+
+/// `Composite::GammaIdentity`'s rule for `op`: zennit's Gamma (with the composite's
+/// stabiliser) on layers with weights, lxt's rules with lxt's stabiliser elsewhere.
 fn identity_rules(op: &Op, p: &CompositeParams) -> Option<Rule> {
-    let stabilizer = p.stabilizer;
+    let stabilizer = LXT_STABILIZER;
     match op {
         Op::Conv2d(_) | Op::Linear(_) => Some(Rule::Gamma {
             gamma: p.gamma,
-            stabilizer,
+            stabilizer: p.stabilizer,
         }),
-        Op::Activation(_) | Op::LayerNorm(_) | Op::LayerScale(_) => Some(Rule::Identity { stabilizer }),
+        Op::Activation(_) | Op::LayerNorm(_) | Op::LayerScale(_) | Op::BatchNorm2d(_) => {
+            Some(Rule::Identity { stabilizer })
+        }
         Op::Mul(_) => Some(Rule::Uniform { stabilizer }),
-        Op::BatchNorm2d(_) => Some(Rule::Pass),
         Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d(_) | Op::Add(_) => Some(Rule::Norm { stabilizer }),
         _ => None,
     }

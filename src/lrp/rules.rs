@@ -130,10 +130,11 @@ pub enum Rule {
     },
     /// Relevance passes through unchanged (element-wise layers).
     Pass,
-    /// AttnLRP's identity rule, as lxt 2.1 applies it: element-wise activations and a layer
-    /// scale pass relevance unchanged; LayerNorm holds its standard deviation constant, so
-    /// what remains is linear (centring, scaling) and relevance follows it as in the
-    /// epsilon rule: R_in = x * J^T (R / stabilize(y)).
+    /// AttnLRP's identity rule, as lxt 2.1 applies it in its Gradient x Input form:
+    /// element-wise layers (activations, BatchNorm, layer scale) pass relevance unchanged,
+    /// R_in = R * x / (x + stabilizer), so it stops only where the input is exactly 0;
+    /// LayerNorm holds its standard deviation constant, so what remains is linear (centring,
+    /// scaling) and relevance follows it as in the epsilon rule: R_in = x * J^T (R / stabilize(y)).
     Identity {
         #[serde(default = "stabilizer")]
         stabilizer: f64,
@@ -264,8 +265,13 @@ impl Rule {
         match (self, op) {
             (Rule::Pass, _) => return Ok(vec![relevance.clone(); inputs.len()]),
             (Rule::Norm { stabilizer }, _) => return proportional(op, inputs, output, relevance, *stabilizer, 1.0),
-            (Rule::Identity { .. }, Op::Activation(_) | Op::LayerScale(_) | Op::Identity) => {
-                return Ok(vec![relevance.clone()])
+            (
+                Rule::Identity { stabilizer },
+                Op::Activation(_) | Op::LayerScale(_) | Op::BatchNorm2d(_) | Op::Identity,
+            ) => {
+                let x = inputs[0];
+                let kept = x.div(&x.affine(1.0, *stabilizer)?)?;
+                return Ok(vec![relevance.mul(&kept)?]);
             }
             (Rule::Identity { stabilizer }, Op::LayerNorm(norm)) => {
                 let x = inputs[0];
@@ -275,7 +281,9 @@ impl Rule {
             (Rule::Uniform { stabilizer }, Op::Mul(_)) => {
                 return proportional(op, inputs, output, relevance, *stabilizer, inputs.len() as f64)
             }
-            (Rule::Identity { .. }, _) => return Err(misapplied(self, op, "activations, LayerNorm and layer scales")),
+            (Rule::Identity { .. }, _) => {
+                return Err(misapplied(self, op, "activations, normalisations and layer scales"))
+            }
             (Rule::Uniform { .. }, _) => return Err(misapplied(self, op, "element-wise products")),
             _ => {}
         }

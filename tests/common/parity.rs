@@ -161,8 +161,10 @@ impl Case<'_> {
     }
 
     /// Where float32 itself is ill-conditioned the fixture also holds the float64 truth
-    /// (`<key>_f64`): ours must be at least as close to it as the peer's own float32 result
-    /// (or within `tol` of its scale), over the whole tensor.
+    /// (`<key>_f64`): ours must be within twice the peer's own float32 distance from it (or
+    /// within `tol` of its scale), over the whole tensor. Both are float32 roundings of an
+    /// ill-conditioned quantity, so which of the two lands closer is chance (measured: ours
+    /// 0.6-1.7x the peer's); twice is the margin the path methods get ([`Case::path_tol`]).
     fn compare_conditioned(&self, key: &str, ours: &Tensor, tol: f32) {
         let truth_key = format!("{key}_f64");
         self.mark(key);
@@ -172,14 +174,14 @@ impl Case<'_> {
         assert_eq!(ours.dims(), truth.dims(), "{key}: shapes differ");
         let (ours_error, peer_error) = (max_abs_diff(&ours, truth), max_abs_diff(self.refs.get(key), truth));
         let scale = crate::common::max_abs(truth);
-        let allowed = peer_error.max(tol * scale);
+        let allowed = (2.0 * peer_error).max(tol * scale);
         println!(
             "{} {key}: float64 truth, max |ours - truth| {ours_error:.2e}, the peer's {peer_error:.2e} (scale {scale:.2e})",
             self.name
         );
         if ours_error.is_nan() || ours_error > allowed {
             self.fail(format!(
-                "{key}: max |ours - float64 truth| = {ours_error:.3e} > {allowed:.3e}, the peer's own float32 error or {tol:.0e} of max |truth|"
+                "{key}: max |ours - float64 truth| = {ours_error:.3e} > {allowed:.3e}, twice the peer's own float32 error or {tol:.0e} of max |truth|"
             ));
         }
     }
@@ -208,15 +210,20 @@ impl Case<'_> {
     /// reference's own float32 error where the fixture measured it (`f64_rel_err`: captum's
     /// float32 result against the same computation in float64) and found it larger.
     pub fn path_tol(&self, key: &str) -> f32 {
+        self.conditioned_tol(key, PATH_TOL)
+    }
+
+    /// `floor`, or twice the reference's own measured float32 error where that is larger.
+    pub fn conditioned_tol(&self, key: &str, floor: f32) -> f32 {
         let Some(measured) = self.refs.metadata.get("f64_rel_err") else {
-            return PATH_TOL;
+            return floor;
         };
         let measured: serde_json::Value = serde_json::from_str(measured).unwrap();
         let worst = match &measured[key] {
             serde_json::Value::Array(rows) => rows.iter().filter_map(|v| v.as_f64()).fold(0.0, f64::max),
             _ => 0.0,
         };
-        PATH_TOL.max(2.0 * worst as f32)
+        floor.max(2.0 * worst as f32)
     }
 
     /// A convergence delta against the reference `key`: a difference of near-equal sums, so
@@ -325,8 +332,11 @@ impl Case<'_> {
     pub fn check_lrp(&self, composite: Composite, key: &str, layer: Option<&str>, merge: MergeConvention) {
         let mut params = LrpParams::new(composite);
         params.merge_convention = merge;
+        // Relevance through many near-cancelling sums (DenseNet's concatenations, ConvNeXt's
+        // LayerNorms) is ill-conditioned in float32 too: twice the fixture's own measured
+        // float32 error where that exceeds the tolerance.
         let tol = match merge {
-            MergeConvention::KeepEps => REL_TOL,
+            MergeConvention::KeepEps => self.conditioned_tol(key, REL_TOL),
             MergeConvention::Exact => 1e-3,
         };
         self.check(key, Method::Lrp(params), layer, tol);
