@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch side of the candle-xai benchmark (captum 0.9 / zennit 0.5.1 on CPU).
 
-Writes ``<out-dir>/{resnet18,mobilenet_v2}.safetensors`` (torchvision state dicts, 1000 classes, torchvision's own
+Writes ``<out-dir>/<model>.safetensors`` for each of ``--models`` (default resnet18 and mobilenet_v2, what
+scripts/bench.sh compares; also efficientnet_b0, mobilenet_v3_small, convnext_tiny, densenet121,
+shufflenet_v2_x1_0, squeezenet1_1 and regnet_y_400mf) (torchvision state dicts, 1000 classes, torchvision's own
 random initialisation after ``torch.manual_seed(0)`` (not the fixtures' counter-based seeded weights: timing needs no
 bit-exact weights, only the same ones on both sides), plain contiguous float32, ``num_batches_tracked`` dropped) and ``<out-dir>/input.safetensors`` (``input``: a seeded
 random [1, 3, size, size]), so that ``examples/bench.rs`` runs on exactly the same weights and input. Then times every
@@ -17,11 +19,16 @@ Each timed call explains the top-1 class, so it includes that prediction forward
   lrp-*                 with Gradient(model, composite) as attributor: attributor(x, one_hot(target))
                         composite construction and registration (canonizers included) inside the timing, since
                         our LRP merges BatchNorm on every call. Composites and canonizers are the fixtures' own
-                        (scripts/xai_reference.py: ``composites(arch, names="engine")``): ResNetCanonizer for
-                        resnet18, MobileNetV2Canonizer (BN merge + residual Sum + pooling module) for mobilenet_v2.
+                        (scripts/xai_reference.py: ``composites(arch, names="engine")``, ``make_canonizers``):
+                        ResNetCanonizer for resnet18, MobileNetV2Canonizer (BN merge + residual Sum + pooling
+                        module) for mobilenet_v2, EfficientNetCanonizer / MobileNetV3Canonizer / ConvNeXtCanonizer
+                        (BN merge + residual Sum) for efficientnet_b0 / mobilenet_v3_small / convnext_tiny, ...
+  lrp-gamma-identity    xai_reference.lrp_gamma_identity(arch, model, x, target): lxt 2.1's rules on zennit's Gamma
+                        (the fixtures' lrp_gamma_identity), canonizers and lxt patches applied and undone per call.
 One warm-up call, then ``--reps`` timed calls; median and minimum in milliseconds.
 
     python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--threads N] [--device cuda]
+        [--models resnet18 mobilenet_v2 efficientnet_b0 convnext_tiny ...] [--only lrp]
 
 With ``--device cuda`` the model and input live on the GPU and every timed call ends with torch.cuda.synchronize().
 """
@@ -42,9 +49,16 @@ from safetensors.torch import save_file
 from zennit.attribution import Gradient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xai_reference import composites, freeze, no_inplace  # noqa: E402  (the fixtures' composites, defined once)
+from xai_reference import (  # noqa: E402  (the fixtures' composites, defined once)
+    CANONIZERS,
+    composites,
+    freeze,
+    lrp_gamma_identity,
+    no_inplace,
+)
 
-MODELS = ["resnet18", "mobilenet_v2"]
+MODELS = ["resnet18", "mobilenet_v2"]  # the default: what scripts/bench.sh compares
+KNOWN_MODELS = list(CANONIZERS)  # every model the fixtures have canonizers for
 WEIGHT_SEED = 0
 INPUT_SEED = 1
 SG_SEED = 2
@@ -92,9 +106,13 @@ def methods(arch, model):
                 return attributor(x, one_hot)
         return run
 
+    def gamma_identity(x):
+        return lrp_gamma_identity(arch, model, x, torch.tensor([top1(model, x)], device=x.device))
+
     rows = {"gradient": gradient, "integrated-gradients": integrated_gradients, "smoothgrad": smoothgrad}
     # exactly the composites and canonizers of the fixtures (scripts/xai_reference.py), under our Composite::name()
     rows.update({name: lrp(make) for name, make in composites(arch, names="engine").items()})
+    rows["lrp-gamma-identity"] = gamma_identity
     return rows
 
 
@@ -106,6 +124,8 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
     parser.add_argument("--only", default=None, help="only rows whose method name contains this")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=KNOWN_MODELS,
+                        help=f"torchvision architectures to time (default: {' '.join(MODELS)})")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     reps = max(args.reps, 1)
@@ -124,7 +144,7 @@ def main():
         json.dump(facts, f)
 
     rows = []
-    for arch in MODELS:
+    for arch in args.models:
         model = build_model(arch)
         save_state_dict(model, os.path.join(args.out_dir, f"{arch}.safetensors"))
         model = model.to(device)

@@ -4,6 +4,11 @@
 Run from the repository root with the fixture venv (see scripts/make_fixtures.py for its setup):
 
     /work/pyref/bin/python scripts/make_layout_fixtures.py --out tests/fixtures/layouts
+    /work/pyref/bin/python scripts/make_layout_fixtures.py --archs convnext_tiny convnext_small  # only these
+
+``--archs`` limits the run to those architectures' ``<arch>.json`` and ``<arch>_forward.safetensors`` and leaves the
+.pth files alone (without it everything below is written). The .json files are byte-reproducible; the
+``_forward.safetensors`` files carry the same tensors and metadata from run to run.
 
 Writes into --out:
 
@@ -12,7 +17,9 @@ Writes into --out:
   ``num_batches_tracked`` counters are dropped by every candle-xai loader, so they are left out here too).
   VGG and AlexNet get their classifier shrunk to hidden width 64 (same ``nn.Sequential``, same module
   names: ``classifier.0/3/6`` replaced), as any fine-tuned head may be.
-* ``<arch>_forward.safetensors`` for resnet50, vgg16_bn and alexnet: no weights, only ``logits`` [1, 10]
+* ``<arch>_forward.safetensors`` for resnet50, vgg16_bn, alexnet, efficientnet_b1, efficientnet_v2_s,
+  mobilenet_v3_large, convnext_small, densenet169, regnet_x_800mf, shufflenet_v2_x0_5 and squeezenet1_0 (the
+  archs of FORWARD): no weights, only ``logits`` [1, 10]
   (float64, computed in float64) and ``__metadata__``: ``arch``, ``weights`` (the seeded-weights list of
   ``{"name", "shape", "lo", "hi"}`` of scripts/xai_reference.py / tests/common/seeded_weights.rs, state_dict
   order; gains ``xai_reference.GAINS``) and ``input`` (one more such entry, named ``input``: the [1, 3, 64, 64]
@@ -28,6 +35,7 @@ Writes into --out:
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -43,16 +51,51 @@ ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "mobilenet_v2", "alexnet",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5",
+    "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
+    "mobilenet_v3_small", "mobilenet_v3_large",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "densenet121", "densenet161", "densenet169", "densenet201",
+    "regnet_x_400mf", "regnet_x_800mf", "regnet_x_1_6gf", "regnet_x_3_2gf", "regnet_x_8gf", "regnet_x_16gf",
+    "regnet_x_32gf",
+    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+    "regnet_y_32gf", "regnet_y_128gf",
+    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+    "squeezenet1_0", "squeezenet1_1",
 )
-FORWARD = {"resnet50": 64, "vgg16_bn": 64, "alexnet": 96}  # their gains: xai_reference.GAINS
+FORWARD = {  # their gains: xai_reference.GAINS
+    "resnet50": 64, "vgg16_bn": 64, "alexnet": 96,
+    "efficientnet_b1": 64, "efficientnet_v2_s": 64, "mobilenet_v3_large": 64, "convnext_small": 64,
+    "densenet169": 64, "regnet_x_800mf": 64, "shufflenet_v2_x0_5": 64, "squeezenet1_0": 64,
+}
 
 
 def floating_items(model: nn.Module):
     return [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
 
 
+@contextlib.contextmanager
+def regnet_widths_on_cpu():
+    """torchvision's RegNet computes its block widths with torch ops at construction time, which a meta device
+    cannot evaluate: that one classmethod runs on the CPU (tiny tensors), the model itself stays on meta."""
+    from torchvision.models.regnet import BlockParams
+
+    original = BlockParams.__dict__["from_init_params"]
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return original.__func__(cls, *args, **kwargs)
+
+    BlockParams.from_init_params = classmethod(on_cpu)
+    try:
+        yield
+    finally:
+        BlockParams.from_init_params = original
+
+
 def write_layout(arch: str, out: str):
-    model = torchvision_model(arch)
+    with torch.device("meta"), regnet_widths_on_cpu():  # names, shapes and dtypes only: no memory, no initialisation
+        model = torchvision_model(arch)
     layout = [[k, list(v.shape)] for k, v in floating_items(model)]
     with open(os.path.join(out, f"{arch}.json"), "w") as f:
         json.dump(layout, f, separators=(",", ":"))
@@ -62,13 +105,15 @@ def write_forward(arch: str, side: int, out: str):
     model, spec = seeded_model(arch)
     inp = {"name": "input", "shape": [1, 3, side, side], "lo": f32(-1.0), "hi": f32(1.0)}
     with torch.no_grad():
+        logits32 = model(seeded_tensor(inp))
         logits = model.double()(seeded_tensor(inp).double())
     save_file(
         {"logits": logits.contiguous()},
         os.path.join(out, f"{arch}_forward.safetensors"),
         metadata={"arch": arch, "weights": json.dumps(spec), "input": json.dumps(inp)},
     )
-    print(f"{arch}: logits {logits.flatten().tolist()}")
+    err = ((logits32.double() - logits).abs().max() / logits.abs().max()).item()
+    print(f"{arch}: logits {logits.flatten().tolist()} (float32 forward: max|d| / max|logit| {err:.2e})")
 
 
 class Tiny(nn.Module):
@@ -115,14 +160,19 @@ def write_pth(out: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="tests/fixtures/layouts")
+    parser.add_argument("--archs", nargs="*", choices=ARCHS,
+                        help="only these architectures' layouts and forward checks, no .pth files (default: all)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
-    for arch in ARCHS:
+    archs = ARCHS if args.archs is None else args.archs
+    for arch in archs:
         write_layout(arch, args.out)
     for arch, side in FORWARD.items():
-        write_forward(arch, side, args.out)
-    write_pth(args.out)
+        if arch in archs:
+            write_forward(arch, side, args.out)
+    if args.archs is None:
+        write_pth(args.out)
 
 
 if __name__ == "__main__":

@@ -6,26 +6,39 @@
   "hi"}`` list stored in the fixtures' metadata).
 * Models: ``torchvision_model`` (10 classes, VGG / AlexNet heads shrunk to width ``HIDDEN``), ``no_inplace``,
   ``freeze``, ``seeded_model`` (all of these plus the seeded weights, checked bit for bit).
-* LRP: the MobileNetV2 canonizer zennit 0.5.1 lacks (``MobileNetV2Canonizer``), ``make_canonizers`` (the canonizers of
-  every model), ``CANONIZER_DOC``, ``LRP_COMPOSITES`` and ``composites`` (the six zennit composites under the
-  fixtures' tensor names or under candle-xai's ``Composite::name()``).
+* LRP: the canonizers zennit 0.5.1 lacks (``MobileNetV2Canonizer``, ``EfficientNetCanonizer``,
+  ``MobileNetV3Canonizer``, ``ConvNeXtCanonizer``, ``DenseNetCanonizer``, ``ShuffleNetV2Canonizer``,
+  ``RegNetCanonizer``), ``make_canonizers`` (the canonizers of every model), ``CANONIZER_DOC``, ``LRP_COMPOSITES``
+  and ``composites`` (the six zennit composites under the fixtures' tensor names or under candle-xai's
+  ``Composite::name()``).
+* lrp-gamma-identity: ``lrp_gamma_identity`` (lxt 2.1's rules on zennit's Gamma: ``lxt_zennit_patched``,
+  ``gamma_identity_composite``, ``lxt_patched``) and ``explicit_gamma_identity`` (the same rules as explicit LRP, the
+  fixtures' cross-check).
 
 scripts/make_fixtures.py, scripts/make_layout_fixtures.py and scripts/bench_torch.py import these, so the benchmark
-times exactly the LRP (canonizers included) that the fixtures check. Needs torch, torchvision, zennit and numpy
-(versions in scripts/requirements-fixtures.txt); the scripts that run from the repository root find this module next
-to them (Python puts a script's own folder on ``sys.path``).
+times exactly the LRP (canonizers included) that the fixtures check. Needs torch, torchvision, zennit and numpy,
+and lxt for lrp-gamma-identity (imported when used; versions in scripts/requirements-fixtures.txt); the scripts that
+run from the repository root find this module next to them (Python puts a script's own folder on ``sys.path``).
 """
 
+import contextlib
 import math
 import re
+import types
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
+from torchvision.models.convnext import CNBlock, LayerNorm2d
+from torchvision.models.densenet import _DenseLayer
+from torchvision.models.efficientnet import FusedMBConv, MBConv
 from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+from torchvision.models.regnet import ResBottleneckBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+from torchvision.ops.misc import SqueezeExcitation
+from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, MergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import (
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
@@ -35,8 +48,9 @@ from zennit.composites import (
     LayerMapComposite,
     layer_map_base,
 )
+from zennit.core import BasicHook, Hook
 from zennit.layer import Sum
-from zennit.rules import Epsilon
+from zennit.rules import Epsilon, Gamma
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Convolution
 
@@ -96,17 +110,54 @@ GAINS = {
     "resnet18": dict(conv=1.2, branch=0.7, head=2.5),
     "vgg11_bn": dict(conv=1.2, branch=None, head=2.0),
     "mobilenet_v2": dict(conv=math.sqrt(2.0), branch=0.7, head=4.0),
+    # SiLU / Hardswish have slope 1/2 at 0: weak signals shrink block after block until the biases alone decide the
+    # logits, strong ones grow; these conv gains sit where the stream keeps std ~0.3..1.5 through all the blocks
+    # (so the two input rows get different logits), the SE / Hardsigmoid gates mostly unsaturated
+    "efficientnet_b0": dict(conv=1.65, branch=1.0, head=6.0),
+    "mobilenet_v3_small": dict(conv=1.7, branch=0.7, head=5.0),
+    # ConvNeXt: LayerNorm in every branch and before every downsampling conv keeps the stream O(1) for any gain;
+    # layer_scale: the [lo, hi] of every CNBlock.layer_scale
+    "convnext_tiny": dict(conv=math.sqrt(2.0), branch=1.0, head=2.5, layer_scale=(0.5, 1.0)),
+    # ReLU networks without residual adds: every conv gets the same gain (DenseNet's concatenations, ShuffleNetV2's
+    # chunk / concat / shuffle and SqueezeNet's Fire concatenations keep the stream's scale; ShuffleNetV2's
+    # conv gain is knife-edge: 1.0 shrinks the stream to its biases, 1.4 grows it 30x over the 16 blocks)
+    "densenet121": dict(conv=1.4, branch=None, head=1.5),
+    "shufflenet_v2_x1_0": dict(conv=1.25, branch=None, head=2.5),
+    "squeezenet1_1": dict(conv=1.5, branch=None, head=2.0),  # head: the 1x1 conv classifier.1
+    "regnet_y_400mf": dict(conv=1.3, branch=0.7, head=1.0),  # branch: f.c.0 of every ResBottleneckBlock
     # the layout fixtures' forward checks (scripts/make_layout_fixtures.py)
     "resnet50": dict(conv=1.2, branch=0.7, head=2.0),
     "vgg16_bn": dict(conv=1.2, branch=None, head=2.0),
     "alexnet": dict(conv=1.2, branch=None, head=2.0),
+    "efficientnet_b1": dict(conv=1.67, branch=1.0, head=3.5),
+    "efficientnet_v2_s": dict(conv=1.4, branch=0.7, head=2.5),
+    "mobilenet_v3_large": dict(conv=1.67, branch=0.7, head=5.0),
+    "convnext_small": dict(conv=math.sqrt(2.0), branch=1.0, head=2.5, layer_scale=(0.5, 1.0)),
+    "densenet169": dict(conv=1.45, branch=None, head=1.5),
+    "regnet_x_800mf": dict(conv=1.2, branch=0.7, head=1.5),
+    "shufflenet_v2_x0_5": dict(conv=1.2, branch=None, head=2.0),
+    "squeezenet1_0": dict(conv=1.45, branch=None, head=2.0),
 }
 
 
 def is_branch_last_conv(model: nn.Module, name: str) -> bool:
     """Last conv of a residual branch (scaled down so the residual stream does not blow up): ``conv2`` of a ResNet
     BasicBlock, ``conv3`` of a Bottleneck, the projection conv (the last, bare ``nn.Conv2d``) of a MobileNetV2
-    InvertedResidual."""
+    InvertedResidual; and the last ``nn.Conv2d`` / ``nn.Linear`` of the ``block`` of an EfficientNet MBConv /
+    FusedMBConv or a MobileNetV3 InvertedResidual (the projection conv ``block.<last>.0``; a FusedMBConv without
+    expansion has a single conv ``block.0.0``) and of a ConvNeXt CNBlock (``block.5``, the second Linear); the last
+    conv ``f.c.0`` of a RegNet ResBottleneckBlock. As for MobileNetV2, every block counts, with or without its
+    residual connection."""
+    m = re.fullmatch(r"(.+)\.(block\.\d+(?:\.0)?)\.weight", name)
+    if m is not None:
+        block = model.get_submodule(m.group(1))
+        if isinstance(block, (MBConv, FusedMBConv, InvertedResidualV3, CNBlock)):
+            last = [mod for mod in block.block.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))][-1]
+            return model.get_submodule(f"{m.group(1)}.{m.group(2)}") is last
+        return False
+    m = re.fullmatch(r"(.+)\.f\.c\.0\.weight", name)
+    if m is not None:  # RegNet ResBottleneckBlock: f = a (1x1), b (3x3 grouped), [se], c (1x1 conv + BN)
+        return isinstance(model.get_submodule(m.group(1)), ResBottleneckBlock)
     m = re.fullmatch(r"(.+)\.(conv\d|conv\.\d+)\.weight", name)
     if m is None:
         return False
@@ -125,8 +176,11 @@ def weight_spec(arch: str, model: nn.Module):
     """[{"name", "shape", "lo", "hi"}] in state_dict order (num_batches_tracked left out).
 
     conv / linear weight: +-sqrt(3 / fan_in) * gain (uniform with variance gain^2 / fan_in), fan_in = in/groups*kh*kw,
-    gain from GAINS[arch] (head: the Linear with NUM_CLASSES outputs; branch: see is_branch_last_conv; conv: others)
+    gain from GAINS[arch] (head: the Linear with NUM_CLASSES outputs, SqueezeNet's 1x1 conv ``classifier.1``;
+    branch: see is_branch_last_conv; conv: others)
     conv / linear bias: +-0.1; BN weight [0.5, 1.5], bias [-0.2, 0.2], running_mean [-0.2, 0.2], running_var [0.5, 1.5]
+    LayerNorm (ConvNeXt's nn.LayerNorm and LayerNorm2d) weight [0.5, 1.5], bias [-0.2, 0.2]; ConvNeXt CNBlock
+    layer_scale [C, 1, 1]: GAINS[arch]["layer_scale"] = [lo, hi] (torchvision's 1e-6 would switch the branches off)
     """
     gains = GAINS[arch]
     spec = []
@@ -142,11 +196,17 @@ def weight_spec(arch: str, model: nn.Module):
                 "running_mean": (-0.2, 0.2),
                 "running_var": (0.5, 1.5),
             }[pname]
+        elif isinstance(mod, nn.LayerNorm):  # LayerNorm2d is a subclass
+            lo, hi = {"weight": (0.5, 1.5), "bias": (-0.2, 0.2)}[pname]
+        elif isinstance(mod, CNBlock) and pname == "layer_scale":
+            lo, hi = gains["layer_scale"]
         elif isinstance(mod, (nn.Conv2d, nn.Linear)) and pname == "bias":
             lo, hi = -0.1, 0.1
         elif isinstance(mod, (nn.Conv2d, nn.Linear)) and pname == "weight":
             fan_in = t[0].numel()
             if isinstance(mod, nn.Linear) and mod.out_features == NUM_CLASSES:
+                gain = gains["head"]
+            elif arch.startswith("squeezenet") and mod_name == "classifier.1":  # SqueezeNet's head is a 1x1 conv
                 gain = gains["head"]
             elif is_branch_last_conv(model, name):
                 gain = gains["branch"]
@@ -179,9 +239,10 @@ def torchvision_model(arch: str) -> nn.Module:
 
 
 def no_inplace(model: nn.Module) -> nn.Module:
-    # in-place activations are mathematically identical, but captum layer hooks and zennit hooks are safer without
+    """Every module with an ``inplace`` flag (ReLU, ReLU6, SiLU, Hardswish, Hardsigmoid, Dropout, ...) made
+    out-of-place: mathematically identical, but captum layer hooks and zennit hooks are safer without."""
     for m in model.modules():
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+        if isinstance(getattr(m, "inplace", None), bool):
             m.inplace = False
     return model
 
@@ -259,10 +320,156 @@ class MobileNetV2Canonizer(CompositeCanonizer):
         super().__init__((SequentialMergeBatchNorm(), InvertedResidualCanonizer(), MobileNetV2PoolCanonizer()))
 
 
+class ResidualSumCanonizer(AttributeCanonizer):
+    """The residual ``result += input`` of torchvision's EfficientNet MBConv / FusedMBConv (when use_res_connect),
+    MobileNetV3 InvertedResidual (when use_res_connect), ConvNeXt CNBlock (always) and RegNet ResBottleneckBlock
+    (always: ``proj(x) + f(x)`` or ``x + f(x)``, then its ReLU) -> zennit.layer.Sum over ``stack([input, branch],
+    -1)`` (Norm rule), as InvertedResidualCanonizer does for MobileNetV2. branch = ``stochastic_depth(block(input))``
+    (identity in eval), ``block(input)``, ``stochastic_depth(layer_scale * block(input))`` and ``f(x)``
+    respectively; RegNet's first stack entry is ``proj(x)`` where the block has a projection."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        if isinstance(module, (MBConv, FusedMBConv)) and module.use_res_connect:
+            forward = cls.forward_mbconv
+        elif isinstance(module, InvertedResidualV3) and module.use_res_connect:
+            forward = cls.forward_mobilenet_v3
+        elif isinstance(module, CNBlock):
+            forward = cls.forward_cnblock
+        elif isinstance(module, ResBottleneckBlock):
+            forward = cls.forward_regnet
+        else:
+            return None
+        return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+
+    @staticmethod
+    def forward_mbconv(self, input):
+        return self.canonizer_sum(torch.stack([input, self.stochastic_depth(self.block(input))], dim=-1))
+
+    @staticmethod
+    def forward_mobilenet_v3(self, input):
+        return self.canonizer_sum(torch.stack([input, self.block(input)], dim=-1))
+
+    @staticmethod
+    def forward_cnblock(self, input):
+        branch = self.stochastic_depth(self.layer_scale * self.block(input))
+        return self.canonizer_sum(torch.stack([input, branch], dim=-1))
+
+    @staticmethod
+    def forward_regnet(self, x):
+        shortcut = x if self.proj is None else self.proj(x)
+        return self.activation(self.canonizer_sum(torch.stack([shortcut, self.f(x)], dim=-1)))
+
+
+class EfficientNetCanonizer(CompositeCanonizer):
+    """SequentialMergeBatchNorm + MBConv / FusedMBConv residual add -> Sum (Norm rule)."""
+
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), ResidualSumCanonizer()))
+
+
+class MobileNetV3Canonizer(CompositeCanonizer):
+    """SequentialMergeBatchNorm + InvertedResidual residual add -> Sum (Norm rule)."""
+
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), ResidualSumCanonizer()))
+
+
+class ConvNeXtCanonizer(CompositeCanonizer):
+    """SequentialMergeBatchNorm (ConvNeXt has no BatchNorm: it merges nothing) + CNBlock residual add -> Sum."""
+
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), ResidualSumCanonizer()))
+
+
+class DenseNetMergeBatchNorm(MergeBatchNorm):
+    """zennit's MergeBatchNorm on the true conv -> BatchNorm pairs of a torchvision DenseNet only: ``features.conv0``
+    / ``features.norm0`` and every _DenseLayer's ``conv1`` / ``norm2``. SequentialMergeBatchNorm would also merge each
+    _DenseLayer's ``conv2`` into the next leaf BatchNorm (the next layer's ``norm1``, a transition's ``norm`` or
+    ``norm5``): consecutive leaves in module order, but that BN reads the concatenation, not the conv. Those stay
+    BatchNorm modules (zennit's layer_map_base gives BatchNorm the Pass rule)."""
+
+    def apply(self, root_module):
+        instances = []
+        for module in root_module.modules():
+            if isinstance(module, torchvision.models.DenseNet):
+                pairs = [(module.features.conv0, module.features.norm0)]
+            elif isinstance(module, _DenseLayer):
+                pairs = [(module.conv1, module.norm2)]
+            else:
+                continue
+            for conv, bn in pairs:
+                instance = self.copy()
+                instance.register([conv], bn)
+                instances.append(instance)
+        return instances
+
+
+class GlobalPoolCanonizer(AttributeCanonizer):
+    """The functional tail of torchvision's DenseNet (``F.relu``, ``F.adaptive_avg_pool2d``) and ShuffleNetV2
+    (``x.mean([2, 3])``) -> modules (``nn.ReLU``, ``nn.AdaptiveAvgPool2d((1, 1))``), so that the composites see them
+    (Pass, Norm), as MobileNetV2PoolCanonizer does for MobileNetV2."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        if isinstance(module, torchvision.models.DenseNet):
+            return {"forward": cls.forward_densenet.__get__(module), "canonizer_relu": nn.ReLU(),
+                    "canonizer_avgpool": nn.AdaptiveAvgPool2d((1, 1))}
+        if isinstance(module, torchvision.models.ShuffleNetV2):
+            return {"forward": cls.forward_shufflenet.__get__(module),
+                    "canonizer_avgpool": nn.AdaptiveAvgPool2d((1, 1))}
+        return None
+
+    @staticmethod
+    def forward_densenet(self, x):
+        out = self.canonizer_relu(self.features(x))
+        out = torch.flatten(self.canonizer_avgpool(out), 1)
+        return self.classifier(out)
+
+    @staticmethod
+    def forward_shufflenet(self, x):
+        x = self.conv5(self.stage4(self.stage3(self.stage2(self.maxpool(self.conv1(x))))))
+        return self.fc(torch.flatten(self.canonizer_avgpool(x), 1))
+
+
+class DenseNetCanonizer(CompositeCanonizer):
+    """DenseNetMergeBatchNorm (true pairs only) + the functional ReLU / global pool -> modules."""
+
+    def __init__(self):
+        super().__init__((DenseNetMergeBatchNorm(), GlobalPoolCanonizer()))
+
+
+class ShuffleNetV2Canonizer(CompositeCanonizer):
+    """SequentialMergeBatchNorm (every BN follows its conv in leaf order) + ``x.mean([2, 3])`` -> module."""
+
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), GlobalPoolCanonizer()))
+
+
+class RegNetCanonizer(CompositeCanonizer):
+    """SequentialMergeBatchNorm + ResBottleneckBlock residual add -> Sum (Norm rule)."""
+
+    def __init__(self):
+        super().__init__((SequentialMergeBatchNorm(), ResidualSumCanonizer()))
+
+
 CANONIZERS = {  # model -> fresh canonizer instances (a canonizer instance serves one composite)
     "resnet18": lambda: [ResNetCanonizer()],
     "vgg11_bn": lambda: [VGGCanonizer()],
     "mobilenet_v2": lambda: [MobileNetV2Canonizer()],
+    "efficientnet_b0": lambda: [EfficientNetCanonizer()],
+    "mobilenet_v3_small": lambda: [MobileNetV3Canonizer()],
+    "convnext_tiny": lambda: [ConvNeXtCanonizer()],
+    "densenet121": lambda: [DenseNetCanonizer()],
+    "shufflenet_v2_x1_0": lambda: [ShuffleNetV2Canonizer()],
+    "squeezenet1_1": lambda: [],  # no BatchNorm, no residual add; its global pool is a module already
+    "regnet_y_400mf": lambda: [RegNetCanonizer()],
 }
 
 
@@ -277,6 +484,27 @@ CANONIZER_DOC = {
     "mobilenet_v2": "script's MobileNetV2Canonizer = SequentialMergeBatchNorm (all 52 BN merged into the preceding "
                     "conv) + InvertedResidual residual add -> zennit.layer.Sum (Norm rule) + the functional global "
                     "average pool replaced by an nn.AdaptiveAvgPool2d module (Norm rule)",
+    "efficientnet_b0": "script's EfficientNetCanonizer = SequentialMergeBatchNorm (all 49 BN merged into the preceding "
+                       "conv) + MBConv residual add (use_res_connect, 9 blocks) -> zennit.layer.Sum over "
+                       "stack([input, stochastic_depth(block(input))], -1) (Norm rule)",
+    "mobilenet_v3_small": "script's MobileNetV3Canonizer = SequentialMergeBatchNorm (all 34 BN merged into the "
+                          "preceding conv) + InvertedResidual residual add (use_res_connect, 6 blocks) -> "
+                          "zennit.layer.Sum over stack([input, block(input)], -1) (Norm rule)",
+    "convnext_tiny": "script's ConvNeXtCanonizer = SequentialMergeBatchNorm (no BatchNorm: merges nothing) + CNBlock "
+                     "residual add (all 18 blocks) -> zennit.layer.Sum over "
+                     "stack([input, stochastic_depth(layer_scale * block(input))], -1) (Norm rule)",
+    "densenet121": "script's DenseNetCanonizer = DenseNetMergeBatchNorm (the 59 true conv -> BN pairs merged: "
+                   "features.conv0/norm0 and every dense layer's conv1/norm2; the 62 BN that read a concatenation, "
+                   "every dense layer's norm1, the transitions' norm and norm5, stay BatchNorm: Pass rule) + the "
+                   "functional F.relu / F.adaptive_avg_pool2d of DenseNet.forward replaced by nn.ReLU (Pass) and "
+                   "nn.AdaptiveAvgPool2d((1, 1)) (Norm rule) modules",
+    "shufflenet_v2_x1_0": "script's ShuffleNetV2Canonizer = SequentialMergeBatchNorm (all 56 BN merged into the "
+                          "preceding conv, all true pairs) + the forward's x.mean([2, 3]) replaced by an "
+                          "nn.AdaptiveAvgPool2d((1, 1)) module (Norm rule) and flatten",
+    "squeezenet1_1": "none (no BatchNorm, no residual add; the classifier's AdaptiveAvgPool2d is a module already)",
+    "regnet_y_400mf": "script's RegNetCanonizer = SequentialMergeBatchNorm (all 53 BN merged into the preceding "
+                      "conv) + ResBottleneckBlock residual add (all 16 blocks) -> zennit.layer.Sum over "
+                      "stack([proj(x) or x, f(x)], -1) (Norm rule), then the block's ReLU",
 }
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -303,3 +531,226 @@ def composites(kind, names="fixture"):
     refs files' tensor names) or "engine" (candle-xai's Composite::name(), the benchmark's rows)."""
     column = {"fixture": 0, "engine": 1}[names]
     return {entry[column]: (lambda make=entry[2]: make(make_canonizers(kind))) for entry in LRP_COMPOSITES}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lrp-gamma-identity: lxt 2.1's rules (AttnLRP outside attention, as lxt's ViT example applies them) on CNNs
+
+GAMMA_IDENTITY = 0.25  # gamma of the Gamma rule on every Conv2d and Linear (zennit's stabilizer 1e-6)
+# the element-wise activations that get lxt's identity rule (every one the seeded models use)
+LXT_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Tanh)
+
+
+def _lxt_layer_norm2d_forward(self, x):
+    """lxt's layer_norm_forward (standard deviation detached) over the channel axis of an NCHW tensor: torchvision's
+    LayerNorm2d permutes to NHWC, normalises the last axis and permutes back; so does this."""
+    from lxt.efficient.patches import layer_norm_forward
+    return layer_norm_forward(self, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _lxt_squeeze_excitation_forward(self, input):
+    """torchvision SqueezeExcitation (``scale * input``) with lxt's uniform rule on the product: the gradient of
+    both factors halved (``divide_gradient(product, 2)``, as lxt's gated_mlp_forward does for its gate product)."""
+    from lxt.efficient.rules import divide_gradient
+    return divide_gradient(self._scale(input) * input, 2)
+
+
+@contextlib.contextmanager
+def lxt_zennit_patched():
+    """``lxt.efficient.zennit_patches.monkey_patch_zennit()`` (class-level: the relevance a zennit rule receives is
+    gradient x module output, and it returns relevance / stabilize(input, 1e-10)), undone on exit so that the other
+    composites in the same process stay zennit's own. Register the composite inside: zennit binds the forward hook
+    at registration."""
+    from lxt.efficient.zennit_patches import monkey_patch_zennit
+
+    originals = (BasicHook.forward, BasicHook.backward)
+    monkey_patch_zennit()
+    try:
+        yield
+    finally:
+        BasicHook.forward, BasicHook.backward = originals
+
+
+@contextlib.contextmanager
+def lxt_patched(model: nn.Module):
+    """lxt 2.1's Gradient*Input rules on the modules of ``model``, undone on exit:
+
+    * every element-wise activation (LXT_ACTIVATIONS) and every BatchNorm2d: ``lxt.efficient.patches.
+      non_linear_forward`` (= ``identity_rule_implicit(original_forward, x)``: the backward multiplies the gradient by
+      ``output / (input + 1e-10)``, so relevance = input x gradient passes unchanged). A merged BatchNorm (identity up
+      to zennit 0.5.1's kept eps) is the identity for relevance either way; DenseNet's unmerged ones get Pass, as in
+      zennit's layer_map_base and candle-xai's composite;
+    * nn.LayerNorm: ``lxt.efficient.patches.layer_norm_forward`` (standard deviation detached); torchvision's
+      LayerNorm2d the same over the channel axis (_lxt_layer_norm2d_forward);
+    * torchvision SqueezeExcitation: the uniform rule on ``scale * input`` (_lxt_squeeze_excitation_forward).
+
+    The patches are instance-level (``module.forward``), lxt's own patch_method on the classes would be global.
+    Everything else (residual adds or zennit Sum modules, average pools, concatenations, chunks, channel shuffles,
+    permutes, flatten, ConvNeXt's layer-scale product, max-pool) keeps its plain gradient, which in the
+    Gradient*Input framework is the z-rule (Norm) for sums and pools and the identity for the rest."""
+    from lxt.efficient.patches import layer_norm_forward, non_linear_forward
+    from zennit.types import Activation
+
+    patched = []
+    for module in model.modules():
+        if isinstance(module, LXT_ACTIVATIONS + (nn.BatchNorm2d,)):
+            module.original_forward = module.forward
+            forward = non_linear_forward
+        elif isinstance(module, LayerNorm2d):
+            forward = _lxt_layer_norm2d_forward
+        elif isinstance(module, nn.LayerNorm):
+            forward = layer_norm_forward
+        elif isinstance(module, SqueezeExcitation):
+            forward = _lxt_squeeze_excitation_forward
+        elif isinstance(module, Activation):
+            raise NotImplementedError(f"no lxt rule chosen for {type(module).__name__}")
+        else:
+            continue
+        module.forward = types.MethodType(forward, module)
+        patched.append(module)
+    try:
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
+            module.__dict__.pop("original_forward", None)
+
+
+def gamma_identity_composite(kind, gamma=GAMMA_IDENTITY):
+    """zennit Gamma(gamma) (stabilizer 1e-6) on every Conv2d and Linear (the first layer too), nothing else; with the
+    model's canonizers (make_canonizers: BatchNorm merge; their residual Sum modules get no rule, so plain
+    gradient)."""
+    return LayerMapComposite(layer_map=[(nn.Conv2d, Gamma(gamma=gamma)), (nn.Linear, Gamma(gamma=gamma))],
+                             canonizers=make_canonizers(kind))
+
+
+def lrp_gamma_identity(kind, model, x, targets, gamma=GAMMA_IDENTITY):
+    """candle-xai's ``lrp-gamma-identity`` the lxt 2.1 way: (logits of the canonized, patched forward, relevance).
+
+    lxt_zennit_patched, gamma_identity_composite registered (canonizers applied), lxt_patched (after the canonizers,
+    which add modules: DenseNet's ReLU), then input x gradient at the input,
+    with the gradient seed ``one_hot(targets) / logit[target]``: lxt's framework reads gradient x output as relevance,
+    so the relevance at the logits is one_hot(targets), as in the other LRP references (lxt's ``y[t].backward()``
+    would start from the logit's value). ``model`` is restored on return (pass a copy if its parameters matter)."""
+    composite = gamma_identity_composite(kind, gamma)
+    with lxt_zennit_patched():
+        composite.register(model)
+        try:
+            with lxt_patched(model):
+                xx = x.detach().clone().requires_grad_(True)
+                y = model(xx)
+                seed = nn.functional.one_hot(targets, y.shape[1]).to(y.dtype) / y.detach().gather(1, targets[:, None])
+                (grad,) = torch.autograd.grad(y, xx, seed)
+        finally:
+            composite.remove()
+    return y.detach(), (xx * grad).detach()
+
+
+# the same rules read as explicit LRP (relevance, not gradient, flows backwards): a cross-check of the lxt reference
+# and a measure of its stabilizer convention (see tests/fixtures/README.md, "lrp_gamma_identity")
+
+class _LayerScaleIdentity(torch.autograd.Function):
+    """``scale * x`` (ConvNeXt's layer scale) whose backward passes relevance unchanged (identity rule)."""
+
+    @staticmethod
+    def forward(ctx, scale, x):
+        return scale * x
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return None, relevance
+
+
+class _UniformProduct(torch.autograd.Function):
+    """``scale * x`` (a squeeze-excitation gate [B, C, 1, 1] times its input) whose backward gives each factor half the
+    relevance (the gate's half summed over the positions it scales): AttnLRP's uniform rule."""
+
+    @staticmethod
+    def forward(ctx, scale, x):
+        return scale * x
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return relevance.sum(dim=(2, 3), keepdim=True) / 2, relevance / 2
+
+
+class _LayerNormIdentity(torch.autograd.Function):
+    """A LayerNorm with its standard deviation held constant, relevance through its remaining linear map as in the
+    epsilon rule: R_in = x * J^T (R / stabilize(y, stabilizer))."""
+
+    @staticmethod
+    def forward(ctx, x, fn, stabilizer):
+        ctx.fn, ctx.stabilizer = fn, stabilizer
+        ctx.save_for_backward(x)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, relevance):
+        from zennit.core import stabilize
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_()
+            y = ctx.fn(xx)
+            (grad,) = torch.autograd.grad(y, xx, relevance / stabilize(y.detach(), ctx.stabilizer))
+        return x * grad, None, None
+
+
+class _PassNonzero(Hook):
+    """zennit's Pass, except that relevance stops where the module's input is exactly 0 (what lxt's identity rule
+    does there in the Gradient*Input framework: input x gradient = 0)."""
+
+    def forward(self, module, input, output):
+        self.stored_tensors["input"] = input
+
+    def backward(self, module, grad_input, grad_output):
+        return (grad_output[0] * (self.stored_tensors["input"][0] != 0),)
+
+    def copy(self):
+        return _PassNonzero()
+
+
+def explicit_gamma_identity(kind, model, x, targets, stabilizer=1e-6, zero_input_stops=False, gamma=GAMMA_IDENTITY):
+    """The rules of lrp_gamma_identity as explicit LRP on zennit hooks (relevance one_hot(targets) at the logits):
+    Gamma(gamma) (stabilizer 1e-6) on Conv2d / Linear, Pass on activations and BatchNorm, Norm(stabilizer) on Sum
+    and average pools, the LayerNorm identity of _LayerNormIdentity(stabilizer), ConvNeXt's layer scale the
+    identity, the squeeze-excitation product uniform, everything else the gradient. ``zero_input_stops``: Pass
+    stops at exactly-zero inputs (_PassNonzero). With stabilizer 1e-10 and zero_input_stops this equals
+    lrp_gamma_identity (lxt's 1e-10 in its identity rule and zennit patch) up to rounding; returns the relevance.
+    ``model`` is modified (pass a copy)."""
+    from lxt.efficient.patches import layer_norm_forward
+    from zennit.rules import Norm, Pass
+    from zennit.types import Activation, AvgPool, BatchNorm
+
+    passing = _PassNonzero() if zero_input_stops else Pass()
+    layer_map = [(Activation, passing), (BatchNorm, passing), (Sum, Norm(stabilizer=stabilizer)),
+                 (AvgPool, Norm(stabilizer=stabilizer)), (nn.Conv2d, Gamma(gamma=gamma)),
+                 (nn.Linear, Gamma(gamma=gamma))]
+    composite = LayerMapComposite(layer_map=layer_map, canonizers=make_canonizers(kind))
+    composite.register(model)
+
+    def cnblock_forward(self, input):
+        branch = self.stochastic_depth(_LayerScaleIdentity.apply(self.layer_scale, self.block(input)))
+        return self.canonizer_sum(torch.stack([input, branch], dim=-1))
+
+    def se_forward(self, input):
+        return _UniformProduct.apply(self._scale(input), input)
+
+    def layer_norm2d_forward(self, x):
+        return _LayerNormIdentity.apply(x, _lxt_layer_norm2d_forward.__get__(self), stabilizer)
+
+    def layer_norm_identity_forward(self, x):
+        return _LayerNormIdentity.apply(x, layer_norm_forward.__get__(self), stabilizer)
+
+    try:
+        for module in model.modules():
+            forward = {CNBlock: cnblock_forward, SqueezeExcitation: se_forward, LayerNorm2d: layer_norm2d_forward,
+                       nn.LayerNorm: layer_norm_identity_forward}.get(type(module))
+            if forward is not None:
+                module.forward = types.MethodType(forward, module)
+        xx = x.detach().clone().requires_grad_(True)
+        y = model(xx)
+        (relevance,) = torch.autograd.grad(y, xx, nn.functional.one_hot(targets, y.shape[1]).to(y.dtype))
+    finally:
+        composite.remove()
+    return relevance.detach()
+

@@ -43,6 +43,31 @@ const ARCHS: &[&str] = &[
     "convnext_small",
     "convnext_base",
     "convnext_large",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "regnet_x_400mf",
+    "regnet_x_800mf",
+    "regnet_x_1_6gf",
+    "regnet_x_3_2gf",
+    "regnet_x_8gf",
+    "regnet_x_16gf",
+    "regnet_x_32gf",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
+    "regnet_y_1_6gf",
+    "regnet_y_3_2gf",
+    "regnet_y_8gf",
+    "regnet_y_16gf",
+    "regnet_y_32gf",
+    "regnet_y_128gf",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "squeezenet1_0",
+    "squeezenet1_1",
 ];
 
 fn layout(arch: &str) -> Vec<(String, Vec<usize>)> {
@@ -110,6 +135,13 @@ fn recognises_every_torchvision_layout() {
             "mobilenet_v3_large" => (1, "features.16"),
             // The 4x4 stem and three 2x2 downsamplings, all stride = kernel, no padding.
             a if a.starts_with("convnext") => (32, "features.7"),
+            // PyTorch's own smallest: the stem's two stride-2 steps, then three 2x2 transitions.
+            a if a.starts_with("densenet") => (29, "features.norm5"),
+            a if a.starts_with("regnet") => (1, "trunk_output"),
+            a if a.starts_with("shufflenet") => (1, "conv5"),
+            // The stride-2 stem and three ceil-mode max pools (PyTorch's smallest, too).
+            "squeezenet1_0" => (21, "features.12"),
+            "squeezenet1_1" => (17, "features.12"),
             _ => unreachable!(),
         };
         assert_eq!(spec.min_input_size, Some(family_min), "{arch}");
@@ -355,6 +387,10 @@ fn forward_matches_pytorch() {
         "efficientnet_v2_s",
         "mobilenet_v3_large",
         "convnext_small",
+        "densenet169",
+        "regnet_x_800mf",
+        "shufflenet_v2_x0_5",
+        "squeezenet1_0",
     ] {
         let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
         assert_eq!(refs.metadata["arch"], arch);

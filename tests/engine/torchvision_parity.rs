@@ -1,6 +1,7 @@
-//! Parity with captum and zennit on torchvision's resnet18, vgg11_bn and mobilenet_v2 (seeded
-//! random weights, random BatchNorm statistics, 2x3x64x64 inputs with flat regions that make
-//! max-pool ties). Fixtures: `scripts/make_fixtures.py`; see tests/fixtures/README.md.
+//! Parity with captum, zennit and lxt on torchvision's resnet18, vgg11_bn, mobilenet_v2,
+//! efficientnet_b0, mobilenet_v3_small and convnext_tiny (seeded random weights, random
+//! normalisation statistics, 2x3x64x64 inputs with flat regions that make max-pool ties).
+//! Fixtures: `scripts/make_fixtures.py`; see tests/fixtures/README.md.
 //! Every method on every model and device: max |ours - ref| <= 1e-4 * max |ref| (the path
 //! methods within their float32 kink bound, [`crate::common::PATH_TOL`]). On a GPU, the first
 //! input only, and without the variants that repeat a checked one's passes ([`TORCHVISION`]).
@@ -65,6 +66,46 @@ fn load(name: &str) -> (Model, Refs) {
 
 parity_tests!(TORCHVISION, check; resnet18, vgg11_bn, mobilenet_v2);
 
+/// The newer families on a GPU: one pass of each kind (the gradient family, Grad-CAM, the
+/// layer gradients, zennit's EpsilonPlus and lxt's rules, which between them run every
+/// operation's forward, input-VJP and LRP rule on the GPU), the methods that only repeat
+/// those passes left to the CPU. A software adapter takes 10-100 s per model for this much
+/// (DenseNet's concatenations and ConvNeXt's dense layers over every position are the
+/// slowest); the kernels themselves are the backend suite's, on small shapes.
+const FAMILIES: Suite = Suite {
+    cpu_only: &[
+        "ig_gausslegendre",
+        "ig_riemann_left",
+        "ig_riemann_right",
+        "ig_riemann_middle",
+        "ig_riemann_trapezoid",
+        "ig_baseline_const",
+        "ig_no_multiply",
+        "layer_ig",
+        "smoothgrad",
+        "vargrad",
+        "lrp_epsilon_gamma_box",
+        "lrp_epsilon_alpha2_beta1",
+        "lrp_epsilon_plus_flat",
+        "lrp_epsilon_alpha2_beta1_flat",
+        "lrp_epsilon_0_25",
+        "lrp_epsilon_plus_layer",
+    ],
+    ..TORCHVISION
+};
+
+parity_tests!(
+    FAMILIES,
+    check;
+    efficientnet_b0,
+    mobilenet_v3_small,
+    convnext_tiny,
+    densenet121,
+    shufflenet_v2_x1_0,
+    squeezenet1_1,
+    regnet_y_400mf
+);
+
 fn check(case: &Case) {
     case.check_gradients(None);
     integrated_gradients(case);
@@ -86,6 +127,15 @@ fn check(case: &Case) {
         (Composite::UniformEpsilon, "lrp_epsilon_0_25"),
     ] {
         case.check_lrp(composite, key, None, MergeConvention::KeepEps);
+    }
+    // lxt's rules, in the fixtures of the families they were made for.
+    if case.refs.tensors.contains_key("lrp_gamma_identity") {
+        case.check_lrp(
+            Composite::GammaIdentity,
+            "lrp_gamma_identity",
+            None,
+            MergeConvention::KeepEps,
+        );
     }
     case.check_lrp(
         Composite::EpsilonPlus,
