@@ -653,8 +653,16 @@ fn reshape_narrow_rows_cat_rows_to_vec() {
 fn matmul_both_layouts() {
     let mut rng = Rng::new(6);
     // Ragged 64-tiles and 16-deep slices; (130, 70, 65) is past gemm's threading threshold,
-    // (67, 600, 70) past its 512-deep K blocking.
-    for (m, k, n) in [(37, 53, 29), (1, 1, 1), (130, 70, 65), (3, 200, 2), (67, 600, 70)] {
+    // (67, 600, 70) past its 512-deep K blocking; fewer than 32 rows take wgpu's one
+    // invocation per element, (20, 70, 300) over more than one workgroup.
+    for (m, k, n) in [
+        (37, 53, 29),
+        (1, 1, 1),
+        (130, 70, 65),
+        (3, 200, 2),
+        (67, 600, 70),
+        (20, 70, 300),
+    ] {
         let a = Host::random(&mut rng, &[m, k]);
         let b = Host::random(&mut rng, &[k, n]);
         let b_t = Host::new(&[n, k], (0..n * k).map(|i| b.data[(i % k) * n + i / k]).collect());
