@@ -4,6 +4,7 @@
 #   scripts/bench.sh [reps]          # writes BENCHMARKS.md at the repository root
 #
 # Knobs (environment): REPS (default 5; the first argument wins), SIZE (input height/width, default 224),
+# MODELS (space-separated torchvision names with fixture canonizers, default "resnet18 mobilenet_v2"),
 # OUT (the report, default BENCHMARKS.md at the repository root), WORK_DIR (weights, input and raw rows,
 # default /tmp/candle-xai-bench), PYTHON (default /work/pyref/bin/python, a venv with torch, torchvision,
 # captum, zennit and safetensors).
@@ -18,11 +19,11 @@ SIZE=${SIZE:-224}
 OUT=${OUT:-BENCHMARKS.md}
 WORK_DIR=${WORK_DIR:-/tmp/candle-xai-bench}
 PYTHON=${PYTHON:-/work/pyref/bin/python}
-MODELS=(resnet18 mobilenet_v2)
+read -r -a MODELS <<< "${MODELS:-resnet18 mobilenet_v2}"
 mkdir -p "$WORK_DIR"
 
 echo "== PyTorch side (writes the weights and the input to $WORK_DIR)" >&2
-"$PYTHON" scripts/bench_torch.py --out-dir "$WORK_DIR" --reps "$REPS" --size "$SIZE" >&2
+"$PYTHON" scripts/bench_torch.py --out-dir "$WORK_DIR" --reps "$REPS" --size "$SIZE" --models "${MODELS[@]}" >&2
 
 echo "== candle-xai side" >&2
 cargo build --release --example bench >&2
@@ -33,6 +34,7 @@ for arch in "${MODELS[@]}"; do
 done
 
 command_line="scripts/bench.sh $REPS"
+if [ "${MODELS[*]}" != "resnet18 mobilenet_v2" ]; then command_line="MODELS=\"${MODELS[*]}\" $command_line"; fi
 if [ "$SIZE" != 224 ]; then command_line="SIZE=$SIZE $command_line"; fi
 export REPS SIZE WORK_DIR OUT command_line
 export NPROC=$(nproc)
