@@ -197,3 +197,13 @@ export function makePng(width, height, pixel, { claim } = {}) {
     chunk('IEND', Buffer.alloc(0)),
   ]);
 }
+
+/** A safetensors file's `inputs` with every other f32 moved up by one ulp: the input the native
+ * CLI is run on again to measure how far a result moves when its input moves by rounding. */
+export function nudge(bytes) {
+  const out = Buffer.from(bytes);
+  const headerLength = Number(out.readBigUInt64LE(0));
+  const words = new Uint32Array(out.buffer, out.byteOffset + 8 + headerLength, (out.length - 8 - headerLength) / 4);
+  for (let i = 0; i < words.length; i += 2) words[i] += 1;
+  return out;
+}

@@ -15,7 +15,9 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, relativeError, fromBase64 } from './harness.mjs';
+import {
+  ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, relativeError, fromBase64, nudge,
+} from './harness.mjs';
 
 const CLI = process.env.CANDLE_XAI_BIN ?? join(ROOT, 'target/release/candle-xai');
 const MODELS = process.env.XAI_E2E_MODELS ?? join(ROOT, 'target/e2e-models');
@@ -77,15 +79,6 @@ async function explainOnCpu() {
   const result = await page.evaluate(() => window.xaiApp.lastResult());
   assert.equal(result.backend, 'cpu');
   return { ...result, values: new Float32Array(fromBase64(result.attributions).buffer) };
-}
-
-/** `inputs` with every other f32 moved up by one ulp. */
-function nudge(bytes) {
-  const out = Buffer.from(bytes);
-  const headerLength = Number(out.readBigUInt64LE(0));
-  const words = new Uint32Array(out.buffer, out.byteOffset + 8 + headerLength, (out.length - 8 - headerLength) / 4);
-  for (let i = 0; i < words.length; i += 2) words[i] += 1;
-  return out;
 }
 
 function cliExplain(model, input, target) {

@@ -17,7 +17,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, relativeError, fromBase64,
+  ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, relativeError, fromBase64, nudge,
 } from './harness.mjs';
 
 const CLI = process.env.CANDLE_XAI_BIN ?? join(ROOT, 'target/release/candle-xai');
@@ -55,15 +55,6 @@ let errors;
 const work = mkdtempSync(join(tmpdir(), 'xai-parity-'));
 const input = join(work, 'input.safetensors');
 const nudged = join(work, 'input-ulp.safetensors');
-
-/** `inputs` with every other f32 moved up by one ulp. */
-function nudge(bytes) {
-  const out = Buffer.from(bytes);
-  const headerLength = Number(out.readBigUInt64LE(0));
-  const words = new Uint32Array(out.buffer, out.byteOffset + 8 + headerLength, (out.length - 8 - headerLength) / 4);
-  for (let i = 0; i < words.length; i += 2) words[i] += 1;
-  return out;
-}
 
 function cliExplain(method, inputPath, out) {
   const cli = spawnSync(

@@ -43,6 +43,15 @@ fn bias_free(name: &str, device: &candle_xai::Device) -> Model {
     .unwrap()
 }
 
+/// Each sample's input relevance, summed.
+fn relevance_sums(out: &Explanation) -> Vec<f32> {
+    let sums = out.attributions.flatten_from(1).unwrap().sum(D::Minus1).unwrap();
+    sums.to_device(&candle_core::Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn every_composite_conserves_relevance_without_biases() {
     for device in devices() {
@@ -81,12 +90,7 @@ fn every_composite_conserves_relevance_without_biases() {
                         memory_limit: None,
                     };
                     let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
-                    let sums = out.attributions.flatten_from(1).unwrap().sum(D::Minus1).unwrap();
-                    let sums = sums
-                        .to_device(&candle_core::Device::Cpu)
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap();
+                    let sums = relevance_sums(&out);
                     for (row, (&sum, &target)) in sums.iter().zip(&out.targets).enumerate() {
                         let expected = if start_from_logit {
                             logits
@@ -203,12 +207,7 @@ fn gamma_identity_conserves_through_modern_blocks() {
             memory_limit: None,
         };
         let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
-        let sums = out.attributions.flatten_from(1).unwrap().sum(D::Minus1).unwrap();
-        let sums = sums
-            .to_device(&candle_core::Device::Cpu)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let sums = relevance_sums(&out);
         for (row, sum) in sums.iter().enumerate() {
             assert!(
                 (sum - 1.0).abs() < 1e-3,
