@@ -376,6 +376,22 @@ fn stray_tensors_are_named() {
     assert!(!listed.contains("encoder.block10.w"), "{unmatched}");
 }
 
+/// A forward fixture (`layouts/<arch>_forward.safetensors`): its references, the seeded
+/// weights and the seeded input its metadata describes.
+fn forward_fixture(arch: &str) -> (Refs, StateDict, Tensor) {
+    let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
+    assert_eq!(refs.metadata["arch"], arch);
+    let tensors: HashMap<String, Tensor> = seeded_weights::weights_from_metadata(&refs.metadata["weights"])
+        .into_iter()
+        .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
+        .collect();
+    let state = StateDict::new(tensors, format!("{arch} seeded"));
+    let input_entry = format!("[{}]", refs.metadata["input"]);
+    let (_, shape, values) = seeded_weights::weights_from_metadata(&input_entry).remove(0);
+    let input = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+    (refs, state, input)
+}
+
 /// One member of each family with seeded weights against PyTorch's float64 logits.
 #[test]
 fn forward_matches_pytorch() {
@@ -392,17 +408,7 @@ fn forward_matches_pytorch() {
         "shufflenet_v2_x0_5",
         "squeezenet1_0",
     ] {
-        let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
-        assert_eq!(refs.metadata["arch"], arch);
-        let weights = seeded_weights::weights_from_metadata(&refs.metadata["weights"]);
-        let tensors: HashMap<String, Tensor> = weights
-            .into_iter()
-            .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
-            .collect();
-        let state = StateDict::new(tensors, format!("{arch} seeded"));
-        let input_entry = format!("[{}]", refs.metadata["input"]);
-        let (_, shape, values) = seeded_weights::weights_from_metadata(&input_entry).remove(0);
-        let input = Tensor::from_vec(values, shape.clone(), &Device::Cpu).unwrap();
+        let (refs, state, input) = forward_fixture(arch);
         let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
         assert_eq!(model.architecture(), arch);
         let logits = model.predict(&input).unwrap();
@@ -681,15 +687,7 @@ fn timm_layouts_are_recognised_with_their_module_names() {
         );
     }
     for arch in ["timm_resnet50", "timm_efficientnet_b0", "timm_convnext_tiny"] {
-        let refs = Refs::load(&fixture(&format!("layouts/{arch}_forward.safetensors")));
-        let tensors: HashMap<String, Tensor> = seeded_weights::weights_from_metadata(&refs.metadata["weights"])
-            .into_iter()
-            .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
-            .collect();
-        let state = StateDict::new(tensors, format!("{arch} seeded"));
-        let input_entry = format!("[{}]", refs.metadata["input"]);
-        let (_, shape, values) = seeded_weights::weights_from_metadata(&input_entry).remove(0);
-        let input = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+        let (refs, state, input) = forward_fixture(arch);
         let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
         let logits = model.predict(&input).unwrap();
         assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);

@@ -81,10 +81,6 @@ impl Builder {
         self.node(module, OpSpec::ReLU)
     }
 
-    pub fn relu6(&mut self, module: &str) -> &mut NodeSpec {
-        self.node(module, OpSpec::ReLU6)
-    }
-
     pub fn max_pool(&mut self, module: &str, kernel: usize, stride: usize, padding: usize) -> &mut NodeSpec {
         self.max_pool_with(module, kernel, stride, padding, false)
     }
@@ -160,6 +156,21 @@ impl Builder {
         let node = self.node(name, OpSpec::Concat { dim: 1 });
         node.inputs = Some(inputs.iter().map(|s| s.as_ref().to_string()).collect());
         node
+    }
+
+    /// torchvision's `SqueezeExcitation` named `p` on the last node: `activation` between its
+    /// two 1x1 convs and `gate` squashing the scale (SiLU and Sigmoid in EfficientNet, ReLU and
+    /// Hardsigmoid in MobileNetV3, ReLU and Sigmoid in RegNet); `scale * input` is `p.mul`.
+    pub fn squeeze_excitation(&mut self, p: &str, activation: OpSpec, gate: OpSpec) {
+        let input = self.last();
+        self.adaptive_avg_pool(&format!("{p}.avgpool"), 1);
+        self.conv(&format!("{p}.fc1"), 1, 1, 0, 1);
+        self.node(&format!("{p}.activation"), activation);
+        self.conv(&format!("{p}.fc2"), 1, 1, 0, 1);
+        self.node(&format!("{p}.scale_activation"), gate);
+        let scale = self.last();
+        self.mul(&format!("{p}.mul"), [&input, &scale]);
+        self.alias_last([p]);
     }
 
     /// An element-wise product of the named nodes.

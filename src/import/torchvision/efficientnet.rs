@@ -189,7 +189,7 @@ impl Block {
             self.eps,
             Some(OpSpec::SiLU),
         );
-        squeeze_excitation(b, &format!("{p}.block.{}", k + 1), OpSpec::SiLU, OpSpec::Sigmoid);
+        b.squeeze_excitation(&format!("{p}.block.{}", k + 1), OpSpec::SiLU, OpSpec::Sigmoid);
         let project = format!("{p}.block.{}", k + 2);
         b.conv_norm_act(&project, 1, 1, 1, self.eps, None);
         dim(format!("{project}.0.weight"), 0)
@@ -213,19 +213,4 @@ impl Block {
         }
         dim(format!("{p}.block.0.0.weight"))
     }
-}
-
-/// torchvision's `SqueezeExcitation` named `p`: `activation` between its two 1x1 convs and
-/// `gate` squashing the scale (SiLU and Sigmoid in EfficientNet, ReLU and Hardsigmoid in
-/// MobileNetV3); `scale * input` is the node `p.mul`.
-pub(super) fn squeeze_excitation(b: &mut Builder, p: &str, activation: OpSpec, gate: OpSpec) {
-    let input = b.last();
-    b.adaptive_avg_pool(&format!("{p}.avgpool"), 1);
-    b.conv(&format!("{p}.fc1"), 1, 1, 0, 1);
-    b.node(&format!("{p}.activation"), activation);
-    b.conv(&format!("{p}.fc2"), 1, 1, 0, 1);
-    b.node(&format!("{p}.scale_activation"), gate);
-    let scale = b.last();
-    b.mul(&format!("{p}.mul"), [&input, &scale]);
-    b.alias_last([p]);
 }

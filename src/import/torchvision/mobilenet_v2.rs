@@ -11,7 +11,7 @@
 //! `adaptive_avg_pool2d(x, 1)`), `flatten`, `classifier.0` Dropout, `classifier.1` Linear.
 
 use super::builder::Builder;
-use crate::import::graph_json::GraphSpec;
+use crate::import::graph_json::{GraphSpec, OpSpec};
 use crate::import::StateDict;
 
 /// torchvision's inverted residual settings: (expand ratio t, blocks n, first stride s).
@@ -55,10 +55,7 @@ pub(super) fn spec(arch: &str, state: &StateDict) -> Option<GraphSpec> {
 
 /// torchvision's `Conv2dNormActivation(..., activation_layer=nn.ReLU6)` named `p`.
 fn conv_norm_relu6(b: &mut Builder, p: &str, kernel: usize, stride: usize, groups: usize) {
-    b.conv(&format!("{p}.0"), kernel, stride, (kernel - 1) / 2, groups);
-    b.bn(&format!("{p}.1"));
-    b.relu6(&format!("{p}.2"));
-    b.alias_last([p]);
+    b.conv_norm_act(p, kernel, stride, groups, 1e-5, Some(OpSpec::ReLU6));
 }
 
 fn inverted_residual(b: &mut Builder, state: &StateDict, p: &str, expand: bool, stride: usize, same_width: bool) {

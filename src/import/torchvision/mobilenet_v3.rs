@@ -11,7 +11,6 @@
 //! presence from the weights.
 
 use super::builder::Builder;
-use super::efficientnet::squeeze_excitation;
 use crate::import::graph_json::{GraphSpec, OpSpec};
 use crate::import::StateDict;
 
@@ -87,7 +86,7 @@ pub(super) fn spec(arch: &str, state: &StateDict) -> Option<GraphSpec> {
         k += 1;
         let se = format!("{p}.block.{k}");
         if state.contains(&format!("{se}.fc1.weight")) {
-            squeeze_excitation(&mut b, &se, OpSpec::ReLU, OpSpec::Hardsigmoid);
+            b.squeeze_excitation(&se, OpSpec::ReLU, OpSpec::Hardsigmoid);
             k += 1;
         }
         let project = format!("{p}.block.{k}");

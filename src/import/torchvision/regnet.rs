@@ -9,7 +9,6 @@
 //! torchvision's table (each size has its own); widths, groups and the SE from the weights.
 
 use super::builder::Builder;
-use super::efficientnet::squeeze_excitation;
 use crate::import::graph_json::{GraphSpec, OpSpec};
 use crate::import::StateDict;
 
@@ -66,7 +65,7 @@ fn block(b: &mut Builder, p: &str, stride: usize, state: &StateDict) {
     };
     b.conv_norm_act(&format!("{f}.b"), 3, stride, groups, 1e-5, Some(OpSpec::ReLU));
     if state.contains(&format!("{f}.se.fc1.weight")) {
-        squeeze_excitation(b, &format!("{f}.se"), OpSpec::ReLU, OpSpec::Sigmoid);
+        b.squeeze_excitation(&format!("{f}.se"), OpSpec::ReLU, OpSpec::Sigmoid);
     }
     b.conv_norm_act(&format!("{f}.c"), 1, 1, 1, 1e-5, None);
     b.alias_last([f]);
