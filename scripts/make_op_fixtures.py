@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Fixtures for operations no torchvision family in the parity suite uses (tests/engine/layer_edge_cases.rs):
-GroupNorm (with and without its affine), GELU's tanh form and Tanh, in a small network.
+"""Fixtures for operations no torchvision family in the parity suite uses (tests/engine/layer_edge_cases.rs),
+each in a small network:
+
+* ``group_norm``: GroupNorm (with and without its affine), GELU's tanh form and Tanh.
+* ``shape_ops``: Upsample (bilinear with and without align_corners, nearest by a scale factor, nearest-exact to a
+  size), AdaptiveMaxPool2d (overlapping uneven bins, and even bins with exact ties from nearest-exact copies),
+  Mean over several negative dims with keepdim and over one dim without, Reshape with -1, Transpose, Softmax and
+  Linear over a rank-3 input.
 
     /work/venv-ref/bin/python scripts/make_op_fixtures.py --out tests/fixtures/ops
 
-Writes ``group_norm.safetensors`` (the weights), ``group_norm.graph.json`` (the engine's graph of the same
-network) and ``group_norm_refs.safetensors``: ``inputs`` [2,3,17,19], ``targets`` [2] int64, ``logits`` and
-``saliency`` (d logit[target] / d input), computed in float64 and stored as float32.
+Writes, per network, ``<name>.safetensors`` (the weights), ``<name>.graph.json`` (the engine's graph of the same
+network) and ``<name>_refs.safetensors``: ``inputs``, ``targets`` [2] int64, ``logits`` and ``saliency``
+(d logit[target] / d input), computed in float64 and stored as float32; ``shape_ops`` also has
+``lrp_epsilon_plus``, zennit's EpsilonPlus composite run in float64 (modules without a zennit rule, as all the
+new ones here, take the gradient).
 """
 
 import argparse
@@ -30,6 +38,79 @@ GRAPH = {"input_channels": 3, "nodes": [
 ]}
 
 
+SHAPE_OPS_GRAPH = {"input_channels": 3, "nodes": [
+    {"name": "conv1", "op": "Conv2d", "kernel_size": 3, "padding": 1},
+    {"name": "up1", "op": "Upsample", "size": [19, 23], "mode": "bilinear"},
+    {"name": "act1", "op": "SiLU"},
+    {"name": "pool1", "op": "AdaptiveMaxPool2d", "output_size": [5, 7]},
+    {"name": "up2", "op": "Upsample", "scale_factor": 2, "mode": "nearest"},
+    {"name": "conv2", "op": "Conv2d", "kernel_size": 3, "stride": 2, "padding": 1},
+    {"name": "up3", "op": "Upsample", "scale_factor": [1.5, 2.0], "mode": "bilinear", "align_corners": True},
+    {"name": "up4", "op": "Upsample", "size": [9, 17], "mode": "nearest-exact"},
+    {"name": "pool2", "op": "AdaptiveMaxPool2d", "output_size": [3, 17]},
+    {"name": "squeeze", "op": "Mean", "dim": [-1, -2], "keepdim": True},
+    {"name": "gate", "op": "Sigmoid"},
+    {"name": "scaled", "op": "Mul", "inputs": ["pool2", "gate"]},
+    {"name": "tokens", "op": "Reshape", "shape": [8, -1]},
+    {"name": "swap", "op": "Transpose", "dim0": 1, "dim1": 2},
+    {"name": "proj", "op": "Linear"},
+    {"name": "attend", "op": "Softmax", "dim": -1},
+    {"name": "pooled", "op": "Mean", "dim": 1},
+    {"name": "head", "op": "Linear"},
+]}
+
+
+class ShapeOps(nn.Module):
+    """The network of SHAPE_OPS_GRAPH, module for module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.up1 = nn.Upsample(size=(19, 23), mode="bilinear", align_corners=False)
+        self.act1 = nn.SiLU()
+        self.pool1 = nn.AdaptiveMaxPool2d((5, 7))
+        self.up2 = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.up3 = nn.Upsample(scale_factor=(1.5, 2.0), mode="bilinear", align_corners=True)
+        self.up4 = nn.Upsample(size=(9, 17), mode="nearest-exact")
+        self.pool2 = nn.AdaptiveMaxPool2d((3, 17))
+        self.gate = nn.Sigmoid()
+        self.proj = nn.Linear(8, 12)
+        self.attend = nn.Softmax(dim=-1)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.up4(self.up3(self.conv2(self.up2(self.pool1(self.act1(self.up1(self.conv1(x))))))))
+        x = self.pool2(x)
+        x = x * self.gate(x.mean(dim=(-1, -2), keepdim=True))
+        x = x.reshape(x.shape[0], 8, -1).transpose(1, 2)
+        return self.head(self.attend(self.proj(x)).mean(dim=1))
+
+
+def write_network(out, name, model, graph, x, targets, extra=None):
+    """The weights, the graph and the float64 references of one network."""
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"{name}.safetensors"))
+    with open(os.path.join(out, f"{name}.graph.json"), "w") as f:
+        json.dump(graph, f, indent=1)
+        f.write("\n")
+    model64, x64 = model.double(), x.double().requires_grad_(True)
+    logits = model64(x64)
+    logits.gather(1, targets[:, None]).sum().backward()
+    refs = {"inputs": x, "targets": targets, "logits": logits.detach().float(), "saliency": x64.grad.float()}
+    refs.update(extra(model64, x.double(), targets) if extra else {})
+    save_file(refs, os.path.join(out, f"{name}_refs.safetensors"), metadata={"torch": torch.__version__})
+
+
+def zennit_epsilon_plus(model, x, targets):
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonPlus
+
+    one_hot = torch.nn.functional.one_hot(targets, 5).to(x.dtype)
+    with Gradient(model=model, composite=EpsilonPlus()) as attributor:
+        _, relevance = attributor(x, one_hot)
+    return {"lrp_epsilon_plus": relevance.float()}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="tests/fixtures/ops")
@@ -44,17 +125,11 @@ def main():
     with torch.no_grad():
         model[1].weight.uniform_(0.5, 1.5)
         model[1].bias.uniform_(-0.3, 0.3)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "group_norm.safetensors"))
-    with open(os.path.join(out, "group_norm.graph.json"), "w") as f:
-        json.dump(GRAPH, f, indent=1)
-        f.write("\n")
-    x = torch.randn(2, 3, 17, 19)
-    targets = torch.tensor([2, 4])
-    model64, x64 = model.double(), x.double().requires_grad_(True)
-    logits = model64(x64)
-    logits.gather(1, targets[:, None]).sum().backward()
-    save_file({"inputs": x, "targets": targets, "logits": logits.detach().float(), "saliency": x64.grad.float()},
-              os.path.join(out, "group_norm_refs.safetensors"), metadata={"torch": torch.__version__})
+    write_network(out, "group_norm", model, GRAPH, torch.randn(2, 3, 17, 19), torch.tensor([2, 4]))
+
+    torch.manual_seed(1)
+    write_network(out, "shape_ops", ShapeOps().eval(), SHAPE_OPS_GRAPH, torch.randn(2, 3, 13, 11),
+                  torch.tensor([1, 3]), zennit_epsilon_plus)
 
 
 if __name__ == "__main__":

@@ -55,5 +55,11 @@ for c_in, c_out, k, s, p, d, g in [(3, 4, 3, 2, 1, 1, 1), (3, 6, 3, 2, 2, 2, 3),
             "dilation": d, "groups": g}
     record(name, spec, torch.randn(2, c_in, 9, 11), lambda x: F.conv2d(x, w, b, s, p, d, g))
 
+# Adaptive max pooling on the tied input: uneven overlapping bins (4x5), even rows with uneven columns (3x3),
+# and the global maximum (1x1); PyTorch's tie rule is the same first maximum in row-major order.
+for out in [(4, 5), (3, 3), (1, 1)]:
+    record(f"adaptive_max_pool_{out[0]}x{out[1]}", {"op": "AdaptiveMaxPool2d", "output_size": list(out)}, ties,
+           lambda x: F.adaptive_max_pool2d(x, out))
+
 save_file(tensors, "tests/fixtures/layer_edge_cases.safetensors", metadata={"cases": json.dumps(cases), "torch": torch.__version__})
 print(len(cases), "cases")

@@ -225,7 +225,12 @@ fn last_spatial_layer(graph: &Graph) -> Option<NodeId> {
     let nodes = graph.nodes();
     let head = nodes
         .iter()
-        .position(|n| matches!(n.op, Op::Flatten(_) | Op::Linear(_) | Op::AdaptiveAvgPool2d(_)))
+        .position(|n| {
+            matches!(
+                n.op,
+                Op::Flatten(_) | Op::Linear(_) | Op::AdaptiveAvgPool2d(_) | Op::AdaptiveMaxPool2d(_) | Op::Mean(_)
+            )
+        })
         .unwrap_or(nodes.len());
     (1..head)
         .rev()

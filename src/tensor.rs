@@ -476,6 +476,27 @@ impl Tensor {
         unary!(self, s => s.reduce(op))
     }
 
+    /// `f` applied to this tensor seen as a matrix of rows [product of the leading dims, last
+    /// dim], its result given back the leading dims.
+    pub fn over_rows(&self, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let dims = self.dims();
+        if dims.len() == 2 {
+            return f(self);
+        }
+        let (&last, lead) = dims
+            .split_last()
+            .ok_or_else(|| shape_error("rows of a scalar".into()))?;
+        let y = f(&self.reshape(&[lead.iter().product(), last])?)?;
+        let out_dims = [lead, &[y.dims()[1]]].concat();
+        y.reshape(&out_dims)
+    }
+
+    /// [..., K] x [K, N] -> [..., N], or x [N, K]^T when `rhs_transposed`: a matrix applied
+    /// along the last dimension.
+    pub fn matmul_last_axis(&self, rhs: &Tensor, rhs_transposed: bool) -> Result<Tensor> {
+        self.over_rows(|rows| rows.matmul(rhs, rhs_transposed))
+    }
+
     /// [M, K] x [K, N], or x [N, K]^T when `rhs_transposed`.
     pub fn matmul(&self, rhs: &Tensor, rhs_transposed: bool) -> Result<Tensor> {
         let inner_ok = match (self.dims(), rhs.dims()) {
@@ -586,10 +607,29 @@ impl Tensor {
         binary!(self, grad, (x, g) => x.normalize_vjp(g, axis, eps, std))
     }
 
+    /// exp(x - max) / sum(exp(x - max)) along `axis` (PyTorch's `softmax(dim)`).
+    pub fn softmax(&self, axis: usize) -> Result<Tensor> {
+        self.check_axis(axis)?;
+        unary!(self, s => s.softmax(axis))
+    }
+
+    /// The input-VJP of [`Tensor::softmax`], called on its output.
+    pub fn softmax_vjp(&self, grad: &Tensor, axis: usize) -> Result<Tensor> {
+        self.check_axis(axis)?;
+        if grad.dims() != self.dims() {
+            return Err(shape_error(format!(
+                "softmax gradient {:?} for an output of shape {:?}",
+                grad.dims(),
+                self.dims()
+            )));
+        }
+        binary!(self, grad, (s, g) => s.softmax_vjp(g, axis))
+    }
+
     fn check_axis(&self, axis: usize) -> Result<()> {
         if axis >= self.rank() || self.dims()[axis] == 0 {
             return Err(shape_error(format!(
-                "normalisation along axis {axis} of a tensor of shape {:?}",
+                "axis {axis} of a tensor of shape {:?}",
                 self.dims()
             )));
         }

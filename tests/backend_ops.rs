@@ -1358,46 +1358,40 @@ fn permute_every_order() {
 /// standard deviation held constant.
 #[test]
 fn normalize_and_its_vjp() {
-    let cases: [(&[usize], usize); 4] = [(&[2, 5, 3, 4], 1), (&[3, 4, 7], 2), (&[2, 300], 1), (&[4, 1, 3], 1)];
     let eps = 1e-5;
     let mut rng = Rng::new(61);
-    for (dims, axis) in cases {
+    for (dims, axis) in ALONG_AXIS_CASES {
         // Off-centre and scaled, so that the mean and the variance both matter.
         let mut x = Host::random(&mut rng, dims);
         x.data.iter_mut().for_each(|v| *v = 2.0 * *v + 0.5);
         let grad = Host::random(&mut rng, dims);
-        let (len, inner) = (dims[axis], dims[axis + 1..].iter().product::<usize>());
-        let outer = x.data.len() / (len * inner);
         let mut y = Reference::zeros(dims);
         let mut dx = Reference::zeros(dims);
         let mut dx_constant_std = Reference::zeros(dims);
-        for o in 0..outer {
-            for k in 0..inner {
-                let at: Vec<usize> = (0..len).map(|j| (o * len + j) * inner + k).collect();
-                let n = len as f64;
-                let xs: Vec<f64> = at.iter().map(|&i| x.data[i] as f64).collect();
-                let gs: Vec<f64> = at.iter().map(|&i| grad.data[i] as f64).collect();
-                let mean = xs.iter().sum::<f64>() / n;
-                let sigma = (xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n + eps).sqrt();
-                let ys: Vec<f64> = xs.iter().map(|v| (v - mean) / sigma).collect();
-                let mean_g = gs.iter().sum::<f64>() / n;
-                let mean_gy = gs.iter().zip(&ys).map(|(g, y)| g * y).sum::<f64>() / n;
-                let abs_mean = |v: &[f64]| v.iter().map(|a| a.abs()).sum::<f64>() / n;
-                let (x_scale, g_scale) = (abs_mean(&xs), abs_mean(&gs));
-                for (j, &i) in at.iter().enumerate() {
-                    y.data[i] = Expected {
-                        value: ys[j],
-                        scale: 4.0 * (xs[j].abs() + x_scale) / sigma,
-                    };
-                    dx.data[i] = Expected {
-                        value: (gs[j] - mean_g - ys[j] * mean_gy) / sigma,
-                        scale: 4.0 * (gs[j].abs() + g_scale + ys[j].abs() * g_scale * 3.0) / sigma,
-                    };
-                    dx_constant_std.data[i] = Expected {
-                        value: (gs[j] - mean_g) / sigma,
-                        scale: 4.0 * (gs[j].abs() + g_scale) / sigma,
-                    };
-                }
+        for at in lines_along(dims, axis) {
+            let n = at.len() as f64;
+            let xs: Vec<f64> = at.iter().map(|&i| x.data[i] as f64).collect();
+            let gs: Vec<f64> = at.iter().map(|&i| grad.data[i] as f64).collect();
+            let mean = xs.iter().sum::<f64>() / n;
+            let sigma = (xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n + eps).sqrt();
+            let ys: Vec<f64> = xs.iter().map(|v| (v - mean) / sigma).collect();
+            let mean_g = gs.iter().sum::<f64>() / n;
+            let mean_gy = gs.iter().zip(&ys).map(|(g, y)| g * y).sum::<f64>() / n;
+            let abs_mean = |v: &[f64]| v.iter().map(|a| a.abs()).sum::<f64>() / n;
+            let (x_scale, g_scale) = (abs_mean(&xs), abs_mean(&gs));
+            for (j, &i) in at.iter().enumerate() {
+                y.data[i] = Expected {
+                    value: ys[j],
+                    scale: 4.0 * (xs[j].abs() + x_scale) / sigma,
+                };
+                dx.data[i] = Expected {
+                    value: (gs[j] - mean_g - ys[j] * mean_gy) / sigma,
+                    scale: 4.0 * (gs[j].abs() + g_scale + ys[j].abs() * g_scale * 3.0) / sigma,
+                };
+                dx_constant_std.data[i] = Expected {
+                    value: (gs[j] - mean_g) / sigma,
+                    scale: 4.0 * (gs[j].abs() + g_scale) / sigma,
+                };
             }
         }
         on_every_device(|on| {
@@ -1423,6 +1417,68 @@ fn normalize_and_its_vjp() {
             );
         });
     }
+}
+
+/// Softmax with its max subtracted (inputs near 90, where exp overflows f32) and its VJP
+/// from the output, along the channels, the last axis, a long axis and an axis of length 1.
+#[test]
+fn softmax_and_its_vjp() {
+    let mut rng = Rng::new(63);
+    for (dims, axis) in ALONG_AXIS_CASES {
+        let mut x = Host::random(&mut rng, dims);
+        x.data.iter_mut().for_each(|v| *v = 4.0 * *v + 90.0);
+        let grad = Host::random(&mut rng, dims);
+        let mut s = Reference::zeros(dims);
+        let mut s_rounded = Host::new(dims, vec![0.0; x.data.len()]);
+        let mut dx = Reference::zeros(dims);
+        for at in lines_along(dims, axis) {
+            let xs: Vec<f64> = at.iter().map(|&i| x.data[i] as f64).collect();
+            let top = xs.iter().copied().fold(f64::MIN, f64::max);
+            let total: f64 = xs.iter().map(|v| (v - top).exp()).sum();
+            for (j, &i) in at.iter().enumerate() {
+                let value = (xs[j] - top).exp() / total;
+                s.data[i] = Expected {
+                    value,
+                    scale: value * (4.0 + (xs[j] - top).abs()),
+                };
+                s_rounded.data[i] = value as f32;
+            }
+            // The VJP reads the f32 output it is given.
+            let ss: Vec<f64> = at.iter().map(|&i| s_rounded.data[i] as f64).collect();
+            let gs: Vec<f64> = at.iter().map(|&i| grad.data[i] as f64).collect();
+            let along: f64 = gs.iter().zip(&ss).map(|(g, s)| g * s).sum();
+            let along_scale: f64 = gs.iter().zip(&ss).map(|(g, s)| (g * s).abs()).sum();
+            for (j, &i) in at.iter().enumerate() {
+                dx.data[i] = Expected {
+                    value: ss[j] * (gs[j] - along),
+                    scale: 4.0 * ss[j] * (gs[j].abs() + along_scale),
+                };
+            }
+        }
+        on_every_device(|on| {
+            let label = format!("of {dims:?} along axis {axis}");
+            on.check(&format!("softmax {label}"), on.upload(&x).softmax(axis), &s, SUM_TOL);
+            on.check(
+                &format!("softmax_vjp {label}"),
+                on.upload(&s_rounded).softmax_vjp(&on.upload(&grad), axis),
+                &dx,
+                SUM_TOL,
+            );
+        });
+    }
+}
+
+/// Shapes and axes for the operations along one axis: the channels of NCHW (strided), the last
+/// axis, a long axis, and an axis of length 1.
+const ALONG_AXIS_CASES: [(&[usize], usize); 4] = [(&[2, 5, 3, 4], 1), (&[3, 4, 7], 2), (&[2, 300], 1), (&[4, 1, 3], 1)];
+
+/// The flat indices of every line along `axis` of a row-major tensor of `dims`.
+fn lines_along(dims: &[usize], axis: usize) -> Vec<Vec<usize>> {
+    let (len, inner) = (dims[axis], dims[axis + 1..].iter().product::<usize>());
+    let outer = dims[..axis].iter().product::<usize>();
+    (0..outer)
+        .flat_map(|o| (0..inner).map(move |k| (0..len).map(|j| (o * len + j) * inner + k).collect()))
+        .collect()
 }
 
 /// Slices and concatenations along the channels and a later axis (axis 0 is `narrow_rows` /

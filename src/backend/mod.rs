@@ -230,4 +230,10 @@ pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
     /// The input-VJP of `normalize` at this input, through the standard deviation or with it
     /// held constant.
     fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: StdTerm) -> Result<Self>;
+
+    /// exp(x - max) / sum(exp(x - max)) along dimension `axis` (PyTorch's `softmax(dim)`).
+    fn softmax(&self, axis: usize) -> Result<Self>;
+
+    /// The input-VJP of `softmax`, from its output s: s * (grad - sum(grad * s)) along `axis`.
+    fn softmax_vjp(&self, grad: &Self, axis: usize) -> Result<Self>;
 }

@@ -21,8 +21,9 @@ use super::StateDict;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::layers::{
-    Activation, AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Flatten, LayerNorm,
-    LayerScale, Linear, MaxPool2d, Mul, Narrow, NormAxis, Op, Permute, PoolWindow, WindowGeometry,
+    Activation, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Add, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d,
+    Flatten, LayerNorm, LayerScale, Linear, MaxPool2d, Mean, Mul, Narrow, NormAxis, Op, Permute, PoolWindow, Reshape,
+    Softmax, Transpose, Upsample, UpsampleMode, UpsampleSize, WindowGeometry,
 };
 use crate::tensor::Tensor;
 
@@ -96,6 +97,65 @@ impl Pair {
             Pair::Each([h, w]) => (h, w),
         }
     }
+}
+
+/// One dimension or a list of them (`dim=1`, `dim=(2, 3)`), negative counting from the end.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Dims(pub Vec<isize>);
+
+impl<'de> Deserialize<'de> for Dims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let whole = |v: &serde_json::Value| v.as_i64().and_then(|n| isize::try_from(n).ok());
+        match &value {
+            serde_json::Value::Array(items) => items.iter().map(whole).collect::<Option<Vec<_>>>(),
+            single => whole(single).map(|d| vec![d]),
+        }
+        .map(Dims)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a dimension or a list of dimensions (whole numbers), found {value}"
+            ))
+        })
+    }
+}
+
+/// A scale factor: one number for both sides or a [height, width] pair.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Factors {
+    Same(f64),
+    Each([f64; 2]),
+}
+
+impl<'de> Deserialize<'de> for Factors {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let positive = |v: &serde_json::Value| v.as_f64().filter(|f| f.is_finite() && *f > 0.0);
+        match &value {
+            serde_json::Value::Array(items) => match items.as_slice() {
+                [h, w] => positive(h).zip(positive(w)).map(|(h, w)| Factors::Each([h, w])),
+                _ => None,
+            },
+            single => positive(single).map(Factors::Same),
+        }
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a positive scale factor or a [height, width] pair of them, found {value}"
+            ))
+        })
+    }
+}
+
+/// `F.interpolate`'s modes that candle-xai computes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InterpolationMode {
+    #[default]
+    Nearest,
+    NearestExact,
+    Bilinear,
 }
 
 const fn one() -> Pair {
@@ -184,7 +244,36 @@ pub enum OpSpec {
     AdaptiveAvgPool2d {
         output_size: Pair,
     },
+    AdaptiveMaxPool2d {
+        output_size: Pair,
+    },
     Flatten,
+    /// `x.reshape(N, *shape)`: the batch dimension stays; one entry of `shape` may be -1.
+    Reshape {
+        shape: Vec<isize>,
+    },
+    /// `x.mean(dim, keepdim)`.
+    Mean {
+        dim: Dims,
+        #[serde(default)]
+        keepdim: bool,
+    },
+    /// `nn.Softmax(dim)`.
+    Softmax {
+        dim: isize,
+    },
+    /// `nn.Upsample` / `F.interpolate` of an NCHW map: `size` or `scale_factor`, `mode`
+    /// nearest (default), nearest-exact or bilinear (with `align_corners`, default false).
+    Upsample {
+        #[serde(default)]
+        size: Option<Pair>,
+        #[serde(default)]
+        scale_factor: Option<Factors>,
+        #[serde(default)]
+        mode: InterpolationMode,
+        #[serde(default)]
+        align_corners: bool,
+    },
     Dropout,
     Identity,
     /// torchvision's `StochasticDepth`, the identity in eval mode.
@@ -230,6 +319,11 @@ pub enum OpSpec {
     /// Output dimension k is input dimension `dims[k]` (`torch.permute`).
     Permute {
         dims: Vec<usize>,
+    },
+    /// `x.transpose(dim0, dim1)`.
+    Transpose {
+        dim0: isize,
+        dim1: isize,
     },
     /// `torch.cat(inputs, dim)`.
     Concat {
@@ -443,7 +537,51 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
             }
             Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output })
         }
+        OpSpec::AdaptiveMaxPool2d { output_size } => {
+            let output = output_size.hw();
+            if output.0 == 0 || output.1 == 0 {
+                return Err(unsupported("output size 0"));
+            }
+            Op::AdaptiveMaxPool2d(AdaptiveMaxPool2d { output })
+        }
         OpSpec::Flatten => Op::Flatten(Flatten),
+        OpSpec::Reshape { ref shape } => {
+            if shape.iter().any(|&d| d < -1) || shape.iter().filter(|&&d| d == -1).count() > 1 {
+                return Err(unsupported(&format!(
+                    "shape {shape:?}: sizes are >= 0, with at most one -1"
+                )));
+            }
+            Op::Reshape(Reshape { shape: shape.clone() })
+        }
+        OpSpec::Mean { ref dim, keepdim } if !dim.0.is_empty() => Op::Mean(Mean {
+            dims: dim.0.clone(),
+            keepdim,
+        }),
+        OpSpec::Mean { .. } => return Err(unsupported("no dimension to average over")),
+        OpSpec::Softmax { dim } => Op::Softmax(Softmax { dim }),
+        OpSpec::Transpose { dim0, dim1 } => Op::Transpose(Transpose { dims: (dim0, dim1) }),
+        OpSpec::Upsample {
+            size,
+            scale_factor,
+            mode,
+            align_corners,
+        } => {
+            let size = match (size, scale_factor) {
+                (Some(size), None) if size.hw().0 > 0 && size.hw().1 > 0 => {
+                    UpsampleSize::Size(size.hw().0, size.hw().1)
+                }
+                (None, Some(Factors::Same(f))) => UpsampleSize::Scale(f, f),
+                (None, Some(Factors::Each([h, w]))) => UpsampleSize::Scale(h, w),
+                _ => return Err(unsupported("give either `size` (sides >= 1) or `scale_factor`")),
+            };
+            let mode = match (mode, align_corners) {
+                (InterpolationMode::Bilinear, align_corners) => UpsampleMode::Bilinear { align_corners },
+                (_, true) => return Err(unsupported("align_corners applies to the bilinear mode only")),
+                (InterpolationMode::Nearest, false) => UpsampleMode::Nearest,
+                (InterpolationMode::NearestExact, false) => UpsampleMode::NearestExact,
+            };
+            Op::Upsample(Upsample { mode, size })
+        }
         OpSpec::Dropout | OpSpec::Identity | OpSpec::StochasticDepth => Op::Identity,
         OpSpec::Add => Op::Add(Add),
         OpSpec::Mul => Op::Mul(Mul),

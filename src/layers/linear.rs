@@ -51,15 +51,15 @@ impl Linear {
     }
 
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let y = over_rows(x, |rows| rows.matmul(&self.weight, true))?;
+        let y = x.matmul_last_axis(&self.weight, true)?;
         match &self.bias {
-            Some(b) => over_rows(&y, |rows| rows.channel_affine(None, Some(b))),
+            Some(b) => y.over_rows(|rows| rows.channel_affine(None, Some(b))),
             None => Ok(y),
         }
     }
 
     pub fn transpose_apply(&self, grad: &Tensor) -> Result<Tensor> {
-        over_rows(grad, |rows| rows.matmul(&self.weight, false))
+        grad.matmul_last_axis(&self.weight, false)
     }
 }
 
@@ -80,18 +80,4 @@ impl Layer for Linear {
     fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![self.transpose_apply(grad)?])
     }
-}
-
-/// `f` applied to `x` seen as a matrix of rows [*, last], its result given x's leading dims.
-fn over_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    if dims.len() == 2 {
-        return f(x);
-    }
-    let (&last, lead) = dims
-        .split_last()
-        .ok_or_else(|| Error::Shape("a linear layer applied to a scalar".into()))?;
-    let y = f(&x.reshape(&[lead.iter().product(), last])?)?;
-    let out_dims = [lead, &[y.dims()[1]]].concat();
-    y.reshape(&out_dims)
 }

@@ -11,10 +11,14 @@ mod flatten;
 mod layer_norm;
 mod layer_scale;
 mod linear;
+mod mean;
 mod mul;
 mod narrow;
 mod permute;
 mod pool;
+mod reshape;
+mod softmax;
+mod upsample;
 
 pub use crate::backend::{PoolWindow, WindowGeometry};
 pub use activation::Activation;
@@ -27,13 +31,26 @@ pub use flatten::Flatten;
 pub use layer_norm::{LayerNorm, NormAxis};
 pub use layer_scale::LayerScale;
 pub use linear::Linear;
+pub use mean::Mean;
 pub use mul::Mul;
 pub use narrow::Narrow;
-pub use permute::Permute;
-pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
+pub use permute::{Permute, Transpose};
+pub use pool::{AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d};
+pub use reshape::Reshape;
+pub use softmax::Softmax;
+pub use upsample::{Upsample, UpsampleMode, UpsampleSize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
+
+/// PyTorch's `dim` (negative counts from the end) as an index into `rank` dimensions.
+pub(crate) fn resolve_axis(dim: isize, rank: usize) -> Result<usize> {
+    let axis = if dim < 0 { rank as isize + dim } else { dim };
+    usize::try_from(axis)
+        .ok()
+        .filter(|&a| a < rank)
+        .ok_or_else(|| Error::Shape(format!("dimension {dim} of a tensor of rank {rank}")))
+}
 
 /// What every layer knows: its forward, and the gradient of a scalar with respect to its
 /// inputs given the gradient with respect to its output. No weight gradients, ever.
@@ -57,7 +74,12 @@ pub enum Op {
     MaxPool2d(MaxPool2d),
     AvgPool2d(AvgPool2d),
     AdaptiveAvgPool2d(AdaptiveAvgPool2d),
+    AdaptiveMaxPool2d(AdaptiveMaxPool2d),
     Flatten(Flatten),
+    Reshape(Reshape),
+    Mean(Mean),
+    Softmax(Softmax),
+    Upsample(Upsample),
     /// Dropout and stochastic depth in eval mode, and BatchNorm after it has been folded away.
     Identity,
     Add(Add),
@@ -66,6 +88,7 @@ pub enum Op {
     LayerScale(LayerScale),
     LayerNorm(LayerNorm),
     Permute(Permute),
+    Transpose(Transpose),
     Concat(Concat),
     Narrow(Narrow),
     ChannelShuffle(ChannelShuffle),
@@ -90,13 +113,19 @@ impl Op {
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::AdaptiveAvgPool2d(_) => "AdaptiveAvgPool2d",
+            Op::AdaptiveMaxPool2d(_) => "AdaptiveMaxPool2d",
             Op::Flatten(_) => "Flatten",
+            Op::Reshape(_) => "Reshape",
+            Op::Mean(_) => "Mean",
+            Op::Softmax(_) => "Softmax",
+            Op::Upsample(_) => "Upsample",
             Op::Identity => "Identity",
             Op::Add(_) => "Add",
             Op::Mul(_) => "Mul",
             Op::LayerScale(_) => "LayerScale",
             Op::LayerNorm(_) => "LayerNorm",
             Op::Permute(_) => "Permute",
+            Op::Transpose(_) => "Transpose",
             Op::Concat(_) => "Concat",
             Op::Narrow(_) => "Narrow",
             Op::ChannelShuffle(_) => "ChannelShuffle",
@@ -134,13 +163,25 @@ impl Op {
             | Op::Activation(_)
             | Op::Add(_)
             | Op::LayerScale(_)
-            | Op::LayerNorm(_) => same(),
+            | Op::LayerNorm(_)
+            | Op::Softmax(_) => same(),
+            Op::Reshape(r) => Some((r.output_dims(first)?, 0)),
+            Op::Mean(m) => Some((m.output_dims(first)?, 0)),
+            Op::Upsample(u) => {
+                let &[n, c, h, w] = *first else { return None };
+                let (ho, wo) = u.output_hw((h, w));
+                Some((vec![n, c, ho, wo], 0))
+            }
             // The larger of a gate and its map.
             Op::Mul(_) => inputs
                 .iter()
                 .max_by_key(|d| d.iter().product::<usize>())
                 .map(|d| (d.to_vec(), 0)),
             Op::Permute(p) => Some((p.output_dims(first)?, 0)),
+            Op::Transpose(t) => {
+                let order = t.order(first.len()).ok()?;
+                Some((order.iter().map(|&k| first[k]).collect(), 0))
+            }
             Op::ChannelShuffle(_) => same(),
             Op::Concat(c) => {
                 let mut dims = first.to_vec();
@@ -172,9 +213,10 @@ impl Op {
                 let (ho, wo) = window.output_hw((h, w))?;
                 Some((vec![n, c, ho, wo], 0))
             }
-            Op::AdaptiveAvgPool2d(p) => {
+            Op::AdaptiveAvgPool2d(AdaptiveAvgPool2d { output })
+            | Op::AdaptiveMaxPool2d(AdaptiveMaxPool2d { output }) => {
                 let &[n, c, _, _] = *first else { return None };
-                Some((vec![n, c, p.output.0, p.output.1], 0))
+                Some((vec![n, c, output.0, output.1], 0))
             }
             Op::Flatten(_) => {
                 let (n, rest) = first.split_first()?;
@@ -193,12 +235,18 @@ impl Op {
             Op::MaxPool2d(l) => l,
             Op::AvgPool2d(l) => l,
             Op::AdaptiveAvgPool2d(l) => l,
+            Op::AdaptiveMaxPool2d(l) => l,
             Op::Flatten(l) => l,
+            Op::Reshape(l) => l,
+            Op::Mean(l) => l,
+            Op::Softmax(l) => l,
+            Op::Upsample(l) => l,
             Op::Add(l) => l,
             Op::Mul(l) => l,
             Op::LayerScale(l) => l,
             Op::LayerNorm(l) => l,
             Op::Permute(l) => l,
+            Op::Transpose(l) => l,
             Op::Concat(l) => l,
             Op::Narrow(l) => l,
             Op::ChannelShuffle(l) => l,

@@ -1,7 +1,7 @@
-//! A reordering of dimensions (torchvision's `Permute`, ConvNeXt's NCHW <-> NHWC); its
-//! input-VJP applies the inverse order.
+//! Reorderings of dimensions (torchvision's `Permute`, ConvNeXt's NCHW <-> NHWC, a
+//! transformer's `transpose(1, 2)`); their input-VJPs apply the inverse order.
 
-use super::Layer;
+use super::{resolve_axis, Layer};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -38,5 +38,32 @@ impl Layer for Permute {
 
     fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![grad.permute(&self.inverse())?])
+    }
+}
+
+/// Two dimensions swapped (`x.transpose(dim0, dim1)`, negative counting from the end); its
+/// own inverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transpose {
+    pub dims: (isize, isize),
+}
+
+impl Transpose {
+    /// The permutation it applies to a tensor of `rank` dimensions.
+    pub fn order(&self, rank: usize) -> Result<Vec<usize>> {
+        let (a, b) = (resolve_axis(self.dims.0, rank)?, resolve_axis(self.dims.1, rank)?);
+        let mut order: Vec<usize> = (0..rank).collect();
+        order.swap(a, b);
+        Ok(order)
+    }
+}
+
+impl Layer for Transpose {
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        inputs[0].permute(&self.order(inputs[0].rank())?)
+    }
+
+    fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![grad.permute(&self.order(grad.rank())?)?])
     }
 }

@@ -1,8 +1,9 @@
 //! Pooling layers. Max pooling is a backend kernel (PyTorch's padding, dilation, ceil_mode
-//! and tie rule). Average and adaptive average pooling are both means over separable windows
-//! ([`WindowBins`]) with PyTorch's bin edges and divisors.
+//! and tie rule); adaptive max pooling is built from it. Average and adaptive average pooling
+//! are both means over separable windows ([`WindowBins`]) with PyTorch's bin edges and
+//! divisors.
 
-use super::Layer;
+use super::{Layer, Narrow};
 use crate::backend::{PoolWindow, WindowBins};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -103,15 +104,12 @@ pub struct AdaptiveAvgPool2d {
 }
 
 impl AdaptiveAvgPool2d {
-    /// PyTorch's bins: output i averages [floor(i*len/out), ceil((i+1)*len/out)).
     fn axis(out: usize, len: usize) -> AxisBins {
-        let mut bins = AxisBins::default();
-        for i in 0..out {
-            let (start, end) = (i * len / out, ((i + 1) * len).div_ceil(out));
-            bins.ranges.push((start, end));
-            bins.counts.push(end - start);
+        let ranges = adaptive_ranges(out, len);
+        AxisBins {
+            counts: ranges.iter().map(|(start, end)| end - start).collect(),
+            ranges,
         }
-        bins
     }
 
     fn bins(&self, x: &Tensor) -> Result<WindowBins> {
@@ -132,5 +130,130 @@ impl Layer for AdaptiveAvgPool2d {
 
     fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![grad.window_mean_vjp(&self.bins(inputs[0])?)?])
+    }
+}
+
+/// PyTorch's adaptive bins: output i covers [floor(i*len/out), ceil((i+1)*len/out)).
+fn adaptive_ranges(out: usize, len: usize) -> Vec<(usize, usize)> {
+    (0..out)
+        .map(|i| (i * len / out, ((i + 1) * len).div_ceil(out)))
+        .collect()
+}
+
+/// `nn.AdaptiveMaxPool2d`. A maximum over a rectangle is the maximum over its rows of each
+/// row's maximum, so the bins are pooled along W and then along H with the max-pooling kernel.
+/// That order also keeps PyTorch's tie rule (the first maximum in row-major order): along W
+/// each row keeps its first maximum, and along H the first row holding the maximum wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveMaxPool2d {
+    pub output: (usize, usize),
+}
+
+/// One axis's bins: one max-pooling window sliding evenly when the length divides, else one
+/// window per bin.
+struct AxisPool {
+    axis: usize,
+    ranges: Vec<(usize, usize)>,
+}
+
+impl AxisPool {
+    fn window(&self, len: usize, stride: usize) -> PoolWindow {
+        let (kernel, stride) = match self.axis {
+            2 => ((len, 1), (stride, 1)),
+            _ => ((1, len), (1, stride)),
+        };
+        PoolWindow {
+            kernel,
+            stride,
+            padding: (0, 0),
+            dilation: (1, 1),
+            ceil_mode: false,
+        }
+    }
+
+    /// The common width of evenly spaced, non-overlapping bins.
+    fn even(&self) -> Option<usize> {
+        let width = self.ranges.first().map(|(s, e)| e - s)?;
+        self.ranges
+            .iter()
+            .enumerate()
+            .all(|(i, &(s, e))| s == i * width && e == s + width)
+            .then_some(width)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(width) = self.even() {
+            return x.max_pool(&self.window(width, width));
+        }
+        let pieces = self
+            .ranges
+            .iter()
+            .map(|&(start, end)| {
+                x.narrow(self.axis, start, end - start)?
+                    .max_pool(&self.window(end - start, 1))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&pieces, self.axis)
+    }
+
+    /// Bins may overlap: each bin's gradient is put back in place and the pieces summed.
+    fn vjp(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        if let Some(width) = self.even() {
+            return x.max_pool_vjp(grad, &self.window(width, width));
+        }
+        let mut total: Option<Tensor> = None;
+        for (i, &(start, end)) in self.ranges.iter().enumerate() {
+            let len = end - start;
+            let piece = x.narrow(self.axis, start, len)?;
+            let local = piece.max_pool_vjp(&grad.narrow(self.axis, i, 1)?, &self.window(len, 1))?;
+            let narrow = Narrow {
+                axis: self.axis,
+                start,
+                len,
+            };
+            let placed = narrow.input_vjp(&[x], &piece, &local)?.remove(0);
+            total = Some(match total {
+                Some(sum) => sum.add(&placed)?,
+                None => placed,
+            });
+        }
+        total.ok_or_else(|| Error::Shape("adaptive max pooling to an output of size 0".into()))
+    }
+}
+
+impl AdaptiveMaxPool2d {
+    fn axes(&self, x: &Tensor) -> Result<[AxisPool; 2]> {
+        let (_, _, h, w) = x.dims4()?;
+        if h == 0 || w == 0 {
+            return Err(Error::InputTooSmall {
+                height: h,
+                width: w,
+                min: 1,
+            });
+        }
+        Ok([
+            AxisPool {
+                axis: 3,
+                ranges: adaptive_ranges(self.output.1, w),
+            },
+            AxisPool {
+                axis: 2,
+                ranges: adaptive_ranges(self.output.0, h),
+            },
+        ])
+    }
+}
+
+impl Layer for AdaptiveMaxPool2d {
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        let [cols, rows] = self.axes(inputs[0])?;
+        rows.forward(&cols.forward(inputs[0])?)
+    }
+
+    fn input_vjp(&self, inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        let x = inputs[0];
+        let [cols, rows] = self.axes(x)?;
+        let row_maxima = cols.forward(x)?;
+        Ok(vec![cols.vjp(x, &rows.vjp(&row_maxima, grad)?)?])
     }
 }

@@ -204,12 +204,18 @@ pub fn assign_rules(
                 // layer scale and permutations included).
                 Op::Input
                 | Op::MaxPool2d(_)
+                | Op::AdaptiveMaxPool2d(_)
                 | Op::Flatten(_)
+                | Op::Reshape(_)
+                | Op::Mean(_)
+                | Op::Softmax(_)
+                | Op::Upsample(_)
                 | Op::Identity
                 | Op::Mul(_)
                 | Op::LayerScale(_)
                 | Op::LayerNorm(_)
                 | Op::Permute(_)
+                | Op::Transpose(_)
                 | Op::Concat(_)
                 | Op::Narrow(_)
                 | Op::ChannelShuffle(_) => None,

@@ -2,7 +2,8 @@
 //! with exact ties (PyTorch routes the gradient to the first maximum in row-major window
 //! order, and so do we), ceil_mode and padding, average pooling's divisors, adaptive bins,
 //! and convolutions with stride on odd sizes, dilation, groups and non-square kernels; and
-//! GroupNorm with smooth activations. Fixtures: `scripts/make_pool_fixtures.py`,
+//! GroupNorm with smooth activations, and the shape operations (upsampling, adaptive max
+//! pooling, mean, reshape, transpose, softmax) in small networks. Fixtures: `scripts/make_pool_fixtures.py`,
 //! `scripts/make_op_fixtures.py`.
 
 use std::collections::HashMap;
@@ -57,35 +58,118 @@ fn layers_match_pytorch_forward_and_input_gradient() {
     }
 }
 
-/// GroupNorm (affine and not), GELU's tanh form and Tanh in a small network, on every
-/// backend, against PyTorch's float64 logits and input gradient (scripts/make_op_fixtures.py).
-#[test]
-fn group_norm_and_smooth_activations_match_pytorch() {
-    let dir = |name: &str| crate::common::fixture(&format!("ops/{name}"));
-    let bytes = std::fs::read(dir("group_norm.safetensors")).unwrap();
-    let graph = candle_xai::import::graph_json::GraphSpec::from_json(
-        &std::fs::read_to_string(dir("group_norm.graph.json")).unwrap(),
-    )
-    .unwrap();
-    let (state, _) =
-        candle_xai::import::StateDict::from_safetensors(&bytes, "group_norm", &candle_core::Device::Cpu).unwrap();
-    let refs = crate::common::Refs::load(&dir("group_norm_refs.safetensors"));
+/// A small network of `tests/fixtures/ops/<name>*` (scripts/make_op_fixtures.py) on every
+/// backend against PyTorch's float64 logits and input gradient (within 1e-5 relative), and each
+/// (method, reference key, relative tolerance) of `more`.
+fn check_op_network(name: &str, more: &[(candle_xai::Method, &str, f32)]) {
+    let dir = |file: &str| crate::common::fixture(&format!("ops/{file}"));
+    let bytes = std::fs::read(dir(&format!("{name}.safetensors"))).unwrap();
+    let graph = GraphSpec::from_json(&std::fs::read_to_string(dir(&format!("{name}.graph.json"))).unwrap()).unwrap();
+    let (state, _) = StateDict::from_safetensors(&bytes, name, &candle_core::Device::Cpu).unwrap();
+    let refs = Refs::load(&dir(&format!("{name}_refs.safetensors")));
     let cpu = candle_xai::Model::from_state_dict(&state, Some(graph), None, &candle_core::Device::Cpu).unwrap();
-    for device in crate::common::devices() {
+    let gradient = (candle_xai::Method::Gradient(Default::default()), "saliency", 1e-5);
+    for device in devices() {
         let model = cpu.to_device(&device).unwrap();
-        let inputs = refs.f32("inputs");
-        crate::common::assert_close("logits", &model.predict(&inputs).unwrap(), &refs.f32("logits"), 1e-5);
-        let out = crate::common::explain_refs(
-            &model,
-            &refs,
-            candle_xai::methods::Method::Gradient(Default::default()),
-            None,
-        );
-        crate::common::assert_close(
-            &format!("saliency on {device:?}"),
-            &out.attributions,
-            &refs.f32("saliency"),
+        let logits = model.predict(&refs.f32("inputs")).unwrap();
+        assert_close(
+            &format!("{name} logits on {device:?}"),
+            &logits,
+            &refs.f32("logits"),
             1e-5,
         );
+        for (method, key, tol) in std::iter::once(&gradient).chain(more) {
+            let out = crate::common::explain_refs(&model, &refs, method.clone(), None);
+            assert_close(
+                &format!("{name} {key} on {device:?}"),
+                &out.attributions,
+                &refs.f32(key),
+                *tol,
+            );
+        }
+    }
+}
+
+/// GroupNorm (affine and not), GELU's tanh form and Tanh.
+#[test]
+fn group_norm_and_smooth_activations_match_pytorch() {
+    check_op_network("group_norm", &[]);
+}
+
+/// Upsample in its three modes, AdaptiveMaxPool2d with uneven overlapping bins and with exact
+/// ties, Mean, Reshape, Transpose, Softmax and Linear over tokens, with zennit's EpsilonPlus
+/// (gradient through all of these) as well: zennit's own float32 run is 3.8e-5 from its float64
+/// reference here, so the LRP tolerance is the suite's 1e-4.
+#[test]
+fn shape_operations_match_pytorch() {
+    let lrp = candle_xai::Method::from_name("lrp-epsilon-plus").unwrap();
+    check_op_network("shape_ops", &[(lrp, "lrp_epsilon_plus", 1e-4)]);
+}
+
+/// Attributes that cannot work are refused when the graph is built, or when a shape does not
+/// fit, with a message that names the problem.
+#[test]
+fn shape_operations_refuse_what_does_not_fit() {
+    let build = |node: &str| {
+        let spec = GraphSpec::from_json(&format!(r#"{{"input_channels": 3, "nodes": [{node}]}}"#))?;
+        spec.build(&StateDict::new(HashMap::new(), "none"))
+            .map(|(graph, _)| graph)
+    };
+    for (node, needle) in [
+        (
+            r#"{"name": "u", "op": "Upsample", "size": 4, "scale_factor": 2}"#,
+            "either `size`",
+        ),
+        (r#"{"name": "u", "op": "Upsample"}"#, "either `size`"),
+        (
+            r#"{"name": "u", "op": "Upsample", "scale_factor": -2}"#,
+            "positive scale factor",
+        ),
+        (
+            r#"{"name": "u", "op": "Upsample", "scale_factor": 2, "align_corners": true}"#,
+            "bilinear mode only",
+        ),
+        (
+            r#"{"name": "u", "op": "Upsample", "scale_factor": 2, "mode": "bicubic"}"#,
+            "bicubic",
+        ),
+        (r#"{"name": "r", "op": "Reshape", "shape": [-1, -1]}"#, "at most one -1"),
+        (r#"{"name": "m", "op": "Mean", "dim": []}"#, "no dimension"),
+        (r#"{"name": "m", "op": "Mean", "dim": "1"}"#, "list of dimensions"),
+        (
+            r#"{"name": "p", "op": "AdaptiveMaxPool2d", "output_size": 0}"#,
+            "output size 0",
+        ),
+    ] {
+        let err = build(node)
+            .err()
+            .unwrap_or_else(|| panic!("{node} was accepted"))
+            .to_string();
+        assert!(err.contains(needle), "{node}: `{err}` does not say `{needle}`");
+    }
+    let x = candle_xai::Tensor::from_candle(
+        candle_core::Tensor::zeros((2, 3, 4, 5), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    for (node, needle) in [
+        (
+            r#"{"name": "s", "op": "Softmax", "dim": 4}"#,
+            "dimension 4 of a tensor of rank 4",
+        ),
+        (r#"{"name": "m", "op": "Mean", "dim": [0]}"#, "never the batch"),
+        (r#"{"name": "m", "op": "Mean", "dim": [1, -3]}"#, "each dimension once"),
+        (r#"{"name": "r", "op": "Reshape", "shape": [7, -1]}"#, "cannot reshape"),
+        (
+            r#"{"name": "t", "op": "Transpose", "dim0": 1, "dim1": -5}"#,
+            "dimension -5",
+        ),
+    ] {
+        let graph = build(node).unwrap();
+        let err = graph
+            .forward(&x, None)
+            .err()
+            .unwrap_or_else(|| panic!("{node} ran"))
+            .to_string();
+        assert!(err.contains(needle), "{node}: `{err}` does not say `{needle}`");
     }
 }

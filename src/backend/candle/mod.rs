@@ -258,6 +258,18 @@ impl BackendStorage for CandleStorage {
         }
         Self::wrap(dx.broadcast_mul(&inv_std)?)
     }
+
+    fn softmax(&self, axis: usize) -> Result<Self> {
+        let x = &self.0;
+        let exp = x.broadcast_sub(&x.max_keepdim(axis)?)?.exp()?;
+        Self::wrap(exp.broadcast_div(&exp.sum_keepdim(axis)?)?)
+    }
+
+    fn softmax_vjp(&self, grad: &Self, axis: usize) -> Result<Self> {
+        let (s, g) = (&self.0, &grad.0);
+        let along = (g * s)?.sum_keepdim(axis)?;
+        Self::wrap((g.broadcast_sub(&along)? * s)?)
+    }
 }
 
 /// x - mean and 1 / sqrt(var + eps) along `axis` (kept as size 1).

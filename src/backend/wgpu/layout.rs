@@ -1,5 +1,6 @@
 //! Operations that move elements or normalise along one axis: permutation, narrowing and
-//! concatenation along an axis, and the LayerNorm/GroupNorm normalisation with its input-VJP.
+//! concatenation along an axis, and the reductions along one axis with their input-VJPs: the
+//! LayerNorm/GroupNorm normalisation and softmax.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,6 +23,19 @@ const NORMALIZE: Kernel = Kernel {
 const NORMALIZE_VJP: Kernel = Kernel {
     name: "normalize_vjp",
     source: include_str!("kernels/normalize.wgsl"),
+    entry: "vjp",
+    inputs: 2,
+};
+
+const SOFTMAX: Kernel = Kernel {
+    name: "softmax",
+    source: include_str!("kernels/softmax.wgsl"),
+    entry: "forward",
+    inputs: 2,
+};
+const SOFTMAX_VJP: Kernel = Kernel {
+    name: "softmax_vjp",
+    source: include_str!("kernels/softmax.wgsl"),
     entry: "vjp",
     inputs: 2,
 };
@@ -115,9 +129,11 @@ struct PermuteParams {
     strides: [u32; MAX_RANK],
 }
 
+/// x viewed as [outer, len, inner] around the axis a kernel walks; softmax.wgsl reads the
+/// first three fields.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct NormalizeParams {
+struct AxisParams {
     outer: u32,
     len: u32,
     inner: u32,
@@ -163,10 +179,10 @@ pub(super) fn permute(x: &WgpuTensor, order: &[usize]) -> Result<WgpuTensor> {
     Ok(out)
 }
 
-fn normalize_params(dims: &[usize], axis: usize, eps: f32, std: StdTerm) -> Result<NormalizeParams> {
-    Ok(NormalizeParams {
+fn axis_params(dims: &[usize], axis: usize, eps: f32, std: StdTerm) -> Result<AxisParams> {
+    Ok(AxisParams {
         outer: u32_of(elem_count(&dims[..axis]), "rows")?,
-        len: u32_of(dims[axis], "normalised length")?,
+        len: u32_of(dims[axis], "axis length")?,
         inner: u32_of(elem_count(&dims[axis + 1..]), "elements per row")?,
         eps,
         constant_std: (std == StdTerm::Constant) as u32,
@@ -175,8 +191,8 @@ fn normalize_params(dims: &[usize], axis: usize, eps: f32, std: StdTerm) -> Resu
 }
 
 pub(super) fn normalize(x: &WgpuTensor, axis: usize, eps: f32) -> Result<WgpuTensor> {
-    let params = normalize_params(x.dims(), axis, eps, StdTerm::Differentiated)?;
-    run_normalize(&NORMALIZE, x, x, params)
+    let params = axis_params(x.dims(), axis, eps, StdTerm::Differentiated)?;
+    run_along_axis(&NORMALIZE, x, x, params)
 }
 
 pub(super) fn normalize_vjp(
@@ -187,11 +203,25 @@ pub(super) fn normalize_vjp(
     std: StdTerm,
 ) -> Result<WgpuTensor> {
     x.check_device(grad)?;
-    let params = normalize_params(x.dims(), axis, eps, std)?;
-    run_normalize(&NORMALIZE_VJP, x, grad, params)
+    let params = axis_params(x.dims(), axis, eps, std)?;
+    run_along_axis(&NORMALIZE_VJP, x, grad, params)
 }
 
-fn run_normalize(kernel: &Kernel, x: &WgpuTensor, grad: &WgpuTensor, params: NormalizeParams) -> Result<WgpuTensor> {
+pub(super) fn softmax(x: &WgpuTensor, axis: usize) -> Result<WgpuTensor> {
+    let params = axis_params(x.dims(), axis, 0.0, StdTerm::Differentiated)?;
+    run_along_axis(&SOFTMAX, x, x, params)
+}
+
+/// From the softmax output `s`.
+pub(super) fn softmax_vjp(s: &WgpuTensor, grad: &WgpuTensor, axis: usize) -> Result<WgpuTensor> {
+    s.check_device(grad)?;
+    let params = axis_params(s.dims(), axis, 0.0, StdTerm::Differentiated)?;
+    run_along_axis(&SOFTMAX_VJP, s, grad, params)
+}
+
+/// One thread per position around the axis; `grad` is bound to `x` where the kernel does not
+/// read it.
+fn run_along_axis(kernel: &Kernel, x: &WgpuTensor, grad: &WgpuTensor, params: AxisParams) -> Result<WgpuTensor> {
     let device = x.device();
     let out = device.alloc(x.dims())?;
     let positions = params.outer as usize * params.inner as usize;

@@ -893,6 +893,14 @@ impl BackendStorage for WgpuTensor {
     fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: crate::backend::StdTerm) -> Result<Self> {
         layout::normalize_vjp(self, grad, axis, eps, std)
     }
+
+    fn softmax(&self, axis: usize) -> Result<Self> {
+        layout::softmax(self, axis)
+    }
+
+    fn softmax_vjp(&self, grad: &Self, axis: usize) -> Result<Self> {
+        layout::softmax_vjp(self, grad, axis)
+    }
 }
 
 /// Converts a size to the u32 the kernels index with; `check_size` keeps element counts far

@@ -233,7 +233,9 @@ fn runs_at(spec: &GraphSpec, side: usize) -> bool {
                 Ok(Some(window)) => window.output_hw(hw),
                 _ => None,
             },
-            OpSpec::AdaptiveAvgPool2d { output_size } => Some(output_size.hw()),
+            OpSpec::AdaptiveAvgPool2d { output_size } | OpSpec::AdaptiveMaxPool2d { output_size } => {
+                Some(output_size.hw())
+            }
             OpSpec::Add | OpSpec::Concat { .. } => inputs.iter().all(|&s| s == hw).then_some(hw),
             _ => Some(hw),
         };

@@ -224,11 +224,13 @@ impl Checker<'_> {
                 features: None,
                 ..input
             },
-            OpSpec::AdaptiveAvgPool2d { output_size } => Flow {
+            OpSpec::AdaptiveAvgPool2d { output_size } | OpSpec::AdaptiveMaxPool2d { output_size } => Flow {
                 hw: Some(output_size.hw()),
                 ..input
             },
-            OpSpec::MaxPool2d { .. } | OpSpec::AvgPool2d { .. } => Flow { hw: None, ..input },
+            OpSpec::MaxPool2d { .. } | OpSpec::AvgPool2d { .. } | OpSpec::Upsample { .. } => Flow { hw: None, ..input },
+            // Shapes the checker does not follow: nothing after them is expected of.
+            OpSpec::Reshape { .. } | OpSpec::Mean { .. } | OpSpec::Transpose { .. } => Flow::default(),
             OpSpec::Flatten => {
                 let features = match (input.channels, input.hw) {
                     (Some(c), Some((h, w))) => Some(c * h * w),
