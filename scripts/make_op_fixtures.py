@@ -7,6 +7,10 @@ each in a small network:
   size), AdaptiveMaxPool2d (overlapping uneven bins, and even bins with exact ties from nearest-exact copies),
   Mean over several negative dims with keepdim and over one dim without, Reshape with -1, Transpose, Softmax and
   Linear over a rank-3 input.
+* ``vit`` and ``deit``: timm 1.0.31's ``VisionTransformer`` and ``VisionTransformerDistilled`` (class and
+  distillation tokens, two heads averaged), tiny (24x24 images, patches of 8, width 32, 4 heads, depth 2), under
+  timm's own state-dict names, described in the graph JSON (``vit_graph``): multi-head self-attention as
+  Linear, Narrow, Reshape, Transpose, Scale, MatMul and Softmax nodes.
 
     /work/venv-ref/bin/python scripts/make_op_fixtures.py --out tests/fixtures/ops
 
@@ -87,6 +91,78 @@ class ShapeOps(nn.Module):
         return self.head(self.attend(self.proj(x)).mean(dim=1))
 
 
+def vit_graph(depth, width, heads, patch, distilled=False):
+    """The engine's graph of a timm VisionTransformer (or its distilled DeiT), module names as timm's."""
+    head_width = width // heads
+    nodes = [
+        {"name": "patch_embed.proj", "op": "Conv2d", "kernel_size": patch, "stride": patch},
+        {"name": "patch_embed.flatten", "op": "Reshape", "shape": [width, -1]},
+        {"name": "patch_embed.tokens", "op": "Transpose", "dim0": 1, "dim1": 2},
+        {"name": "tokens", "op": "PrependTokens", "tensors": ["cls_token", "dist_token"] if distilled else ["cls_token"]},
+        {"name": "pos_embed", "op": "PositionEmbedding", "tensor": "pos_embed"},
+    ]
+    stream = "pos_embed"
+    for i in range(depth):
+        b = f"blocks.{i}"
+        nodes += [{"name": f"{b}.norm1", "op": "LayerNorm", "eps": 1e-6, "inputs": [stream]},
+                  {"name": f"{b}.attn.qkv", "op": "Linear"}]
+        for j, part in enumerate("qkv"):
+            nodes += [
+                {"name": f"{b}.attn.{part}", "op": "Narrow", "dim": 2, "start": j * width, "length": width,
+                 "inputs": [f"{b}.attn.qkv"]},
+                {"name": f"{b}.attn.{part}.heads", "op": "Reshape", "shape": [-1, heads, head_width]},
+                {"name": f"{b}.attn.{part}.t", "op": "Transpose", "dim0": 1, "dim1": 2},
+            ]
+        nodes += [
+            {"name": f"{b}.attn.q.scaled", "op": "Scale", "factor": head_width ** -0.5, "inputs": [f"{b}.attn.q.t"]},
+            {"name": f"{b}.attn.scores", "op": "MatMul", "transpose_rhs": True,
+             "inputs": [f"{b}.attn.q.scaled", f"{b}.attn.k.t"]},
+            {"name": f"{b}.attn.softmax", "op": "Softmax", "dim": -1},
+            {"name": f"{b}.attn.mix", "op": "MatMul", "inputs": [f"{b}.attn.softmax", f"{b}.attn.v.t"]},
+            {"name": f"{b}.attn.merge", "op": "Transpose", "dim0": 1, "dim1": 2},
+            {"name": f"{b}.attn.concat", "op": "Reshape", "shape": [-1, width]},
+            {"name": f"{b}.attn.proj", "op": "Linear"},
+            {"name": f"{b}.add1", "op": "Add", "inputs": [f"{b}.attn.proj", stream]},
+            {"name": f"{b}.norm2", "op": "LayerNorm", "eps": 1e-6},
+            {"name": f"{b}.mlp.fc1", "op": "Linear"},
+            {"name": f"{b}.mlp.act", "op": "GELU"},
+            {"name": f"{b}.mlp.fc2", "op": "Linear"},
+            {"name": f"{b}.add2", "op": "Add", "inputs": [f"{b}.mlp.fc2", f"{b}.add1"]},
+        ]
+        stream = f"{b}.add2"
+    nodes += [{"name": "norm", "op": "LayerNorm", "eps": 1e-6, "inputs": [stream]}]
+    for token, head in enumerate(["head", "head_dist"] if distilled else ["head"]):
+        nodes += [
+            {"name": f"{head}.token", "op": "Narrow", "dim": 1, "start": token, "length": 1, "inputs": ["norm"]},
+            {"name": f"{head}.squeeze", "op": "Reshape", "shape": [width]},
+            {"name": head, "op": "Linear"},
+        ]
+    if distilled:
+        nodes += [{"name": "heads.sum", "op": "Add", "inputs": ["head", "head_dist"]},
+                  {"name": "heads.mean", "op": "Scale", "factor": 0.5}]
+    return {"input_channels": 3, "nodes": nodes}
+
+
+def tiny_vit(distilled):
+    """A seeded tiny timm ViT / DeiT with randomised LayerNorm affines and tokens."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    kind = VisionTransformerDistilled if distilled else VisionTransformer
+    model = kind(img_size=24, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            elif "norm" in name or "token" in name or "pos_embed" in name:
+                p.normal_(0.0, 0.5)
+            elif name.endswith("weight"):
+                p.normal_(0.0, (2.0 / p.shape[-1]) ** 0.5 if p.dim() == 2 else 0.2)
+            else:
+                p.uniform_(-0.2, 0.2)
+    return model
+
+
 def write_network(out, name, model, graph, x, targets, extra=None):
     """The weights, the graph and the float64 references of one network."""
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"{name}.safetensors"))
@@ -130,6 +206,11 @@ def main():
     torch.manual_seed(1)
     write_network(out, "shape_ops", ShapeOps().eval(), SHAPE_OPS_GRAPH, torch.randn(2, 3, 13, 11),
                   torch.tensor([1, 3]), zennit_epsilon_plus)
+
+    for name, distilled in [("vit", False), ("deit", True)]:
+        torch.manual_seed(2)
+        write_network(out, name, tiny_vit(distilled), vit_graph(2, 32, 4, 8, distilled), torch.randn(2, 3, 24, 24),
+                      torch.tensor([0, 4]))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ impl Graph {
             let arity_ok = match node.op {
                 Op::Input => node.inputs.is_empty(),
                 Op::Add(_) => node.inputs.len() >= 2,
-                Op::Mul(_) => node.inputs.len() == 2,
+                Op::Mul(_) | Op::MatMul(_) => node.inputs.len() == 2,
                 Op::Concat(_) => !node.inputs.is_empty(),
                 _ => node.inputs.len() == 1,
             };

@@ -514,6 +514,23 @@ impl Tensor {
         binary!(self, rhs, (a, b) => a.matmul(b, rhs_transposed))
     }
 
+    /// [B, M, K] x [B, K, N] -> [B, M, N], or x [B, N, K]^T when `rhs_transposed`.
+    pub fn batched_matmul(&self, rhs: &Tensor, rhs_transposed: bool) -> Result<Tensor> {
+        let fits = match (self.dims(), rhs.dims()) {
+            ([b, _, k], [b2, x, y]) => b == b2 && k == if rhs_transposed { y } else { x },
+            _ => false,
+        };
+        if !fits {
+            return Err(shape_error(format!(
+                "batched matrix product of {:?} and {:?}{}",
+                self.dims(),
+                rhs.dims(),
+                if rhs_transposed { "^T" } else { "" }
+            )));
+        }
+        binary!(self, rhs, (a, b) => a.batched_matmul(b, rhs_transposed))
+    }
+
     pub fn conv2d(&self, kernel: &Tensor, geometry: &WindowGeometry) -> Result<Tensor> {
         let (_, c, h, w) = self.dims4()?;
         if c != kernel.dim(1)? * geometry.groups {

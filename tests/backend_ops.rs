@@ -684,6 +684,44 @@ fn matmul_both_layouts() {
     }
 }
 
+/// A batch of products of two activations, each product as `matmul` computes it alone: both
+/// wgpu kernels (fewer than 32 rows, and ragged tiles) over several products in one dispatch.
+#[test]
+fn batched_matmul_both_layouts() {
+    let mut rng = Rng::new(7);
+    for (batch, m, k, n) in [(3, 5, 8, 7), (4, 37, 16, 70), (1, 65, 9, 3)] {
+        let a = Host::random(&mut rng, &[batch, m, k]);
+        let b = Host::random(&mut rng, &[batch, k, n]);
+        let b_t = Host::new(
+            &[batch, n, k],
+            (0..batch * n * k)
+                .map(|i| {
+                    let (z, r) = (i / (n * k), i % (n * k));
+                    b.data[z * k * n + (r % k) * n + r / k]
+                })
+                .collect(),
+        );
+        let mut want = Reference::zeros(&[batch, m, n]);
+        for z in 0..batch {
+            for i in 0..m {
+                for j in 0..n {
+                    for l in 0..k {
+                        let term = a.data[(z * m + i) * k + l] as f64 * b.data[(z * k + l) * n + j] as f64;
+                        want.data[(z * m + i) * n + j].add(term);
+                    }
+                }
+            }
+        }
+        on_every_device(|on| {
+            let ta = on.upload(&a);
+            let what = format!("batched matmul [{batch}, {m}, {k}] x [{batch}, {k}, {n}]");
+            on.check(&what, ta.batched_matmul(&on.upload(&b), false), &want, SUM_TOL);
+            let what = format!("batched matmul [{batch}, {m}, {k}] x [{batch}, {n}, {k}]^T");
+            on.check(&what, ta.batched_matmul(&on.upload(&b_t), true), &want, SUM_TOL);
+        });
+    }
+}
+
 // ---------------------------------------------------------------- convolution
 
 /// A convolution: input [N, C_in, H, W], C_out filters, and the window's geometry.

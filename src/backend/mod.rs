@@ -195,6 +195,10 @@ pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
     /// [M, K] x [K, N] -> [M, N], or [M, K] x [N, K]^T when `rhs_transposed`.
     fn matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self>;
 
+    /// [B, M, K] x [B, K, N] -> [B, M, N], or x [B, N, K]^T when `rhs_transposed`: one product
+    /// of two activations per batch element (attention's scores and mixing).
+    fn batched_matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self>;
+
     /// Correlation of [N, C_in, H, W] with a [C_out, C_in / groups, kh, kw] kernel.
     fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self>;
 

@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::layers::{
     Activation, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Add, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d,
-    Flatten, LayerNorm, LayerScale, Linear, MaxPool2d, Mean, Mul, Narrow, NormAxis, Op, Permute, PoolWindow, Reshape,
-    Softmax, Transpose, Upsample, UpsampleMode, UpsampleSize, WindowGeometry,
+    Flatten, LayerNorm, LayerScale, Linear, MatMul, MaxPool2d, Mean, Mul, Narrow, NormAxis, Op, Permute, PoolWindow,
+    PositionEmbedding, PrependTokens, Reshape, Scale, Softmax, Transpose, Upsample, UpsampleMode, UpsampleSize,
+    WindowGeometry,
 };
 use crate::tensor::Tensor;
 
@@ -320,6 +321,26 @@ pub enum OpSpec {
     Permute {
         dims: Vec<usize>,
     },
+    /// `a @ b` of two activations of rank 3 or more (`inputs`: [a, b]), `b` transposed in its
+    /// last two dims with `"transpose_rhs": true` (attention's `q @ k.transpose(-2, -1)`).
+    MatMul {
+        #[serde(default)]
+        transpose_rhs: bool,
+    },
+    /// `x * factor` for a constant factor.
+    Scale {
+        factor: f64,
+    },
+    /// Learned tokens put before the sequence [N, T, D] (`torch.cat((cls_token.expand(N, -1,
+    /// -1), x), dim=1)`), read from the state-dict tensors named in `tensors` ([1, 1, D] each),
+    /// in order.
+    PrependTokens {
+        tensors: Vec<String>,
+    },
+    /// `x + pos_embed`, the state-dict tensor `tensor` of shape [1, T, D].
+    PositionEmbedding {
+        tensor: String,
+    },
     /// `x.transpose(dim0, dim1)`.
     Transpose {
         dim0: isize,
@@ -559,6 +580,27 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
         }),
         OpSpec::Mean { .. } => return Err(unsupported("no dimension to average over")),
         OpSpec::Softmax { dim } => Op::Softmax(Softmax { dim }),
+        OpSpec::MatMul { transpose_rhs } => Op::MatMul(MatMul {
+            rhs_transposed: transpose_rhs,
+        }),
+        OpSpec::Scale { factor } if factor.is_finite() => Op::Scale(Scale { factor: factor as f32 }),
+        OpSpec::Scale { factor } => return Err(unsupported(&format!("factor {factor}"))),
+        OpSpec::PrependTokens { ref tensors } if !tensors.is_empty() => {
+            let tokens = tensors
+                .iter()
+                .map(|name| {
+                    used.insert(name.clone());
+                    Tensor::from_candle(state.require(name, 3)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Op::PrependTokens(PrependTokens::new(tokens).map_err(|e| named(name, e))?)
+        }
+        OpSpec::PrependTokens { .. } => return Err(unsupported("no token tensors named")),
+        OpSpec::PositionEmbedding { ref tensor } => {
+            used.insert(tensor.clone());
+            let embedding = Tensor::from_candle(state.require(tensor, 3)?)?;
+            Op::PositionEmbedding(PositionEmbedding::new(embedding).map_err(|e| named(name, e))?)
+        }
         OpSpec::Transpose { dim0, dim1 } => Op::Transpose(Transpose { dims: (dim0, dim1) }),
         OpSpec::Upsample {
             size,

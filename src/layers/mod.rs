@@ -11,13 +11,16 @@ mod flatten;
 mod layer_norm;
 mod layer_scale;
 mod linear;
+mod matmul;
 mod mean;
 mod mul;
 mod narrow;
 mod permute;
 mod pool;
 mod reshape;
+mod scale;
 mod softmax;
+mod tokens;
 mod upsample;
 
 pub use crate::backend::{PoolWindow, WindowGeometry};
@@ -31,13 +34,16 @@ pub use flatten::Flatten;
 pub use layer_norm::{LayerNorm, NormAxis};
 pub use layer_scale::LayerScale;
 pub use linear::Linear;
+pub use matmul::MatMul;
 pub use mean::Mean;
 pub use mul::Mul;
 pub use narrow::Narrow;
 pub use permute::{Permute, Transpose};
 pub use pool::{AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d};
 pub use reshape::Reshape;
+pub use scale::Scale;
 pub use softmax::Softmax;
+pub use tokens::{PositionEmbedding, PrependTokens};
 pub use upsample::{Upsample, UpsampleMode, UpsampleSize};
 
 use crate::error::{Error, Result};
@@ -80,6 +86,11 @@ pub enum Op {
     Mean(Mean),
     Softmax(Softmax),
     Upsample(Upsample),
+    /// The product of two activations.
+    MatMul(MatMul),
+    Scale(Scale),
+    PrependTokens(PrependTokens),
+    PositionEmbedding(PositionEmbedding),
     /// Dropout and stochastic depth in eval mode, and BatchNorm after it has been folded away.
     Identity,
     Add(Add),
@@ -119,6 +130,10 @@ impl Op {
             Op::Mean(_) => "Mean",
             Op::Softmax(_) => "Softmax",
             Op::Upsample(_) => "Upsample",
+            Op::MatMul(_) => "MatMul",
+            Op::Scale(_) => "Scale",
+            Op::PrependTokens(_) => "PrependTokens",
+            Op::PositionEmbedding(_) => "PositionEmbedding",
             Op::Identity => "Identity",
             Op::Add(_) => "Add",
             Op::Mul(_) => "Mul",
@@ -146,6 +161,8 @@ impl Op {
             Op::BatchNorm2d(bn) => Op::BatchNorm2d(bn.to_device(device)?),
             Op::LayerScale(s) => Op::LayerScale(s.to_device(device)?),
             Op::LayerNorm(n) => Op::LayerNorm(n.to_device(device)?),
+            Op::PrependTokens(t) => Op::PrependTokens(t.to_device(device)?),
+            Op::PositionEmbedding(p) => Op::PositionEmbedding(p.to_device(device)?),
             other => other.clone(),
         })
     }
@@ -164,7 +181,23 @@ impl Op {
             | Op::Add(_)
             | Op::LayerScale(_)
             | Op::LayerNorm(_)
-            | Op::Softmax(_) => same(),
+            | Op::Softmax(_)
+            | Op::Scale(_)
+            | Op::PositionEmbedding(_) => same(),
+            Op::PrependTokens(t) => {
+                let mut dims = first.to_vec();
+                *dims.get_mut(1)? += t.count();
+                Some((dims, 0))
+            }
+            Op::MatMul(m) => {
+                let (a, b) = (first, inputs.get(1)?);
+                let (&[.., _, _], &[.., x, y]) = (*a, *b) else {
+                    return None;
+                };
+                let mut dims = a.to_vec();
+                *dims.last_mut()? = if m.rhs_transposed { x } else { y };
+                Some((dims, 0))
+            }
             Op::Reshape(r) => Some((r.output_dims(first)?, 0)),
             Op::Mean(m) => Some((m.output_dims(first)?, 0)),
             Op::Upsample(u) => {
@@ -241,6 +274,10 @@ impl Op {
             Op::Mean(l) => l,
             Op::Softmax(l) => l,
             Op::Upsample(l) => l,
+            Op::MatMul(l) => l,
+            Op::Scale(l) => l,
+            Op::PrependTokens(l) => l,
+            Op::PositionEmbedding(l) => l,
             Op::Add(l) => l,
             Op::Mul(l) => l,
             Op::LayerScale(l) => l,

@@ -210,6 +210,10 @@ pub fn assign_rules(
                 | Op::Mean(_)
                 | Op::Softmax(_)
                 | Op::Upsample(_)
+                | Op::MatMul(_)
+                | Op::Scale(_)
+                | Op::PrependTokens(_)
+                | Op::PositionEmbedding(_)
                 | Op::Identity
                 | Op::Mul(_)
                 | Op::LayerScale(_)

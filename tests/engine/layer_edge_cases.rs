@@ -173,3 +173,12 @@ fn shape_operations_refuse_what_does_not_fit() {
         assert!(err.contains(needle), "{node}: `{err}` does not say `{needle}`");
     }
 }
+
+/// timm's VisionTransformer and its distilled DeiT (two tokens, two heads), tiny, described in
+/// the graph JSON: patch embedding, learned tokens, position embedding, multi-head attention
+/// from Linear, Narrow, Reshape, Transpose, Scale, MatMul and Softmax nodes, the GELU MLP.
+#[test]
+fn vision_transformers_from_graph_json_match_timm() {
+    check_op_network("vit", &[]);
+    check_op_network("deit", &[]);
+}

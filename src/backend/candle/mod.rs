@@ -148,6 +148,15 @@ impl BackendStorage for CandleStorage {
         Self::wrap(self.0.matmul(&rhs)?)
     }
 
+    fn batched_matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self> {
+        let rhs = if rhs_transposed {
+            rhs.0.transpose(1, 2)?
+        } else {
+            rhs.0.clone()
+        };
+        Self::wrap(self.0.matmul(&rhs)?)
+    }
+
     fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self> {
         let (x, kernel) = (&self.0, &kernel.0);
         let (t, b, l, r) = geometry.padding;

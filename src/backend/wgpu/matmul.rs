@@ -1,4 +1,5 @@
-//! Dense matrix products (linear layers and their VJPs).
+//! Dense matrix products: linear layers and their VJPs, and batches of products of two
+//! activations (attention).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -40,7 +41,10 @@ struct Params {
     c_col: u32,
     /// Whether to add to C (the partial sums of a split k range) rather than overwrite it.
     accumulate: u32,
-    _pad: [u32; 3],
+    /// Elements between consecutive products of a batch in A, B and C.
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
 }
 
 /// A [M, K] x B, B being [K, N] or, when `rhs_transposed`, [N, K]. A weight too large for
@@ -85,26 +89,69 @@ pub(super) fn matmul(a: &WgpuTensor, b: &WgpuTensor, rhs_transposed: bool) -> Re
             ldc: u32_of(n, "columns")?,
             c_col: u32_of(c_col, "columns")?,
             accumulate: (!rhs_transposed && i > 0) as u32,
-            _pad: [0; 3],
+            a_batch: 0,
+            b_batch: 0,
+            c_batch: 0,
         };
         let inputs = [a_buffer, &*piece.buffer];
-        if m < FEW_ROWS {
-            device.dispatch(
-                &MATMUL_FEW_ROWS,
-                &params,
-                &inputs,
-                c_buffer,
-                device.linear_grid(m * piece_n)?,
-            )?;
-        } else {
-            let grid = [
-                u32_of(piece_n.div_ceil(TILE), "column tiles")?,
-                u32_of(m.div_ceil(TILE), "row tiles")?,
-                1,
-            ];
-            device.dispatch(&MATMUL, &params, &inputs, c_buffer, grid)?;
-        }
+        dispatch(&device, &params, &inputs, c_buffer, 1)?;
         first_row += rows;
     }
+    Ok(out)
+}
+
+/// The tile kernel, or the few-rows one where a tile would be mostly padding, over `batch`
+/// products.
+fn dispatch(
+    device: &super::WgpuDevice,
+    params: &Params,
+    inputs: &[&::wgpu::Buffer],
+    out: &::wgpu::Buffer,
+    batch: usize,
+) -> Result<()> {
+    let (m, n) = (params.m as usize, params.n as usize);
+    let batch = u32_of(batch, "products in a batch")?;
+    if m < FEW_ROWS {
+        let [x, y, _] = device.linear_grid(m * n)?;
+        device.dispatch(&MATMUL_FEW_ROWS, params, inputs, out, [x, y, batch])
+    } else {
+        let grid = [
+            u32_of(n.div_ceil(TILE), "column tiles")?,
+            u32_of(m.div_ceil(TILE), "row tiles")?,
+            batch,
+        ];
+        device.dispatch(&MATMUL, params, inputs, out, grid)
+    }
+}
+
+/// [B, M, K] x [B, K, N] (or [B, N, K]^T) -> [B, M, N]: one product per batch element, all in
+/// one dispatch. Both sides are activations, each in one buffer.
+pub(super) fn batched_matmul(a: &WgpuTensor, b: &WgpuTensor, rhs_transposed: bool) -> Result<WgpuTensor> {
+    a.check_device(b)?;
+    let (batch, m, k, n) = match (a.dims(), b.dims()) {
+        (&[z, m, k], &[z2, n, k2]) if rhs_transposed && k == k2 && z == z2 => (z, m, k, n),
+        (&[z, m, k], &[z2, k2, n]) if !rhs_transposed && k == k2 && z == z2 => (z, m, k, n),
+        (da, db) => {
+            let t = if rhs_transposed { "^T" } else { "" };
+            return Err(Error::Shape(format!("batched matmul of {da:?} and {db:?}{t}")));
+        }
+    };
+    let device = a.device();
+    let out = device.alloc(&[batch, m, n])?;
+    let params = Params {
+        m: u32_of(m, "rows")?,
+        k: u32_of(k, "inner dimension")?,
+        n: u32_of(n, "columns")?,
+        rhs_t: rhs_transposed as u32,
+        lda: u32_of(k, "inner dimension")?,
+        a_col: 0,
+        ldc: u32_of(n, "columns")?,
+        c_col: 0,
+        accumulate: 0,
+        a_batch: u32_of(m * k, "elements per product")?,
+        b_batch: u32_of(k * n, "elements per product")?,
+        c_batch: u32_of(m * n, "elements per product")?,
+    };
+    dispatch(&device, &params, &[a.buffer()?, b.buffer()?], out.buffer()?, batch)?;
     Ok(out)
 }

@@ -850,6 +850,10 @@ impl BackendStorage for WgpuTensor {
         matmul::matmul(self, rhs, rhs_transposed)
     }
 
+    fn batched_matmul(&self, rhs: &Self, rhs_transposed: bool) -> Result<Self> {
+        matmul::batched_matmul(self, rhs, rhs_transposed)
+    }
+
     fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self> {
         conv::conv2d(self, kernel, geometry)
     }

@@ -204,6 +204,8 @@ pub(super) fn has_params(op: &OpSpec) -> bool {
             | OpSpec::LayerNorm2d { .. }
             | OpSpec::GroupNorm { .. }
             | OpSpec::LayerScale { .. }
+            | OpSpec::PrependTokens { .. }
+            | OpSpec::PositionEmbedding { .. }
     )
 }
 

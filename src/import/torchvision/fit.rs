@@ -230,7 +230,9 @@ impl Checker<'_> {
             },
             OpSpec::MaxPool2d { .. } | OpSpec::AvgPool2d { .. } | OpSpec::Upsample { .. } => Flow { hw: None, ..input },
             // Shapes the checker does not follow: nothing after them is expected of.
-            OpSpec::Reshape { .. } | OpSpec::Mean { .. } | OpSpec::Transpose { .. } => Flow::default(),
+            OpSpec::Reshape { .. } | OpSpec::Mean { .. } | OpSpec::Transpose { .. } | OpSpec::MatMul { .. } => {
+                Flow::default()
+            }
             OpSpec::Flatten => {
                 let features = match (input.channels, input.hw) {
                     (Some(c), Some((h, w))) => Some(c * h * w),

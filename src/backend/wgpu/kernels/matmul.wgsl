@@ -3,6 +3,8 @@
 // A and C may be wider than this product (a piece of a B split across buffers, matmul.rs):
 // A's k range starts at column a_col of rows lda long, C's columns at c_col of rows ldc long,
 // and with accumulate != 0 the product adds to C instead of overwriting it.
+// A batch of products (attention's per-head products) runs along the grid's z, each reading
+// A, B and C at z times their batch strides.
 struct Params {
     m: u32,
     k: u32,
@@ -13,9 +15,9 @@ struct Params {
     ldc: u32,
     c_col: u32,
     accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,6 +33,9 @@ fn main(
 ) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
+    let za = wid.z * p.a_batch;
+    let zb = wid.z * p.b_batch;
+    let zc = wid.z * p.c_batch;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
@@ -42,14 +47,14 @@ fn main(
             let gk = k0 + kk;
             var va = 0.0;
             if gr < p.m && gk < p.k {
-                va = a[gr * p.lda + p.a_col + gk];
+                va = a[za + gr * p.lda + p.a_col + gk];
             }
             tile_a[kk * TILE + r] = va;
             var vb = 0.0;
             if p.rhs_t != 0u {
                 let gc = col0 + r;
                 if gc < p.n && gk < p.k {
-                    vb = b[gc * p.k + gk];
+                    vb = b[zb + gc * p.k + gk];
                 }
                 tile_b[kk * TILE + r] = vb;
             } else {
@@ -58,7 +63,7 @@ fn main(
                 let gc = col0 + col;
                 let gkb = k0 + kb;
                 if gc < p.n && gkb < p.k {
-                    vb = b[gkb * p.n + gc];
+                    vb = b[zb + gkb * p.n + gc];
                 }
                 tile_b[kb * TILE + col] = vb;
             }
@@ -72,7 +77,7 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x + 16u * j;
             if r < p.m && col < p.n {
-                let at = r * p.ldc + p.c_col + col;
+                let at = zc + r * p.ldc + p.c_col + col;
                 c[at] = select(0.0, c[at], p.accumulate != 0u) + acc[i][j];
             }
         }
@@ -90,18 +95,19 @@ fn few_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let r = i / p.n;
     let col = i % p.n;
-    let a0 = r * p.lda + p.a_col;
+    let a0 = gid.z * p.a_batch + r * p.lda + p.a_col;
+    let zb = gid.z * p.b_batch;
     var acc = 0.0;
     if p.rhs_t != 0u {
-        let b0 = col * p.k;
+        let b0 = zb + col * p.k;
         for (var kk = 0u; kk < p.k; kk++) {
             acc = fma(a[a0 + kk], b[b0 + kk], acc);
         }
     } else {
         for (var kk = 0u; kk < p.k; kk++) {
-            acc = fma(a[a0 + kk], b[kk * p.n + col], acc);
+            acc = fma(a[a0 + kk], b[zb + kk * p.n + col], acc);
         }
     }
-    let at = r * p.ldc + p.c_col + col;
+    let at = gid.z * p.c_batch + r * p.ldc + p.c_col + col;
     c[at] = select(0.0, c[at], p.accumulate != 0u) + acc;
 }
