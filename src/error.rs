@@ -85,6 +85,12 @@ pub enum Error {
     #[error("input is {height}x{width} pixels, too small for this model (at least {min}x{min})")]
     InputTooSmall { height: usize, width: usize, min: usize },
 
+    #[error(
+        "input is {height}x{width} pixels; this model takes exactly {size}x{size} (its position embedding was \
+         trained at that size)"
+    )]
+    InputSizeFixed { height: usize, width: usize, size: usize },
+
     /// A layer's window does not fit the feature map it receives: the input is too small.
     #[error(
         "the input is too small for this model: layer `{layer}` receives a {height}x{width} feature map \

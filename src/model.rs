@@ -27,6 +27,8 @@ pub struct Model {
     architecture: String,
     input_channels: usize,
     min_input_size: usize,
+    /// The one side the model takes, where it takes one only.
+    input_size: Option<usize>,
     default_cam_layer: Option<NodeId>,
     device: Device,
 }
@@ -111,6 +113,7 @@ impl Model {
             architecture,
             input_channels: spec.input_channels,
             min_input_size: spec.min_input_size.unwrap_or(1),
+            input_size: spec.input_size,
             default_cam_layer,
             device: Device::Candle(device.clone()),
         })
@@ -149,7 +152,7 @@ impl Model {
             return Some(l.out_features());
         }
         // A convolutional classifier (SqueezeNet): the output's width at the smallest input.
-        let side = self.min_input_size;
+        let side = self.input_size.unwrap_or(self.min_input_size);
         match self
             .graph
             .output_dims(&[1, self.input_channels, side, side])?
@@ -186,6 +189,13 @@ impl Model {
         let &[n, c, h, w] = dims else { return Err(bad_shape()) };
         if n == 0 || c != self.input_channels {
             return Err(bad_shape());
+        }
+        if let Some(size) = self.input_size.filter(|&s| (h, w) != (s, s)) {
+            return Err(Error::InputSizeFixed {
+                height: h,
+                width: w,
+                size,
+            });
         }
         if h < self.min_input_size || w < self.min_input_size {
             return Err(Error::InputTooSmall {

@@ -41,6 +41,9 @@ pub struct GraphSpec {
     /// Smallest input side the model accepts; checked before running.
     #[serde(default)]
     pub min_input_size: Option<usize>,
+    /// The one input side the model takes (a transformer's position embedding fixes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<usize>,
     /// The layer Grad-CAM uses when none is named.
     #[serde(default)]
     pub default_cam_layer: Option<String>,
@@ -207,7 +210,14 @@ pub enum OpSpec {
         #[serde(default = "one_group")]
         groups: usize,
     },
-    Linear,
+    /// `<params>.weight` and, when the file has it, `<params>.bias`; `weight` and `bias` name
+    /// the tensors outright where they are not a module's (`self_attention.in_proj_weight`).
+    Linear {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bias: Option<String>,
+    },
     BatchNorm2d {
         #[serde(default = "bn_eps")]
         eps: f64,
@@ -507,9 +517,27 @@ fn build_op(name: &str, spec: &OpSpec, prefix: &str, state: &StateDict, used: &m
             let weight = Tensor::from_candle(take("weight", 4)?)?;
             Op::Conv2d(Conv2d::new(weight, optional_bias(used)?, geometry).map_err(|e| named(name, e))?)
         }
-        OpSpec::Linear => {
-            let weight = Tensor::from_candle(take("weight", 2)?)?;
-            Op::Linear(Linear::new(weight, optional_bias(used)?).map_err(|e| named(name, e))?)
+        OpSpec::Linear {
+            weight: ref weight_name,
+            bias: ref bias_name,
+        } => {
+            let (weight, bias) = match (weight_name, bias_name) {
+                (None, None) => (take("weight", 2)?, optional_bias(used)?),
+                _ => {
+                    let weight_key = weight_name.clone().unwrap_or_else(|| format!("{prefix}.weight"));
+                    let weight = state.require(&weight_key, 2)?;
+                    used.insert(weight_key);
+                    let bias = match bias_name {
+                        Some(key) => {
+                            used.insert(key.clone());
+                            Some(Tensor::from_candle(state.require(key, 1)?)?)
+                        }
+                        None => optional_bias(used)?,
+                    };
+                    (weight, bias)
+                }
+            };
+            Op::Linear(Linear::new(Tensor::from_candle(weight)?, bias).map_err(|e| named(name, e))?)
         }
         OpSpec::BatchNorm2d { eps } => {
             let weight = take("weight", 1)?;

@@ -2,7 +2,8 @@
 //!
 //! Each family (`torchvision/resnet.rs`, `vgg.rs`, `mobilenet_v2.rs`, `alexnet.rs`,
 //! `efficientnet.rs`, `mobilenet_v3.rs`, `convnext.rs`, `densenet.rs`, `regnet.rs`,
-//! `shufflenet_v2.rs`, `squeezenet.rs`) writes its architectures down as a `GraphSpec` whose
+//! `shufflenet_v2.rs`, `squeezenet.rs`, and `vit.rs` for vision transformers under torchvision's,
+//! timm's and Hugging Face's names) writes its architectures down as a `GraphSpec` whose
 //! nodes carry torchvision's module names, so the state dict's tensor names are the graph's
 //! parameter names. Recognition tries every known architecture and keeps the one that reads
 //! every tensor with the right shape (`torchvision/fit.rs`): depths differ in block counts,
@@ -29,6 +30,7 @@ mod shufflenet_v2;
 mod squeezenet;
 mod timm;
 mod vgg;
+mod vit;
 
 use super::graph_json::GraphSpec;
 use super::StateDict;
@@ -77,6 +79,14 @@ fn variant(arch: &str, state: &StateDict) -> String {
 /// Finds the torchvision architecture whose layout these tensors have, under torchvision's
 /// names or timm's (`timm_efficientnet_b0`, with timm's module paths).
 pub fn recognise(state: &StateDict) -> Result<(String, GraphSpec)> {
+    if let Some(library) = vit::detect(state) {
+        return vit::recognise(library, state).ok_or_else(|| Error::UnknownLayout {
+            tried: "a vision transformer".into(),
+            unmatched: "its patch embedding or position embedding has an unexpected shape (the position \
+                        embedding must hold a square grid of patches and the learned tokens)"
+                .into(),
+        });
+    }
     if let Some(family) = timm::detect(state) {
         let modules = timm::Modules::of(family, state);
         let (arch, spec) = recognise_torchvision(&modules.to_torchvision(state))?;
@@ -120,6 +130,15 @@ fn recognise_torchvision(state: &StateDict) -> Result<(String, GraphSpec)> {
 /// The graph of a named torchvision architecture (`resnet50`, `vgg16_bn`, ...), sized from the
 /// tensors' shapes. Fails with `ArchitectureMismatch` unless the weights fit it exactly.
 pub fn spec_for(arch: &str, state: &StateDict) -> Result<GraphSpec> {
+    if let Some((found, spec)) = vit::detect(state).and_then(|library| vit::recognise(library, state)) {
+        return match found == arch {
+            true => Ok(spec),
+            false => Err(Error::ArchitectureMismatch {
+                arch: arch.to_string(),
+                reason: format!("the file holds a vision transformer, {found}"),
+            }),
+        };
+    }
     if let Some(torchvision_arch) = arch.strip_prefix(timm::PREFIX) {
         let family = timm::detect(state).ok_or_else(|| Error::ArchitectureMismatch {
             arch: arch.to_string(),

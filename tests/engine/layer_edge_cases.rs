@@ -33,6 +33,7 @@ fn layers_match_pytorch_forward_and_input_gradient() {
             let spec = GraphSpec {
                 input_channels: 0,
                 min_input_size: None,
+                input_size: None,
                 default_cam_layer: None,
                 nodes: vec![node],
             };

@@ -106,7 +106,20 @@ parity_tests!(
     regnet_y_400mf
 );
 
-fn check(case: &Case) {
+/// Vision transformers under torchvision's, timm's (a distilled DeiT) and Hugging Face's names
+/// (`scripts/make_vit_fixtures.py`): the gradient family against captum.
+const TRANSFORMERS: Suite = TORCHVISION;
+
+parity_tests!(
+    TRANSFORMERS,
+    check_gradient_family;
+    vit_w128_d2_8,
+    timm_deit_w128_d2_distilled_patch8_64,
+    hf_vit_w128_d2_patch8_64
+);
+
+/// Saliency, Input x Gradient, Integrated Gradients and SmoothGrad.
+fn check_gradient_family(case: &Case) {
     case.check_gradients(None);
     integrated_gradients(case);
     for (aggregate, key) in [
@@ -116,6 +129,10 @@ fn check(case: &Case) {
     ] {
         case.check_smoothgrad(aggregate, key, None);
     }
+}
+
+fn check(case: &Case) {
+    check_gradient_family(case);
     grad_cam(case);
     layer_attribution(case);
     for (composite, key) in [

@@ -122,7 +122,13 @@ impl Builder {
     }
 
     pub fn linear(&mut self, module: &str) -> &mut NodeSpec {
-        self.node(module, OpSpec::Linear)
+        self.node(
+            module,
+            OpSpec::Linear {
+                weight: None,
+                bias: None,
+            },
+        )
     }
 
     /// A residual sum of the named nodes.
@@ -185,6 +191,7 @@ impl Builder {
         let mut spec = GraphSpec {
             input_channels: 3,
             min_input_size: None,
+            input_size: None,
             default_cam_layer: Some(default_cam_layer.to_string()),
             nodes: self.nodes,
         };
@@ -198,7 +205,7 @@ pub(super) fn has_params(op: &OpSpec) -> bool {
     matches!(
         op,
         OpSpec::Conv2d { .. }
-            | OpSpec::Linear
+            | OpSpec::Linear { .. }
             | OpSpec::BatchNorm2d { .. }
             | OpSpec::LayerNorm { .. }
             | OpSpec::LayerNorm2d { .. }

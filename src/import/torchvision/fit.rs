@@ -177,7 +177,7 @@ impl Checker<'_> {
                 }
                 Flow { channels, ..input }
             }
-            OpSpec::Linear => {
+            OpSpec::Linear { .. } => {
                 let shape = self.expect(&format!("{prefix}.weight"), &[None, input.features]);
                 let out = shape.map(|s| s[0]);
                 self.optional_bias(prefix, out);
