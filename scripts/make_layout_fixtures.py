@@ -17,13 +17,11 @@ Writes into --out:
   ``num_batches_tracked`` counters are dropped by every candle-xai loader, so they are left out here too).
   VGG and AlexNet get their classifier shrunk to hidden width 64 (same ``nn.Sequential``, same module
   names: ``classifier.0/3/6`` replaced), as any fine-tuned head may be.
-* ``<arch>_forward.safetensors`` for resnet50, vgg16_bn, alexnet, efficientnet_b1, efficientnet_v2_s,
-  mobilenet_v3_large, convnext_small, densenet169, regnet_x_800mf, shufflenet_v2_x0_5 and squeezenet1_0 (the
-  archs of FORWARD): no weights, only ``logits`` [1, 10]
-  (float64, computed in float64) and ``__metadata__``: ``arch``, ``weights`` (the seeded-weights list of
-  ``{"name", "shape", "lo", "hi"}`` of scripts/xai_reference.py / tests/common/seeded_weights.rs, state_dict
-  order; gains ``xai_reference.GAINS``) and ``input`` (one more such entry, named ``input``: the [1, 3, 64, 64]
-  image, 96x96 for alexnet).
+* ``<arch>_forward.safetensors`` for every architecture of ARCHS (FORWARD: their input sides): no weights, only
+  ``logits`` [1, 10] (float64, computed in float64) and ``__metadata__``: ``arch``, ``weights`` (the
+  seeded-weights list of ``{"name", "shape", "lo", "hi"}`` of scripts/xai_reference.py /
+  tests/common/seeded_weights.rs, state_dict order; gains ``xai_reference.GAINS``) and ``input`` (one more such
+  entry, named ``input``: the [1, 3, 64, 64] image, 96x96 for alexnet).
 * ``tiny_checkpoint.pth``: ``torch.save`` (zip format) of ``{"epoch": 3, "state_dict": <tensors>,
   "optimizer": {...}}``, where the tensors are a tiny conv net's state dict plus views that exercise the
   reader: a transposed (non-contiguous) tensor, a slice with a storage offset, a strided slice sharing
@@ -63,11 +61,8 @@ ARCHS = (
     "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
     "squeezenet1_0", "squeezenet1_1",
 )
-FORWARD = {  # their gains: xai_reference.GAINS
-    "resnet50": 64, "vgg16_bn": 64, "alexnet": 96,
-    "efficientnet_b1": 64, "efficientnet_v2_s": 64, "mobilenet_v3_large": 64, "convnext_small": 64,
-    "densenet169": 64, "regnet_x_800mf": 64, "shufflenet_v2_x0_5": 64, "squeezenet1_0": 64,
-}
+# every arch's forward check: its input side (64, alexnet 96); its gains: xai_reference.GAINS
+FORWARD = {arch: 64 for arch in ARCHS} | {"alexnet": 96}
 
 
 def floating_items(model: nn.Module):

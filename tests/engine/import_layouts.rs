@@ -104,7 +104,24 @@ fn node<'a>(spec: &'a GraphSpec, name: &str) -> &'a NodeSpec {
 #[test]
 fn recognises_every_torchvision_layout() {
     for &arch in ARCHS {
-        let state = zeros_of(arch);
+        // Seeded weights with the file's names and shapes (the .json layout's), and PyTorch's
+        // float64 logits for them.
+        let (refs, state, input) = forward_fixture(arch);
+        let names = |state: &StateDict| {
+            let mut names: Vec<(String, Vec<usize>)> = state
+                .names()
+                .map(|n| (n.to_string(), state.shape(n).unwrap().to_vec()))
+                .collect();
+            names.sort();
+            names
+        };
+        let mut expected = layout(arch);
+        expected.sort();
+        assert_eq!(
+            names(&state),
+            expected,
+            "{arch}: the forward fixture's tensors are the layout's"
+        );
         let (name, spec) = torchvision::recognise(&state).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(name, arch);
         assert_eq!(spec.input_channels, 3);
@@ -147,6 +164,28 @@ fn recognises_every_torchvision_layout() {
         assert_eq!(spec.min_input_size, Some(family_min), "{arch}");
         if !cam_layer.is_empty() {
             assert_eq!(spec.default_cam_layer.as_deref(), Some(cam_layer), "{arch}");
+        }
+
+        let logits = model.predict(&input).unwrap();
+        assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
+        // The smallest input side really is the smallest that runs.
+        let min = family_min;
+        let side = |s: usize| Tensor::zeros((1, 3, s, s), DType::F32, &Device::Cpu).unwrap();
+        let on_model = |t: Tensor| candle_xai::Tensor::from_candle(t).unwrap();
+        model
+            .graph()
+            .predict(&on_model(side(min)))
+            .unwrap_or_else(|e| panic!("{arch} at {min}x{min}: {e}"));
+        if min > 1 {
+            assert!(
+                model.graph().predict(&on_model(side(min - 1))).is_err(),
+                "{arch} runs at {}",
+                min - 1
+            );
+            assert!(matches!(
+                model.predict(&side(min - 1)),
+                Err(Error::InputTooSmall { .. })
+            ));
         }
     }
 }
@@ -390,55 +429,6 @@ fn forward_fixture(arch: &str) -> (Refs, StateDict, Tensor) {
     let (_, shape, values) = seeded_weights::weights_from_metadata(&input_entry).remove(0);
     let input = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
     (refs, state, input)
-}
-
-/// One member of each family with seeded weights against PyTorch's float64 logits.
-#[test]
-fn forward_matches_pytorch() {
-    for arch in [
-        "resnet50",
-        "vgg16_bn",
-        "alexnet",
-        "efficientnet_b1",
-        "efficientnet_v2_s",
-        "mobilenet_v3_large",
-        "convnext_small",
-        "densenet169",
-        "regnet_x_800mf",
-        "shufflenet_v2_x0_5",
-        "squeezenet1_0",
-    ] {
-        let (refs, state, input) = forward_fixture(arch);
-        let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
-        assert_eq!(model.architecture(), arch);
-        let logits = model.predict(&input).unwrap();
-        eprintln!(
-            "{arch}: max |ours - torch| / max |torch| = {:.2e}",
-            crate::common::relative_error(&logits, &refs.f32("logits"))
-        );
-        assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
-
-        // The smallest input side really is the smallest that runs.
-        let min = torchvision::spec_for(arch, &state).unwrap().min_input_size.unwrap();
-        let side = |s: usize| Tensor::zeros((1, 3, s, s), DType::F32, &Device::Cpu).unwrap();
-        let on_model = |t: Tensor| candle_xai::Tensor::from_candle(t).unwrap();
-        let out = model
-            .graph()
-            .predict(&on_model(side(min)))
-            .unwrap_or_else(|e| panic!("{arch} at {min}x{min}: {e}"));
-        assert_eq!(out.dims(), [1, 10]);
-        if min > 1 {
-            assert!(
-                model.graph().predict(&on_model(side(min - 1))).is_err(),
-                "{arch} runs at {}",
-                min - 1
-            );
-            assert!(matches!(
-                model.predict(&side(min - 1)),
-                Err(Error::InputTooSmall { .. })
-            ));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
