@@ -26,10 +26,20 @@ pub enum Composite {
     /// every conv and linear layer, the identity rule on activations, LayerNorm and layer
     /// scales, the uniform rule on element-wise products.
     GammaIdentity,
+    /// AttnLRP (Achtibat et al. 2024) as lxt 2.1 computes it: Epsilon on every conv and linear
+    /// layer, the identity rule on activations and LayerNorm, the uniform rule on attention's
+    /// two matrix products (and on element-wise products), relevance through the softmax in
+    /// proportion to its gradient.
+    AttnLrp,
+    /// CP-LRP (Ali et al. 2022) with the rules lxt 2.1 ships for torchvision's ViT: the
+    /// attention weights held constant (no relevance through query and key), Gamma on the
+    /// convolutions (`gamma`) and on the linear layers outside attention (`linear_gamma`),
+    /// attention's own projections Epsilon, the identity rule on activations and LayerNorm.
+    CpLrp,
 }
 
 impl Composite {
-    pub const ALL: [Composite; 7] = [
+    pub const ALL: [Composite; 9] = [
         Composite::UniformEpsilon,
         Composite::EpsilonGammaBox,
         Composite::EpsilonPlus,
@@ -37,6 +47,8 @@ impl Composite {
         Composite::EpsilonPlusFlat,
         Composite::EpsilonAlpha2Beta1Flat,
         Composite::GammaIdentity,
+        Composite::AttnLrp,
+        Composite::CpLrp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +60,8 @@ impl Composite {
             Composite::EpsilonPlusFlat => "lrp-epsilon-plus-flat",
             Composite::EpsilonAlpha2Beta1Flat => "lrp-epsilon-alpha2-beta1-flat",
             Composite::GammaIdentity => "lrp-gamma-identity",
+            Composite::AttnLrp => "lrp-attn",
+            Composite::CpLrp => "lrp-cp",
         }
     }
 
@@ -61,6 +75,8 @@ impl Composite {
             Composite::EpsilonPlusFlat => "LRP: ε + z⁺ + flat",
             Composite::EpsilonAlpha2Beta1Flat => "LRP: ε + α2β1 + flat",
             Composite::GammaIdentity => "LRP: γ + identity (lxt)",
+            Composite::AttnLrp => "AttnLRP (lxt)",
+            Composite::CpLrp => "CP-LRP (lxt)",
         }
     }
 
@@ -79,6 +95,14 @@ impl Composite {
                 "LRP as lxt (AttnLRP) does it: γ on every layer with weights, relevance passed through activations, \
                  LayerNorm's deviation held constant, products split evenly. For EfficientNets, ConvNeXts and ViTs."
             }
+            Composite::AttnLrp => {
+                "Attention-aware LRP for transformers: ε on layers with weights, relevance passed through activations \
+                 and LayerNorm, attention's products split evenly between their factors."
+            }
+            Composite::CpLrp => {
+                "Conservative propagation for transformers: attention weights held constant, so relevance flows \
+                 through the values only; γ on layers with weights outside attention."
+            }
         }
     }
 
@@ -92,6 +116,8 @@ impl Composite {
     pub fn default_epsilon(self) -> f64 {
         match self {
             Composite::UniformEpsilon => 0.25,
+            // lxt takes the plain gradient there: epsilon only keeps 0 / 0 away.
+            Composite::AttnLrp | Composite::CpLrp => LXT_STABILIZER,
             _ => 1e-6,
         }
     }
@@ -117,12 +143,20 @@ pub struct CompositeParams {
     pub low: Bound,
     pub high: Bound,
     pub stabilizer: f64,
+    /// CP-LRP's Gamma on linear layers outside attention (lxt's ViT recipe: 0.05).
+    #[serde(default = "linear_gamma")]
+    pub linear_gamma: f64,
+}
+
+const fn linear_gamma() -> f64 {
+    0.05
 }
 
 impl CompositeParams {
     pub fn defaults(composite: Composite) -> Self {
         Self {
             epsilon: composite.default_epsilon(),
+            linear_gamma: linear_gamma(),
             gamma: 0.25,
             alpha: 2.0,
             beta: 1.0,
@@ -144,6 +178,7 @@ pub fn assign_rules(
 ) -> Vec<Option<Rule>> {
     let first_conv = first_node(graph, |op| matches!(op, Op::Conv2d(_)));
     let first_linear_type = first_node(graph, |op| matches!(op, Op::Conv2d(_) | Op::Linear(_)));
+    let projections = attention_projections(graph);
     let p = params;
     graph
         .nodes()
@@ -164,7 +199,7 @@ pub fn assign_rules(
             }
             let epsilon = Rule::Epsilon { epsilon: p.epsilon };
             let conv_rule = || match composite {
-                Composite::UniformEpsilon => epsilon.clone(),
+                Composite::UniformEpsilon | Composite::AttnLrp | Composite::CpLrp => epsilon.clone(),
                 Composite::EpsilonGammaBox if Some(id) == first_conv => Rule::ZBox {
                     low: p.low.clone(),
                     high: p.high.clone(),
@@ -187,8 +222,12 @@ pub fn assign_rules(
                 composite,
                 Composite::EpsilonPlusFlat | Composite::EpsilonAlpha2Beta1Flat
             );
-            if composite == Composite::GammaIdentity {
-                return identity_rules(&node.op, p);
+            match composite {
+                Composite::GammaIdentity => return identity_rules(&node.op, p),
+                Composite::AttnLrp | Composite::CpLrp => {
+                    return transformer_rules(&node.op, composite, p, projections.contains(&id))
+                }
+                _ => {}
             }
             match &node.op {
                 Op::Conv2d(_) | Op::Linear(_) if flat_first && Some(id) == first_linear_type => Some(Rule::Flat {
@@ -249,6 +288,83 @@ fn identity_rules(op: &Op, p: &CompositeParams) -> Option<Rule> {
         Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d(_) | Op::Add(_) => Some(Rule::Norm { stabilizer }),
         _ => None,
     }
+}
+
+/// `Composite::AttnLrp`'s and `Composite::CpLrp`'s rule for `op`; `projection`: a linear
+/// layer that computes attention's queries, keys or values or projects its output.
+fn transformer_rules(op: &Op, composite: Composite, p: &CompositeParams, projection: bool) -> Option<Rule> {
+    let stabilizer = LXT_STABILIZER;
+    let cp = composite == Composite::CpLrp;
+    match op {
+        Op::Conv2d(_) if cp => Some(Rule::Gamma {
+            gamma: p.gamma,
+            stabilizer: p.stabilizer,
+        }),
+        Op::Linear(_) if cp && !projection => Some(Rule::Gamma {
+            gamma: p.linear_gamma,
+            stabilizer: p.stabilizer,
+        }),
+        Op::Conv2d(_) | Op::Linear(_) => Some(Rule::Epsilon { epsilon: p.epsilon }),
+        Op::Activation(_) | Op::LayerNorm(_) | Op::LayerScale(_) | Op::BatchNorm2d(_) => {
+            Some(Rule::Identity { stabilizer })
+        }
+        Op::MatMul(_) if cp => Some(Rule::ConstantWeights { stabilizer }),
+        Op::MatMul(_) | Op::Mul(_) => Some(Rule::Uniform { stabilizer }),
+        Op::Softmax(_)
+        | Op::Scale(_)
+        | Op::PositionEmbedding(_)
+        | Op::Mean(_)
+        | Op::AvgPool2d(_)
+        | Op::AdaptiveAvgPool2d(_)
+        | Op::Add(_) => Some(Rule::Norm { stabilizer }),
+        _ => None,
+    }
+}
+
+/// Linear layers that feed attention's products through reshapes only (query, key and value
+/// projections, packed or not) or read its mixed values through reshapes only (the output
+/// projection).
+fn attention_projections(graph: &Graph) -> std::collections::HashSet<NodeId> {
+    let nodes = graph.nodes();
+    let reshaping = |op: &Op| {
+        matches!(
+            op,
+            Op::Narrow(_) | Op::Reshape(_) | Op::Transpose(_) | Op::Permute(_) | Op::Scale(_)
+        )
+    };
+    let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
+    for (id, node) in nodes.iter().enumerate() {
+        for &input in &node.inputs {
+            readers[input].push(id);
+        }
+    }
+    // Whether node `id` reaches a MatMul downstream through reshaping nodes only.
+    fn feeds_product(
+        id: NodeId,
+        nodes: &[crate::graph::Node],
+        readers: &[Vec<NodeId>],
+        reshaping: &dyn Fn(&Op) -> bool,
+    ) -> bool {
+        readers[id].iter().any(|&r| {
+            matches!(nodes[r].op, Op::MatMul(_))
+                || (reshaping(&nodes[r].op) && feeds_product(r, nodes, readers, reshaping))
+        })
+    }
+    // Whether node `id` is read from a MatMul upstream through reshaping nodes only.
+    let reads_product = |id: NodeId| {
+        let mut at = id;
+        loop {
+            match nodes[at].inputs.as_slice() {
+                [input] if matches!(nodes[*input].op, Op::MatMul(_)) => return true,
+                [input] if reshaping(&nodes[*input].op) => at = *input,
+                _ => return false,
+            }
+        }
+    };
+    (0..nodes.len())
+        .filter(|&id| matches!(nodes[id].op, Op::Linear(_)))
+        .filter(|&id| feeds_product(id, nodes, &readers, &reshaping) || reads_product(id))
+        .collect()
 }
 
 fn first_node(graph: &Graph, wanted: impl Fn(&Op) -> bool) -> Option<NodeId> {

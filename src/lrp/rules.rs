@@ -139,9 +139,16 @@ pub enum Rule {
         #[serde(default = "stabilizer")]
         stabilizer: f64,
     },
-    /// AttnLRP's uniform rule on an element-wise product of n factors: each factor gets 1/n of
-    /// the relevance (a gate summed over the positions it scales).
+    /// AttnLRP's uniform rule on a product of n factors (element-wise, or attention's matrix
+    /// products): each factor gets 1/n of the relevance, in proportion to its contribution.
     Uniform {
+        #[serde(default = "stabilizer")]
+        stabilizer: f64,
+    },
+    /// CP-LRP on a product of activations (attention weights times values): the first
+    /// factor is held constant, so it gets no relevance and the second gets all of it, in
+    /// proportion to what it contributed: R_v = v * VJP_v(R / stabilize(y)).
+    ConstantWeights {
         #[serde(default = "stabilizer")]
         stabilizer: f64,
     },
@@ -278,13 +285,19 @@ impl Rule {
                 let g = relevance.div(&stabilize(output, *stabilizer)?)?;
                 return Ok(vec![x.mul(&norm.vjp(x, &g, StdTerm::Constant)?)?]);
             }
-            (Rule::Uniform { stabilizer }, Op::Mul(_)) => {
+            (Rule::Uniform { stabilizer }, Op::Mul(_) | Op::MatMul(_)) => {
                 return proportional(op, inputs, output, relevance, *stabilizer, inputs.len() as f64)
+            }
+            (Rule::ConstantWeights { stabilizer }, Op::MatMul(_)) => {
+                let mut shares = proportional(op, inputs, output, relevance, *stabilizer, 1.0)?;
+                shares[0] = shares[0].zeros_like()?;
+                return Ok(shares);
             }
             (Rule::Identity { .. }, _) => {
                 return Err(misapplied(self, op, "activations, normalisations and layer scales"))
             }
-            (Rule::Uniform { .. }, _) => return Err(misapplied(self, op, "element-wise products")),
+            (Rule::Uniform { .. }, _) => return Err(misapplied(self, op, "products")),
+            (Rule::ConstantWeights { .. }, _) => return Err(misapplied(self, op, "products of activations")),
             _ => {}
         }
         let layer = Affine::of(op).ok_or_else(|| misapplied(self, op, "Conv2d and Linear layers"))?;
@@ -365,7 +378,11 @@ impl Rule {
                 let g = ratio(squared.apply(&x.ones_like()?)?, *stabilizer)?;
                 squared.transpose_apply(&g, x)?
             }
-            Rule::Pass | Rule::Norm { .. } | Rule::Identity { .. } | Rule::Uniform { .. } => {
+            Rule::Pass
+            | Rule::Norm { .. }
+            | Rule::Identity { .. }
+            | Rule::Uniform { .. }
+            | Rule::ConstantWeights { .. } => {
                 unreachable!("handled before")
             }
         })

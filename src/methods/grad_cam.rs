@@ -1,6 +1,9 @@
 //! Grad-CAM (Selvaraju et al. 2017) as captum's LayerGradCam: channel weights are the
 //! spatial mean of the target's gradient at the layer; the map is the weighted channel sum,
 //! optionally ReLU'd, optionally upsampled bilinearly (align_corners=False) to the input.
+//! At a transformer's token layer ([N, T, D]) the learned tokens are dropped and the patch
+//! tokens laid out on their grid as channels ([N, D, h, w]), as pytorch-grad-cam's ViT recipe
+//! (`reshape_transform`) does, before the same computation.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,19 +50,22 @@ impl Default for GradCamParams {
 
 /// Grad-CAM from the backward pass of the unperturbed `input` at the layer `layer`.
 pub(crate) async fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &GradCamParams) -> Result<Attribution> {
-    if pass.activation.rank() != 4 {
-        return Err(Error::invalid_parameter(
-            "layer",
-            format!(
-                "Grad-CAM needs a layer with a [N, C, H, W] output; `{layer}` outputs {:?}",
-                pass.activation.dims()
-            ),
-        ));
-    }
-    let (n, c, _, _) = pass.activation.dims4()?;
-    let weights = pass.gradient.reduce(Reduce::MeanHw)?.reshape(&[n, c])?;
-    let mut cam = pass
-        .activation
+    let (activation, gradient) = match pass.activation.rank() {
+        4 => (pass.activation, pass.gradient),
+        3 => (token_grid(&pass.activation, layer)?, token_grid(&pass.gradient, layer)?),
+        _ => {
+            return Err(Error::invalid_parameter(
+                "layer",
+                format!(
+                    "Grad-CAM needs a layer with a [N, C, H, W] or a token [N, T, D] output; `{layer}` outputs {:?}",
+                    pass.activation.dims()
+                ),
+            ))
+        }
+    };
+    let (n, c, _, _) = activation.dims4()?;
+    let weights = gradient.reduce(Reduce::MeanHw)?.reshape(&[n, c])?;
+    let mut cam = activation
         .channel_affine(Some(&weights), None)?
         .reduce(Reduce::SumChannels)?;
     if params.relu {
@@ -74,4 +80,26 @@ pub(crate) async fn grad_cam(pass: Pass, layer: &str, input: &Tensor, params: &G
         attributions: cam,
         convergence_delta: None,
     })
+}
+
+/// Tokens [N, T, D] as a map [N, D, h, w]: the last h * w = T - k tokens are the patches in
+/// row-major order (h = w, the largest square that fits), the first k the learned ones
+/// (class, distillation), which are dropped.
+fn token_grid(tokens: &Tensor, layer: &str) -> Result<Tensor> {
+    let (n, t, d) = match tokens.dims() {
+        &[n, t, d] => (n, t, d),
+        dims => return Err(Error::Shape(format!("token layer `{layer}` outputs {dims:?}"))),
+    };
+    let side = (1..=t).take_while(|s| s * s <= t).last().unwrap_or(0);
+    let learned = t - side * side;
+    if side == 0 || learned > side {
+        return Err(Error::invalid_parameter(
+            "layer",
+            format!("`{layer}` holds {t} tokens, which are not a square grid of patches and a few learned tokens"),
+        ));
+    }
+    tokens
+        .narrow(1, learned, side * side)?
+        .reshape(&[n, side, side, d])?
+        .permute(&[0, 3, 1, 2])
 }

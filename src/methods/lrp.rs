@@ -43,6 +43,7 @@ impl LrpParams {
         for (name, v) in [
             ("epsilon", p.epsilon),
             ("gamma", p.gamma),
+            ("linear_gamma", p.linear_gamma),
             ("stabilizer", p.stabilizer),
             ("alpha", p.alpha),
             ("beta", p.beta),
@@ -103,7 +104,21 @@ impl LrpParams {
                 number("alpha", "α", "weight of the positive contributions (AlphaBeta rule)"),
                 number("beta", "β", "weight of the negative contributions (AlphaBeta rule)"),
             ]),
-            Composite::UniformEpsilon | Composite::EpsilonPlus | Composite::EpsilonPlusFlat => {}
+            Composite::CpLrp => parameters.extend([
+                number(
+                    "gamma",
+                    "γ on convolutions",
+                    "gamma of the Gamma rule on the convolutions (the patch embedding)",
+                )
+                .tuned(Scale::Log, 1e-6, 1.0),
+                number(
+                    "linear_gamma",
+                    "γ on linear layers",
+                    "gamma of the Gamma rule on the linear layers outside attention (lxt's ViT recipe: 0.05)",
+                )
+                .tuned(Scale::Log, 1e-6, 1.0),
+            ]),
+            Composite::UniformEpsilon | Composite::EpsilonPlus | Composite::EpsilonPlusFlat | Composite::AttnLrp => {}
         }
         parameters.extend([
             number("stabilizer", "Stabiliser", "the stabiliser of every rule but Epsilon (zennit's 1e-6)"),

@@ -45,7 +45,7 @@ pub enum Method {
 
 impl Method {
     /// Names accepted by `from_name`, as the CLI spells them.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 14] = [
         "gradient",
         "input-x-gradient",
         "smoothgrad",
@@ -58,6 +58,8 @@ impl Method {
         "lrp-epsilon-plus-flat",
         "lrp-epsilon-alpha2-beta1-flat",
         "lrp-gamma-identity",
+        "lrp-attn",
+        "lrp-cp",
     ];
 
     /// The method called `name`, with its default parameters.

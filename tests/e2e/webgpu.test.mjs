@@ -70,7 +70,7 @@ for (const name of MODELS) {
     const cpu = await explainAll(name, 'cpu');
     assert.equal(cpu.backend.backend, 'cpu');
     const methods = Object.keys(cpu).filter((k) => k !== 'backend');
-    assert.equal(methods.length, name === 'mlp' ? 11 : 12);
+    assert.equal(methods.length, name === 'mlp' ? 13 : 14);
     for (const method of methods) {
       assert.equal(gpu[method].backend, 'webgpu', `${method} ran on ${gpu[method].backend}: ${gpu[method].fallback}`);
       assert.equal(cpu[method].device, 'cpu');

@@ -216,3 +216,49 @@ fn gamma_identity_conserves_through_modern_blocks() {
         }
     }
 }
+
+/// CP-LRP through a vision transformer (the tiny timm ViT of tests/fixtures/ops): with every
+/// bias zeroed, the attention weights held constant and Gamma / Epsilon / the identity rule
+/// elsewhere, the relevance reaching the tokens (after the class token and the position
+/// embedding, which are constants and take no share) sums to one per sample. AttnLRP is not
+/// checked: its softmax rule hands part of the relevance to the softmax's own bias term.
+#[test]
+fn cp_lrp_conserves_through_a_vision_transformer() {
+    let bytes = std::fs::read(fixture("ops/vit.safetensors")).unwrap();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
+    let zeroed: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let zero = k.ends_with(".bias");
+            (k, if zero { t.zeros_like().unwrap() } else { t })
+        })
+        .collect();
+    let graph = GraphSpec::from_json(&std::fs::read_to_string(fixture("ops/vit.graph.json")).unwrap()).unwrap();
+    let cpu = Model::from_state_dict(
+        &StateDict::new(zeroed, "vit"),
+        Some(graph),
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let refs = Refs::load(&fixture("ops/vit_refs.safetensors"));
+    for device in devices() {
+        let model = cpu.to_device(&device).unwrap();
+        let mut params = LrpParams::new(Composite::CpLrp);
+        params.params.epsilon = 1e-9;
+        params.params.stabilizer = 1e-9;
+        let request = Request {
+            method: Method::Lrp(params),
+            targets: Targets::Classes(refs.targets()),
+            layer: Some("pos_embed".into()),
+            memory_limit: None,
+        };
+        let out = explain(&model, &refs.f32("inputs"), &request, &mut Progress::none()).unwrap();
+        for (row, sum) in relevance_sums(&out).iter().enumerate() {
+            assert!(
+                (sum - 1.0).abs() < 1e-4,
+                "{device:?} row {row}: relevance sums to {sum}"
+            );
+        }
+    }
+}

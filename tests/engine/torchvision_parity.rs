@@ -107,16 +107,37 @@ parity_tests!(
 );
 
 /// Vision transformers under torchvision's, timm's (a distilled DeiT) and Hugging Face's names
-/// (`scripts/make_vit_fixtures.py`): the gradient family against captum.
+/// (`scripts/make_vit_fixtures.py`): the gradient family against captum; AttnLRP and CP-LRP
+/// against lxt on torchvision's.
 const TRANSFORMERS: Suite = TORCHVISION;
 
 parity_tests!(
     TRANSFORMERS,
-    check_gradient_family;
+    check_transformer;
     vit_w128_d2_8,
     timm_deit_w128_d2_distilled_patch8_64,
     hf_vit_w128_d2_patch8_64
 );
+
+fn check_transformer(case: &Case) {
+    check_gradient_family(case);
+    // The default layer is pytorch-grad-cam's for ViTs, and the fixture's.
+    case.attempt("default Grad-CAM layer", || {
+        let model = &case.model;
+        assert!(model
+            .graph()
+            .node(model.default_cam_layer().unwrap())
+            .answers_to(case.meta("gradcam_layer")));
+    });
+    case.check_grad_cam("gradcam", false, false, None);
+    case.check_grad_cam("gradcam_relu", true, false, None);
+    case.check_grad_cam("gradcam_relu_upsampled", true, true, None);
+    for (composite, key) in [(Composite::AttnLrp, "lrp_attn"), (Composite::CpLrp, "lrp_cp")] {
+        if case.refs.tensors.contains_key(key) {
+            case.check_lrp(composite, key, None, MergeConvention::KeepEps);
+        }
+    }
+}
 
 /// Saliency, Input x Gradient, Integrated Gradients and SmoothGrad.
 fn check_gradient_family(case: &Case) {

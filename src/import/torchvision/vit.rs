@@ -329,7 +329,12 @@ fn graph(names: &Names, dims: &Dims, image: usize, state: &StateDict) -> GraphSp
             b.node("heads.mean", OpSpec::Scale { factor: 0.5 });
         }
     }
-    let mut spec = b.finish(names.patch);
+    // pytorch-grad-cam's ViT recipe: the last block's first LayerNorm.
+    let cam_layer = match dims.depth {
+        0 => names.patch.to_string(),
+        depth => format!("{}{}.{}", names.block, depth - 1, names.norm1),
+    };
+    let mut spec = b.finish(&cam_layer);
     spec.min_input_size = Some(image);
     spec.input_size = Some(image);
     spec
