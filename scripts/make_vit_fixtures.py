@@ -31,10 +31,29 @@ one_hot(target), as in scripts/xai_reference.py's lrp_gamma_identity). Both are 
   -> ``layer_norm_forward``, nn.GELU -> ``identity_rule_implicit``; every Linear and the patch convolution the plain
   gradient (LRP-0). The explicit attention without the rules is checked against torchvision's logits.
 
+Every model's file also holds four attention-map references ([N, 1, 64, 64], in the float64 pass too), computed from
+each block's attention probabilities A_l = softmax(q k^T / sqrt(64)) [N, 2, T, T] (T = 64 patches + the learned
+tokens: 1, or 2 for the distilled DeiT, whose class and distillation tokens are both dropped from the read-out):
+
+* ``rollout_min_0_9``, ``rollout_mean_0``, ``rollout_max_0_5``: pnpxai's ``AttentionRollout`` (head fusion min / mean /
+  max, discard ratio 0.9 / 0 / 0.5; ROLLOUT_SEMANTICS), reimplemented in torch: per block fuse the heads, zero the
+  int(T*T*ratio) smallest entries per sample (topk) and restore entry [0, 0], 0.5 * A + 0.5 * I, rows normalised,
+  rollout = rollout @ A; the class token's row over the patches, 8x8, bilinear (align_corners=False) to 64x64. The
+  discard is checked for ties (the k-th and (k+1)-th smallest differ) and to zero the same entries in float64.
+* ``generic_attention``: Chefer et al. 2021 (Transformer-MM-Explainability's ViT ``generate_relevance``): G_l the
+  gradient of sum_i logits[i, target[i]] with respect to A_l, R = I, R += mean_heads(clamp(G_l * A_l, 0)) @ R per
+  block, read out and upsampled as the rollout; without the reference's [0, 1] display normalisation.
+
+The maps are captured (ATTENTION_CAPTURE) as the tensors multiplied into the values: torchvision through
+explicit_attention without the lxt rules (a sink list), timm with ``attn.fused_attn = False`` and a forward hook on
+``attn.attn_drop``, Hugging Face (eager attention) with a forward hook on each ``ViTSelfAttention`` (its output[1]);
+each capture is checked to give probabilities (rows summing to 1) and the model's logits.
+
 Writes ``<arch>_refs.safetensors`` per model, named by the architecture candle-xai recognises it as
 (``vit_w128_d2_8``, ``timm_deit_w128_d2_distilled_patch8_64``, ``hf_vit_w128_d2_patch8_64``), with
 ``__metadata__``: ``arch``, ``weights`` (the seeded-weights list of scripts/xai_reference.py, state_dict order),
-``f64_rel_err`` and the versions; for ``vit_w128_d2_8`` also ``lrp_cp_rules``, ``lrp_attn_rules`` (what was computed,
+``f64_rel_err``, ``attention_rollout`` (JSON: the variants' head fusion and discard ratio, learned_tokens, the
+capture, the semantics), ``generic_attention`` (in words) and the versions; for ``vit_w128_d2_8`` also ``lrp_cp_rules``, ``lrp_attn_rules`` (what was computed,
 in words), ``lxt`` and ``zennit``. The script also prints each LRP reference's relevance sums on a bias-free copy of
 the model (every Linear / Conv2d / in-projection / LayerNorm bias 0; class token and position embedding kept, their
 relevance printed too) and their float32-vs-float64 errors.
@@ -176,7 +195,165 @@ def grad_cam_refs(model, x, t, out):
         out["gradcam_relu"], size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
-def references(model, x, t):
+# ---- attention maps: pnpxai's AttentionRollout, Chefer et al. 2021's generic attention (gradient-weighted)
+
+ROLLOUT_VARIANTS = {  # key: (head fusion, discard ratio)
+    "rollout_min_0_9": ("min", 0.9),  # pnpxai's defaults
+    "rollout_mean_0": ("mean", 0.0),
+    "rollout_max_0_5": ("max", 0.5),
+}
+ROLLOUT_SEMANTICS = (
+    "pnpxai AttentionRollout semantics: per block (first first) the attention probabilities [N, heads, T, T] fused "
+    "over heads (min / max / mean), per sample the int(T*T*discard_ratio) smallest of the T*T fused entries set to 0 "
+    "(topk, largest=False) with entry [0, 0] then restored, 0.5 * fused + 0.5 * I, rows normalised to sum 1, rollout "
+    "= rollout @ fused from I; the class token's row (token 0) over the patch tokens (the learned tokens dropped: "
+    "pnpxai drops token 0 only, here all learned_tokens, i.e. also DeiT's distillation token) viewed 8x8 and "
+    "upsampled to 64x64 by F.interpolate(mode='bilinear', align_corners=False); no normalisation.")
+GENERIC_ATTENTION = (
+    "Chefer et al. 2021 generic attention (Transformer-MM-Explainability ViT generate_relevance): G_l = d(sum_i "
+    "logits[i, target[i]]) / dA_l for each block's attention probabilities A_l, R = I, per block (first first) R = R + "
+    "mean_heads(clamp(G_l * A_l, min=0)) @ R, the class token's row R[:, 0, learned_tokens:] viewed 8x8 and upsampled "
+    "to 64x64 by F.interpolate(mode='bilinear', align_corners=False); the reference's [0, 1] min-max display "
+    "normalisation is left out.")
+ATTENTION_CAPTURE = {
+    "torchvision": "each nn.MultiheadAttention replaced by explicit_attention without lxt rules (attn_lrp_patched("
+                   "rules=False)), which appends softmax(q k^T / sqrt(64)), the tensor multiplied into v",
+    "timm": "every block's attn.fused_attn = False (timm's explicit path), forward hook on attn.attn_drop (eval "
+            "dropout, identity): its output, the softmax probabilities multiplied into v",
+    "hf": "attn_implementation='eager'; forward hook on each ViTSelfAttention (vit.encoder.layer[i].attention."
+          "attention): output[1], eager_attention_forward's attn_weights, the tensor multiplied into the values (its "
+          "attention dropout is functional, no module to hook); HF's eager softmax runs in float32, also in the "
+          "float64 pass",
+}
+
+
+def library(model):
+    inner = getattr(model, "model", model)
+    if hasattr(inner, "encoder") and hasattr(inner.encoder, "layers"):
+        return "torchvision"
+    return "timm" if hasattr(inner, "blocks") else "hf"
+
+
+@contextlib.contextmanager
+def attention_capture(model):
+    """Yields a list that each forward of ``model`` fills with its blocks' attention probabilities [N, heads, T, T]
+    (first block first): the very tensors the values are multiplied by, so that autograd.grad against them is the
+    gradient of the output with respect to the attention map (ATTENTION_CAPTURE)."""
+    maps, handles, fused = [], [], []
+    inner = getattr(model, "model", model)
+    lib = library(model)
+    with contextlib.ExitStack() as stack:
+        if lib == "torchvision":
+            stack.enter_context(attn_lrp_patched(model, rules=False, sink=maps))
+        elif lib == "timm":
+            for blk in inner.blocks:
+                fused.append((blk.attn, blk.attn.fused_attn))
+                blk.attn.fused_attn = False
+                handles.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o)))
+        else:
+            assert inner.config._attn_implementation == "eager", inner.config._attn_implementation
+            for layer in inner.vit.encoder.layer:
+                handles.append(layer.attention.attention.register_forward_hook(lambda m, i, o: maps.append(o[1])))
+        try:
+            yield maps
+        finally:
+            for h in handles:
+                h.remove()
+            for attn, value in fused:
+                attn.fused_attn = value
+
+
+def attention_maps(model, x, t):
+    """(A, G, learned tokens, logits error): each block's attention probabilities A_l [N, heads, T, T] and the
+    gradient G_l of sum_i logits[i, t[i]] with respect to them. Checks that the captured tensors are probabilities
+    (in [0, 1], rows summing to 1) and that the capturing forward reproduces the model's logits."""
+    with torch.no_grad():
+        reference = model(x)
+    xx = x.detach().clone().requires_grad_(True)
+    with attention_capture(model) as maps:
+        logits = model(xx)
+    assert len(maps) == DEPTH, len(maps)
+    f64 = x.dtype == torch.float64
+    err = ((logits.detach() - reference).abs().max() / reference.abs().max()).item()
+    assert err < (1e-12 if f64 else 1e-5), f"capturing forward vs model: {err:.3g} relative"
+    grads = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), maps)
+    n, patches = x.shape[0], (IMAGE // PATCH) ** 2
+    tokens = maps[0].shape[-1]
+    learned = tokens - patches
+    assert learned == (2 if library(model) == "timm" else 1), learned
+    # HF's eager softmax is float32 even on the double model
+    row_tol = 1e-6 if library(model) == "hf" or not f64 else 1e-12
+    for a, g in zip(maps, grads):
+        assert a.shape == (n, HEADS, tokens, tokens) and g.shape == a.shape and a.dtype == x.dtype, (a.shape, a.dtype)
+        assert a.min() >= 0 and a.max() <= 1, (a.min(), a.max())
+        assert (a.sum(-1) - 1).abs().max() < row_tol, (a.sum(-1) - 1).abs().max()
+        assert g.abs().max() > 0
+    return [a.detach() for a in maps], [g.detach() for g in grads], learned, err
+
+
+def upsampled_cls_row(m, learned):
+    """m [N, T, T] -> the class token's row over the patch tokens, 8x8, bilinearly upsampled to the input."""
+    side = IMAGE // PATCH
+    row = m[:, 0, learned:]
+    return F.interpolate(row.reshape(m.shape[0], 1, side, side), size=(IMAGE, IMAGE), mode="bilinear",
+                         align_corners=False)
+
+
+def attention_rollout(maps, head_fusion, discard_ratio, learned, gaps, masks):
+    """pnpxai AttentionRollout (ROLLOUT_SEMANTICS); appends to ``gaps``, per block, each sample's relative gap
+    between the k-th and the (k+1)-th smallest fused entries ((v[k+1] - v[k]) / v[k+1]: the discard is ambiguous
+    where it is 0), and to ``masks`` the discarded entries [N, T*T]."""
+    n, _, tokens, _ = maps[0].shape
+    eye = torch.eye(tokens, dtype=maps[0].dtype).repeat(n, 1, 1)
+    rollout = eye.clone()
+    for a in maps:
+        if head_fusion == "min":
+            fused = a.min(dim=1).values
+        elif head_fusion == "max":
+            fused = a.max(dim=1).values
+        else:
+            fused = a.mean(dim=1)
+        flat = fused.flatten(1).clone()
+        k = int(flat.shape[1] * discard_ratio)
+        if k > 0:
+            ordered = flat.sort(dim=-1).values
+            gaps.append(((ordered[:, k] - ordered[:, k - 1]) / ordered[:, k]).tolist())
+            first = flat[:, 0].clone()
+            _, indices = flat.topk(k=k, dim=-1, largest=False)
+            mask = torch.zeros_like(flat, dtype=torch.bool)
+            mask[torch.arange(n)[:, None], indices] = True
+            masks.append(mask)
+            flat[torch.arange(n)[:, None], indices] = 0.0
+            flat[:, 0] = first
+        fused = flat.view(n, tokens, tokens)
+        fused = 0.5 * fused + 0.5 * eye
+        fused = fused / fused.sum(dim=-1, keepdim=True)
+        rollout = torch.matmul(rollout, fused)
+    return upsampled_cls_row(rollout, learned)
+
+
+def generic_attention(maps, grads, learned):
+    """Chefer et al. 2021's generate_relevance (GENERIC_ATTENTION), batched."""
+    n, _, tokens, _ = maps[0].shape
+    r = torch.eye(tokens, dtype=maps[0].dtype).repeat(n, 1, 1)
+    for a, g in zip(maps, grads):
+        cam = (g * a).clamp(min=0).mean(dim=1)
+        r = r + torch.matmul(cam, r)
+    return upsampled_cls_row(r, learned)
+
+
+def attention_refs(model, x, t, out, diag):
+    maps, grads, learned, err = attention_maps(model, x, t)
+    diag["learned_tokens"], diag["capture_logits_err"] = learned, err
+    for key, (fusion, ratio) in ROLLOUT_VARIANTS.items():
+        gaps = diag.setdefault("discard_gaps", {}).setdefault(key, [])
+        masks = diag.setdefault("discard_masks", {}).setdefault(key, [])
+        out[key] = attention_rollout(maps, fusion, ratio, learned, gaps, masks)
+        assert all(g > 0 for per_block in gaps for g in per_block), f"{key}: tie at the discard boundary {gaps}"
+    out["generic_attention"] = generic_attention(maps, grads, learned)
+
+
+def references(model, x, t, diag=None):
     out = {}
     out["saliency"] = mf.Saliency(model).attribute(x, target=t, abs=False).detach()
     out["saliency_abs"] = mf.Saliency(model).attribute(x, target=t, abs=True).detach()
@@ -184,6 +361,7 @@ def references(model, x, t):
     mf.smoothgrad_refs(model, x, t, out)
     mf.ig_refs(model, x, t, out)
     grad_cam_refs(model, x, t, out)
+    attention_refs(model, x, t, out, {} if diag is None else diag)
     return out
 
 
@@ -286,9 +464,11 @@ def lrp_cp(model, x, t, extra=()):
     return result
 
 
-def explicit_attention(self, query, key, value, need_weights=False, rules=True):
+def explicit_attention(self, query, key, value, need_weights=False, rules=True, sink=None):
     """torchvision's self-attention (nn.MultiheadAttention, batch_first, no mask, dropout 0) written out; with
-    ``rules`` lxt's AttnLRP gradient corrections on q, k and v (wrap_attention_forward's factors)."""
+    ``rules`` lxt's AttnLRP gradient corrections on q, k and v (wrap_attention_forward's factors); ``sink`` (a list)
+    receives the attention probabilities softmax(q k^T / sqrt(head_dim)) [B, heads, N, N], the tensor multiplied
+    into v."""
     from lxt.efficient.rules import divide_gradient
 
     assert query is key and key is value and not need_weights and self.batch_first and self._qkv_same_embed_dim
@@ -300,13 +480,16 @@ def explicit_attention(self, query, key, value, need_weights=False, rules=True):
     if rules:
         q, k, v = divide_gradient(q, 4), divide_gradient(k, 4), divide_gradient(v, 2)
     scores = q @ k.transpose(-2, -1) * d ** -0.5
-    out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, e)
+    probs = scores.softmax(dim=-1)
+    if sink is not None:
+        sink.append(probs)
+    out = (probs @ v).transpose(1, 2).reshape(b, n, e)
     return self.out_proj(out), None
 
 
 @contextlib.contextmanager
-def attn_lrp_patched(model, rules=True):
-    """Instance-level patches (undone on exit): every nn.MultiheadAttention -> explicit_attention(rules); with
+def attn_lrp_patched(model, rules=True, sink=None):
+    """Instance-level patches (undone on exit): every nn.MultiheadAttention -> explicit_attention(rules, sink); with
     ``rules`` also every nn.LayerNorm -> lxt layer_norm_forward, every nn.GELU -> lxt identity_rule_implicit."""
     from lxt.efficient.patches import layer_norm_forward
     from lxt.efficient.rules import identity_rule_implicit
@@ -314,7 +497,7 @@ def attn_lrp_patched(model, rules=True):
     patched = []
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
-            forward = types.MethodType(functools.partial(explicit_attention, rules=rules), module)
+            forward = types.MethodType(functools.partial(explicit_attention, rules=rules, sink=sink), module)
         elif rules and isinstance(module, nn.LayerNorm):
             forward = types.MethodType(layer_norm_forward, module)
         elif rules and isinstance(module, nn.GELU):
@@ -400,7 +583,8 @@ def generate(arch, outdir):
     t = torch.tensor([pred[0].item(), alt.item()], dtype=torch.int64)
     assert (logits.std(dim=1) > 0.3).all() and logits.abs().max() < 50, f"degenerate logits {logits}"
     out = {"inputs": x, "targets": t, "logits": logits}
-    out.update(references(model, x, t))
+    diag32, diag64 = {}, {}
+    out.update(references(model, x, t, diag32))
     with_lrp = arch == LRP_ARCH
     if with_lrp:
         out.update(lrp_refs(model, x, t, logits))
@@ -408,7 +592,7 @@ def generate(arch, outdir):
     model64, x64 = copy.deepcopy(model).double(), x.double()
     with torch.no_grad():
         out64 = {"logits": model64(x64)}
-    out64.update(references(model64, x64, t))
+    out64.update(references(model64, x64, t, diag64))
     if with_lrp:
         out64.update(lrp_refs(model64, x64, t, out64["logits"]))
     f64_rel_err = {}
@@ -425,6 +609,12 @@ def generate(arch, outdir):
         "torch": torch.__version__,
         "captum": mf.captum.__version__,
         "gradcam_layer": cam_layer(model)[1],
+        "attention_rollout": json.dumps({
+            "variants": {k: {"head_fusion": f, "discard_ratio": r} for k, (f, r) in ROLLOUT_VARIANTS.items()},
+            "learned_tokens": diag32["learned_tokens"],
+            "capture": ATTENTION_CAPTURE[library(model)],
+            "semantics": ROLLOUT_SEMANTICS}, sort_keys=True),
+        "generic_attention": GENERIC_ATTENTION,
     }
     if with_lrp:
         metadata.update({"lrp_cp_rules": LRP_CP_RULES, "lrp_attn_rules": LRP_ATTN_RULES,
@@ -434,6 +624,18 @@ def generate(arch, outdir):
     mf.save_safetensors_deterministic(tensors, path, metadata)
     worst = max(f64_rel_err.items(), key=lambda kv: kv[1][0])
     print(f"{arch}: logits {logits.abs().max().item():.2f}, worst float32 conditioning {worst}")
+    print(f"   attention maps: {diag32['learned_tokens']} learned tokens, capturing forward vs logits "
+          f"{diag32['capture_logits_err']:.3g} (float32) {diag64['capture_logits_err']:.3g} (float64)")
+    for key in list(ROLLOUT_VARIANTS) + ["generic_attention"]:
+        v = out[key]
+        line = (f"   {key}: min {v.min().item():.4g} max {v.max().item():.4g}, float32 vs float64 {f64_rel_err[key]}")
+        if diag32["discard_gaps"].get(key):
+            same = all(torch.equal(a, b) for a, b in zip(diag32["discard_masks"][key], diag64["discard_masks"][key]))
+            assert same, f"{key}: float32 and float64 discard different entries"
+            line += (", smallest relative discard gap (v[k+1] - v[k]) / v[k+1] "
+                     f"{min(min(g) for g in diag32['discard_gaps'][key]):.3g} (float32) "
+                     f"{min(min(g) for g in diag64['discard_gaps'][key]):.3g} (float64), same entries discarded")
+        print(line)
     if with_lrp:
         for key in LRP_REFERENCES:
             v = out[key]

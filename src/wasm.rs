@@ -373,6 +373,16 @@ impl WasmModel {
         self.model.layer_names().into_iter().map(String::from).collect()
     }
 
+    /// The names of the methods that can explain this model (Grad-CAM needs a spatial layer,
+    /// the transformer methods attention).
+    #[wasm_bindgen(js_name = applicableMethods)]
+    pub fn applicable_methods(&self) -> Vec<String> {
+        crate::methods::Method::applicable_to(&self.model)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
     /// The layer Grad-CAM explains when none is named.
     #[wasm_bindgen(js_name = defaultCamLayer)]
     pub fn default_cam_layer(&self) -> Option<String> {

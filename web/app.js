@@ -8,7 +8,8 @@ const SAMPLES = new URL('assets/samples/', import.meta.url);
 
 const state = {
   explainer: null,
-  methods: [],
+  catalog: [], // every method the engine has
+  methods: [], // those that can explain the loaded model
   params: {}, // method name -> {param: value}
   prepared: null,
   prediction: null,
@@ -112,25 +113,31 @@ function sentence(text) {
   return /[.!?]$/.test(s) ? s : `${s}.`;
 }
 
-function fillMethods() {
+const ATTENTION_METHODS = ['attention-rollout', 'generic-attention'];
+
+/** The method list for the loaded model (`applicable`: the names that can explain it), the
+ * current choice kept where it still applies. */
+function fillMethods(applicable) {
   const select = $('method');
+  const previous = select.value;
+  state.methods = state.catalog.filter((m) => applicable.includes(m.name));
   select.replaceChildren();
   const groups = [
-    ['Gradients', (n) => !n.startsWith('lrp-') && n !== 'grad-cam'],
+    ['Gradients', (n) => !n.startsWith('lrp-') && n !== 'grad-cam' && !ATTENTION_METHODS.includes(n)],
     ['Class activation maps', (n) => n === 'grad-cam'],
+    ['Attention (transformers)', (n) => ATTENTION_METHODS.includes(n)],
     ['Layer-wise Relevance Propagation (composites)', (n) => n.startsWith('lrp-')],
   ];
   for (const [label, keep] of groups) {
     const group = document.createElement('optgroup');
     group.label = label;
-    for (const m of state.methods.filter((m) => keep(m.name))) {
-      group.append(new Option(m.label, m.name));
-    }
-    select.append(group);
+    const members = state.methods.filter((m) => keep(m.name));
+    for (const m of members) group.append(new Option(m.label, m.name));
+    if (members.length) select.append(group);
   }
-  select.value = 'gradient';
+  select.value = state.methods.some((m) => m.name === previous) ? previous : 'gradient';
   for (const m of state.methods) {
-    state.params[m.name] = Object.fromEntries(
+    state.params[m.name] ??= Object.fromEntries(
       m.tunables.map((t) => [t.name, t.scale === 'choice' ? t.default_choice : t.default]),
     );
   }
@@ -351,11 +358,11 @@ async function useModel(source, options, description) {
     $('model-info').textContent = `Loaded ${info.architecture} with ${info.layers.length} layers in ${formatMs(
       performance.now() - started,
     )}.`;
-    if (!state.methods.length) {
-      state.methods = await explainer.methods();
-      fillMethods();
+    if (!state.catalog.length) {
+      state.catalog = await explainer.methods();
       $('version').textContent = await explainer.version();
     }
+    fillMethods(info.methods ?? state.catalog.map((m) => m.name));
     fillLayers();
     showBackend();
     setStatus('Ready.');

@@ -104,6 +104,7 @@ function modelInfo(m) {
     numClasses: m.numClasses ?? null,
     layers: m.layerNames(),
     defaultCamLayer: m.defaultCamLayer() ?? null,
+    methods: m.applicableMethods(),
   };
 }
 

@@ -315,6 +315,11 @@ export class Explainer {
   get defaultCamLayer() {
     return this.info.defaultCamLayer;
   }
+  /** The names of the methods that can explain this model (Grad-CAM needs a convolutional or
+   * token layer; attention rollout, gradient-weighted attention, AttnLRP and CP-LRP a transformer). */
+  get applicableMethods() {
+    return this.info.methods;
+  }
   get numClasses() {
     return this.info.numClasses;
   }

@@ -1,5 +1,6 @@
 //! The attribution methods and the one entry point that runs them.
 
+pub(crate) mod attention;
 mod baseline;
 mod grad_cam;
 mod gradient;
@@ -10,6 +11,7 @@ pub(crate) mod probe;
 mod quadrature;
 mod smooth_grad;
 
+pub use attention::{AttentionRolloutParams, HeadFusion};
 pub use baseline::Baseline;
 pub use grad_cam::GradCamParams;
 pub use gradient::GradientParams;
@@ -41,11 +43,14 @@ pub enum Method {
     IntegratedGradients(IntegratedGradientsParams),
     GradCam(GradCamParams),
     Lrp(LrpParams),
+    AttentionRollout(AttentionRolloutParams),
+    /// Chefer et al. 2021's gradient-weighted attention rollout.
+    GenericAttention,
 }
 
 impl Method {
     /// Names accepted by `from_name`, as the CLI spells them.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 16] = [
         "gradient",
         "input-x-gradient",
         "smoothgrad",
@@ -60,6 +65,8 @@ impl Method {
         "lrp-gamma-identity",
         "lrp-attn",
         "lrp-cp",
+        "attention-rollout",
+        "generic-attention",
     ];
 
     /// The method called `name`, with its default parameters.
@@ -70,6 +77,8 @@ impl Method {
             "smoothgrad" | "smooth-grad" => Method::SmoothGrad(SmoothGradParams::default()),
             "integrated-gradients" | "ig" => Method::IntegratedGradients(IntegratedGradientsParams::default()),
             "grad-cam" | "gradcam" => Method::GradCam(GradCamParams::default()),
+            "attention-rollout" | "rollout" => Method::AttentionRollout(AttentionRolloutParams::default()),
+            "generic-attention" => Method::GenericAttention,
             other => match crate::lrp::Composite::from_name(other) {
                 Some(composite) => Method::Lrp(LrpParams::new(composite)),
                 None => {
@@ -91,6 +100,8 @@ impl Method {
             Method::IntegratedGradients(_) => "Integrated Gradients",
             Method::GradCam(_) => "Grad-CAM",
             Method::Lrp(p) => p.composite.label(),
+            Method::AttentionRollout(_) => "Attention rollout",
+            Method::GenericAttention => "Gradient-weighted attention (Chefer)",
         }
     }
 
@@ -107,7 +118,43 @@ impl Method {
                 "A coarse map from a convolutional layer's activations weighted by their pooled gradients."
             }
             Method::Lrp(p) => p.composite.help(),
+            Method::AttentionRollout(_) => {
+                "How much the class token attends to each patch through all the blocks: the attention maps, heads \
+                 fused, multiplied block by block (transformers only)."
+            }
+            Method::GenericAttention => {
+                "Attention weighted by its gradient for the class, accumulated block by block (Chefer et al. 2021; \
+                 transformers only)."
+            }
         }
+    }
+
+    /// Whether the method can explain `model`: Grad-CAM needs a layer with a spatial (or token)
+    /// output, and the transformer methods (attention rollout, gradient-weighted attention,
+    /// AttnLRP, CP-LRP) need attention.
+    pub fn applies_to(&self, model: &Model) -> bool {
+        let transformer = || attention::has_attention(model.graph());
+        match self {
+            Method::GradCam(_) => model.default_cam_layer().is_ok(),
+            Method::AttentionRollout(_) | Method::GenericAttention => transformer(),
+            Method::Lrp(p)
+                if matches!(
+                    p.composite,
+                    crate::lrp::Composite::AttnLrp | crate::lrp::Composite::CpLrp
+                ) =>
+            {
+                transformer()
+            }
+            _ => true,
+        }
+    }
+
+    /// The names of the methods that can explain `model`, in [`Method::NAMES`] order.
+    pub fn applicable_to(model: &Model) -> Vec<&'static str> {
+        Self::NAMES
+            .into_iter()
+            .filter(|name| Self::from_name(name).is_ok_and(|m| m.applies_to(model)))
+            .collect()
     }
 
     pub fn name(&self) -> String {
@@ -118,6 +165,8 @@ impl Method {
             Method::IntegratedGradients(_) => "integrated-gradients".into(),
             Method::GradCam(_) => "grad-cam".into(),
             Method::Lrp(p) => p.composite.name().into(),
+            Method::AttentionRollout(_) => "attention-rollout".into(),
+            Method::GenericAttention => "generic-attention".into(),
         }
     }
 }
@@ -269,7 +318,11 @@ pub async fn explain_async(
     // canonized graph, and only need the logits.
     let single_pass = matches!(
         request.method,
-        Method::Gradient(_) | Method::InputXGradient | Method::GradCam(_)
+        Method::Gradient(_)
+            | Method::InputXGradient
+            | Method::GradCam(_)
+            | Method::AttentionRollout(_)
+            | Method::GenericAttention
     );
     let (logits, activations, widest_row) = if single_pass {
         let activations = graph.forward(&input, None)?;
@@ -294,6 +347,12 @@ pub async fn explain_async(
             integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, progress).await?
         }
         (Method::Lrp(p), _) => lrp::relevance(&probe, &input, p, progress).await?,
+        (Method::AttentionRollout(p), Some(activations)) => {
+            attention::attention_rollout(graph, &activations, &input, p).await?
+        }
+        (Method::GenericAttention, Some(activations)) => {
+            attention::generic_attention(&probe, &activations, &input).await?
+        }
         (method, Some(activations)) => {
             progress.report(0, 1)?;
             let pass = probe.backward(&activations)?;

@@ -268,6 +268,8 @@ impl Method {
             Method::SmoothGrad(p) => p.parameters(),
             Method::IntegratedGradients(p) => p.parameters(),
             Method::GradCam(p) => p.parameters(),
+            Method::AttentionRollout(p) => p.parameters(),
+            Method::GenericAttention => Vec::new(),
             Method::Lrp(p) => p.parameters(),
         }
     }
@@ -342,7 +344,8 @@ impl Method {
             }
         }
         match self {
-            Method::Gradient(_) | Method::InputXGradient | Method::GradCam(_) => Ok(()),
+            Method::Gradient(_) | Method::InputXGradient | Method::GradCam(_) | Method::GenericAttention => Ok(()),
+            Method::AttentionRollout(p) => p.validate(),
             Method::SmoothGrad(p) => p.validate(),
             Method::IntegratedGradients(p) => p.validate(),
             Method::Lrp(p) => p.validate(),

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::graph::{Activations, NodeId};
+use crate::layers::Layer;
 use crate::model::Model;
 use crate::tensor::{Device, Tensor};
 
@@ -86,6 +87,37 @@ impl Probe<'_> {
             gradient,
             activation: activations.get(self.at).clone(),
         })
+    }
+}
+
+impl Probe<'_> {
+    /// d(target logit)/d(output of each of `nodes`), from one backward pass over a forward
+    /// pass already made; zeros where the output does not depend on a node.
+    pub fn gradients_at(&self, activations: &Activations, nodes: &[NodeId]) -> Result<Vec<Tensor>> {
+        let graph = self.model.graph();
+        let logits = activations.output();
+        let classes = logits.dim(1)?;
+        check_targets(self.targets, classes)?;
+        let seed = one_hot(self.targets, classes, &logits.device())?;
+        let mut kept: Vec<Option<Tensor>> = vec![None; nodes.len()];
+        let first = nodes.iter().copied().min().unwrap_or(0);
+        graph.backward(
+            activations,
+            graph.output_id(),
+            seed,
+            first.saturating_sub(1),
+            &mut |id, node, inputs, output, signal| {
+                if let Some(k) = nodes.iter().position(|&n| n == id) {
+                    kept[k] = Some(signal.clone());
+                }
+                node.op.input_vjp(inputs, output, signal)
+            },
+        )?;
+        nodes
+            .iter()
+            .zip(kept)
+            .map(|(&id, grad)| grad.map_or_else(|| activations.get(id).zeros_like(), Ok))
+            .collect()
     }
 }
 

@@ -183,3 +183,36 @@ fn vision_transformers_from_graph_json_match_timm() {
     check_op_network("vit", &[]);
     check_op_network("deit", &[]);
 }
+
+/// The transformer methods apply to models with attention only; the rest to both.
+#[test]
+fn transformer_methods_apply_to_transformers_only() {
+    let load = |name: &str| {
+        let dir = |file: &str| crate::common::fixture(&format!("ops/{file}"));
+        let bytes = std::fs::read(dir(&format!("{name}.safetensors"))).unwrap();
+        let graph =
+            GraphSpec::from_json(&std::fs::read_to_string(dir(&format!("{name}.graph.json"))).unwrap()).unwrap();
+        let (state, _) = StateDict::from_safetensors(&bytes, name, &candle_core::Device::Cpu).unwrap();
+        candle_xai::Model::from_state_dict(&state, Some(graph), None, &candle_core::Device::Cpu).unwrap()
+    };
+    let transformer_only = ["lrp-attn", "lrp-cp", "attention-rollout", "generic-attention"];
+    let methods = candle_xai::Method::applicable_to(&load("vit"));
+    assert_eq!(methods, candle_xai::Method::NAMES, "every method explains a ViT");
+    let methods = candle_xai::Method::applicable_to(&load("group_norm"));
+    let expected: Vec<&str> = candle_xai::Method::NAMES
+        .into_iter()
+        .filter(|m| !transformer_only.contains(m))
+        .collect();
+    assert_eq!(methods, expected);
+    let refs = crate::common::Refs::load(&crate::common::fixture("ops/group_norm_refs.safetensors"));
+    let rollout = candle_xai::Method::from_name("attention-rollout").unwrap();
+    let request = candle_xai::Request::new(rollout);
+    let err = candle_xai::explain(
+        &load("group_norm"),
+        &refs.f32("inputs"),
+        &request,
+        &mut candle_xai::Progress::none(),
+    );
+    let err = err.err().expect("no attention to roll out").to_string();
+    assert!(err.contains("no attention"), "{err}");
+}

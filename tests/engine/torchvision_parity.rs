@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use candle_core::{Device as CpuDevice, Tensor};
 use candle_xai::import::StateDict;
 use candle_xai::lrp::{Composite, MergeConvention};
-use candle_xai::methods::{Aggregate, Baseline, IntegratedGradientsParams, Method, Quadrature};
+use candle_xai::methods::{
+    Aggregate, AttentionRolloutParams, Baseline, HeadFusion, IntegratedGradientsParams, Method, Quadrature,
+};
 use candle_xai::Model;
 
 use crate::common::parity::{parity_tests, Case, Suite};
 use crate::common::seeded_weights::weights_from_metadata;
-use crate::common::{fixture, Refs};
+use crate::common::{fixture, Refs, REL_TOL};
 
 /// Row 1 of the fixture input has flat regions: its max-pool windows hold values that are
 /// equal up to the last bit, and which one wins depends on how each library's convolution
@@ -132,6 +134,20 @@ fn check_transformer(case: &Case) {
     case.check_grad_cam("gradcam", false, false, None);
     case.check_grad_cam("gradcam_relu", true, false, None);
     case.check_grad_cam("gradcam_relu_upsampled", true, true, None);
+    for (head_fusion, discard_ratio, key) in [
+        (HeadFusion::Min, 0.9, "rollout_min_0_9"),
+        (HeadFusion::Mean, 0.0, "rollout_mean_0"),
+        (HeadFusion::Max, 0.5, "rollout_max_0_5"),
+    ] {
+        let params = AttentionRolloutParams {
+            head_fusion,
+            discard_ratio,
+        };
+        let tol = case.conditioned_tol(key, REL_TOL);
+        case.check(key, Method::AttentionRollout(params), None, tol);
+    }
+    let tol = case.conditioned_tol("generic_attention", REL_TOL);
+    case.check("generic_attention", Method::GenericAttention, None, tol);
     for (composite, key) in [(Composite::AttnLrp, "lrp_attn"), (Composite::CpLrp, "lrp_cp")] {
         if case.refs.tensors.contains_key(key) {
             case.check_lrp(composite, key, None, MergeConvention::KeepEps);
