@@ -213,6 +213,6 @@ fn transformer_methods_apply_to_transformers_only() {
         &request,
         &mut candle_xai::Progress::none(),
     );
-    let err = err.err().expect("no attention to roll out").to_string();
+    let err = err.expect_err("no attention to roll out").to_string();
     assert!(err.contains("no attention"), "{err}");
 }
