@@ -42,8 +42,8 @@ fi
 step "native CLI for the parity checks"
 cargo build --release --quiet --bin candle-xai
 
-step "seeded EfficientNet and ConvNeXt (.safetensors, .pth) for the page"
-for model in efficientnet_b0 convnext_tiny; do
+step "seeded EfficientNet, ConvNeXt and DeiT (.safetensors, .pth) for the page"
+for model in efficientnet_b0 convnext_tiny timm_deit_w128_d2_distilled_patch8_64; do
     [ -s "target/e2e-models/$model.pth" ] && [ "target/e2e-models/$model.pth" -nt "tests/fixtures/${model}_refs.safetensors" ] && continue
     cargo run --release --quiet --example seeded_model -- "tests/fixtures/${model}_refs.safetensors" "target/e2e-models/$model"
 done

@@ -329,6 +329,24 @@ pub fn imagenet_preprocess(image: &RgbImage) -> Result<Preprocessed> {
     preprocess(image, IMAGENET_RESIZE, IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_STD)
 }
 
+/// The ImageNet preprocessing for a model that takes `crop` x `crop` images (a vision
+/// transformer trained at 384): the shorter side to `crop` / 0.875 (256 for 224), then the
+/// centre crop, normalised.
+pub fn imagenet_preprocess_at(image: &RgbImage, crop: u32) -> Result<Preprocessed> {
+    let pixels = u64::from(crop) * u64::from(crop);
+    if pixels > crate::model::MAX_INPUT_PIXELS as u64 {
+        return Err(Error::invalid_parameter(
+            "crop",
+            format!(
+                "a {crop}x{crop} crop is more than the {} pixels a model input may have",
+                crate::model::MAX_INPUT_PIXELS
+            ),
+        ));
+    }
+    let resize = (f64::from(crop) * f64::from(IMAGENET_RESIZE) / f64::from(IMAGENET_CROP)).round() as u32;
+    preprocess(image, resize, crop, IMAGENET_MEAN, IMAGENET_STD)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

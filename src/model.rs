@@ -129,6 +129,18 @@ impl Model {
         })
     }
 
+    /// The one input side the model takes, where it takes one only (a vision transformer's).
+    pub fn input_size(&self) -> Option<usize> {
+        self.input_size
+    }
+
+    /// The side photos are cropped to for this model: its own, or ImageNet's 224.
+    pub fn photo_size(&self) -> u32 {
+        self.input_size
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(crate::image::IMAGENET_CROP)
+    }
+
     pub fn graph(&self) -> &Graph {
         &self.graph
     }

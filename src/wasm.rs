@@ -131,14 +131,16 @@ pub fn build_method(name: &str, params_json: &str) -> Result<Method, Error> {
 // Images
 
 /// Decodes a PNG/JPEG/WebP photo and applies torchvision's ImageNet preprocessing (shorter side
-/// 256, centre crop 224, normalised), exactly as `candle-xai explain --image` does.
+/// 256, centre crop 224, normalised; for a model that takes another size, the crop is that size
+/// and the shorter side size / 0.875), exactly as `candle-xai explain --image` does.
 /// Returns `{input: Float32Array, shape, photo: Uint8Array (RGB of the crop), width, height,
 /// sourceWidth, sourceHeight}`.
 #[wasm_bindgen]
-pub fn preprocess(bytes: &[u8], name: &str) -> JsResult<Object> {
+pub fn preprocess(bytes: &[u8], name: &str, size: Option<u32>) -> JsResult<Object> {
     let (_, source_width, source_height) = crate::image::dimensions(bytes, name).map_err(js_error)?;
     let image = crate::image::decode(bytes, name).map_err(js_error)?;
-    let p = crate::image::imagenet_preprocess(&image).map_err(js_error)?;
+    let size = size.unwrap_or(crate::image::IMAGENET_CROP);
+    let p = crate::image::imagenet_preprocess_at(&image, size).map_err(js_error)?;
     let out = Object::new();
     let values = flat(&p.tensor)?;
     set(&out, "input", Float32Array::from(values.as_slice()))?;
@@ -383,6 +385,12 @@ impl WasmModel {
             .collect()
     }
 
+    /// The one image side the model takes (a vision transformer's), or undefined.
+    #[wasm_bindgen(js_name = inputSize)]
+    pub fn input_size(&self) -> Option<u32> {
+        self.model.input_size().and_then(|s| u32::try_from(s).ok())
+    }
+
     /// The layer Grad-CAM explains when none is named.
     #[wasm_bindgen(js_name = defaultCamLayer)]
     pub fn default_cam_layer(&self) -> Option<String> {
@@ -538,7 +546,7 @@ mod tests {
 
     #[wasm_bindgen_test]
     fn bad_images_give_a_message() {
-        let err = preprocess(b"hello, I am text", "notes.png").err().unwrap();
+        let err = preprocess(b"hello, I am text", "notes.png", None).err().unwrap();
         let message: JsValue = err.into();
         let text = Reflect::get(&message, &"message".into()).unwrap().as_string().unwrap();
         assert!(text.contains("notes.png"), "{text}");
@@ -549,7 +557,7 @@ mod tests {
         let image = ::image::RgbImage::from_fn(300, 200, |x, y| [x as u8, y as u8, 100].into());
         let mut bytes = std::io::Cursor::new(Vec::new());
         image.write_to(&mut bytes, ::image::ImageFormat::Png).unwrap();
-        let out = preprocess(bytes.get_ref(), "a.png").unwrap();
+        let out = preprocess(bytes.get_ref(), "a.png", None).unwrap();
         let get = |k: &str| Reflect::get(&out, &k.into()).unwrap();
         assert_eq!(get("width").as_f64(), Some(224.0));
         assert_eq!(get("sourceWidth").as_f64(), Some(300.0));

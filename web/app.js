@@ -11,6 +11,7 @@ const state = {
   catalog: [], // every method the engine has
   methods: [], // those that can explain the loaded model
   params: {}, // method name -> {param: value}
+  photo: null, // the photo as given ({source, name}), to prepare again for another model
   prepared: null,
   prediction: null,
   target: null,
@@ -366,7 +367,9 @@ async function useModel(source, options, description) {
     fillLayers();
     showBackend();
     setStatus('Ready.');
-    if (state.prepared) await usePhoto(state.prepared);
+    // The photo again, prepared for this model (a vision transformer may take another size).
+    if (state.photo) await usePhoto(state.photo.source, state.photo.name);
+    else if (state.prepared) await usePhoto(state.prepared);
     return true;
   } finally {
     end();
@@ -408,6 +411,7 @@ async function usePhoto(source, name) {
     }
     if (photoId !== state.photoId) return;
     state.prepared = prepared;
+    if (!(source?.input instanceof Float32Array)) state.photo = { source, name };
     pixelsToCanvas(rgbToRgba(prepared.photo), prepared.width, prepared.height, $('photo'));
     $('photo-info').textContent = `${prepared.name}: ${prepared.sourceWidth}×${prepared.sourceHeight} pixels, shown as the model sees it (${prepared.width}×${prepared.height}).`;
     state.prediction = prediction;

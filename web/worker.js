@@ -105,6 +105,7 @@ function modelInfo(m) {
     layers: m.layerNames(),
     defaultCamLayer: m.defaultCamLayer() ?? null,
     methods: m.applicableMethods(),
+    inputSize: m.inputSize() ?? null,
   };
 }
 
@@ -151,8 +152,8 @@ const handlers = {
     return { result: colours, transfer: [colours.buffer] };
   },
 
-  preprocess({ bytes, name }) {
-    const r = xai.preprocess(new Uint8Array(bytes), name);
+  preprocess({ bytes, name, size }) {
+    const r = xai.preprocess(new Uint8Array(bytes), name, size ?? undefined);
     return { result: r, transfer: [r.input.buffer, r.photo.buffer] };
   },
 

@@ -392,14 +392,16 @@ export class Explainer {
 
   /**
    * Decodes and preprocesses a photo (PNG, JPEG or WebP of any size): shorter side 256, centre
-   * crop 224, ImageNet normalisation. Returns {input, shape, photo (RGB), width, height,
-   * sourceWidth, sourceHeight, name}. Accepts what `explain` accepts.
+   * crop 224 (a model that takes another size, a vision transformer trained at 384: that crop,
+   * the shorter side in proportion), ImageNet normalisation. Returns {input, shape, photo (RGB),
+   * width, height, sourceWidth, sourceHeight, name}. Accepts what `explain` accepts.
    */
   async prepare(image, name) {
     if (image && image.input instanceof Float32Array && image.shape) return image;
     const bytes = await toBytes(image);
     const label = name ?? nameOf(image, 'image');
-    const prepared = await this.#painter.call('preprocess', { bytes, name: label });
+    const size = this.info.inputSize ?? null;
+    const prepared = await this.#painter.call('preprocess', { bytes, name: label, size });
     prepared.name = label;
     if (this.info.inputChannels !== prepared.shape[1]) {
       throw new Error(
