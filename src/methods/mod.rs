@@ -130,22 +130,24 @@ impl Method {
     }
 
     /// Whether the method can explain `model`: Grad-CAM needs a layer with a spatial (or token)
-    /// output, and the transformer methods (attention rollout, gradient-weighted attention,
-    /// AttnLRP, CP-LRP) need attention.
+    /// output, and the transformer methods need attention.
     pub fn applies_to(&self, model: &Model) -> bool {
-        let transformer = || attention::has_attention(model.graph());
         match self {
             Method::GradCam(_) => model.default_cam_layer().is_ok(),
-            Method::AttentionRollout(_) | Method::GenericAttention => transformer(),
-            Method::Lrp(p)
-                if matches!(
-                    p.composite,
-                    crate::lrp::Composite::AttnLrp | crate::lrp::Composite::CpLrp
-                ) =>
-            {
-                transformer()
-            }
-            _ => true,
+            _ => !self.for_transformers() || attention::has_attention(model.graph()),
+        }
+    }
+
+    /// Attention rollout, gradient-weighted attention, AttnLRP and CP-LRP: methods defined on
+    /// attention.
+    fn for_transformers(&self) -> bool {
+        match self {
+            Method::AttentionRollout(_) | Method::GenericAttention => true,
+            Method::Lrp(p) => matches!(
+                p.composite,
+                crate::lrp::Composite::AttnLrp | crate::lrp::Composite::CpLrp
+            ),
+            _ => false,
         }
     }
 
@@ -304,6 +306,15 @@ pub async fn explain_async(
     // The host copy serves the methods that derive something from the input's values
     // (SmoothGrad's noise scale, IG's baseline) without reading the device copy back.
     request.method.validate()?;
+    if request.method.for_transformers() && !request.method.applies_to(model) {
+        return Err(Error::invalid_parameter(
+            "method",
+            format!(
+                "{} explains transformers; this model has no attention (no Softmax whose weights multiply values)",
+                request.method.name()
+            ),
+        ));
+    }
     let host_input = model.check_input(input)?;
     let rows_in_memory = rows_in_memory(model, host_input.dims(), request.memory_limit)?;
     let input = model.device().upload(&host_input)?;

@@ -309,7 +309,13 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
     }
     let colormap = match &args.colormap {
         Some(name) => Colormap::parse(name)?,
-        None if matches!(method, Method::GradCam(_)) => Colormap::Hot,
+        None if matches!(
+            method,
+            Method::GradCam(_) | Method::AttentionRollout(_) | Method::GenericAttention
+        ) =>
+        {
+            Colormap::Hot
+        }
         None => Colormap::Bwr,
     };
     let alpha = args.alpha.unwrap_or(0.5);
