@@ -22,7 +22,8 @@ eval, no_grad) and ``__metadata__`` (keys sorted): ``arch``, ``weights`` (the se
 "lo", "hi"}]`` of scripts/xai_reference.py / tests/common/seeded_weights.rs, state_dict order, every tensor of the state
 dict (all floating point, asserted); ranges: scripts/make_vit_fixtures.py's ``weight_spec``, i.e. linear / conv
 weights uniform with variance gain^2 / fan_in, gain 1.5 in the blocks and 3 for the classifier(s), biases +-0.1,
-LayerNorm [0.5, 1.5] / +-0.2, tokens and position embeddings +-0.5) and ``input`` (one more such entry, named
+LayerNorm [0.5, 1.5] / +-0.2, tokens and position embeddings +-0.5; torchvision's attention ``in_proj_weight`` /
+``in_proj_bias`` those of a block's Linear, see vit_weight_spec) and ``input`` (one more such entry, named
 ``input``: the [1, 3, S, S] image, S = 224, values in [-1, 1) as in scripts/make_layout_fixtures.py). The files are
 byte-reproducible (make_fixtures.save_safetensors_deterministic, the writer of the other forward fixtures' layout).
 
@@ -43,9 +44,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_vit_fixtures as mvf  # noqa: E402  (weight_spec, seeded: defined once)
-from make_vit_fixtures import weight_spec  # noqa: E402
-from xai_reference import NUM_CLASSES, f32, seeded_tensor  # noqa: E402
+import make_vit_fixtures as mvf  # noqa: E402  (weight_spec and the writer: defined once)
+from xai_reference import NUM_CLASSES, f32, seeded_tensor, weights_from_spec  # noqa: E402
 
 MIN_SENSITIVITY = 0.05  # ||logits(input) - logits(input_alt)|| / ||logits(input)||
 F32_TOL = 1e-5  # max|logits32 - logits64| / max|logits64|
@@ -87,11 +87,36 @@ MODELS = {
 }
 
 
+IN_PROJ_GAIN = 1.5  # torchvision's in_proj_weight: the gain make_vit_fixtures.weight_spec gives the blocks' Linears
+
+
+def vit_weight_spec(model, strip):
+    """make_vit_fixtures.weight_spec, except for torchvision's attention in-projection: ``in_proj_weight`` and
+    ``in_proj_bias`` are parameters of nn.MultiheadAttention itself, not of an nn.Linear, so weight_spec gives them
+    the tokens' +-0.5; here they get what a Linear of the blocks gets (weight +-IN_PROJ_GAIN * sqrt(3 / fan_in), bias
+    +-0.1). With +-0.5 (5.6x the Linear bound at width 768) the attention logits are so large that the softmax
+    saturates and the network turns chaotic: the float32 forward of vit_b_32 is off by 30% of max|logit|, ViT-H's by
+    120%, torch's own no-grad and autograd float32 paths disagreeing as much."""
+    spec = mvf.weight_spec(model, strip)
+    for e in spec:
+        if e["name"].endswith(".in_proj_weight"):
+            bound = IN_PROJ_GAIN * (3.0 / e["shape"][1]) ** 0.5
+            e["lo"], e["hi"] = f32(-bound), f32(bound)
+        elif e["name"].endswith(".in_proj_bias"):
+            e["lo"], e["hi"] = f32(-0.1), f32(0.1)
+    return spec
+
+
 def seeded_model(arch):
-    """The eval-mode model with its seeded weights (make_vit_fixtures.seeded), and the spec; checks that the spec
-    covers every state-dict tensor, all floating point, and that the loaded weights are the spec's bit for bit."""
+    """The eval-mode model with its seeded weights (as make_vit_fixtures.seeded, with vit_weight_spec), and the spec;
+    checks that the spec covers every state-dict tensor, all floating point, and that the loaded weights are the
+    spec's bit for bit."""
     make, strip, _ = MODELS[arch]
-    model, spec = mvf.seeded(make, strip)
+    model = make().eval()
+    spec = vit_weight_spec(model, strip)
+    model.load_state_dict({strip + k: v for k, v in weights_from_spec(spec).items()})
+    for p in model.parameters():
+        p.requires_grad_(False)
     state = model.state_dict()
     others = [k for k, v in state.items() if not v.is_floating_point()]
     assert not others, f"{arch}: non-floating state-dict tensors {others}"

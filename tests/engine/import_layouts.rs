@@ -683,3 +683,29 @@ fn timm_layouts_are_recognised_with_their_module_names() {
         assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
     }
 }
+
+/// The published vision transformers, recognised from their seeded state dicts under
+/// torchvision's, timm's and Hugging Face's names, against PyTorch's float64 logits
+/// (scripts/make_vit_layout_fixtures.py): heads of width 64 (ViT-H: 16 of 80), the distilled
+/// DeiT's two heads, patch sizes 14, 16 and 32.
+#[test]
+fn vision_transformers_match_pytorch() {
+    for arch in [
+        "vit_b_16",
+        "vit_b_32",
+        "vit_l_16",
+        "vit_l_32",
+        "vit_h_14",
+        "timm_deit_tiny_distilled_patch16_224",
+        "timm_vit_small_patch16_224",
+        "timm_vit_base_patch32_224",
+        "hf_vit_base_patch16_224",
+    ] {
+        let (refs, state, input) = forward_fixture(arch);
+        let model = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(model.architecture(), arch);
+        assert_eq!(model.input_size(), Some(input.dims()[2]), "{arch}");
+        let logits = model.predict(&input).unwrap();
+        assert_close(&format!("{arch} logits"), &logits, &refs.f32("logits"), REL_TOL);
+    }
+}
