@@ -646,7 +646,7 @@ fn timm_layouts_are_recognised_with_their_module_names() {
         let expected_names: &[&str] = match expected {
             "timm_efficientnet_b0" => &[
                 "conv_stem",
-                "bn1",
+                "bn1.bn",
                 "bn1.act",
                 "blocks.0.0.conv_dw",
                 "blocks.0.0.se.conv_reduce",
@@ -675,6 +675,15 @@ fn timm_layouts_are_recognised_with_their_module_names() {
             model.graph().node(model.default_cam_layer().unwrap()).answers_to(cam),
             "{arch}"
         );
+        if expected == "timm_efficientnet_b0" {
+            // A BatchNormAct2d's name is its output: the activation's.
+            let graph = model.graph();
+            assert_eq!(graph.find("bn2").unwrap(), graph.find("bn2.act").unwrap());
+            assert_eq!(
+                graph.find("blocks.1.0.bn1").unwrap(),
+                graph.find("blocks.1.0.bn1.act").unwrap()
+            );
+        }
     }
     for arch in ["timm_resnet50", "timm_efficientnet_b0", "timm_convnext_tiny"] {
         let (refs, state, input) = forward_fixture(arch);

@@ -108,6 +108,82 @@ parity_tests!(
     regnet_y_400mf
 );
 
+/// timm's EfficientNet-B0 and ConvNeXt-Tiny (`scripts/make_timm_refs.py`): the torchvision
+/// fixtures' seeded weights under timm's names, explained by captum on timm's own models (whose
+/// references equal the torchvision fixtures' bit for bit). Each method once (saliency,
+/// Input x Gradient, Gauss-Legendre IG, SmoothGrad, Grad-CAM at timm's module): the variants
+/// (other quadratures and baselines, the other SmoothGrad aggregates) repeat the same passes on
+/// the same graph, and the torchvision suite checks them on these very weights.
+const TIMM: Suite = Suite {
+    load: load_timm,
+    not_results: &[
+        "inputs",
+        "targets",
+        "ig_riemann_left",
+        "ig_riemann_left_alphas",
+        "ig_riemann_left_delta",
+        "ig_riemann_left_step_sizes",
+        "ig_riemann_right",
+        "ig_riemann_right_alphas",
+        "ig_riemann_right_delta",
+        "ig_riemann_right_step_sizes",
+        "ig_riemann_middle",
+        "ig_riemann_middle_alphas",
+        "ig_riemann_middle_delta",
+        "ig_riemann_middle_step_sizes",
+        "ig_riemann_trapezoid",
+        "ig_riemann_trapezoid_alphas",
+        "ig_riemann_trapezoid_delta",
+        "ig_riemann_trapezoid_step_sizes",
+        "ig_baseline_const",
+        "ig_no_multiply",
+        "smoothgrad_sq",
+        "vargrad",
+    ],
+    ..FAMILIES
+};
+
+/// The torchvision recipe's weights renamed to timm's names (metadata `timm_names`, in order);
+/// ConvNeXt's layer scale is [C, 1, 1] in torchvision and [C] (`gamma`) in timm.
+fn load_timm(name: &str) -> (Model, Refs) {
+    let refs = Refs::load(&fixture(&format!("{name}_refs.safetensors")));
+    let timm_names: Vec<String> = serde_json::from_str(&refs.metadata["timm_names"]).unwrap();
+    let weights = weights_from_metadata(&refs.metadata["weights"]);
+    assert_eq!(weights.len(), timm_names.len(), "one timm name per tensor");
+    let tensors: HashMap<String, Tensor> = weights
+        .into_iter()
+        .zip(timm_names)
+        .map(|((_, shape, values), timm)| {
+            let shape = match timm.ends_with(".gamma") {
+                true => vec![values.len()],
+                false => shape,
+            };
+            (timm, Tensor::from_vec(values, shape, &CpuDevice::Cpu).unwrap())
+        })
+        .collect();
+    let model = Model::from_state_dict(&StateDict::new(tensors, name), None, None, &CpuDevice::Cpu).unwrap();
+    assert_eq!(model.architecture(), name, "recognised architecture");
+    (model, refs)
+}
+
+parity_tests!(TIMM, check_timm; timm_efficientnet_b0, timm_convnext_tiny);
+
+fn check_timm(case: &Case) {
+    case.check_gradients(None);
+    case.check_integrated_gradients(Quadrature::GaussLegendre, Some(10));
+    case.check_smoothgrad(Aggregate::Mean, "smoothgrad", None);
+    case.attempt("default Grad-CAM layer", || {
+        let model = &case.model;
+        assert!(model
+            .graph()
+            .node(model.default_cam_layer().unwrap())
+            .answers_to(case.meta("gradcam_layer")));
+    });
+    case.check_grad_cam("gradcam", false, false, None);
+    case.check_grad_cam("gradcam_relu", true, false, None);
+    case.check_grad_cam("gradcam_relu_upsampled", true, true, None);
+}
+
 /// Vision transformers under torchvision's, timm's (a distilled DeiT) and Hugging Face's names
 /// (`scripts/make_vit_fixtures.py`): the gradient family against captum; AttnLRP and CP-LRP
 /// against lxt on torchvision's.

@@ -7,8 +7,9 @@
 //! architecture, and its graph is renamed back to timm's module paths, so `--layer` and the
 //! layer list speak timm. One table of module pairs (torchvision path, timm path), built from
 //! the file's tensors, serves both directions. Where timm fuses a BatchNorm with its
-//! activation (`BatchNormAct2d`), the BatchNorm node keeps the module's name and the
-//! activation is `<module>.act`; torchvision's grouping modules that timm lacks
+//! activation (`BatchNormAct2d`), the module's output is the activation's: that node is
+//! `<module>.act` and answers to `<module>` too, and the normalisation before it is
+//! `<module>.bn` (reading the module's tensors); torchvision's grouping modules that timm lacks
 //! (`Conv2dNormActivation`, `features.0`) answer to the timm module holding their output.
 
 use std::collections::HashMap;
@@ -160,6 +161,26 @@ impl Modules {
             aliases.retain(|a| *a != node.name);
             aliases.dedup();
             node.aliases = aliases;
+        }
+        // BatchNormAct2d: `<module>` names the activation's output, as the module's output is.
+        let fused: Vec<String> = spec
+            .nodes
+            .iter()
+            .filter_map(|n| n.name.strip_suffix(".act").map(str::to_string))
+            .filter(|module| spec.nodes.iter().any(|n| n.name == *module))
+            .collect();
+        for node in &mut spec.nodes {
+            if fused.contains(&node.name) {
+                node.params.get_or_insert_with(|| node.name.clone());
+                node.name = format!("{}.bn", node.name);
+            } else if let Some(module) = node.name.strip_suffix(".act").filter(|m| fused.iter().any(|f| f == m)) {
+                node.aliases.insert(0, module.to_string());
+            }
+            if let Some(inputs) = &mut node.inputs {
+                for input in inputs.iter_mut().filter(|i| fused.contains(i)) {
+                    *input = format!("{input}.bn");
+                }
+            }
         }
         // A grouping module torchvision has and timm lacks answers to the same timm name as
         // the node it groups: keep each name once, on its first node.
