@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // The browser's engine (wasm, CPU, headless Chromium) vs the native engine (CPU) on the same
-// input: MobileNetV2 (the page's pretrained weights) at 224x224, the cat photo, in one run.
+// input: MobileNetV2 (the page's pretrained weights) at 224x224, or the model given with
+// --model (a vision transformer: at its own size), the cat photo, in one run.
 //
 //   node scripts/bench_web.mjs [--reps N] [--methods gradient,lrp-epsilon-plus] [--out FILE] [--native-threads N]
+//       [--model FILE.safetensors --arch-name NAME]
 //
 // Needs dist/ (trunk build --release), the default model (scripts/setup-web.sh) and the native
 // bench binary (cargo build --release --example bench). Environment: XAI_DIST, CHROMIUM (as in
@@ -35,15 +37,25 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DIST, ROOT, serve, launch, fromBase64 } from '../tests/e2e/harness.mjs';
 
-const USAGE = 'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N]';
-const MODEL = join(DIST, 'web/assets/model/mobilenet_v2.safetensors');
+const USAGE =
+  'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME]';
+const DEFAULT_MODEL = join(DIST, 'web/assets/model/mobilenet_v2.safetensors');
+// The page fetches the model from here; the route serves the file given.
+const MODEL_URL = '/__bench-model.safetensors';
 const PHOTO = 'web/assets/samples/chelsea.png'; // under dist/, as the page fetches it
 const BENCH = process.env.BENCH_BIN ?? join(ROOT, 'target/release/examples/bench');
 // Parameters beyond each method's defaults that make the page run what the native rows run.
 const PAGE_PARAMS = (method) => (method.startsWith('lrp-') ? { merge_convention: 'keep-eps' } : {});
 
 function parseArgs(argv) {
-  const args = { reps: 5, methods: ['gradient', 'lrp-epsilon-plus'], out: null, nativeThreads: null };
+  const args = {
+    reps: 5,
+    methods: ['gradient', 'lrp-epsilon-plus'],
+    out: null,
+    nativeThreads: null,
+    model: DEFAULT_MODEL,
+    arch: 'mobilenet_v2',
+  };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = () => {
@@ -54,6 +66,8 @@ function parseArgs(argv) {
     else if (flag === '--methods') args.methods = value().split(',').filter(Boolean);
     else if (flag === '--out') args.out = value();
     else if (flag === '--native-threads') args.nativeThreads = Number(value());
+    else if (flag === '--model') args.model = value();
+    else if (flag === '--arch-name') args.arch = value();
     else if (flag === '-h' || flag === '--help') {
       console.log(USAGE);
       process.exit(0);
@@ -91,7 +105,7 @@ function safetensors(name, shape, data) {
 }
 
 /** The browser side: {chromium, input (Float32Array), shape, rows: {method: {...}}}. */
-async function benchBrowser(methods, reps) {
+async function benchBrowser(methods, reps, model) {
   const server = await serve();
   const browser = await launch();
   try {
@@ -105,18 +119,19 @@ async function benchBrowser(methods, reps) {
     await page.route(blank, (route) =>
       route.fulfill({ contentType: 'text/html', body: '<!doctype html><meta charset="utf-8"><title>bench</title>' }),
     );
+    await page.route(`${server.url}${MODEL_URL.slice(1)}`, (route) => route.fulfill({ path: model }));
     await page.goto(blank);
-    const setup = await page.evaluate(async (photo) => {
+    const setup = await page.evaluate(async ({ photo, url }) => {
       const { Explainer } = await import('/web/xai.js');
-      const bytes = await (await fetch('/web/assets/model/mobilenet_v2.safetensors')).arrayBuffer();
-      const explainer = await Explainer.load(bytes, { name: 'mobilenet_v2.safetensors', backend: 'cpu' });
+      const bytes = await (await fetch(url)).arrayBuffer();
+      const explainer = await Explainer.load(bytes, { name: 'model.safetensors', backend: 'cpu' });
       const prepared = await explainer.prepare(`/${photo}`);
       window.bench = { explainer, prepared };
       const u8 = new Uint8Array(prepared.input.buffer, prepared.input.byteOffset, prepared.input.byteLength);
       let binary = '';
       for (let i = 0; i < u8.length; i += 0x8000) binary += String.fromCharCode(...u8.subarray(i, i + 0x8000));
       return { input: btoa(binary), shape: prepared.shape, architecture: explainer.architecture };
-    }, PHOTO);
+    }, { photo: PHOTO, url: MODEL_URL });
     const rows = {};
     for (const method of methods) {
       log(`wasm: ${method}, 1 warm-up + ${reps} timed calls`);
@@ -153,10 +168,10 @@ async function benchBrowser(methods, reps) {
  * selects integrated-gradients, `lrp-epsilon-plus` lrp-epsilon-plus-flat) and it prints each row
  * when done, so it runs until the wanted row arrives and is then stopped.
  */
-function benchNative(method, inputPath, reps, threads) {
+function benchNative(method, inputPath, reps, threads, model, arch) {
   const env = { ...process.env };
   if (threads) env.RAYON_NUM_THREADS = String(threads);
-  const argv = ['--model', MODEL, '--arch-name', 'mobilenet_v2', '--input', inputPath, '--reps', String(reps), '--only', method, '--json'];
+  const argv = ['--model', model, '--arch-name', arch, '--input', inputPath, '--reps', String(reps), '--only', method, '--json'];
   return new Promise((resolve, reject) => {
     const child = spawn(BENCH, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -191,13 +206,13 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   for (const [path, hint] of [
     [join(DIST, 'candle-xai_bg.wasm'), 'run trunk build --release'],
-    [MODEL, 'run scripts/setup-web.sh, then trunk build --release'],
+    [args.model, 'run scripts/setup-web.sh, then trunk build --release (or give an existing --model)'],
     [BENCH, 'run cargo build --release --example bench'],
   ]) {
     if (!existsSync(path)) throw new Error(`${path} is missing: ${hint}`);
   }
 
-  const web = await benchBrowser(args.methods, args.reps);
+  const web = await benchBrowser(args.methods, args.reps, args.model);
   log(`Chromium ${web.chromium}; input ${JSON.stringify(web.shape)}`);
 
   const work = mkdtempSync(join(tmpdir(), 'xai-bench-web-'));
@@ -207,11 +222,11 @@ async function main() {
     writeFileSync(inputPath, safetensors('input', web.shape, web.input));
     for (const method of args.methods) {
       log(`native: ${method}, 1 warm-up + ${args.reps} timed calls`);
-      const native = await benchNative(method, inputPath, args.reps, args.nativeThreads);
+      const native = await benchNative(method, inputPath, args.reps, args.nativeThreads, args.model, args.arch);
       let single = null;
       if (native.threads > 1) {
         log(`native: ${method} on 1 thread`);
-        single = await benchNative(method, inputPath, args.reps, 1);
+        single = await benchNative(method, inputPath, args.reps, 1, args.model, args.arch);
       }
       const w = web.rows[method];
       const ran = JSON.parse(w.params);
@@ -252,7 +267,8 @@ async function main() {
   if (withSingle) head.push('native ms (1 thread)', 'wasm / native 1 thread');
   const cell = (median, min) => `${fmt(median)} (${fmt(min)})`;
   const lines = [
-    `MobileNetV2 (the page's pretrained ImageNet weights) on the cat photo (web/assets/samples/chelsea.png, ` +
+    (args.model === DEFAULT_MODEL ? "MobileNetV2 (the page's pretrained ImageNet weights)" : `${web.architecture} (${args.model})`) +
+      ` on the cat photo (web/assets/samples/chelsea.png, ` +
       `preprocessed to [${web.shape.join(', ')}]), explaining its top-1 class (${results[0].label}). ` +
       `Milliseconds per explain call, median of ${args.reps} timed calls after one warm-up (minimum in parentheses). ` +
       `Ratio = wasm / native: how many times slower the browser is.`,
@@ -272,7 +288,7 @@ async function main() {
       "on the photo preprocessed once beforehand. \"wasm ms\" is the call as the page sees it (`result.elapsedMs`: the request to the " +
       "engine's Web Worker, the wasm explain, the attributions back; not the photo's decoding nor the heatmap's rendering); " +
       '"in the worker" is the wasm explain call alone.',
-    `- **native**: \`target/release/examples/bench --arch-name mobilenet_v2 --input <the page's input> --only <method> --json\` ` +
+    `- **native**: \`target/release/examples/bench --arch-name ${args.arch} --input <the page's input> --only <method> --json\` ` +
       `(one process: one warm-up, then ${args.reps} calls timed around \`explain\`), on the same weights and the page's own input tensor; ` +
       `threads: candle's default (${threads} on this machine, \`nproc\` = ${cpus().length})` +
       (withSingle ? ', and `RAYON_NUM_THREADS=1`.' : '.'),

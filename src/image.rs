@@ -329,17 +329,18 @@ pub fn imagenet_preprocess(image: &RgbImage) -> Result<Preprocessed> {
     preprocess(image, IMAGENET_RESIZE, IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_STD)
 }
 
-/// The ImageNet preprocessing for a model that takes `crop` x `crop` images (a vision
-/// transformer trained at 384): the shorter side to `crop` / 0.875 (256 for 224), then the
-/// centre crop, normalised.
-pub fn imagenet_preprocess_at(image: &RgbImage, crop: u32) -> Result<Preprocessed> {
+/// The ImageNet preprocessing for a model that takes `size` x `size` images (a vision
+/// transformer trained at 384; None: ImageNet's 224): the shorter side to `size` / 0.875 (256
+/// for 224), then the centre crop, normalised.
+pub fn imagenet_preprocess_at(image: &RgbImage, size: Option<usize>) -> Result<Preprocessed> {
+    let crop = size.map_or(IMAGENET_CROP, |s| u32::try_from(s).unwrap_or(u32::MAX));
     let pixels = u64::from(crop) * u64::from(crop);
-    if pixels > crate::model::MAX_INPUT_PIXELS as u64 {
+    if pixels > crate::limits::MAX_INPUT_PIXELS as u64 {
         return Err(Error::invalid_parameter(
             "crop",
             format!(
                 "a {crop}x{crop} crop is more than the {} pixels a model input may have",
-                crate::model::MAX_INPUT_PIXELS
+                crate::limits::MAX_INPUT_PIXELS
             ),
         ));
     }

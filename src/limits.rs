@@ -2,6 +2,8 @@
 
 /// The most bytes read from one file: the largest torchvision checkpoint (ViT-H/14) is 2.5 GB.
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
+/// The most pixels a model input (and so a photo's crop) may have.
+pub const MAX_INPUT_PIXELS: usize = 4096 * 4096;
 /// The most bytes read from a device or a pipe, whose size is not known beforehand.
 pub const MAX_STREAM_BYTES: u64 = 512 << 20;
 

@@ -9,8 +9,7 @@ use crate::import::{torchvision, StateDict};
 use crate::layers::Op;
 use crate::tensor::{Device, Tensor};
 
-/// Inputs larger than this many pixels per image are refused before any work starts.
-pub const MAX_INPUT_PIXELS: usize = 4096 * 4096;
+pub use crate::limits::MAX_INPUT_PIXELS;
 
 /// How to interpret a state dict.
 #[derive(Debug, Clone, Default)]
@@ -132,13 +131,6 @@ impl Model {
     /// The one input side the model takes, where it takes one only (a vision transformer's).
     pub fn input_size(&self) -> Option<usize> {
         self.input_size
-    }
-
-    /// The side photos are cropped to for this model: its own, or ImageNet's 224.
-    pub fn photo_size(&self) -> u32 {
-        self.input_size
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(crate::image::IMAGENET_CROP)
     }
 
     pub fn graph(&self) -> &Graph {

@@ -139,8 +139,7 @@ pub fn build_method(name: &str, params_json: &str) -> Result<Method, Error> {
 pub fn preprocess(bytes: &[u8], name: &str, size: Option<u32>) -> JsResult<Object> {
     let (_, source_width, source_height) = crate::image::dimensions(bytes, name).map_err(js_error)?;
     let image = crate::image::decode(bytes, name).map_err(js_error)?;
-    let size = size.unwrap_or(crate::image::IMAGENET_CROP);
-    let p = crate::image::imagenet_preprocess_at(&image, size).map_err(js_error)?;
+    let p = crate::image::imagenet_preprocess_at(&image, size.map(|s| s as usize)).map_err(js_error)?;
     let out = Object::new();
     let values = flat(&p.tensor)?;
     set(&out, "input", Float32Array::from(values.as_slice()))?;
@@ -615,7 +614,12 @@ mod tests {
         let shape = [1u32, 3, 8, 8];
         assert_eq!(model.predict(&input, &shape).unwrap().length(), 5);
         let photo = vec![128u8; 8 * 8 * 3];
-        for name in Method::NAMES {
+        let applicable = model.applicable_methods();
+        assert!(
+            !applicable.iter().any(|m| m == "attention-rollout"),
+            "a CNN has no attention"
+        );
+        for name in applicable.iter().map(String::as_str) {
             let params = match name {
                 "integrated-gradients" => r#"{"n_steps": 4}"#,
                 "smoothgrad" => r#"{"n_samples": 3}"#,

@@ -250,7 +250,7 @@ test('compare all: one heatmap per method', async () => {
   await page.waitForFunction(() => /^Compared \d+ methods/.test(document.getElementById('status').textContent), null, { timeout: 600_000 });
   assert.equal(await errorText(), '');
   const captions = await page.$$eval('#grid .caption', (cs) => cs.map((c) => c.textContent));
-  assert.equal(captions.length, 14);
+  assert.equal(captions.length, 12);
   for (const c of captions) assert.match(c, / · [\d.]+ (ms|s)$/);
   await screenshot(page, 'ui-compare-all');
   await page.click('#grid li:nth-child(5) button');

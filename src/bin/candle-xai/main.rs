@@ -528,7 +528,7 @@ fn explain_photo(
 ) -> CliResult<PhotoResult> {
     let bytes = read(path)?;
     let photo = candle_xai::image::decode(&bytes, &path.display().to_string())?;
-    let prepared = candle_xai::image::imagenet_preprocess_at(&photo, model.photo_size())?;
+    let prepared = candle_xai::image::imagenet_preprocess_at(&photo, model.input_size())?;
     let (explanation, explain_ms) = timed_explain(model, &prepared.tensor, request, None)?;
     let logits = explanation.logits.get(0)?.to_vec1::<f32>()?;
     let (predicted, probability) = top_k(&logits, 1)[0];
