@@ -8,7 +8,9 @@
 //! Each row times one `explain` call (top-1 target, so it includes the prediction forward,
 //! and for LRP the per-call BatchNorm merge): one warm-up, then `--reps` timed calls; the
 //! median and the minimum are reported. Threads: candle's default (RAYON_NUM_THREADS, else
-//! all cores). The parameters mirror `scripts/bench_torch.py` row for row. With
+//! all cores). The parameters mirror `scripts/bench_torch.py` row for row; rows a model
+//! cannot run are skipped (the transformer methods on a CNN; on a transformer, the CNN LRP
+//! composites, which the PyTorch side has only for CNNs). With
 //! `--device wgpu` the weights are uploaded once before timing; each call includes reading
 //! the logits and the attributions back.
 
@@ -16,8 +18,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_xai::lrp::{Composite, MergeConvention};
-use candle_xai::methods::LrpParams;
-use candle_xai::methods::{GradientParams, IntegratedGradientsParams, Quadrature, SmoothGradParams};
+use candle_xai::methods::{
+    AttentionRolloutParams, GradCamParams, GradientParams, IntegratedGradientsParams, LrpParams, Quadrature,
+    SmoothGradParams,
+};
 use candle_xai::{explain, LoadOptions, Method, Model, Progress, Request};
 use clap::Parser;
 
@@ -33,6 +37,10 @@ struct Args {
     /// The torchvision architecture (also the `model` field of each row).
     #[arg(long)]
     arch_name: String,
+    /// The architecture to load the weights as, where candle-xai names it otherwise (timm's
+    /// `deit_small_patch16_224` is `timm_vit_small_patch16_224`); default: `--arch-name`.
+    #[arg(long)]
+    arch: Option<String>,
     /// A safetensors file with an `input` tensor [1, 3, H, W]; without it, a fixed
     /// pseudo-random [1, 3, size, size] input.
     #[arg(long)]
@@ -65,10 +73,13 @@ struct Row<'a> {
     device: &'a str,
 }
 
-/// The benchmarked methods, with the parameters `scripts/bench_torch.py` gives captum/zennit.
-fn methods() -> Vec<Method> {
+/// The benchmarked methods that `model` can run, with the parameters `scripts/bench_torch.py`
+/// gives captum/zennit/lxt.
+fn methods(model: &Model) -> Vec<Method> {
+    let transformer = Method::GenericAttention.applies_to(model);
     let mut methods = vec![
         Method::Gradient(GradientParams { abs: false }),
+        Method::InputXGradient,
         Method::IntegratedGradients(IntegratedGradientsParams {
             n_steps: 32,
             quadrature: Quadrature::GaussLegendre,
@@ -81,13 +92,24 @@ fn methods() -> Vec<Method> {
             batch_size: Some(8),
             ..Default::default()
         }),
+        // pytorch-grad-cam's recipe; on a ViT the last block's first LayerNorm, on a CNN the last
+        // spatial layer.
+        Method::GradCam(GradCamParams::default()),
     ];
     for composite in Composite::ALL {
+        // zennit's composites are CNN rules, AttnLRP and CP-LRP transformer rules.
+        if matches!(composite, Composite::AttnLrp | Composite::CpLrp) != transformer {
+            continue;
+        }
         let mut params = LrpParams::new(composite);
         // zennit 0.5.1's merge, which the torch side runs.
         params.merge_convention = MergeConvention::KeepEps;
         methods.push(Method::Lrp(params));
     }
+    // pnpxai's defaults: head fusion min, discard ratio 0.9.
+    methods.push(Method::AttentionRollout(AttentionRolloutParams::default()));
+    methods.push(Method::GenericAttention);
+    methods.retain(|method| method.applies_to(model));
     methods
 }
 
@@ -117,7 +139,7 @@ fn main() -> candle_xai::Result<()> {
     let reps = args.reps.max(1);
     let bytes = std::fs::read(&args.model).expect("cannot read --model");
     let options = LoadOptions {
-        arch: Some(args.arch_name.clone()),
+        arch: Some(args.arch.clone().unwrap_or_else(|| args.arch_name.clone())),
         graph: None,
     };
     let device = match args.device.as_str() {
@@ -139,7 +161,7 @@ fn main() -> candle_xai::Result<()> {
         );
         println!("{:<32} {:>12} {:>12}", "method", "median ms", "min ms");
     }
-    for method in methods() {
+    for method in methods(&model) {
         let name = method.name();
         if args.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
             continue;

@@ -4,10 +4,11 @@
 #   scripts/bench.sh [reps]          # writes BENCHMARKS.md at the repository root
 #
 # Knobs (environment): REPS (default 5; the first argument wins), SIZE (input height/width, default 224),
-# MODELS (space-separated torchvision names with fixture canonizers, default "resnet18 mobilenet_v2"),
+# MODELS (space-separated torchvision names with fixture canonizers, default "resnet18 mobilenet_v2"; also the
+# vision transformers vit_b_16 and deit_small_patch16_224, timm's, see scripts/bench_torch.py),
 # OUT (the report, default BENCHMARKS.md at the repository root), WORK_DIR (weights, input and raw rows,
 # default /tmp/candle-xai-bench), PYTHON (default /work/pyref/bin/python, a venv with torch, torchvision,
-# captum, zennit and safetensors).
+# captum, zennit and safetensors; for the transformers also timm and lxt), WEB (0: no browser benchmark).
 # A quick check of the harness: REPS=1 SIZE=64 OUT=/tmp/bench-check.md scripts/bench.sh
 # Last, when dist/ (trunk build --release) and the default model are there, it appends the browser's
 # engine (wasm CPU, headless Chromium) vs native CPU on MobileNetV2 at 224x224: scripts/bench_web.mjs.
@@ -29,8 +30,13 @@ echo "== candle-xai side" >&2
 cargo build --release --example bench >&2
 : > "$WORK_DIR/ours.jsonl"
 for arch in "${MODELS[@]}"; do
+    load_as=$arch
+    if [ "$arch" = deit_small_patch16_224 ]; then
+        load_as=timm_vit_small_patch16_224 # timm's DeiT-S (not distilled) has a plain ViT's layout
+    fi
     cargo run --quiet --release --example bench -- --model "$WORK_DIR/$arch.safetensors" --arch-name "$arch" \
-        --input "$WORK_DIR/input.safetensors" --reps "$REPS" --json | tee -a "$WORK_DIR/ours.jsonl" >&2
+        --arch "$load_as" --input "$WORK_DIR/input.safetensors" --reps "$REPS" --json \
+        | tee -a "$WORK_DIR/ours.jsonl" >&2
 done
 
 command_line="scripts/bench.sh $REPS"
@@ -84,6 +90,7 @@ lines += [
     "Parameters are the same on both sides:",
     "",
     "- **gradient**: captum `Saliency(model).attribute(x, target, abs=False)`; ours `GradientParams { abs: false }`.",
+    "- **input-x-gradient**: captum `InputXGradient(model).attribute(x, target)`; ours `Method::InputXGradient`.",
     "- **integrated-gradients**: 32 Gauss-Legendre steps, zero baseline, all 32 steps in one batch of 32 rows: "
     "captum `IntegratedGradients.attribute(n_steps=32, method=\"gausslegendre\", internal_batch_size=32, "
     "return_convergence_delta=True)` (ours always computes the convergence delta); ours "
@@ -103,6 +110,9 @@ lines += [
     "InvertedResidual's residual add -> `zennit.layer.Sum` + the functional global average pool -> an "
     "`nn.AdaptiveAvgPool2d` module, so both get the Norm rule). Ours: `LrpParams::new(composite)` with "
     "`merge_convention: MergeConvention::KeepEps` (zennit 0.5.1's merge).",
+    "- Vision transformers (vit_b_16, deit_small_patch16_224): grad-cam, lrp-cp, lrp-attn, attention-rollout and "
+    "generic-attention run `scripts/make_vit_fixtures.py`'s recipes (pytorch-grad-cam's, lxt 2.1's CP-LRP and "
+    "AttnLRP, pnpxai's rollout, Chefer et al. 2021), imported; `scripts/bench_torch.py` says what each does.",
     "- The torch models have out-of-place ReLU/ReLU6 (zennit's hooks want them) and parameters with "
     "`requires_grad=False` (both sides differentiate with respect to the input only).",
     "",
@@ -111,7 +121,8 @@ lines += [
     f"- CPU: {env['CPU_MODEL']}, `nproc` = {env['NPROC']}",
     f"- threads: PyTorch `torch.set_num_threads({facts['threads']})`; candle-xai {', '.join(map(str, ours_threads))} "
     "(candle's default: `RAYON_NUM_THREADS`, else all cores)",
-    f"- torch {facts['torch']}, torchvision {facts['torchvision']}, captum {facts['captum']}, zennit {facts['zennit']}",
+    f"- torch {facts['torch']}, torchvision {facts['torchvision']}, captum {facts['captum']}, zennit {facts['zennit']}"
+    + "".join(f", {name} {facts[name]}" for name in ("timm", "lxt") if name in facts),
     f"- candle {env['CANDLE_VERSION']}, {env['RUSTC_VERSION']}, `--release`",
     f"- date: {env['DATE']}",
     "",
@@ -132,7 +143,7 @@ EOF
 # Optional: the browser's engine (wasm in headless Chromium) vs native, on the page's MobileNetV2 and
 # cat photo (scripts/bench_web.mjs); needs dist/ (trunk build --release) with the default model,
 # node with playwright-core (npm ci) and Chromium. Appended to $OUT.
-if [ -s dist/candle-xai_bg.wasm ] && [ -s dist/web/assets/model/mobilenet_v2.safetensors ] \
+if [ "${WEB:-1}" != 0 ] && [ -s dist/candle-xai_bg.wasm ] && [ -s dist/web/assets/model/mobilenet_v2.safetensors ] \
     && command -v node >/dev/null && [ -d node_modules/playwright-core ]; then
     echo "== browser (wasm CPU) vs native CPU" >&2
     if node scripts/bench_web.mjs --reps "$REPS" --out "$WORK_DIR/web.md" | tee "$WORK_DIR/web.jsonl" >&2; then
@@ -148,6 +159,6 @@ if [ -s dist/candle-xai_bg.wasm ] && [ -s dist/web/assets/model/mobilenet_v2.saf
         echo "warning: scripts/bench_web.mjs failed; $OUT has no browser section" >&2
     fi
 else
-    echo "== no browser benchmark (it needs dist/ with the default model, node and node_modules/playwright-core)" >&2
+    echo "== no browser benchmark (WEB=0, or it needs dist/ with the default model, node and node_modules/playwright-core)" >&2
 fi
 echo "== wrote $OUT" >&2

@@ -299,10 +299,11 @@ def upsampled_cls_row(m, learned):
                          align_corners=False)
 
 
-def attention_rollout(maps, head_fusion, discard_ratio, learned, gaps, masks):
+def attention_rollout(maps, head_fusion, discard_ratio, learned, gaps=None, masks=None):
     """pnpxai AttentionRollout (ROLLOUT_SEMANTICS); appends to ``gaps``, per block, each sample's relative gap
     between the k-th and the (k+1)-th smallest fused entries ((v[k+1] - v[k]) / v[k+1]: the discard is ambiguous
-    where it is 0), and to ``masks`` the discarded entries [N, T*T]."""
+    where it is 0), and to ``masks`` the discarded entries [N, T*T]; without them (None: scripts/bench_torch.py,
+    which times the rollout alone) neither diagnostic is computed."""
     n, _, tokens, _ = maps[0].shape
     eye = torch.eye(tokens, dtype=maps[0].dtype).repeat(n, 1, 1)
     rollout = eye.clone()
@@ -316,13 +317,15 @@ def attention_rollout(maps, head_fusion, discard_ratio, learned, gaps, masks):
         flat = fused.flatten(1).clone()
         k = int(flat.shape[1] * discard_ratio)
         if k > 0:
-            ordered = flat.sort(dim=-1).values
-            gaps.append(((ordered[:, k] - ordered[:, k - 1]) / ordered[:, k]).tolist())
+            if gaps is not None:
+                ordered = flat.sort(dim=-1).values
+                gaps.append(((ordered[:, k] - ordered[:, k - 1]) / ordered[:, k]).tolist())
             first = flat[:, 0].clone()
             _, indices = flat.topk(k=k, dim=-1, largest=False)
-            mask = torch.zeros_like(flat, dtype=torch.bool)
-            mask[torch.arange(n)[:, None], indices] = True
-            masks.append(mask)
+            if masks is not None:
+                mask = torch.zeros_like(flat, dtype=torch.bool)
+                mask[torch.arange(n)[:, None], indices] = True
+                masks.append(mask)
             flat[torch.arange(n)[:, None], indices] = 0.0
             flat[:, 0] = first
         fused = flat.view(n, tokens, tokens)

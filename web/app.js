@@ -364,6 +364,9 @@ async function useModel(source, options, description) {
       $('version').textContent = await explainer.version();
     }
     fillMethods(info.methods ?? state.catalog.map((m) => m.name));
+    const crop = info.inputSize ?? 224;
+    $('crop-size').textContent = String(crop);
+    $('resize-size').textContent = String(Math.round((crop * 256) / 224));
     fillLayers();
     showBackend();
     setStatus('Ready.');

@@ -302,15 +302,17 @@ impl Rule {
         }
         let layer = Affine::of(op).ok_or_else(|| misapplied(self, op, "Conv2d and Linear layers"))?;
         let x = inputs[0];
-        Ok(vec![self.affine_relevance(&layer, x, relevance)?])
+        Ok(vec![self.affine_relevance(&layer, x, output, relevance)?])
     }
 
-    fn affine_relevance(&self, layer: &Affine, x: &Tensor, r: &Tensor) -> Result<Tensor> {
+    /// `z` is the layer's own output at `x` (the forward pass already made it): the rules that
+    /// divide by it or read its signs do not compute it again.
+    fn affine_relevance(&self, layer: &Affine, x: &Tensor, z: &Tensor, r: &Tensor) -> Result<Tensor> {
         let (xp, xn) = (positive(x)?, negative(x)?);
         let ratio = |z: Tensor, s: f64| -> Result<Tensor> { r.div(&stabilize(&z, s)?) };
         Ok(match self {
             Rule::Epsilon { epsilon } => {
-                let g = ratio(layer.apply(x)?, *epsilon)?;
+                let g = r.div(&stabilize(z, *epsilon)?)?;
                 x.mul(&layer.transpose_apply(&g, x)?)?
             }
             Rule::ZPlus { stabilizer } => {
@@ -345,7 +347,6 @@ impl Rule {
                 let down = |t: &Tensor| -> Result<Tensor> { t.add(&negative(t)?.affine(g, 0.0)?) };
                 let (up_b, up_nb) = (layer.modified(up, true)?, layer.modified(up, false)?);
                 let (down_b, down_nb) = (layer.modified(down, true)?, layer.modified(down, false)?);
-                let z = layer.apply(x)?;
                 let pos_mask = z.map(Map::PositiveMask)?;
                 let neg_mask = z.map(Map::NegativeMask)?;
                 let g_pos = ratio(up_b.apply(&xp)?.add(&down_nb.apply(&xn)?)?, *stabilizer)?.mul(&pos_mask)?;
@@ -362,8 +363,8 @@ impl Rule {
                 let (low, high) = (low.like(x)?, high.like(x)?);
                 let plus = layer.modified(positive, true)?;
                 let minus = layer.modified(negative, true)?;
-                let z = layer.apply(x)?.sub(&plus.apply(&low)?)?.sub(&minus.apply(&high)?)?;
-                let g = ratio(z, *stabilizer)?;
+                let shifted = z.sub(&plus.apply(&low)?)?.sub(&minus.apply(&high)?)?;
+                let g = ratio(shifted, *stabilizer)?;
                 let r_x = x.mul(&layer.transpose_apply(&g, x)?)?;
                 r_x.sub(&low.mul(&plus.transpose_apply(&g, x)?)?)?
                     .sub(&high.mul(&minus.transpose_apply(&g, x)?)?)?

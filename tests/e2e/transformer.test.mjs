@@ -65,6 +65,8 @@ test('DeiT as .pth: recognised; the photo is prepared at its 64x64', async () =>
   await idle(page);
   assert.equal(await page.$eval('#error', (e) => e.textContent), '');
   assert.match(await page.$eval('#photo-info', (e) => e.textContent), /\(64×64\)/);
+  assert.equal(await page.$eval('#crop-size', (e) => e.textContent), '64');
+  assert.equal(await page.$eval('#resize-size', (e) => e.textContent), '73');
 });
 
 test('DeiT as .safetensors: compare all shows every method, the transformer ones included', async () => {

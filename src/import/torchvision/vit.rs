@@ -227,7 +227,9 @@ fn name(library: Library, dims: &Dims, image: usize, distilled: bool) -> String 
 /// The recognised architecture and its graph, or None where the weights do not give the
 /// sizes (the graph's build then names what is missing).
 pub(super) fn recognise(library: Library, state: &StateDict) -> Option<(String, GraphSpec)> {
-    let names = Names::of(library, state);
+    let mut names = Names::of(library, state);
+    // timm's ViTs without a class token (`class_token=False`, average pooling) have none.
+    names.tokens.retain(|t| state.contains(t));
     let dims = Dims::read(&names, state)?;
     let image = dims.image_size(names.tokens.len())?;
     let spec = graph(&names, &dims, image, state);
@@ -265,12 +267,14 @@ fn graph(names: &Names, dims: &Dims, image: usize, state: &StateDict) -> GraphSp
         },
     );
     b.node("patch_tokens.transpose", OpSpec::Transpose { dim0: 1, dim1: 2 });
-    b.node(
-        "tokens",
-        OpSpec::PrependTokens {
-            tensors: names.tokens.iter().map(|t| t.to_string()).collect(),
-        },
-    );
+    if !names.tokens.is_empty() {
+        b.node(
+            "tokens",
+            OpSpec::PrependTokens {
+                tensors: names.tokens.iter().map(|t| t.to_string()).collect(),
+            },
+        );
+    }
     b.node(
         names.position,
         OpSpec::PositionEmbedding {
