@@ -32,7 +32,7 @@
 // without a heading) on stdout, or in the file given by --out.
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DIST, ROOT, serve, launch, fromBase64 } from '../tests/e2e/harness.mjs';
@@ -40,7 +40,8 @@ import { DIST, ROOT, serve, launch, fromBase64 } from '../tests/e2e/harness.mjs'
 const USAGE =
   'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME]';
 const DEFAULT_MODEL = join(DIST, 'web/assets/model/mobilenet_v2.safetensors');
-// The page fetches the model from here; the route serves the file given.
+// The page fetches the model from here, a copy of the file given in the served dist/ (a route
+// would carry it through the DevTools protocol, which a model of 100 MB breaks).
 const MODEL_URL = '/__bench-model.safetensors';
 const PHOTO = 'web/assets/samples/chelsea.png'; // under dist/, as the page fetches it
 const BENCH = process.env.BENCH_BIN ?? join(ROOT, 'target/release/examples/bench');
@@ -106,6 +107,8 @@ function safetensors(name, shape, data) {
 
 /** The browser side: {chromium, input (Float32Array), shape, rows: {method: {...}}}. */
 async function benchBrowser(methods, reps, model) {
+  const served = join(DIST, MODEL_URL.slice(1));
+  copyFileSync(model, served);
   const server = await serve();
   const browser = await launch();
   try {
@@ -119,7 +122,6 @@ async function benchBrowser(methods, reps, model) {
     await page.route(blank, (route) =>
       route.fulfill({ contentType: 'text/html', body: '<!doctype html><meta charset="utf-8"><title>bench</title>' }),
     );
-    await page.route(`${server.url}${MODEL_URL.slice(1)}`, (route) => route.fulfill({ path: model }));
     await page.goto(blank);
     const setup = await page.evaluate(async ({ photo, url }) => {
       const { Explainer } = await import('/web/xai.js');
@@ -160,6 +162,7 @@ async function benchBrowser(methods, reps, model) {
   } finally {
     await browser.close();
     await server.close();
+    rmSync(served, { force: true });
   }
 }
 
