@@ -220,16 +220,22 @@ fn gradient_weighted(maps: &[HostTensor], grads: &[HostTensor]) -> Result<HostTe
     Ok(relevance)
 }
 
+/// `tokens` as (side, learned): the last side * side are a square grid of patches (the
+/// largest that fits), the first `learned` the class and distillation tokens, a few at most.
+pub(crate) fn patch_grid(tokens: usize) -> Option<(usize, usize)> {
+    let side = (1..=tokens).take_while(|s| s * s <= tokens).last()?;
+    let learned = tokens - side * side;
+    (learned <= side).then_some((side, learned))
+}
+
 /// The class token's row over the patch tokens, on the patch grid, upsampled to `input`.
 async fn class_row_map(relevance: &HostTensor, input: &Tensor) -> Result<Attribution> {
     let (n, t, _) = relevance.dims3()?;
-    let side = (1..=t).take_while(|s| s * s <= t).last().unwrap_or(0);
-    let learned = t - side * side;
-    if side == 0 || learned == 0 || learned > side {
+    let Some((side, learned)) = patch_grid(t).filter(|&(_, learned)| learned > 0) else {
         return Err(Error::Shape(format!(
             "{t} tokens are not a class token and a square grid of patches"
         )));
-    }
+    };
     let (_, _, h, w) = input.dims4()?;
     let grid = relevance
         .narrow(1, 0, 1)?

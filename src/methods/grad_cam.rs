@@ -90,14 +90,12 @@ fn token_grid(tokens: &Tensor, layer: &str) -> Result<Tensor> {
         &[n, t, d] => (n, t, d),
         dims => return Err(Error::Shape(format!("token layer `{layer}` outputs {dims:?}"))),
     };
-    let side = (1..=t).take_while(|s| s * s <= t).last().unwrap_or(0);
-    let learned = t - side * side;
-    if side == 0 || learned > side {
-        return Err(Error::invalid_parameter(
+    let (side, learned) = super::attention::patch_grid(t).ok_or_else(|| {
+        Error::invalid_parameter(
             "layer",
             format!("`{layer}` holds {t} tokens, which are not a square grid of patches and a few learned tokens"),
-        ));
-    }
+        )
+    })?;
     tokens
         .narrow(1, learned, side * side)?
         .reshape(&[n, side, side, d])?
