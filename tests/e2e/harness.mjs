@@ -91,6 +91,22 @@ export async function idle(page, timeout = 300_000) {
   await page.waitForFunction(() => document.body.dataset.state === 'idle', null, { timeout });
 }
 
+/** Drops the model file `file` on the page and waits until it is recognised as `arch` with 10 classes. */
+export async function dropModel(page, file, arch) {
+  await page.click('#model-panel summary').catch(() => {});
+  await page.setInputFiles('#model-file', file);
+  const name = file.split('/').pop();
+  await page.waitForFunction(
+    (n) => document.getElementById('model-name').textContent.includes(n) || document.getElementById('error').textContent,
+    name,
+    { timeout: 300_000 },
+  );
+  await idle(page);
+  if (await page.$eval('#error', (e) => e.textContent)) throw new Error(await page.$eval('#error', (e) => e.textContent));
+  const shown = await page.$eval('#model-name', (e) => e.textContent);
+  if (!shown.includes(`${name} (${arch}, 10 classes)`)) throw new Error(`the page shows ${shown}, not ${name} (${arch}, 10 classes)`);
+}
+
 export async function screenshot(page, name) {
   await mkdir(SCREENSHOTS, { recursive: true });
   const path = join(SCREENSHOTS, `${name}.png`);

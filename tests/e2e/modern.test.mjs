@@ -16,7 +16,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, relativeError, fromBase64, nudge,
+  ROOT, serve, launch, openApp, idle, dropModel, screenshot, readSafetensors, relativeError, fromBase64, nudge,
 } from './harness.mjs';
 
 const CLI = process.env.CANDLE_XAI_BIN ?? join(ROOT, 'target/release/candle-xai');
@@ -51,19 +51,6 @@ after(async () => {
   await server?.close();
 });
 
-async function useModel(file, arch) {
-  await page.click('#model-panel summary').catch(() => {});
-  await page.setInputFiles('#model-file', file);
-  const name = file.split('/').pop();
-  await page.waitForFunction(
-    (n) => document.getElementById('model-name').textContent.includes(n) || document.getElementById('error').textContent,
-    name,
-    { timeout: 300_000 },
-  );
-  await idle(page);
-  assert.equal(await page.$eval('#error', (e) => e.textContent), '');
-  assert.match(await page.$eval('#model-name', (e) => e.textContent), new RegExp(`${name} \\(${arch}, 10 classes\\)`));
-}
 
 async function explainOnCpu() {
   await page.selectOption('#backend', 'cpu');
@@ -99,7 +86,7 @@ for (const [name, label] of CASES) {
   for (const ext of ['safetensors', 'pth']) {
     const onGpuToo = ext === 'safetensors' ? ', and on WebGPU as on the CPU' : '';
     test(`${label} as .${ext}: recognised, and explained on the CPU as the CLI explains it${onGpuToo}`, async () => {
-      await useModel(join(MODELS, `${name}.${ext}`), name);
+      await dropModel(page, join(MODELS, `${name}.${ext}`), name);
       await page.evaluate(() => window.xaiApp.usePhoto(new URL('web/assets/samples/chelsea.png', location.href).href));
       await idle(page);
       const onCpu = await explainOnCpu();

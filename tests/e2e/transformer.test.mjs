@@ -15,7 +15,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, relativeError, fromBase64 } from './harness.mjs';
+import { ROOT, serve, launch, openApp, idle, dropModel, screenshot, readSafetensors, relativeError, fromBase64 } from './harness.mjs';
 
 const CLI = process.env.CANDLE_XAI_BIN ?? join(ROOT, 'target/release/candle-xai');
 const MODELS = process.env.XAI_E2E_MODELS ?? join(ROOT, 'target/e2e-models');
@@ -45,22 +45,9 @@ after(async () => {
   await server?.close();
 });
 
-async function useModel(file) {
-  await page.click('#model-panel summary').catch(() => {});
-  await page.setInputFiles('#model-file', file);
-  const name = file.split('/').pop();
-  await page.waitForFunction(
-    (n) => document.getElementById('model-name').textContent.includes(n) || document.getElementById('error').textContent,
-    name,
-    { timeout: 300_000 },
-  );
-  await idle(page);
-  assert.equal(await page.$eval('#error', (e) => e.textContent), '');
-  assert.match(await page.$eval('#model-name', (e) => e.textContent), new RegExp(`${name} \\(${NAME}, 10 classes\\)`));
-}
 
 test('DeiT as .pth: recognised; the photo is prepared at its 64x64', async () => {
-  await useModel(join(MODELS, `${NAME}.pth`));
+  await dropModel(page, join(MODELS, `${NAME}.pth`), NAME);
   await page.evaluate(() => window.xaiApp.usePhoto(new URL('web/assets/samples/chelsea.png', location.href).href));
   await idle(page);
   assert.equal(await page.$eval('#error', (e) => e.textContent), '');
@@ -70,7 +57,7 @@ test('DeiT as .pth: recognised; the photo is prepared at its 64x64', async () =>
 });
 
 test('DeiT as .safetensors: compare all shows every method, the transformer ones included', async () => {
-  await useModel(join(MODELS, `${NAME}.safetensors`));
+  await dropModel(page, join(MODELS, `${NAME}.safetensors`), NAME);
   await page.selectOption('#backend', 'cpu');
   await idle(page);
   const offered = await page.$$eval('#method option', (os) => os.map((o) => o.value));

@@ -172,16 +172,7 @@ fn check_timm(case: &Case) {
     case.check_gradients(None);
     case.check_integrated_gradients(Quadrature::GaussLegendre, Some(10));
     case.check_smoothgrad(Aggregate::Mean, "smoothgrad", None);
-    case.attempt("default Grad-CAM layer", || {
-        let model = &case.model;
-        assert!(model
-            .graph()
-            .node(model.default_cam_layer().unwrap())
-            .answers_to(case.meta("gradcam_layer")));
-    });
-    case.check_grad_cam("gradcam", false, false, None);
-    case.check_grad_cam("gradcam_relu", true, false, None);
-    case.check_grad_cam("gradcam_relu_upsampled", true, true, None);
+    grad_cam_at_default_layer(case);
 }
 
 /// Vision transformers under torchvision's, timm's (a distilled DeiT) and Hugging Face's names
@@ -200,16 +191,7 @@ parity_tests!(
 fn check_transformer(case: &Case) {
     check_gradient_family(case);
     // The default layer is pytorch-grad-cam's for ViTs, and the fixture's.
-    case.attempt("default Grad-CAM layer", || {
-        let model = &case.model;
-        assert!(model
-            .graph()
-            .node(model.default_cam_layer().unwrap())
-            .answers_to(case.meta("gradcam_layer")));
-    });
-    case.check_grad_cam("gradcam", false, false, None);
-    case.check_grad_cam("gradcam_relu", true, false, None);
-    case.check_grad_cam("gradcam_relu_upsampled", true, true, None);
+    grad_cam_at_default_layer(case);
     for (head_fusion, discard_ratio, key) in [
         (HeadFusion::Min, 0.9, "rollout_min_0_9"),
         (HeadFusion::Mean, 0.0, "rollout_mean_0"),
@@ -295,8 +277,8 @@ fn integrated_gradients(case: &Case) {
     case.check("ig_no_multiply", Method::IntegratedGradients(plain), None, tol);
 }
 
-fn grad_cam(case: &Case) {
-    // No layer named: the model's default Grad-CAM layer, which is the fixture's.
+/// Grad-CAM with no layer named: at the model's default layer, which must be the fixture's.
+fn grad_cam_at_default_layer(case: &Case) {
     case.attempt("default Grad-CAM layer", || {
         let model = &case.model;
         assert!(model
@@ -307,6 +289,10 @@ fn grad_cam(case: &Case) {
     case.check_grad_cam("gradcam", false, false, None);
     case.check_grad_cam("gradcam_relu", true, false, None);
     case.check_grad_cam("gradcam_relu_upsampled", true, true, None);
+}
+
+fn grad_cam(case: &Case) {
+    grad_cam_at_default_layer(case);
     case.check_grad_cam("gradcam_mid", true, false, Some(case.meta("gradcam_mid_layer")));
 }
 
