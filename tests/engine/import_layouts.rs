@@ -622,6 +622,28 @@ fn graph_json_expresses_every_family() {
         let (a, b) = (recognised.predict(&input).unwrap(), described.predict(&input).unwrap());
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap(), "{arch}");
     }
+    // Vision transformers under each library's names: attention, tokens and position
+    // embedding written out as JSON build the same model.
+    for arch in [
+        "vit_w128_d2_8",
+        "timm_deit_w128_d2_distilled_patch8_64",
+        "hf_vit_w128_d2_patch8_64",
+    ] {
+        let refs = Refs::load(&fixture(&format!("{arch}_refs.safetensors")));
+        let tensors = seeded_weights::weights_from_metadata(&refs.metadata["weights"])
+            .into_iter()
+            .map(|(name, shape, values)| (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap()))
+            .collect();
+        let state = StateDict::new(tensors, arch);
+        let (_, spec) = torchvision::recognise(&state).unwrap();
+        let from_json = GraphSpec::from_json(&spec.to_json()).unwrap();
+        assert_eq!(from_json, spec, "{arch}: the JSON reads back as written");
+        let recognised = Model::from_state_dict(&state, None, None, &Device::Cpu).unwrap();
+        let described = Model::from_state_dict(&state, Some(from_json), None, &Device::Cpu).unwrap();
+        let input = refs.f32("inputs");
+        let (a, b) = (recognised.predict(&input).unwrap(), described.predict(&input).unwrap());
+        assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap(), "{arch}");
+    }
 }
 
 /// timm's ResNets are torchvision's layout (the same names); its EfficientNets and ConvNeXts
