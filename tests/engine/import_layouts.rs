@@ -101,8 +101,13 @@ fn node<'a>(spec: &'a GraphSpec, name: &str) -> &'a NodeSpec {
         .unwrap_or_else(|| panic!("no node `{name}`"))
 }
 
+/// Held by the tests that rebuild the largest models (RegNet-Y-128GF, ViT-H/14: each near 3 GB
+/// of weights), so that they do not run at the same time on a small machine.
+static LARGEST_MODELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn recognises_every_torchvision_layout() {
+    let _one_at_a_time = LARGEST_MODELS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for &arch in ARCHS {
         // Seeded weights with the file's names and shapes (the .json layout's), and PyTorch's
         // float64 logits for them.
@@ -721,6 +726,7 @@ fn timm_layouts_are_recognised_with_their_module_names() {
 /// DeiT's two heads, patch sizes 14, 16 and 32.
 #[test]
 fn vision_transformers_match_pytorch() {
+    let _one_at_a_time = LARGEST_MODELS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for arch in [
         "vit_b_16",
         "vit_b_32",
