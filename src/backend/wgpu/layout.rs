@@ -16,26 +16,38 @@ const PERMUTE: Kernel = Kernel {
 };
 const NORMALIZE: Kernel = Kernel {
     name: "normalize",
-    source: include_str!("kernels/normalize.wgsl"),
+    source: concat!(
+        include_str!("kernels/along_axis.wgsl"),
+        include_str!("kernels/normalize.wgsl")
+    ),
     entry: "forward",
     inputs: 2,
 };
 const NORMALIZE_VJP: Kernel = Kernel {
     name: "normalize_vjp",
-    source: include_str!("kernels/normalize.wgsl"),
+    source: concat!(
+        include_str!("kernels/along_axis.wgsl"),
+        include_str!("kernels/normalize.wgsl")
+    ),
     entry: "vjp",
     inputs: 2,
 };
 
 const SOFTMAX: Kernel = Kernel {
     name: "softmax",
-    source: include_str!("kernels/softmax.wgsl"),
+    source: concat!(
+        include_str!("kernels/along_axis.wgsl"),
+        include_str!("kernels/softmax.wgsl")
+    ),
     entry: "forward",
     inputs: 2,
 };
 const SOFTMAX_VJP: Kernel = Kernel {
     name: "softmax_vjp",
-    source: include_str!("kernels/softmax.wgsl"),
+    source: concat!(
+        include_str!("kernels/along_axis.wgsl"),
+        include_str!("kernels/softmax.wgsl")
+    ),
     entry: "vjp",
     inputs: 2,
 };
@@ -129,8 +141,8 @@ struct PermuteParams {
     strides: [u32; MAX_RANK],
 }
 
-/// x viewed as [outer, len, inner] around the axis a kernel walks; softmax.wgsl reads the
-/// first three fields.
+/// x viewed as [outer, len, inner] around the axis a kernel walks (kernels/along_axis.wgsl's
+/// `Params`); softmax.wgsl does not read `eps` and `constant_std`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct AxisParams {

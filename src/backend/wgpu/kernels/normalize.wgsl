@@ -1,30 +1,5 @@
-// Normalisation over the middle axis of x viewed as [outer, len, inner]: y = (x - mean) /
-// sqrt(var + eps) with the biased variance, as PyTorch's LayerNorm and GroupNorm, and its
-// input-VJP. One thread per (outer, inner) position walks its `len` elements; neighbouring
-// threads read neighbouring elements when inner > 1 (channels of NCHW), and for inner == 1
-// (the last axis) rows are few and long only in transformers, where len is a few hundred.
-struct Params {
-    outer: u32,
-    len: u32,
-    inner: u32,
-    eps: f32,
-    // 1: vjp holds the standard deviation constant (its gradient term is left out).
-    constant_std: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-// The incoming gradient for `vjp`; `forward` is bound to x here and does not read it.
-@group(0) @binding(2) var<storage, read> g: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-
-fn position(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
-
-fn first(i: u32) -> u32 {
-    return (i / p.inner) * p.len * p.inner + i % p.inner;
-}
+// Normalisation along one axis (after along_axis.wgsl): y = (x - mean) / sqrt(var + eps) with
+// the biased variance, as PyTorch's LayerNorm and GroupNorm, and its input-VJP.
 
 // (mean, 1 / sqrt(var + eps)) of the row starting at `base`.
 fn moments(base: u32) -> vec2<f32> {

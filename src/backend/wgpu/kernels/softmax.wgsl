@@ -1,26 +1,5 @@
-// Softmax over the middle axis of x viewed as [outer, len, inner] (PyTorch's softmax(dim)),
-// and its input-VJP from the output s: s * (g - sum(g * s)). One thread per (outer, inner)
-// position walks its `len` elements, as normalize.wgsl does.
-struct Params {
-    outer: u32,
-    len: u32,
-    inner: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// x for `forward`, the softmax output s for `vjp`.
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-// The incoming gradient for `vjp`; `forward` is bound to x here and does not read it.
-@group(0) @binding(2) var<storage, read> g: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-
-fn position(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
-
-fn first(i: u32) -> u32 {
-    return (i / p.inner) * p.len * p.inner + i % p.inner;
-}
+// Softmax along one axis (after along_axis.wgsl), PyTorch's softmax(dim), and its input-VJP
+// from the output s: s * (g - sum(g * s)).
 
 @compute @workgroup_size(256)
 fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
