@@ -402,6 +402,19 @@ def check_maxpool_tie_convention():
 
 # ----------------------------------------------------------------------------------------------------------------
 
+def conditioning(out, out64):
+    """{key: [max|ref32 - ref64| / max|ref64|, ||ref32 - ref64|| / ||ref64||]} for every result of the float64 pass
+    (not the quadratures' points and weights, nor SmoothGrad's noise and parameters, which are inputs)."""
+    f64_rel_err = {}
+    for k, v in out64.items():
+        if k.startswith("ig_") and (k.endswith("_alphas") or k.endswith("_step_sizes")) or k.startswith("smoothgrad_"):
+            continue
+        d = out[k].double() - v
+        f64_rel_err[k] = [float(f"{(d.abs().max() / v.abs().max()).item():.3g}"),
+                          float(f"{(d.norm() / v.norm()).item():.3g}")]
+    return f64_rel_err
+
+
 def generate(kind: str, outdir: str, with_f64: bool = False):
     t0 = time.time()
     model, spec = seeded_model(kind)
@@ -436,13 +449,7 @@ def generate(kind: str, outdir: str, with_f64: bool = False):
     out64 = {"logits": logits64}
     attributions(kind, model64, x64, t, out64, logits64)
     out64["inputs_folded_logits"] = folded_logits(kind, model64, x64)[0]
-    f64_rel_err = {}
-    for k, v in out64.items():
-        if k.startswith("ig_") and (k.endswith("_alphas") or k.endswith("_step_sizes")) or k.startswith("smoothgrad_"):
-            continue
-        d = out[k].double() - v
-        f64_rel_err[k] = [float(f"{(d.abs().max() / v.abs().max()).item():.3g}"),
-                          float(f"{(d.norm() / v.norm()).item():.3g}")]
+    f64_rel_err = conditioning(out, out64)
     # where float32 itself is ill-conditioned, the float64 truth as well (not for the convergence deltas, which are
     # ratios to their own rounding-sized values; see tests/fixtures/README.md)
     f64_truth = []

@@ -598,13 +598,7 @@ def generate(arch, outdir):
     out64.update(references(model64, x64, t, diag64))
     if with_lrp:
         out64.update(lrp_refs(model64, x64, t, out64["logits"]))
-    f64_rel_err = {}
-    for k, v in out64.items():
-        if k.startswith("ig_") and (k.endswith("_alphas") or k.endswith("_step_sizes")) or k.startswith("smoothgrad_"):
-            continue
-        d = out[k].double() - v
-        f64_rel_err[k] = [float(f"{(d.abs().max() / v.abs().max()).item():.3g}"),
-                          float(f"{(d.norm() / v.norm()).item():.3g}")]
+    f64_rel_err = mf.conditioning(out, out64)
     metadata = {
         "arch": arch,
         "weights": json.dumps(spec, separators=(",", ":")),
