@@ -225,14 +225,28 @@ def ig_refs(model, x, t, out):
         x, baselines=0.0, target=t, n_steps=IG_STEPS, method="gausslegendre").detach()
 
 
-def layer_refs(kind, model, x, t, out):
-    layer = model.get_submodule(GRADCAM_LAYER[kind])
-    mid = model.get_submodule(MID_LAYER[kind])
+def gradcam_refs(model, layer, x, t, out):
+    """captum's LayerGradCam at `layer`: `gradcam`, `gradcam_relu`, `gradcam_relu_upsampled`, checked against Grad-CAM
+    recomputed from hooks (the hook returns a clone, as captum's does: DenseNet's forward applies an in-place F.relu to
+    norm5's output)."""
     gc = LayerGradCam(model, layer)
     out["gradcam"] = gc.attribute(x, target=t, relu_attributions=False).detach()
     out["gradcam_relu"] = gc.attribute(x, target=t, relu_attributions=True).detach()
     out["gradcam_relu_upsampled"] = LayerAttribution.interpolate(
         out["gradcam_relu"], (SIZE, SIZE), "bilinear").detach()
+    acts = {}
+    h = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o) or o.clone())
+    xx = x.clone().requires_grad_(True)
+    y = model(xx)
+    h.remove()
+    (ga,) = torch.autograd.grad(y.gather(1, t[:, None]).sum(), acts["a"])
+    cam = (ga.mean(dim=(2, 3), keepdim=True) * acts["a"]).sum(1, keepdim=True)
+    assert_close(cam, out["gradcam"], 1e-5, "gradcam recomputed")
+
+
+def layer_refs(kind, model, x, t, out):
+    gradcam_refs(model, model.get_submodule(GRADCAM_LAYER[kind]), x, t, out)
+    mid = model.get_submodule(MID_LAYER[kind])
     out["gradcam_mid"] = LayerGradCam(model, mid).attribute(x, target=t, relu_attributions=True).detach()
     out["layer_gradient"] = LayerGradientXActivation(model, mid, multiply_by_inputs=False).attribute(
         x, target=t).detach()
@@ -242,17 +256,6 @@ def layer_refs(kind, model, x, t, out):
         x, baselines=0.0, target=t, n_steps=IG_STEPS, method="gausslegendre", return_convergence_delta=True)
     out["layer_ig"] = lig.detach()
     out["layer_ig_delta"] = lig_delta.detach()
-
-    # sanity: Grad-CAM recomputed from layer_gradient-style hooks (the hook returns a clone, as captum's does:
-    # DenseNet's forward applies an in-place F.relu to norm5's output)
-    acts = {}
-    h = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o) or o.clone())
-    xx = x.clone().requires_grad_(True)
-    y = model(xx)
-    h.remove()
-    (ga,) = torch.autograd.grad(y.gather(1, t[:, None]).sum(), acts["a"])
-    cam = (ga.mean(dim=(2, 3), keepdim=True) * acts["a"]).sum(1, keepdim=True)
-    assert_close(cam, out["gradcam"], 1e-5, "gradcam recomputed")
 
 
 def attributions(kind, model, x, t, out, logits):

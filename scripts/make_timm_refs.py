@@ -54,14 +54,13 @@ import captum
 import timm
 import torch
 import torch.nn as nn
-from captum.attr import InputXGradient, LayerAttribution, LayerGradCam, Saliency
+from captum.attr import InputXGradient, Saliency
 from safetensors import safe_open
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import (  # noqa: E402  (defined once)
     GRADCAM_LAYER,
-    SIZE,
-    assert_close,
+    gradcam_refs,
     ig_refs,
     save_safetensors_deterministic,
     smoothgrad_refs,
@@ -201,31 +200,13 @@ def layer_output(model, layer_name, x):
     return got["a"]
 
 
-def gradcam_refs(model, layer_name, x, t, out):
-    """make_fixtures.layer_refs' gradcam, gradcam_relu, gradcam_relu_upsampled (and its recomputation check)."""
-    layer = model.get_submodule(layer_name)
-    gc = LayerGradCam(model, layer)
-    out["gradcam"] = gc.attribute(x, target=t, relu_attributions=False).detach()
-    out["gradcam_relu"] = gc.attribute(x, target=t, relu_attributions=True).detach()
-    out["gradcam_relu_upsampled"] = LayerAttribution.interpolate(
-        out["gradcam_relu"], (SIZE, SIZE), "bilinear").detach()
-    acts = {}
-    h = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o) or o.clone())
-    xx = x.clone().requires_grad_(True)
-    y = model(xx)
-    h.remove()
-    (ga,) = torch.autograd.grad(y.gather(1, t[:, None]).sum(), acts["a"])
-    cam = (ga.mean(dim=(2, 3), keepdim=True) * acts["a"]).sum(1, keepdim=True)
-    assert_close(cam, out["gradcam"], 1e-5, "gradcam recomputed")
-
-
 def attributions(model, layer_name, x, t, out):
     out["saliency"] = Saliency(model).attribute(x, target=t, abs=False).detach()
     out["saliency_abs"] = Saliency(model).attribute(x, target=t, abs=True).detach()
     out["input_x_gradient"] = InputXGradient(model).attribute(x, target=t).detach()
     smoothgrad_refs(model, x, t, out)
     ig_refs(model, x, t, out)
-    gradcam_refs(model, layer_name, x, t, out)
+    gradcam_refs(model, model.get_submodule(layer_name), x, t, out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
