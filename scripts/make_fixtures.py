@@ -579,7 +579,7 @@ def generate(kind: str, outdir: str, with_f64: bool = False):
     return dt
 
 
-_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.float16: "F16"}
 
 
 def save_safetensors_deterministic(tensors, path, metadata):

@@ -16,6 +16,7 @@ pub mod model;
 pub use model::{LoadOptions, Model};
 pub mod lrp;
 pub mod methods;
+pub mod metrics;
 mod rng;
 
 #[cfg(not(target_arch = "wasm32"))]

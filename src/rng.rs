@@ -3,9 +3,27 @@
 
 pub struct SplitMix64(u64);
 
+/// What a stream of draws is for: each purpose and index (a sample of the batch) gets its own
+/// stream of a seed, so draws do not depend on batching or on the other purposes. The fixture
+/// script `scripts/make_metric_fixtures.py` replays these streams inside pnpxai.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    MuFidelityNoise = 1,
+    MuFidelitySubsets = 2,
+    SensitivityNoise = 3,
+}
+
 impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
         Self(seed)
+    }
+
+    /// The stream of `seed` for `purpose` and `index`.
+    pub fn stream(seed: u64, purpose: Stream, index: usize) -> Self {
+        Self::new(
+            seed ^ (purpose as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+        )
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -22,6 +22,7 @@ mod scale;
 mod softmax;
 mod tokens;
 mod upsample;
+pub(crate) use upsample::nearest_source;
 
 pub use crate::backend::{PoolWindow, WindowGeometry};
 pub use activation::Activation;

@@ -56,7 +56,7 @@ impl Upsample {
             let row = &mut weights[dst * len..(dst + 1) * len];
             match self.mode {
                 _ if out == len => row[dst] = 1.0,
-                UpsampleMode::Nearest => row[((dst as f32 * ratio(false)).floor() as usize).min(len - 1)] = 1.0,
+                UpsampleMode::Nearest => row[nearest_source(dst, ratio(false), len)] = 1.0,
                 UpsampleMode::NearestExact => {
                     row[(((dst as f32 + 0.5) * ratio(false)).floor() as usize).min(len - 1)] = 1.0
                 }
@@ -92,6 +92,12 @@ impl Upsample {
         };
         Ok((self.matrix(h, oh, fh, x)?, self.matrix(w, ow, fw, x)?))
     }
+}
+
+/// The source index PyTorch's `nearest` mode reads for output index `dst` along an axis of
+/// `len`, with its float32 `ratio` (len / out, or 1 / scale factor).
+pub(crate) fn nearest_source(dst: usize, ratio: f32, len: usize) -> usize {
+    ((dst as f32 * ratio).floor() as usize).min(len - 1)
 }
 
 /// `matrix` ([out, len] or, transposed, [len, out]) applied along W and `rows` along H.

@@ -185,7 +185,7 @@ pub enum Targets {
 
 impl Targets {
     /// One class per sample, checked against the logits' class count.
-    fn resolve(&self, logits: &HostTensor) -> Result<Vec<usize>> {
+    pub(crate) fn resolve(&self, logits: &HostTensor) -> Result<Vec<usize>> {
         let (batch, num_classes) = logits.dims2()?;
         match self {
             Targets::TopPrediction => Ok(logits
@@ -241,7 +241,7 @@ impl Request {
 /// How many input rows one pass may hold on the CPU within `limit` (the default budget when
 /// None); an error when the batch itself does not fit. Other devices bound their tensors
 /// themselves ([`crate::tensor::Device::max_tensor_len`]).
-fn rows_in_memory(model: &Model, dims: &[usize], limit: Option<u64>) -> Result<usize> {
+pub(crate) fn rows_in_memory(model: &Model, dims: &[usize], limit: Option<u64>) -> Result<usize> {
     if !matches!(model.device(), crate::tensor::Device::Candle(candle_core::Device::Cpu)) {
         return Ok(usize::MAX);
     }

@@ -12,5 +12,6 @@ mod import_layouts;
 mod layer_edge_cases;
 mod lrp_conservation;
 mod memory_budget;
+mod metrics_parity;
 mod mnist_parity;
 mod torchvision_parity;

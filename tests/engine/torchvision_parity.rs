@@ -55,7 +55,7 @@ const TORCHVISION: Suite = Suite {
 };
 
 /// The model rebuilt from the fixture's weight recipe and recognised from its tensor names.
-fn load(name: &str) -> (Model, Refs) {
+pub(crate) fn load(name: &str) -> (Model, Refs) {
     let refs = Refs::load(&fixture(&format!("{name}_refs.safetensors")));
     let tensors: HashMap<String, Tensor> = weights_from_metadata(&refs.metadata["weights"])
         .into_iter()
