@@ -1,7 +1,7 @@
 //! The tensor files the CLI and the page exchange, one safetensors layout each:
 //! - an inputs file: `inputs` [N, C, H, W] (float, already normalised) and optionally
 //!   `targets` [N] (int64 or int32);
-//! - an explanation file: `attributions`, `logits` [N, classes], `targets` [N] (int64) and, for
+//! - an explanation file (which the metrics read back): `attributions`, `logits` [N, classes], `targets` [N] (int64) and, for
 //!   Integrated Gradients, `convergence_delta` [N].
 
 use std::collections::HashMap;
@@ -24,6 +24,27 @@ pub struct Inputs {
 
 /// Reads an inputs file; `what` names it in error messages.
 pub fn read_inputs(bytes: &[u8], what: &str) -> Result<Inputs> {
+    let (inputs, targets) = read_floats_and_targets(bytes, what, "inputs")?;
+    Ok(Inputs { inputs, targets })
+}
+
+/// What an explanation file holds that the metrics read.
+#[derive(Debug, Clone)]
+pub struct Attributions {
+    /// As `explain` wrote them, f32 on the CPU.
+    pub attributions: Tensor,
+    /// The class each sample was explained for, when the file names them.
+    pub targets: Option<Vec<i64>>,
+}
+
+/// Reads the attributions (and targets) of an explanation file; `what` names it in errors.
+pub fn read_attributions(bytes: &[u8], what: &str) -> Result<Attributions> {
+    let (attributions, targets) = read_floats_and_targets(bytes, what, "attributions")?;
+    Ok(Attributions { attributions, targets })
+}
+
+/// The floating-point tensor `name` (as f32) and the optional `targets` of a safetensors file.
+fn read_floats_and_targets(bytes: &[u8], what: &str, name: &str) -> Result<(Tensor, Option<Vec<i64>>)> {
     if bytes.is_empty() {
         return Err(Error::EmptyFile { what: what.into() });
     }
@@ -37,8 +58,8 @@ pub fn read_inputs(bytes: &[u8], what: &str) -> Result<Inputs> {
         what: what.into(),
         reason: e.to_string(),
     })?;
-    let view = file.tensor("inputs").map_err(|_| Error::MissingTensor {
-        name: "inputs".into(),
+    let view = file.tensor(name).map_err(|_| Error::MissingTensor {
+        name: name.into(),
         what: what.into(),
     })?;
     let dtype = match view.dtype() {
@@ -48,18 +69,18 @@ pub fn read_inputs(bytes: &[u8], what: &str) -> Result<Inputs> {
         Dtype::F64 => DType::F64,
         other => {
             return Err(Error::TensorDtype {
-                name: "inputs".into(),
+                name: name.into(),
                 expected: "f32 (or another floating-point type)".into(),
                 found: format!("{other:?}"),
             })
         }
     };
-    let inputs = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?.to_dtype(DType::F32)?;
+    let values = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?.to_dtype(DType::F32)?;
     let targets = match file.tensor("targets") {
         Err(_) => None,
         Ok(view) => Some(read_targets(&view)?),
     };
-    Ok(Inputs { inputs, targets })
+    Ok((values, targets))
 }
 
 fn read_targets(view: &TensorView<'_>) -> Result<Vec<i64>> {

@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "wasm32", no_main)]
 #![cfg(not(target_arch = "wasm32"))]
 
+mod evaluate;
 mod method_flags;
 
 use std::fmt;
@@ -53,6 +54,10 @@ enum Command {
         /// Where to write the safetensors file
         output: PathBuf,
     },
+    /// Score attributions with evaluation metrics (pnpxai's MuFidelity, MoRF, LeRF, AbPC,
+    /// Sensitivity, Complexity): from an explanation file, or from a method run here
+    #[command(allow_negative_numbers = true)]
+    Evaluate(Box<evaluate::EvaluateArgs>),
     /// Print a model's architecture and its layer names (for --layer), one per line with its kind
     Layers(ModelArgs),
     /// Print every method with its tunable parameters as JSON
@@ -248,6 +253,7 @@ fn is_broken_pipe(message: &str) -> bool {
 fn run(command: Command) -> CliResult<()> {
     match command {
         Command::Explain(args) => run_explain(&args),
+        Command::Evaluate(args) => evaluate::run_evaluate(&args),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Layers(args) => layers(&args),
         Command::Methods => methods(),

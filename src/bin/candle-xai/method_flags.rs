@@ -247,6 +247,27 @@ impl MethodFlags {
         }
     }
 
+    /// Removes the option setting parameter `key` and returns its value as written (the
+    /// `evaluate` command reads `--seed` for its metrics).
+    pub fn take(&mut self, key: &str) -> Option<String> {
+        let index = self.given.iter().position(|g| g.key == key)?;
+        self.given.remove(index).value.err()
+    }
+
+    /// Sets parameter `key` to `text` as if it had been written on the command line.
+    pub fn set(&mut self, key: &'static str, text: &str) {
+        self.given.retain(|g| g.key != key);
+        self.given.push(Given {
+            flag: format!("--{}", key.replace('_', "-")),
+            key,
+            value: Err(text.to_string()),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.given.is_empty()
+    }
+
     /// The long names (`--n-steps`) of the flags that set parameters of `method`.
     pub fn applicable(method: &Method) -> Vec<String> {
         let keys: Vec<&str> = method.parameters().iter().map(|p| p.key).collect();
