@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::files;
 use crate::import::graph_json::GraphSpec;
 use crate::methods::catalog;
+use crate::metrics::{evaluate_async, EvaluationRequest, Metric};
 use crate::render::{self, Colormap};
 use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 
@@ -78,6 +79,21 @@ fn tensor(values: &[f32], shape: &[u32], what: &str) -> JsResult<Tensor> {
         )));
     }
     Tensor::from_slice(values, dims, &Device::Cpu).map_err(js_error)
+}
+
+/// Calls the page's `progress(done, total)`; its returning `false` cancels the run.
+fn progress_reporter(progress: Option<Function>) -> impl FnMut(usize, usize) -> bool {
+    move |done, total| match &progress {
+        Some(f) => f
+            .call2(
+                &JsValue::NULL,
+                &JsValue::from(done as u32),
+                &JsValue::from(total as u32),
+            )
+            .map(|r| r != JsValue::FALSE)
+            .unwrap_or(true),
+        None => true,
+    }
 }
 
 fn flat(t: &Tensor) -> JsResult<Vec<f32>> {
@@ -435,25 +451,90 @@ impl WasmModel {
         };
         let model = self.model.clone();
         Ok(future_to_promise(async move {
-            let mut report = |done: usize, total: usize| -> bool {
-                match &progress {
-                    Some(f) => f
-                        .call2(
-                            &JsValue::NULL,
-                            &JsValue::from(done as u32),
-                            &JsValue::from(total as u32),
-                        )
-                        .map(|r| r != JsValue::FALSE)
-                        .unwrap_or(true),
-                    None => true,
-                }
-            };
+            let mut report = progress_reporter(progress);
             let explanation = explain_async(&model, &x, &request, &mut Progress::new(&mut report))
                 .await
                 .map_err(engine_error)?;
             let out = explanation_object(&explanation, &request)?;
             set(&out, "device", model.device().describe())?;
             Ok(out.into())
+        }))
+    }
+}
+
+/// Perturbed inputs per forward pass of a metric in the browser when its JSON does not say.
+pub const WEB_METRIC_ROWS_PER_PASS: usize = 8;
+
+/// The metrics of `metrics_json`: a JSON array of names (`"abpc"`) or of objects with the
+/// name under `metric` and parameters beside it (`{"metric": "abpc", "n_steps": 20}`).
+/// Rows per pass default to [`WEB_METRIC_ROWS_PER_PASS`].
+pub fn build_metrics(metrics_json: &str) -> Result<Vec<Metric>, Error> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(metrics_json)
+        .map_err(|e| Error::invalid_parameter("metrics", format!("not a JSON array: {e}")))?;
+    list.into_iter()
+        .map(|entry| {
+            let (name, mut overrides) = match entry {
+                serde_json::Value::String(name) => (name, serde_json::Map::new()),
+                serde_json::Value::Object(mut object) => match object.remove("metric") {
+                    Some(serde_json::Value::String(name)) => (name, object),
+                    _ => return Err(Error::invalid_parameter("metrics", "each object names its `metric`")),
+                },
+                other => return Err(Error::invalid_parameter("metrics", format!("{other} is not a metric"))),
+            };
+            let metric = Metric::from_name(&name)?;
+            if metric.parameters().iter().any(|p| p.key == "batch_size") {
+                overrides.entry("batch_size").or_insert(WEB_METRIC_ROWS_PER_PASS.into());
+            }
+            Metric::from_json(&name, &serde_json::Value::Object(overrides))
+        })
+        .collect()
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WasmModel {
+    /// Scores `attributions` (flat, `attributions_shape`: like the input, or pooled over
+    /// channels) of a normalised `[1, C, H, W]` input explained for class `target` with the
+    /// metrics of `metrics_json` (see [`build_metrics`]). `method` and `params_json` name the
+    /// method that made them, which Sensitivity needs. `progress(done, total)` as for
+    /// `explain`. Resolves to the JSON of `{targets, scores: [{metric, higher_is_better,
+    /// values, morf_curves?, lerf_curves?}]}` (an undefined value is null).
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate(
+        &self,
+        input: &[f32],
+        shape: &[u32],
+        attributions: &[f32],
+        attributions_shape: &[u32],
+        metrics_json: &str,
+        target: i32,
+        method: Option<String>,
+        params_json: Option<String>,
+        progress: Option<Function>,
+    ) -> Result<Promise, JsValue> {
+        let x = tensor(input, shape, "the input")?;
+        let a = tensor(attributions, attributions_shape, "the attributions")?;
+        let metrics = build_metrics(metrics_json).map_err(engine_error)?;
+        let explainer = match method {
+            Some(name) => Some(Request::new(
+                build_method(&name, params_json.as_deref().unwrap_or("")).map_err(engine_error)?,
+            )),
+            None => None,
+        };
+        let request = EvaluationRequest {
+            metrics,
+            targets: Targets::Classes(vec![target as i64]),
+            explainer,
+            memory_limit: None,
+        };
+        let model = self.model.clone();
+        Ok(future_to_promise(async move {
+            let mut report = progress_reporter(progress);
+            let evaluation = evaluate_async(&model, &x, &a, &request, &mut Progress::new(&mut report))
+                .await
+                .map_err(engine_error)?;
+            Ok(JsValue::from_str(
+                &serde_json::to_string(&evaluation).map_err(js_error)?,
+            ))
         }))
     }
 }

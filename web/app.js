@@ -1,7 +1,8 @@
 // The explainer page: wires the controls in index.html to the Explainer API (web/xai.js).
 // All engine work happens in Web Workers; this file only moves data and draws.
 
-import { Explainer, CancelledError, pixelsToCanvas, rgbToRgba } from './xai.js';
+import { Explainer, CancelledError, DEFAULT_METRICS, pixelsToCanvas, rgbToRgba } from './xai.js';
+import { METRICS, drawCurves, fillScoreTable, metricLabel, scoreLine, sortGrid } from './scores.js';
 
 const $ = (id) => document.getElementById(id);
 const SAMPLES = new URL('assets/samples/', import.meta.url);
@@ -62,6 +63,7 @@ function updateControls() {
   const ready = Boolean(state.explainer && state.prepared);
   $('explain').disabled = !ready;
   $('compare').disabled = !ready;
+  $('evaluate').disabled = !(ready && state.last) || state.running;
 }
 
 function progressTo(done, total, prefix) {
@@ -531,6 +533,86 @@ function showResult(result) {
   )} on ${deviceOf(result, { named: true })}; attributions [${result.shape.join(', ')}], range ${formatValue(result.low)} to ${formatValue(result.high)}${delta}.`;
   document.body.dataset.resultMethod = result.method;
   for (const id of ['download-png', 'download-raw', 'download-input']) $(id).disabled = false;
+  showScores(result.evaluation);
+  updateControls();
+}
+
+// ------------------------------------------------------------------------------------------
+// Scores
+
+/** The metrics ticked under the heatmap, as the engine names them. */
+function chosenMetrics() {
+  return METRICS.map((m) => m.name).filter((name) => $(`metric-${name}`)?.checked);
+}
+
+function fillMetricChoices() {
+  const box = $('metrics');
+  for (const m of METRICS) {
+    const label = document.createElement('label');
+    const input = document.createElement('input');
+    input.type = 'checkbox';
+    input.id = `metric-${m.name}`;
+    input.checked = DEFAULT_METRICS.includes(m.name);
+    label.title = m.help;
+    label.append(input, metricLabel(m.name));
+    box.append(label);
+    $('sort-by').append(new Option(metricLabel(m.name), m.name));
+  }
+}
+
+/** Shows `evaluation` (or clears the scores when there is none). */
+function showScores(evaluation) {
+  const table = $('scores');
+  const curves = $('curves');
+  if (!evaluation) {
+    table.replaceChildren();
+    curves.hidden = true;
+    return;
+  }
+  fillScoreTable(table, evaluation);
+  curves.hidden = !drawCurves(curves, evaluation.curves);
+}
+
+/** Scores `result` with the chosen metrics, showing progress under `prefix`. */
+async function scoreOne(result, runId, prefix) {
+  return state.explainer.evaluate(result, {
+    metrics: chosenMetrics(),
+    onProgress: (done, total) => {
+      if (runId === state.runId && total > 1) progressTo(done, total, prefix);
+    },
+  });
+}
+
+async function evaluateShown() {
+  const result = state.last;
+  if (!result || !chosenMetrics().length) {
+    if (result) setStatus('Tick at least one metric to score the heatmap.');
+    return;
+  }
+  cancelRun();
+  const runId = ++state.runId;
+  showError('');
+  begin();
+  setRunning(true);
+  const label = methodLabel(result.method);
+  setStatus(`Scoring ${label}…`);
+  try {
+    const evaluation = await scoreOne(result, runId, `Scoring ${label}`);
+    if (runId !== state.runId) return;
+    result.evaluation = evaluation;
+    if (state.last === result) showScores(evaluation);
+    setStatus(`Scored ${label} in ${formatMs(evaluation.elapsedMs)}.`);
+  } catch (e) {
+    if (runId !== state.runId) return;
+    if (e instanceof CancelledError) setStatus('Cancelled.');
+    else {
+      setStatus('Failed.');
+      showError(`Scoring ${label} failed: ${e.message}`);
+    }
+  } finally {
+    if (runId === state.runId) setRunning(false);
+    end();
+  }
 }
 
 async function drawColorbar() {
@@ -602,7 +684,7 @@ async function compareAll() {
           showResult(result);
           $('heatmap').scrollIntoView({ block: 'nearest' });
         });
-        state.grid.push({ method: method.name, result, canvas });
+        state.grid.push({ method: method.name, result, canvas, li, button, index: i });
       } catch (e) {
         if (runId !== state.runId) return;
         if (e instanceof CancelledError) {
@@ -613,12 +695,49 @@ async function compareAll() {
         failures.push(`${method.label}: ${e.message}`);
       }
     }
-    setStatus(`Compared ${state.methods.length} methods in ${formatMs(performance.now() - started)}.`);
+    const compared = `Compared ${state.methods.length} methods in ${formatMs(performance.now() - started)}`;
+    // Scores after every heatmap is shown: the heatmaps come first, the scores fill in.
+    if (!(await scoreGrid(runId, failures))) return;
+    setStatus(`${compared}${chosenMetrics().length ? `, scored in ${formatMs(performance.now() - started)} in all` : ''}.`);
     if (failures.length) showError(failures.join('\n'));
   } finally {
     if (runId === state.runId) setRunning(false);
     end();
   }
+}
+
+/** Scores every heatmap of the grid with the chosen metrics, each caption filled in as its
+ * scores arrive; false when cancelled or superseded. */
+async function scoreGrid(runId, failures) {
+  if (!chosenMetrics().length) return true;
+  const grid = $('grid');
+  for (const [i, item] of state.grid.entries()) {
+    const label = methodLabel(item.method);
+    const line = document.createElement('span');
+    line.className = 'scoreline';
+    line.textContent = 'scoring…';
+    item.button.append(line);
+    const prefix = `Scoring ${i + 1}/${state.grid.length} ${label}`;
+    setStatus(`${prefix}…`);
+    try {
+      item.result.evaluation = await scoreOne(item.result, runId, prefix);
+    } catch (e) {
+      if (runId !== state.runId) return false;
+      if (e instanceof CancelledError) {
+        setStatus('Cancelled.');
+        return false;
+      }
+      line.textContent = 'not scored';
+      failures.push(`Scoring ${label}: ${e.message}`);
+      continue;
+    }
+    if (runId !== state.runId) return false;
+    item.evaluation = item.result.evaluation;
+    line.textContent = scoreLine(item.evaluation);
+    item.button.setAttribute('aria-label', `${label}, ${formatMs(item.result.elapsedMs)}; ${line.textContent}: show large`);
+    sortGrid(grid, state.grid, $('sort-by').value);
+  }
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -677,6 +796,8 @@ function wire() {
   $('backend').addEventListener('change', chooseBackend);
   $('explain').addEventListener('click', explain);
   $('compare').addEventListener('click', compareAll);
+  $('evaluate').addEventListener('click', evaluateShown);
+  $('sort-by').addEventListener('change', () => sortGrid($('grid'), state.grid, $('sort-by').value));
   $('cancel').addEventListener('click', () => {
     cancelRun();
     setRunning(false);
@@ -724,40 +845,47 @@ function wire() {
   $('default-model').addEventListener('click', () => useModel(undefined, {}, 'MobileNetV2 (ImageNet)'));
 }
 
+function toBase64(bytes) {
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
 // For tests and for the curious: the page's state and a few helpers.
 window.xaiApp = {
   state,
   usePhoto,
   explain,
   compareAll,
+  evaluateShown,
   /** The displayed result's attributions as base64 of little-endian f32, with shape and target. */
   lastResult() {
     const r = state.last;
     if (!r) return null;
     const bytes = new Uint8Array(r.attributions.buffer, r.attributions.byteOffset, r.attributions.byteLength);
-    let binary = '';
-    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
     return {
       method: r.method,
       params: r.params,
       shape: r.shape,
       target: r.target,
       label: r.label,
-      attributions: btoa(binary),
+      attributions: toBase64(bytes),
       elapsedMs: r.elapsedMs,
       backend: r.backend,
       device: r.device,
     };
   },
+  /** The displayed result as `candle-xai evaluate --attributions` reads it (base64 safetensors). */
+  async attributionsSafetensors() {
+    return toBase64(await state.explainer.attributionsSafetensors(state.last));
+  },
   /** The preprocessed input as `candle-xai explain --input` reads it (base64 safetensors). */
   async inputSafetensors() {
-    const bytes = await state.explainer.inputSafetensors(state.prepared);
-    let binary = '';
-    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return btoa(binary);
+    return toBase64(await state.explainer.inputSafetensors(state.prepared));
   },
 };
 
+fillMetricChoices();
 wire();
 updateControls();
 window.xaiApp.ready = useModel(undefined, {}, 'MobileNetV2 (ImageNet)').then(async (ok) => {

@@ -4,7 +4,7 @@
 // (after a cancel) needs nothing from the network.
 //
 // Protocol: the page sends {id, type, ...args}; the worker answers {id, ok: true, result} or
-// {id, ok: false, error, fatal}, and {id, progress: {done, total}} while explaining.
+// {id, ok: false, error, fatal}, and {id, progress: {done, total}} while explaining or evaluating.
 //
 // Backends: explanations run on WebGPU (the engine's WGSL kernels) when the page asks for it
 // and the browser has an adapter, else on the CPU (WebAssembly). The model is always loaded on
@@ -114,6 +114,33 @@ function requireModel() {
   return model;
 }
 
+/** Progress messages for request `id`. */
+function reporter(id) {
+  return (done, total) => {
+    postMessage({ id, progress: { done, total } });
+    return true;
+  };
+}
+
+/** Runs `work(model)` on the GPU when explanations run there, else (or when the GPU fails) on
+ * the CPU: {result, fallback (why the GPU was given up, or null), engineMs}. */
+async function onBackend(work) {
+  requireModel();
+  const started = performance.now();
+  let result;
+  let fallback = null;
+  if (gpuModel) {
+    try {
+      result = await work(gpuModel);
+    } catch (err) {
+      if (err?.name !== 'DeviceError') throw err;
+      fallback = fallBack(err);
+    }
+  }
+  result ??= await work(model);
+  return { result, fallback, engineMs: performance.now() - started };
+}
+
 const handlers = {
   async init({ glueUrl, module, backend: wanted = 'cpu' }) {
     xai = await import(glueUrl);
@@ -163,31 +190,41 @@ const handlers = {
   },
 
   async explain({ input, shape, method, params, target, layer }, id) {
-    const progress = (done, total) => {
-      postMessage({ id, progress: { done, total } });
-      return true;
-    };
-    const run = (m) =>
-      m.explain(input, Uint32Array.from(shape), method, params ?? undefined, target ?? undefined, layer ?? undefined, progress);
-    requireModel();
-    const started = performance.now();
-    let r;
-    let fallback = null;
-    if (gpuModel) {
-      try {
-        r = await run(gpuModel);
-      } catch (err) {
-        if (err?.name !== 'DeviceError') throw err;
-        fallback = fallBack(err);
-      }
-    }
-    r ??= await run(model);
+    const { result: r, fallback, engineMs } = await onBackend((m) =>
+      m.explain(
+        input,
+        Uint32Array.from(shape),
+        method,
+        params ?? undefined,
+        target ?? undefined,
+        layer ?? undefined,
+        reporter(id),
+      ),
+    );
     r.fallback = fallback;
     r.backend = backend;
     if (backend === 'webgpu') r.device = `WebGPU: ${gpuName}`;
-    r.engineMs = performance.now() - started;
+    r.engineMs = engineMs;
     r.memoryBytes = exports.memory.buffer.byteLength;
     return { result: r, transfer: [r.attributions.buffer, r.logits.buffer] };
+  },
+
+  /** Scores attributions with the metrics: {targets, scores: [{metric, higher_is_better, values, ...}]}. */
+  async evaluate({ input, shape, attributions, attributionsShape, metrics, target, method, params }, id) {
+    const { result: json, fallback, engineMs } = await onBackend((m) =>
+      m.evaluate(
+        input,
+        Uint32Array.from(shape),
+        attributions,
+        Uint32Array.from(attributionsShape),
+        JSON.stringify(metrics),
+        target,
+        method ?? undefined,
+        params ?? undefined,
+        reporter(id),
+      ),
+    );
+    return { result: { ...JSON.parse(json), fallback, backend, engineMs } };
   },
 
   overlay({ photo, width, height, attributions, shape, colormap, alpha }) {

@@ -14,6 +14,8 @@ const HERE = new URL('.', import.meta.url);
 const ROOT = new URL('..', HERE);
 
 export const DEFAULT_MODEL_URL = new URL('assets/model/mobilenet_v2.safetensors', HERE).href;
+/** The metrics `evaluate` computes when not told: the cheap ones (sensitivity explains again). */
+export const DEFAULT_METRICS = ['abpc', 'morf', 'lerf', 'complexity'];
 export const IMAGENET_CLASSES_URL = new URL('assets/imagenet_classes.json', HERE).href;
 const WORKER_URL = new URL('worker.js', HERE).href;
 const GLUE_URL = new URL('candle-xai.js', ROOT).href;
@@ -479,6 +481,53 @@ export class Explainer {
       canvas: options.canvas,
     });
     return Object.assign(result, rendered);
+  }
+
+  /**
+   * Scores an explanation (a result of `explain`) with evaluation metrics, pnpxai's
+   * definitions and defaults. Options: `metrics` (names, or objects {metric, ...params}; default
+   * ['abpc', 'morf', 'lerf', 'complexity']; 'mu-fidelity' runs 150 perturbed inputs and 'sensitivity' explains 8 noisy copies
+   * with the result's own method), `onProgress(done, total)`, `signal`. Returns {scores: {name:
+   * value}, higherIsBetter: {name: bool}, curves: {morf, lerf} (pixel-flipping probabilities,
+   * the unperturbed input first) when a flipping metric was asked for, elapsedMs}.
+   */
+  async evaluate(result, options = {}) {
+    const metrics = options.metrics ?? DEFAULT_METRICS;
+    if (options.signal?.aborted) throw new CancelledError();
+    const abort = () => this.cancel();
+    options.signal?.addEventListener('abort', abort, { once: true });
+    const started = performance.now();
+    let evaluation;
+    try {
+      evaluation = await this.#engine.call(
+        'evaluate',
+        {
+          input: result.prepared.input,
+          shape: result.prepared.shape,
+          attributions: result.attributions,
+          attributionsShape: result.shape,
+          metrics,
+          target: result.target,
+          method: result.method,
+          params: result.params,
+        },
+        { onProgress: options.onProgress },
+      );
+    } finally {
+      options.signal?.removeEventListener('abort', abort);
+    }
+    this.#engine.noteFallback(evaluation);
+    const out = { scores: {}, higherIsBetter: {}, curves: null, elapsedMs: performance.now() - started };
+    for (const s of evaluation.scores) {
+      out.scores[s.metric] = s.values[0] ?? NaN;
+      out.higherIsBetter[s.metric] = s.higher_is_better;
+      if (s.morf_curves || s.lerf_curves) {
+        out.curves ??= {};
+        if (s.morf_curves) out.curves.morf = s.morf_curves[0];
+        if (s.lerf_curves) out.curves.lerf = s.lerf_curves[0];
+      }
+    }
+    return out;
   }
 
   /** Cancels the running explanation (its promise rejects with a CancelledError). */

@@ -145,6 +145,54 @@ for (const method of METHODS) {
   });
 }
 
+// The page scores the shown heatmap (LRP-EpsilonPlus, the last method above's neighbour) with
+// every metric but sensitivity; the CLI scores the same attributions, read from the page, on the
+// same input: the same values within 1e-4 (the logits differ by float rounding only; MuFidelity
+// is a rank correlation, equal unless two of its 30 score drops swap).
+test('scores: the page scores a heatmap as the CLI does, and draws its flipping curves', async () => {
+  await page.selectOption('#method', 'lrp-epsilon-plus');
+  await page.click('#explain');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle' && document.body.dataset.resultMethod === 'lrp-epsilon-plus');
+  await page.click('#evaluate');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle' && /^Scored /.test(document.getElementById('status').textContent));
+  assert.equal(await page.$eval('#error', (e) => e.textContent), '');
+  const rows = await page.$$eval('#scores tr', (trs) => trs.map((tr) => tr.textContent));
+  assert.deepEqual(rows.map((r) => r.split(/[↑↓]/)[0].trim()), ['AbPC', 'MoRF', 'LeRF', 'Complexity']);
+  assert.equal(await page.$eval('#curves', (c) => c.hidden), false);
+  // The curves canvas has ink: both curves drawn over the white plot.
+  const inked = await page.$eval('#curves', (c) => {
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let coloured = 0;
+    for (let i = 0; i < data.length; i += 4) if (Math.abs(data[i] - data[i + 2]) > 100) coloured++;
+    return coloured;
+  });
+  assert.ok(inked > 200, `${inked} coloured pixels on the curves canvas`);
+  await screenshot(page, 'scores-lrp-epsilon-plus');
+
+  const metrics = ['abpc', 'morf', 'lerf', 'complexity', { metric: 'mu-fidelity', n_perturb: 30 }];
+  const ours = await page.evaluate(async (m) => {
+    const { state } = window.xaiApp;
+    return (await state.explainer.evaluate(state.last, { metrics: m })).scores;
+  }, metrics);
+  const last = await page.evaluate(() => window.xaiApp.lastResult());
+  const attributionsFile = join(work, 'page-lrp-epsilon-plus.safetensors');
+  writeFileSync(attributionsFile, fromBase64(await page.evaluate(() => window.xaiApp.attributionsSafetensors())));
+  const report = join(work, 'scores.json');
+  const cli = spawnSync(
+    CLI,
+    ['evaluate', '--model', MODEL, '--input', input, '--attributions', attributionsFile,
+      '--metric', 'abpc,morf,lerf,complexity,mu-fidelity', '--mu-fidelity-n-perturb', '30', '--out', report],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
+  const theirs = JSON.parse(readFileSync(report, 'utf8'));
+  assert.equal(theirs.targets[0], last.target);
+  for (const [name, values] of Object.entries(theirs.metrics)) {
+    console.log(`${name}: page ${ours[name]}, CLI ${values[0]}`);
+    assert.ok(Math.abs(ours[name] - values[0]) <= 1e-4 * Math.max(1, Math.abs(values[0])), `${name}: page ${ours[name]} vs CLI ${values[0]}`);
+  }
+});
+
 test('no errors in the console', () => {
   assert.deepEqual(errors, []);
 });

@@ -252,6 +252,14 @@ test('compare all: one heatmap per method', async () => {
   const captions = await page.$$eval('#grid .caption', (cs) => cs.map((c) => c.textContent));
   assert.equal(captions.length, 12);
   for (const c of captions) assert.match(c, / · [\d.]+ (ms|s)$/);
+  // Each heatmap carries its scores (AbPC first); sorted by AbPC, the best comes first.
+  const lines = await page.$$eval('#grid .scoreline', (ls) => ls.map((l) => l.textContent));
+  assert.equal(lines.length, 12);
+  for (const l of lines) assert.match(l, /^AbPC ↑ -?\d\.\d{3} · MoRF ↓ \d\.\d{3} · LeRF ↑ \d\.\d{3} · Complexity ↓ \d\.\d{3}$/);
+  await page.selectOption('#sort-by', 'abpc');
+  const abpc = await page.$$eval('#grid .scoreline', (ls) => ls.map((l) => Number(/AbPC ↑ (-?[\d.]+)/.exec(l.textContent)[1])));
+  for (let i = 1; i < abpc.length; i++) assert.ok(abpc[i] <= abpc[i - 1], `sorted by AbPC: ${abpc}`);
+  await page.selectOption('#sort-by', '');
   await screenshot(page, 'ui-compare-all');
   await page.click('#grid li:nth-child(5) button');
   assert.equal(await page.$eval('#method', (e) => e.value), 'grad-cam');
