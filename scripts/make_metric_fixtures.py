@@ -30,6 +30,18 @@ code never touches):
   * everything else on the path is real: scipy (spearmanr, entropy), scikit-image (imported by
     pnpxai.explainers.utils, unused here), torchvision (Resize, rgb_to_grayscale), captum, zennit, timm, transformers.
 
+``--randomisation`` writes instead ``tests/fixtures/metrics/mnist_<m>_randomisation.safetensors`` (mlp, vgg, resnet):
+Quantus 0.6.0's ``MPRT`` (model-parameter randomisation test) with its ``get_random_layer_generator`` patched to OUR
+layer order (the graph's layers with parameters, top down) and OUR parameter draws (SplitMix64 purpose 4, as
+src/metrics/randomisation.rs), Spearman and SSIM (about 10 s):
+
+    /work/venv-ref/bin/python scripts/make_metric_fixtures.py --randomisation --out tests/fixtures/metrics \
+        [--candle-xai target/release/candle-xai]
+
+(quantus 0.6.0 and what its import needs, pinned in scripts/requirements-metric-fixtures.txt, --no-deps.) The
+explanations Quantus computes are checked bit for bit against an independent cascade (torch.autograd), Spearman
+against NumPy and scipy, SSIM against skimage; see the README section "Model-parameter randomisation".
+
 Randomness: the Rust side draws from SplitMix64 streams (src/rng.rs). While a MuFidelity / Sensitivity evaluation
 runs, ``torch.randn_like``, ``torch.randn`` and ``torch.rand_like`` are replaced by functions that return those
 draws (see ``DrawReplay``; every call is checked against the expected sequence of calls and shapes).
@@ -769,11 +781,376 @@ def generate(P, name, outdir, with_f64=True):
     return cond
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# --randomisation: Quantus 0.6.0's MPRT (model-parameter randomisation test) with OUR randomised parameters and OUR
+# layer order (src/metrics/randomisation.rs), for the MNIST models. See tests/fixtures/metrics/README.md.
+
+PURPOSE_RANDOMISATION = 4
+RANDOMISATION_SEED = 42
+RANDOMISATION_MODELS = ("mnist_mlp", "mnist_vgg", "mnist_resnet")
+PARAM_KINDS = ("Conv2d", "Linear", "BatchNorm2d", "LayerNorm")
+_GAMMA = 0x9E3779B97F4A7C15
+
+
+def stream_state(seed, purpose, index):
+    return stream(seed, purpose, index).s
+
+
+def splitmix_uniforms(state, n):
+    """The first n ``uniform()`` draws of ``SplitMix64(state)``, vectorised (uint64 arithmetic wraps)."""
+    i = np.arange(1, n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(state) + i * np.uint64(_GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def randomisation_layers(m, candle_xai=None):
+    """[(name, kind)] of the graph's nodes with parameters, top down (output's layer first), as
+    src/metrics/randomisation.rs: the nodes of tests/fixtures/mnist/<m>.graph.json in order, filtered by kind,
+    reversed. With ``candle_xai`` (a built binary) the list is cross-checked with ``candle-xai layers``."""
+    d = os.path.join(ROOT, "tests", "fixtures", "mnist")
+    graph = json.load(open(os.path.join(d, f"{m}.graph.json")))
+    nodes = [(n["name"], n["op"]) for n in graph["nodes"]]
+    if candle_xai:
+        import subprocess
+        out = subprocess.run([candle_xai, "layers", "--model", os.path.join(d, f"{m}.safetensors"),
+                              "--graph", os.path.join(d, f"{m}.graph.json")], check=True, capture_output=True,
+                             text=True).stdout
+        listed = [tuple(line.split("\t")[:2]) for line in out.splitlines() if "\t" in line]
+        assert listed == nodes, f"{m}: candle-xai layers {listed} != graph.json {nodes}"
+    return [(name, kind) for name, kind in nodes if kind in PARAM_KINDS][::-1]
+
+
+def randomise_module(mod, kind, seed, position):
+    """Our reset_parameters (src/layers/mod.rs Op::reset_parameters) of the layer at ``position`` (top down)."""
+    assert type(mod).__name__ == kind, (type(mod).__name__, kind)
+    with torch.no_grad():
+        if kind in ("Conv2d", "Linear"):
+            w = mod.weight
+            nw = w.numel()
+            nb = mod.bias.numel() if mod.bias is not None else 0
+            bound = 1.0 / math.sqrt(nw // w.shape[0])          # 1/sqrt(fan_in), f64
+            u = splitmix_uniforms(stream_state(seed, PURPOSE_RANDOMISATION, position), nw + nb)
+            v = ((u * 2.0 - 1.0) * bound).astype(np.float32)   # f64 -> f32, round to nearest
+            w.copy_(torch.from_numpy(v[:nw].copy()).reshape(w.shape))
+            if nb:
+                mod.bias.copy_(torch.from_numpy(v[nw:].copy()))
+        elif kind == "BatchNorm2d":
+            mod.weight.fill_(1.0)
+            mod.bias.fill_(0.0)
+            mod.running_mean.fill_(0.0)
+            mod.running_var.fill_(1.0)
+        elif kind == "LayerNorm":
+            mod.weight.fill_(1.0)
+            mod.bias.fill_(0.0)
+        else:
+            raise ValueError(kind)
+
+
+def _check_randomise_module(model, layers, seed):
+    """The vectorised draws equal the scalar SplitMix64 (every value); BatchNorm/LayerNorm: our values are what
+    torch's reset_parameters gives."""
+    m = copy.deepcopy(model)
+    mods = dict(m.named_modules())
+    for k, (name, kind) in enumerate(layers):
+        mod = mods[name]
+        if kind in ("Conv2d", "Linear"):
+            n = mod.weight.numel() + (mod.bias.numel() if mod.bias is not None else 0)
+            g = stream(seed, PURPOSE_RANDOMISATION, k)
+            scalar = np.array([g.uniform() for _ in range(n)])
+            assert np.array_equal(scalar, splitmix_uniforms(stream_state(seed, PURPOSE_RANDOMISATION, k), n)), name
+        else:
+            ref = copy.deepcopy(mod)
+            ref.reset_parameters()
+            randomise_module(mod, kind, seed, k)
+            for (pn, a), (_, b) in zip(mod.state_dict().items(), ref.state_dict().items()):
+                if pn != "num_batches_tracked":
+                    assert torch.equal(a, b), (name, pn)
+
+
+def _quantus_native_order(model):
+    """The modules Quantus' own get_random_layer_generator would reset, top down (for the report)."""
+    return [(n, type(mod).__name__) for n, mod in model.named_modules() if hasattr(mod, "reset_parameters")][::-1]
+
+
+def _saliency_explain(record):
+    from captum.attr import Saliency
+
+    def explain(model, inputs, targets, **kwargs):
+        assert not kwargs, kwargs
+        x = torch.as_tensor(np.ascontiguousarray(inputs))
+        t = torch.as_tensor(np.asarray(targets))
+        a = Saliency(model).attribute(x, target=t, abs=False).detach().numpy()
+        record.append(a.copy())
+        return a
+    return explain
+
+
+def _run_mprt(quantus, model, layers, seed, x, t, a, similarity_func, batch_size):
+    """One Quantus MPRT call with get_random_layer_generator patched to OUR order and draws (cascading).
+    Returns (scores dict, raw explanations explain_func produced, in call order)."""
+    from quantus.helpers.model.pytorch_model import PyTorchModel
+
+    def get_random_layer_generator(self, order="top_down", seed=42):
+        assert order == "top_down" and seed == RANDOMISATION_SEED
+        random_model = copy.deepcopy(self.model)
+        mods = dict(random_model.named_modules())
+        for k, (name, kind) in enumerate(layers):
+            randomise_module(mods[name], kind, seed, k)
+            yield name, random_model
+
+    record = []
+    metric = quantus.MPRT(similarity_func=similarity_func, layer_order="top_down", seed=seed,
+                          return_last_correlation=False, abs=True, normalise=True, disable_warnings=True,
+                          display_progressbar=False)
+    with patched(PyTorchModel, "get_random_layer_generator", get_random_layer_generator):
+        scores = metric(model=model, x_batch=x, y_batch=t, a_batch=a, channel_first=True,
+                        explain_func=_saliency_explain(record), batch_size=batch_size)
+    assert list(scores) == ["original"] + [n for n, _ in layers], list(scores)
+    return scores, record
+
+
+def _ssim_as_array(ssim):
+    """Quantus 0.6.0's ``ssim(a, b, batched=True)`` returns a Python list, and MPRT calls ``.tolist()`` on the
+    similarity (AttributeError): this wrapper only turns that list into an array (values untouched)."""
+    def similarity(a, b, batched=False, **kwargs):
+        return np.asarray(ssim(a, b, batched=batched, **kwargs)) if batched else ssim(a, b, **kwargs)
+    return similarity
+
+
+def _ssim_f64(u, v, win=7):
+    """skimage.metrics.structural_similarity on 1-D float64 arrays (uniform 7-wide window, reflect, sample
+    covariance, K1 .01, K2 .03, data_range = max - min of both, mean over the cropped interior), in NumPy."""
+    n = len(u)
+    idx = np.arange(n)[:, None] + np.arange(win)[None, :] - win // 2
+    idx = np.where(idx < 0, -idx - 1, idx)
+    idx = np.where(idx >= n, 2 * n - idx - 1, idx)
+
+    def filt(z):
+        return z[idx].sum(1) / win
+    r = float(np.abs(max(u.max(), v.max()) - min(u.min(), v.min())))
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    ux, uy, uxx, uyy, uxy = filt(u), filt(v), filt(u * u), filt(v * v), filt(u * v)
+    cn = win / (win - 1)
+    vx, vy, vxy = cn * (uxx - ux * ux), cn * (uyy - uy * uy), cn * (uxy - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    p = (win - 1) // 2
+    return float(s[p:n - p].mean())
+
+
+def generate_randomisation(name, outdir, candle_xai=None):
+    import quantus
+    import scipy.stats
+    import skimage.metrics
+
+    t0 = time.time()
+    m = name.split("_", 1)[1]
+    print(f"\n{name} (randomisation)")
+    model, refs = mnist_model(m)
+    x_t, t_t = refs["inputs"].clone(), refs["targets"].clone()
+    x, t = x_t.numpy().copy(), t_t.numpy().copy()
+    n = x.shape[0]
+    layers = randomisation_layers(m, candle_xai)
+    names = [nm for nm, _ in layers]
+    mods = dict(model.named_modules())
+    for nm, kind in layers:
+        assert nm in mods and type(mods[nm]).__name__ == kind, (nm, kind)
+    native = _quantus_native_order(model)
+    print(f"  layers (top down, {len(layers)}): " + ", ".join(f"{nm} ({k})" for nm, k in layers))
+    print(f"  Quantus' own order (hasattr reset_parameters, reversed) equals ours: {native == layers}")
+    _check_randomise_module(model, layers, RANDOMISATION_SEED)
+    seed = RANDOMISATION_SEED
+    notes = []
+
+    # the explanation (captum Saliency(abs=False)), also the given a_batch
+    a = _saliency_explain([])(model, x, t)
+    assert np.array_equal(a, refs["saliency"].numpy()), "Saliency differs from the refs' saliency"
+
+    # independent cascade: our own randomised copies, gradients by torch.autograd directly
+    indep_model = copy.deepcopy(model)
+    imods = dict(indep_model.named_modules())
+    def gradient(xb, tb):
+        xi = torch.from_numpy(xb.copy()).requires_grad_(True)
+        out = indep_model(xi)
+        (g,) = torch.autograd.grad(out[torch.arange(len(tb)), torch.from_numpy(tb)].sum(), xi)
+        return g.detach().numpy(), out.detach()
+
+    grads, grads1, logits = [], [], []
+    for k, (nm, kind) in enumerate(layers):
+        randomise_module(imods[nm], kind, seed, k)
+        g, out = gradient(x, t)
+        grads.append(g)
+        logits.append(out)
+        # one sample at a time (batch 1, as the per-sample Quantus runs): torch's kernels differ from batch 4
+        grads1.append(np.concatenate([gradient(x[b:b + 1], t[b:b + 1])[0] for b in range(n)]))
+    grads = np.stack(grads)                                          # [L, N, C, H, W] f32, whole batch
+    grads1 = np.stack(grads1)                                        # the same, each sample alone
+
+    # Quantus, Spearman, whole batch (batch_size 64 > N: one batch)
+    sp, rec = _run_mprt(quantus, model, layers, seed, x, t, a, quantus.correlation_spearman, 64)
+    assert len(rec) == 1 + len(layers) and np.array_equal(rec[0], a)
+    got = np.stack(rec[1:])
+    assert np.array_equal(got, grads), "explanations inside Quantus != independent cascade (order/draws/cascade)"
+    sp_curve = np.array([sp[nm] for nm in names], dtype=np.float64)   # [L, N]
+    sp_original = np.array(sp["original"], dtype=np.float64)
+
+    # Quantus, Spearman and SSIM, one call per sample (batch_size 1): the normalisation is per sample
+    per = {"spearman": [], "ssim": []}
+    for b in range(n):
+        for key, fn in (("spearman", quantus.correlation_spearman), ("ssim", _ssim_as_array(quantus.ssim))):
+            s, rec = _run_mprt(quantus, model, layers, seed, x[b:b + 1], t[b:b + 1], a[b:b + 1], fn, 1)
+            assert np.array_equal(np.stack(rec[1:])[:, 0], grads1[:, b])
+            per[key].append([s[nm][0] for nm in names])
+            if key == "ssim":
+                per.setdefault("ssim_original", []).append(s["original"][0])
+    sp_per = np.array(per["spearman"], dtype=np.float64).T            # [L, N]
+    ss_curve = np.array(per["ssim"], dtype=np.float64).T              # [L, N]
+
+    # independent checks
+    def quantus_prepared(g):   # normalise_by_max over the array given (f32), then abs: as Quantus
+        g = g if np.all(g == 0.0) else np.divide(g, np.max(np.abs(g)))
+        return np.abs(g)
+
+    def ours_prepared(g):      # src/metrics/randomisation.rs: f64, abs, / own max
+        v = np.abs(g.astype(np.float64).ravel())
+        mx = v.max()
+        return v / mx if mx > 0 else v
+
+    checks = {}
+    a_q = quantus_prepared(a)                                          # whole-batch max
+    sp_indep = np.array([[_np_spearman(a_q[b].ravel().astype(np.float64),
+                                       quantus_prepared(grads[j])[b].ravel().astype(np.float64))
+                          for b in range(n)] for j in range(len(layers))])
+    checks["spearman: Quantus vs NumPy re-implementation (batch normalisation, f32)"] = \
+        float(np.abs(sp_indep - sp_curve).max())
+    sp_scipy = np.array([[scipy.stats.spearmanr(a_q[b].ravel(), quantus_prepared(grads[j])[b].ravel())[0]
+                          for b in range(n)] for j in range(len(layers))])
+    checks["spearman: Quantus vs scipy.stats.spearmanr per pair"] = float(np.abs(sp_scipy - sp_curve).max())
+    checks["spearman: batch run vs per-sample runs (batch-1 gradients)"] = float(np.abs(sp_per - sp_curve).max())
+    checks["gradients: whole batch vs one sample at a time"] = float(np.abs(grads - grads1).max())
+    sp_f64 = np.array([[_np_spearman(ours_prepared(a[b]), ours_prepared(grads[j][b])) for b in range(n)]
+                       for j in range(len(layers))])
+    checks["spearman: Quantus vs f64 per-sample normalisation (ours)"] = float(np.abs(sp_f64 - sp_curve).max())
+    def ssim_f32(u, v):         # skimage directly, on the f32 arrays, data range of both (as Quantus' ssim)
+        both = np.concatenate([u, v])
+        return skimage.metrics.structural_similarity(u, v, data_range=float(np.abs(both.max() - both.min())))
+
+    ss_sk = np.array([[ssim_f32(quantus_prepared(a[b:b + 1]).ravel(), quantus_prepared(grads1[j][b:b + 1]).ravel())
+                       for b in range(n)] for j in range(len(layers))])
+    checks["ssim: Quantus vs skimage directly (f32, per sample)"] = float(np.abs(ss_sk - ss_curve).max())
+    ss_f64 = np.array([[_ssim_f64(ours_prepared(a[b]), ours_prepared(grads[j][b])) for b in range(n)]
+                       for j in range(len(layers))])
+    ss_f64_sk = np.array([[skimage.metrics.structural_similarity(
+        ours_prepared(a[b]), ours_prepared(grads[j][b]),
+        data_range=float(max(ours_prepared(a[b]).max(), ours_prepared(grads[j][b]).max())
+                         - min(ours_prepared(a[b]).min(), ours_prepared(grads[j][b]).min())))
+        for b in range(n)] for j in range(len(layers))])
+    checks["ssim f64: NumPy re-implementation vs skimage on float64"] = float(np.abs(ss_f64 - ss_f64_sk).max())
+    checks["ssim: Quantus (skimage in f32) vs f64 per-sample (ours)"] = float(np.abs(ss_f64_sk - ss_curve).max())
+    # float32 sensitivity: the whole cascade with the model (same randomised values), inputs and gradients in
+    # float64, similarities on the f64 per-sample preparation; vs the stored float32 (Quantus) curves
+    model64, x64 = copy.deepcopy(model).double(), torch.from_numpy(x).double()
+    mods64 = dict(model64.named_modules())
+
+    def gradient64():
+        xi = x64.clone().requires_grad_(True)
+        out = model64(xi)
+        return torch.autograd.grad(out[torch.arange(n), torch.from_numpy(t)].sum(), xi)[0].numpy()
+
+    a64 = gradient64()
+    sp64, ss64 = [], []
+    for k, (nm, kind) in enumerate(layers):
+        randomise_module(mods64[nm], kind, seed, k)   # f32 draws, cast exactly into the f64 parameters
+        g64 = gradient64()
+        sp64.append([_np_spearman(ours_prepared(a64[b]), ours_prepared(g64[b])) for b in range(n)])
+        ss64.append([_ssim_f64(ours_prepared(a64[b]), ours_prepared(g64[b])) for b in range(n)])
+    f64_err = {"randomisation_spearman_curve": float(np.abs(np.array(sp64) - sp_curve).max()),
+               "randomisation_ssim_curve": float(np.abs(np.array(ss64) - ss_curve).max())}
+    for k, v in checks.items():
+        print(f"    {k}: max|diff| {v:.2e}")
+    print(f"    float32 vs float64 model: {f64_err}")
+    assert checks["spearman: Quantus vs NumPy re-implementation (batch normalisation, f32)"] <= 1e-12
+    assert checks["spearman: Quantus vs scipy.stats.spearmanr per pair"] <= 1e-12
+    assert checks["ssim: Quantus vs skimage directly (f32, per sample)"] <= 1e-12
+    assert checks["ssim f64: NumPy re-implementation vs skimage on float64"] <= 1e-12
+    assert np.allclose(sp_original, 1.0, atol=1e-12), sp_original
+    assert np.allclose(per["ssim_original"], 1.0, atol=1e-6), per["ssim_original"]
+    for key, arr in (("spearman", sp_curve), ("ssim", ss_curve)):
+        if np.isnan(arr).any():
+            notes.append(f"{key}: {int(np.isnan(arr).sum())} NaN similarities")
+    zero = [(names[j], b) for j in range(len(layers)) for b in range(n) if not np.any(grads[j, b])]
+    if zero:
+        notes.append(f"all-zero explanations (layer, sample): {zero}")
+    # ties in the prepared explanations (Spearman uses average ranks): per layer, max over samples of
+    # (values - distinct values) with the f32 Quantus preparation
+    ties = {names[j]: max(int(784 - np.unique(quantus_prepared(grads[j])[b]).size) for b in range(n))
+            for j in range(len(layers))}
+    ties["original"] = max(int(a[b].size - np.unique(a_q[b]).size) for b in range(n))
+    t_all = time.time() - t0
+
+    tensors = {
+        "inputs": x_t.contiguous(), "targets": t_t.to(torch.int64),
+        "randomisation_spearman_curve": torch.from_numpy(sp_curve.copy()),
+        "randomisation_spearman": torch.from_numpy(sp_curve[-1].copy()),
+        "randomisation_ssim_curve": torch.from_numpy(ss_curve.copy()),
+        "randomisation_ssim": torch.from_numpy(ss_curve[-1].copy()),
+        "randomisation_ssim_curve_f64": torch.from_numpy(ss_f64_sk.copy()),
+        "randomised_logits": torch.stack(logits).contiguous(),          # [L, N, classes] f32
+        "randomised_saliency": torch.from_numpy(grads[-1].copy()),      # [N, C, H, W] f32
+    }
+    meta = {
+        "model": name,
+        "note": "see README.md beside this file (section: model-parameter randomisation)",
+        "layers": json.dumps(names),
+        "layer_kinds": json.dumps([k for _, k in layers]),
+        "quantus_native_order_equal": json.dumps(native == layers),
+        "seed": str(seed),
+        "draws": "layer at position k (top down): SplitMix64 stream(seed, 4, k); Conv2d/Linear: bound = "
+                 "1/sqrt(weight.numel() // weight.shape[0]), weight then bias row-major, "
+                 "f32((uniform()*2 - 1) * bound); BatchNorm2d: weight 1, bias 0, running_mean 0, running_var 1; "
+                 "LayerNorm: weight 1, bias 0; cascading (top_down)",
+        "mprt_params": json.dumps({"layer_order": "top_down", "abs": True, "normalise": True,
+                                   "normalise_func": "normalise_by_max", "return_last_correlation": False,
+                                   "explain_func": "captum Saliency(abs=False)", "a_batch": "the same explanation",
+                                   "spearman": "correlation_spearman, one call, whole batch (batch_size 64)",
+                                   "ssim": "quantus.similarity_func.ssim, one call per sample (batch_size 1)"},
+                                  sort_keys=True),
+        "versions": json.dumps({p: _dist_version(p) for p in
+                                ("torch", "captum", "quantus", "scipy", "scikit-image", "numpy")}, sort_keys=True),
+        "python": sys.version.split()[0],
+        "checks_max_abs_diff": json.dumps(checks, sort_keys=True),
+        "f64_abs_err": json.dumps(f64_err, sort_keys=True),
+        "ties_per_layer": json.dumps(ties, sort_keys=True),
+        "notes": json.dumps(notes),
+    }
+    path = os.path.join(outdir, f"{name}_randomisation.safetensors")
+    save_safetensors_deterministic(tensors, path, meta)
+    with safe_open(path, "pt") as f:
+        for k in f.keys():
+            v = f.get_tensor(k)
+            assert torch.equal(v, tensors[k]) or torch.equal(torch.isnan(v), torch.isnan(tensors[k])), k
+    print(f"  wrote {path} ({os.path.getsize(path)} bytes) in {t_all:.1f} s")
+    np.set_printoptions(precision=6, suppress=True, linewidth=200)
+    print(f"    spearman curve (rows: after 1..L layers):\n{sp_curve}")
+    print(f"    ssim curve:\n{ss_curve}")
+    print(f"    ties per layer: {ties}")
+    if notes:
+        print("    notes:", notes)
+    return names, native, checks, f64_err
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures/metrics")
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     ap.add_argument("--no-f64", action="store_true", help="skip the float64 conditioning pass (metadata then empty)")
+    ap.add_argument("--randomisation", action="store_true",
+                    help="write only <model>_randomisation.safetensors (Quantus 0.6.0 MPRT) for the MNIST models")
+    ap.add_argument("--candle-xai", default=None,
+                    help="with --randomisation: a built candle-xai binary to cross-check the graph's layer list")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -782,6 +1159,12 @@ def main():
     torch.use_deterministic_algorithms(True)
     torch.set_default_dtype(torch.float32)
     _self_test_splitmix()
+    if args.randomisation:
+        t0 = time.time()
+        for name in [m for m in args.models if m in RANDOMISATION_MODELS]:
+            generate_randomisation(name, args.out, args.candle_xai)
+        print(f"\ntotal {time.time() - t0:.1f} s")
+        return
     P = import_pnpxai()
 
     t0 = time.time()

@@ -130,6 +130,13 @@ impl Graph {
         Ok(Graph { nodes })
     }
 
+    /// The same graph with node `id` running `op` instead (same inputs, same name).
+    pub fn with_op(&self, id: NodeId, op: Op) -> Graph {
+        let mut nodes = self.nodes.clone();
+        nodes[id].op = op;
+        Graph { nodes }
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]
     }

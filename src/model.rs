@@ -137,6 +137,12 @@ impl Model {
         &self.graph
     }
 
+    /// The same model with another graph of the same interface (the randomisation check's
+    /// models with some layers' parameters drawn afresh).
+    pub(crate) fn with_graph(&self, graph: Graph) -> Model {
+        Model { graph, ..self.clone() }
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -11,6 +11,8 @@ pub enum Stream {
     MuFidelityNoise = 1,
     MuFidelitySubsets = 2,
     SensitivityNoise = 3,
+    /// The parameters of the `index`-th layer randomised (top down) by the sanity check.
+    Randomisation = 4,
 }
 
 impl SplitMix64 {

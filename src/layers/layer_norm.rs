@@ -63,6 +63,16 @@ impl LayerNorm {
         self.eps
     }
 
+    /// Weight 1 and bias 0, as PyTorch's `reset_parameters` leaves them.
+    pub fn reset(&self) -> Result<Self> {
+        let fill = |t: &Option<Tensor>, value: f32| t.as_ref().map(|t| t.fill_like(value)).transpose();
+        Ok(Self {
+            weight: fill(&self.weight, 1.0)?,
+            bias: fill(&self.bias, 0.0)?,
+            ..self.clone()
+        })
+    }
+
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         let move_to = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_device(device)).transpose();
         Ok(Self {

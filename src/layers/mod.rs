@@ -168,6 +168,49 @@ impl Op {
         })
     }
 
+    /// Whether the op has parameters that [`Op::reset_parameters`] draws afresh.
+    pub fn has_parameters(&self) -> bool {
+        matches!(
+            self,
+            Op::Conv2d(_) | Op::Linear(_) | Op::BatchNorm2d(_) | Op::LayerNorm(_)
+        )
+    }
+
+    /// The same op with its parameters drawn afresh as PyTorch's `reset_parameters` does
+    /// (the model-randomisation sanity check): convolution and linear weights and biases
+    /// uniform in ±1/sqrt(fan_in), from `rng` (weights first, row-major, then biases);
+    /// BatchNorm and LayerNorm back to weight 1, bias 0 (and BatchNorm's statistics to mean 0,
+    /// variance 1). None for an op without parameters.
+    pub fn reset_parameters(&self, rng: &mut crate::rng::SplitMix64) -> Result<Option<Op>> {
+        let mut uniform = |like: &Tensor, bound: f64| -> Result<Tensor> {
+            let values: Vec<f32> = (0..like.elem_count())
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            like.device().tensor(&values, like.dims())
+        };
+        let bound = |weight: &Tensor| 1.0 / ((weight.elem_count() / weight.dims()[0].max(1)).max(1) as f64).sqrt();
+        Ok(Some(match self {
+            Op::Conv2d(c) => {
+                let b = bound(c.weight());
+                let weight = uniform(c.weight(), b)?;
+                let bias = c.bias().map(|t| uniform(t, b)).transpose()?;
+                Op::Conv2d(c.with_parameters(weight, bias)?)
+            }
+            Op::Linear(l) => {
+                let b = bound(l.weight());
+                let weight = uniform(l.weight(), b)?;
+                let bias = l.bias().map(|t| uniform(t, b)).transpose()?;
+                Op::Linear(l.with_parameters(weight, bias)?)
+            }
+            Op::BatchNorm2d(bn) => {
+                let device = bn.affine_parameters().0.device();
+                Op::BatchNorm2d(BatchNorm2d::identity(bn.channels(), bn.eps(), &device)?)
+            }
+            Op::LayerNorm(n) => Op::LayerNorm(n.reset()?),
+            _ => return Ok(None),
+        }))
+    }
+
     /// The output's dims for inputs of `inputs` dims, without computing anything, and the
     /// elements of the largest buffer the CPU backend builds on the way (a convolution's
     /// unfolded patches); None where the shapes do not fit (the forward says why).

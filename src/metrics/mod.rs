@@ -1,12 +1,14 @@
 //! Which explanation to trust: pnpxai 0.1.4's evaluation metrics (MuFidelity, MoRF, LeRF,
-//! AbPC, Sensitivity, Complexity) with its definitions, defaults and sign conventions, on any
-//! model and device. The perturbed inputs of a metric go through the model in batches
+//! AbPC, Sensitivity, Complexity) with its definitions, defaults and sign conventions, and
+//! Quantus' model-parameter randomisation sanity check, on any model and device. The perturbed inputs of a metric go through the model in batches
 //! ([`forward`]); random draws come from seeded per-sample streams ([`crate::rng::Stream`]).
 
 mod complexity;
 mod forward;
 mod mu_fidelity;
 mod pixel_flipping;
+mod pooling;
+mod randomisation;
 mod sensitivity;
 mod stats;
 
@@ -14,6 +16,8 @@ pub use complexity::ComplexityParams;
 pub use forward::DEFAULT_ROWS_PER_PASS;
 pub use mu_fidelity::MuFidelityParams;
 pub use pixel_flipping::{AbpcParams, Curves, Order, PixelFlippingParams};
+pub use pooling::Pooling;
+pub use randomisation::{RandomisationCurve, RandomisationParams, Similarity};
 pub use sensitivity::SensitivityParams;
 
 use candle_core::Tensor as HostTensor;
@@ -39,11 +43,21 @@ pub enum Metric {
     MuFidelity(MuFidelityParams),
     Sensitivity(SensitivityParams),
     Complexity(ComplexityParams),
+    /// The model-parameter randomisation sanity check.
+    Randomisation(RandomisationParams),
 }
 
 impl Metric {
     /// Names accepted by [`Metric::from_name`].
-    pub const NAMES: [&'static str; 6] = ["abpc", "morf", "lerf", "mu-fidelity", "sensitivity", "complexity"];
+    pub const NAMES: [&'static str; 7] = [
+        "abpc",
+        "morf",
+        "lerf",
+        "mu-fidelity",
+        "sensitivity",
+        "complexity",
+        "randomisation",
+    ];
 
     /// The metric called `name` with its default parameters.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -54,6 +68,7 @@ impl Metric {
             "mu-fidelity" | "mufidelity" => Metric::MuFidelity(MuFidelityParams::default()),
             "sensitivity" => Metric::Sensitivity(SensitivityParams::default()),
             "complexity" => Metric::Complexity(ComplexityParams::default()),
+            "randomisation" | "randomization" | "mprt" => Metric::Randomisation(RandomisationParams::default()),
             _ => {
                 return Err(Error::invalid_parameter(
                     "metric",
@@ -71,6 +86,7 @@ impl Metric {
             Metric::MuFidelity(_) => "mu-fidelity",
             Metric::Sensitivity(_) => "sensitivity",
             Metric::Complexity(_) => "complexity",
+            Metric::Randomisation(_) => "randomisation",
         }
     }
 
@@ -79,9 +95,10 @@ impl Metric {
         matches!(self, Metric::Abpc(_) | Metric::Lerf(_) | Metric::MuFidelity(_))
     }
 
-    /// Whether the metric explains perturbed inputs itself (and so needs the method).
+    /// Whether the metric explains perturbed inputs (or a perturbed model) itself, and so
+    /// needs the method.
     pub fn needs_method(&self) -> bool {
-        matches!(self, Metric::Sensitivity(_))
+        matches!(self, Metric::Sensitivity(_) | Metric::Randomisation(_))
     }
 
     pub fn parameters(&self) -> Vec<Parameter> {
@@ -91,6 +108,7 @@ impl Metric {
             Metric::MuFidelity(p) => p.parameters(),
             Metric::Sensitivity(p) => p.parameters(),
             Metric::Complexity(p) => p.parameters(),
+            Metric::Randomisation(p) => p.parameters(),
         }
     }
 
@@ -149,7 +167,7 @@ impl Metric {
             Metric::Morf(p) | Metric::Lerf(p) => p.validate(),
             Metric::MuFidelity(p) => p.validate(),
             Metric::Sensitivity(p) => p.validate(),
-            Metric::Complexity(_) => Ok(()),
+            Metric::Complexity(_) | Metric::Randomisation(_) => Ok(()),
         }
     }
 
@@ -175,6 +193,9 @@ pub struct EvaluationRequest {
     pub explainer: Option<Request>,
     /// As [`Request::memory_limit`]: the most bytes a pass of perturbed inputs may hold.
     pub memory_limit: Option<u64>,
+    /// Pooling over the channels before scoring (pnpxai's post-processing); the metrics that
+    /// explain again pool their explanations the same way.
+    pub pooling: Pooling,
 }
 
 /// One metric's value per sample.
@@ -190,6 +211,9 @@ pub struct Score {
     pub morf_curves: Option<Curves>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lerf_curves: Option<Curves>,
+    /// The randomisation check's similarity after each checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub randomisation: Option<RandomisationCurve>,
 }
 
 /// The scores of every metric asked for, in the order asked.
@@ -206,6 +230,7 @@ pub(crate) struct Samples<'a> {
     attributions: Vec<f32>,
     /// Channels of the attributions: the input's, or 1 when pooled over channels.
     attribution_channels: usize,
+    pooling: Pooling,
     targets: &'a [usize],
     logits: Vec<Vec<f32>>,
 }
@@ -257,6 +282,16 @@ impl Samples<'_> {
             }
         }
         sums
+    }
+
+    /// Explanations made here (`count` samples of the input's shape) pooled as the scored
+    /// attributions were.
+    pub fn pooled(&self, values: Vec<f32>, count: usize) -> Vec<f32> {
+        let (c, h, w) = self.dims;
+        match self.pooling != Pooling::None && values.len() == count * c * h * w {
+            true => self.pooling.apply(&values, count, c),
+            false => values,
+        }
     }
 
     pub fn target(&self, b: usize) -> usize {
@@ -347,6 +382,7 @@ pub async fn evaluate_async(
         dims: (c, h, w),
         attributions: attribution_values,
         attribution_channels: channels,
+        pooling: request.pooling,
         targets: &targets,
         logits: logits.to_vec2::<f32>()?,
     };
@@ -382,7 +418,7 @@ pub async fn evaluate_async(
     };
     let mut scores = Vec::with_capacity(request.metrics.len());
     for metric in &request.metrics {
-        let (mut morf_curves, mut lerf_curves) = (None, None);
+        let (mut morf_curves, mut lerf_curves, mut randomisation_curve) = (None, None, None);
         let values = match metric {
             Metric::Morf(p) => {
                 let morf = curves_of(p, Order::Descending);
@@ -411,6 +447,13 @@ pub async fn evaluate_async(
                 sensitivity::sensitivity(model, &samples, explainer, p, progress).await?
             }
             Metric::Complexity(p) => complexity::complexity(&samples, p)?,
+            Metric::Randomisation(p) => {
+                let explainer = request.explainer.as_ref().expect("checked above");
+                let (values, curve) =
+                    randomisation::randomisation(model, &samples, &host_input, explainer, p, progress).await?;
+                randomisation_curve = Some(curve);
+                values
+            }
         };
         scores.push(Score {
             metric: metric.name().to_string(),
@@ -418,6 +461,7 @@ pub async fn evaluate_async(
             values,
             morf_curves,
             lerf_curves,
+            randomisation: randomisation_curve,
         });
     }
     Ok(Evaluation { targets, scores })

@@ -77,7 +77,7 @@ pub(crate) async fn sensitivity(
         };
         let explained = explain_async(model, &noisy, &request, &mut Progress::none()).await?;
         let original = samples.attribution(b);
-        let perturbed = explained.attributions.flatten_all()?.to_vec1::<f32>()?;
+        let perturbed = samples.pooled(explained.attributions.flatten_all()?.to_vec1::<f32>()?, params.n_iter);
         if perturbed.len() != original.len() * params.n_iter {
             return Err(Error::invalid_parameter(
                 "attributions",

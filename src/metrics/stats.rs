@@ -48,6 +48,67 @@ pub(crate) fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&average_ranks(x), &average_ranks(y))
 }
 
+/// The mean of each `size`-wide window centred on each element, the edges mirrored with the
+/// edge element repeated (scipy.ndimage's `uniform_filter1d`, mode "reflect").
+fn uniform_filter(x: &[f64], size: usize) -> Vec<f64> {
+    let n = x.len() as isize;
+    let half = (size / 2) as isize;
+    let at = |i: isize| -> f64 {
+        // Reflect until inside: d c b a | a b c d | d c b a
+        let mut i = i;
+        loop {
+            if i < 0 {
+                i = -i - 1;
+            } else if i >= n {
+                i = 2 * n - i - 1;
+            } else {
+                return x[i as usize];
+            }
+        }
+    };
+    (0..n)
+        .map(|i| (i - half..i - half + size as isize).map(at).sum::<f64>() / size as f64)
+        .collect()
+}
+
+/// The structural similarity of two equally long series, as skimage's
+/// `structural_similarity` with Quantus' arguments: a 7-wide uniform window, sample
+/// covariances, K1 = 0.01, K2 = 0.03, the data range spanning both series, and the mean over
+/// the positions whose window lies inside.
+pub(crate) fn ssim(a: &[f64], b: &[f64]) -> f64 {
+    const WIN: usize = 7;
+    if a.len() < WIN {
+        return f64::NAN;
+    }
+    let (low, high) = a
+        .iter()
+        .chain(b)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    let range = (high - low).abs();
+    let (c1, c2) = ((0.01 * range).powi(2), (0.03 * range).powi(2));
+    let product = |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p * q).collect() };
+    let (ux, uy) = (uniform_filter(a, WIN), uniform_filter(b, WIN));
+    let (uxx, uyy, uxy) = (
+        uniform_filter(&product(a, a), WIN),
+        uniform_filter(&product(b, b), WIN),
+        uniform_filter(&product(a, b), WIN),
+    );
+    let cov_norm = WIN as f64 / (WIN - 1) as f64;
+    let pad = (WIN - 1) / 2;
+    let inside = pad..a.len() - pad;
+    let count = inside.len() as f64;
+    inside
+        .map(|i| {
+            let (vx, vy) = (cov_norm * (uxx[i] - ux[i] * ux[i]), cov_norm * (uyy[i] - uy[i] * uy[i]));
+            let vxy = cov_norm * (uxy[i] - ux[i] * uy[i]);
+            let numerator = (2.0 * ux[i] * uy[i] + c1) * (2.0 * vxy + c2);
+            let denominator = (ux[i] * ux[i] + uy[i] * uy[i] + c1) * (vx + vy + c2);
+            numerator / denominator
+        })
+        .sum::<f64>()
+        / count
+}
+
 /// Counts of `values` in `bins` equal-width bins over [min, max], as `numpy.histogram` of a
 /// float32 array: edges are float32 (`linspace` in the array's type), a value's bin is found
 /// from its offset and then corrected against the edges, and the last bin includes the
@@ -125,6 +186,17 @@ mod tests {
         );
         // A constant array: range value ± 0.5, everything in the middle bin.
         assert_eq!(histogram(&[2.0; 4], 4), vec![0, 0, 4, 0]);
+    }
+
+    #[test]
+    fn ssim_follows_skimage() {
+        // skimage.metrics.structural_similarity(a, b, data_range=...) on these 1-D arrays,
+        // with the data range of both: 0.10632791570942375 (float64 inputs).
+        let a: Vec<f64> = (0..20).map(|i| ((i * 7) % 11) as f64 / 10.0).collect();
+        let b: Vec<f64> = (0..20).map(|i| ((i * 5) % 13) as f64 / 12.0).collect();
+        let s = ssim(&a, &b);
+        assert!((s - 0.106_327_915_709_423_75).abs() < 1e-12, "{s}");
+        assert!((ssim(&a, &a) - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use candle_core::{DType, Tensor};
-use candle_xai::metrics::{evaluate, EvaluationRequest, Metric};
+use candle_xai::metrics::{evaluate, EvaluationRequest, Metric, Pooling};
 use candle_xai::{Device, Method, Model, Progress, Request, Targets};
 use serde_json::json;
 
@@ -136,6 +136,7 @@ fn check(model: &Model, refs: &Refs, name: &str, keep: fn(&str) -> bool) {
             targets: Targets::Classes(targets.clone()),
             explainer: method.map(Request::new),
             memory_limit: None,
+            pooling: Pooling::None,
         };
         let scores = evaluate(model, &inputs, &attributions, &request, &mut Progress::none())
             .unwrap()
@@ -259,6 +260,7 @@ fn metrics_refuse_what_does_not_fit() {
         targets: Targets::TopPrediction,
         explainer: None,
         memory_limit: None,
+        pooling: Pooling::None,
     };
     let message = |a: &Tensor, metric: &str| {
         evaluate(&model, &x, a, &request(metric), &mut Progress::none())
@@ -278,4 +280,86 @@ fn metrics_refuse_what_does_not_fit() {
         .unwrap_err()
         .to_string();
     assert!(unknown.contains("is not a parameter of mu-fidelity"), "{unknown}");
+}
+
+/// The randomisation sanity check against Quantus 0.6.0's `MPRT` run with our layer order and
+/// our random parameters (`metrics/mnist_<m>_randomisation.safetensors`): the similarity after
+/// every layer (checkpoints 0), by Spearman and by SSIM, for the signed gradient. Spearman over
+/// 784 pixels moves by up to 1.3e-5 from float32 noise alone (one adjacent swap moves it by
+/// 2e-5), so the tolerance is 1e-4; SSIM agrees to 1e-7.
+fn randomisation(name: &str, device: &Device) {
+    let model = crate::common::mnist_cpu(name).to_device(device).unwrap();
+    let refs = metric_refs(&format!("mnist_{name}_randomisation.safetensors"));
+    let layers: Vec<String> = serde_json::from_str(&refs.metadata["layers"]).unwrap();
+    let inputs = refs.f32("inputs");
+    let targets = Targets::Classes(refs.targets());
+    let explainer = Request {
+        targets: targets.clone(),
+        ..Request::new(Method::from_name("gradient").unwrap())
+    };
+    let attributions = candle_xai::explain(&model, &inputs, &explainer, &mut Progress::none())
+        .unwrap()
+        .attributions;
+    for (similarity, tol) in [("spearman", 1e-4), ("ssim", 1e-6)] {
+        let metric = Metric::from_json("randomisation", &json!({"similarity": similarity, "checkpoints": 0})).unwrap();
+        let request = EvaluationRequest {
+            metrics: vec![metric],
+            targets: targets.clone(),
+            explainer: Some(explainer.clone()),
+            memory_limit: None,
+            pooling: Pooling::None,
+        };
+        let score = evaluate(&model, &inputs, &attributions, &request, &mut Progress::none())
+            .unwrap()
+            .scores
+            .remove(0);
+        let curve = score.randomisation.unwrap();
+        assert_eq!(curve.layers, layers, "{name}: the layers, top down");
+        assert_eq!(curve.randomised, (1..=layers.len()).collect::<Vec<_>>());
+        let theirs = refs
+            .get(&format!("randomisation_{similarity}_curve"))
+            .to_dtype(DType::F64)
+            .unwrap();
+        let theirs = theirs.to_vec2::<f64>().unwrap();
+        let last = refs
+            .get(&format!("randomisation_{similarity}"))
+            .to_dtype(DType::F64)
+            .unwrap();
+        let mut worst: f64 = 0.0;
+        for (ours, theirs) in curve
+            .similarity
+            .iter()
+            .zip(&theirs)
+            .chain([(&score.values, &last.to_vec1::<f64>().unwrap())])
+        {
+            for (a, b) in ours.iter().zip(theirs) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        println!("{name} randomisation ({similarity}) on {device:?}: worst difference {worst:.1e}");
+        assert!(worst <= tol, "{name}: {similarity} differs from Quantus by {worst}");
+    }
+}
+
+#[test]
+fn randomisation_mlp() {
+    randomisation("mlp", &Device::cpu());
+}
+
+#[test]
+fn randomisation_vgg() {
+    randomisation("vgg", &Device::cpu());
+}
+
+#[test]
+fn randomisation_resnet() {
+    randomisation("resnet", &Device::cpu());
+}
+
+/// On wgpu: the randomised parameters are uploaded with the graph and the explanations of the
+/// randomised models run there.
+#[cfg(feature = "wgpu")]
+#[test]
+fn randomisation_vgg_wgpu() {
+    randomisation("vgg", &Device::Wgpu(crate::common::wgpu_device()));
 }
