@@ -18,6 +18,7 @@ pub mod lrp;
 pub mod methods;
 pub mod metrics;
 mod rng;
+pub mod tuning;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use methods::explain;

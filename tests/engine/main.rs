@@ -15,3 +15,4 @@ mod memory_budget;
 mod metrics_parity;
 mod mnist_parity;
 mod torchvision_parity;
+mod tuning;

@@ -77,6 +77,28 @@ pub fn activation_vjp(activation: Activation, x: &Tensor, grad: &Tensor) -> Resu
 
 const CHUNK: usize = 1 << 14;
 
+/// f(x) element by element, in parallel chunks.
+fn map_each(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(dst, src)| dst.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v)));
+    out
+}
+
+/// f(x, g) element by element, in parallel chunks.
+fn zip_each(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+        .for_each(|(dst, (xs, gs))| {
+            dst.iter_mut()
+                .zip(xs.iter().zip(gs))
+                .for_each(|(o, (&v, &d))| *o = f(v, d));
+        });
+    out
+}
+
 struct Forward(Activation);
 
 impl CustomOp1 for Forward {
@@ -89,14 +111,14 @@ impl CustomOp1 for Forward {
             candle_core::bail!("activations support f32 only")
         };
         let x = &x[layout.start_offset()..][..layout.shape().elem_count()];
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(dst, src)| {
-                for (o, &v) in dst.iter_mut().zip(src) {
-                    *o = self.0.value(v);
-                }
-            });
+        // The piecewise-linear activations get loops of their own, which vectorise; through
+        // `Activation::value` every element pays a call and a match (10% of a MobileNetV2
+        // forward pass).
+        let out = match self.0 {
+            Activation::Relu => map_each(x, |v| v.max(0.0)),
+            Activation::Relu6 => map_each(x, |v| v.clamp(0.0, 6.0)),
+            other => map_each(x, |v| other.value(v)),
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -119,14 +141,11 @@ impl CustomOp2 for Backward {
         if l1.shape() != l2.shape() {
             candle_core::bail!("activation gradient {:?} for input {:?}", l2.shape(), l1.shape());
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(dst, (xs, gs))| {
-                for ((o, &v), &d) in dst.iter_mut().zip(xs).zip(gs) {
-                    *o = d * self.0.derivative(v);
-                }
-            });
+        let out = match self.0 {
+            Activation::Relu => zip_each(x, g, |v, d| if v > 0.0 { d } else { 0.0 }),
+            Activation::Relu6 => zip_each(x, g, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 }),
+            other => zip_each(x, g, |v, d| d * other.derivative(v)),
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

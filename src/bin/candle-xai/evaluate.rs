@@ -3,12 +3,13 @@
 //! `{"metrics": {"abpc": [one value per sample], ...}}` (or CSV).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde_json::{json, Map, Value};
 
 use candle_xai::files::{read_attributions, read_inputs};
-use candle_xai::metrics::{evaluate, Evaluation, EvaluationRequest, Metric};
+use candle_xai::metrics::{evaluate, Evaluation, EvaluationRequest, Metric, Pooling};
 use candle_xai::{explain, Error, Progress, Request, Targets};
 
 use super::method_flags::MethodFlags;
@@ -28,11 +29,12 @@ pub struct EvaluateArgs {
     /// Explain with this method here and score its attributions (see `candle-xai methods`)
     #[arg(long, value_name = "NAME", required_unless_present = "attributions")]
     method: Option<String>,
-    /// With --attributions: the method that made them, for the metrics that explain perturbed
-    /// inputs themselves (sensitivity)
+    /// With --attributions: the method that made them, for the metrics that explain again
+    /// themselves (sensitivity, randomisation)
     #[arg(long, value_name = "NAME", requires = "attributions")]
     made_by: Option<String>,
-    /// Comma-separated metrics: abpc, morf, lerf, mu-fidelity, sensitivity, complexity
+    /// Comma-separated metrics: abpc, morf, lerf, mu-fidelity, sensitivity, complexity,
+    /// randomisation (the model-parameter randomisation sanity check)
     #[arg(long, value_name = "LIST", value_delimiter = ',', required = true)]
     metric: Vec<String>,
     /// Explain and score this class for every sample (default: `targets` from the files, else
@@ -45,6 +47,14 @@ pub struct EvaluateArgs {
     /// The most memory (MiB) a pass of perturbed inputs may hold on the CPU
     #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..))]
     memory_limit: Option<u64>,
+    /// Pool the attributions over the channels before scoring (pnpxai's post-processing):
+    /// none, sumpos, sumabs, l1norm, maxnorm, l2norm, l2normsq, possum, posmaxnorm, posl2norm,
+    /// posl2normsq
+    #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_pooling)]
+    pooling: Pooling,
+    /// Print one JSON line with the load, explain and scoring times on stderr
+    #[arg(long)]
+    timings: bool,
     /// R.json (`{"metrics": {name: [per sample]}}`) or R.csv (one row per sample)
     #[arg(long, value_name = "R.json|R.csv")]
     out: PathBuf,
@@ -52,6 +62,10 @@ pub struct EvaluateArgs {
     metric_flags: MetricFlags,
     #[command(flatten)]
     method_flags: MethodFlags,
+}
+
+pub(super) fn parse_pooling(name: &str) -> Result<Pooling, String> {
+    Pooling::try_from(name.to_string()).map_err(|e| e.to_string())
 }
 
 /// One `--<metric>-<key>` flag per metric parameter (`--abpc-n-steps`, `--mu-fidelity-n-perturb`),
@@ -152,11 +166,13 @@ impl MetricFlags {
     }
 }
 
-/// One scored sample: where it came from, and the metrics' values in the order asked.
+/// One scored sample: where it came from, the metrics' values in the order asked, and what
+/// the metrics found on the way (pixel-flipping curves, the randomisation check's curve).
 struct Row {
     sample: String,
     target: usize,
     values: Vec<f64>,
+    details: Map<String, Value>,
 }
 
 pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
@@ -189,12 +205,18 @@ pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
         }
     };
     let device = candle_xai::Device::open(&args.device)?;
+    let started = Instant::now();
     let model = load_model(&args.model, &device)?;
+    let mut times = Times {
+        load_ms: started.elapsed().as_secs_f64() * 1e3,
+        ..Times::default()
+    };
     let mut request = EvaluationRequest {
         metrics,
         targets: Targets::TopPrediction,
         explainer,
         memory_limit: args.memory_limit.map(|mib| mib.saturating_mul(1 << 20)),
+        pooling: args.pooling,
     };
     let names: Vec<&str> = request.metrics.iter().map(|m| m.name()).collect();
     let bar = progress_bar(1, "{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})");
@@ -224,6 +246,7 @@ pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
             &file.inputs,
             attributions,
             &mut request,
+            &mut times,
             &mut Progress::new(&mut report),
         )?;
         rows.extend(sample_rows(&evaluation, |b| format!("{}[{b}]", args.input.display())));
@@ -247,6 +270,7 @@ pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
                 &prepared.tensor,
                 None,
                 &mut request,
+                &mut times,
                 &mut Progress::new(&mut report),
             )?;
             rows.extend(sample_rows(&evaluation, |_| path.display().to_string()));
@@ -269,7 +293,25 @@ pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
         println!("{name}: {}", values.join(", "));
     }
     println!("wrote {}", args.out.display());
+    if args.timings {
+        let line = json!({
+            "load_ms": times.load_ms,
+            "explain_ms": times.explain_ms,
+            "evaluate_ms": times.evaluate_ms,
+            "metrics": names,
+            "device": device.describe(),
+        });
+        eprintln!("{line}");
+    }
     Ok(())
+}
+
+/// Milliseconds spent loading, explaining (without --attributions) and scoring.
+#[derive(Default)]
+struct Times {
+    load_ms: f64,
+    explain_ms: f64,
+    evaluate_ms: f64,
 }
 
 /// Explains `input` first when no attributions are given, then scores them.
@@ -278,8 +320,10 @@ fn score(
     input: &candle_core::Tensor,
     attributions: Option<candle_core::Tensor>,
     request: &mut EvaluationRequest,
+    times: &mut Times,
     progress: &mut Progress<'_>,
 ) -> CliResult<Evaluation> {
+    let started = Instant::now();
     let attributions = match attributions {
         Some(a) => a,
         None => {
@@ -296,20 +340,46 @@ fn score(
             explanation.attributions
         }
     };
-    Ok(evaluate(model, input, &attributions, request, progress)?)
+    let explained = Instant::now();
+    times.explain_ms += (explained - started).as_secs_f64() * 1e3;
+    let evaluation = evaluate(model, input, &attributions, request, progress)?;
+    times.evaluate_ms += explained.elapsed().as_secs_f64() * 1e3;
+    Ok(evaluation)
 }
 
 fn sample_rows(evaluation: &Evaluation, name: impl Fn(usize) -> String) -> Vec<Row> {
     (0..evaluation.targets.len())
-        .map(|b| Row {
-            sample: name(b),
-            target: evaluation.targets[b],
-            values: evaluation.scores.iter().map(|s| s.values[b]).collect(),
+        .map(|b| {
+            let mut details = Map::new();
+            for score in &evaluation.scores {
+                let mut found = Map::new();
+                if let Some(curves) = &score.morf_curves {
+                    found.insert("morf_curve".into(), curves[b].iter().map(|&v| json_number(v)).collect());
+                }
+                if let Some(curves) = &score.lerf_curves {
+                    found.insert("lerf_curve".into(), curves[b].iter().map(|&v| json_number(v)).collect());
+                }
+                if let Some(curve) = &score.randomisation {
+                    found.insert("layers".into(), json!(curve.layers));
+                    found.insert("randomised".into(), json!(curve.randomised));
+                    let similarity: Vec<Value> = curve.similarity.iter().map(|s| json_number(s[b])).collect();
+                    found.insert("similarity".into(), Value::Array(similarity));
+                }
+                if !found.is_empty() {
+                    details.insert(score.metric.clone(), Value::Object(found));
+                }
+            }
+            Row {
+                sample: name(b),
+                target: evaluation.targets[b],
+                values: evaluation.scores.iter().map(|s| s.values[b]).collect(),
+                details,
+            }
         })
         .collect()
 }
 
-fn photos_in(input: &Path) -> CliResult<Vec<PathBuf>> {
+pub(super) fn photos_in(input: &Path) -> CliResult<Vec<PathBuf>> {
     if !input.is_dir() {
         return match is_photo(input) {
             true => Ok(vec![input.to_path_buf()]),
@@ -360,6 +430,7 @@ fn report_json(names: &[&str], metrics: &[Metric], rows: &[Row]) -> String {
         "parameters": parameters,
         "samples": rows.iter().map(|r| r.sample.clone()).collect::<Vec<_>>(),
         "targets": rows.iter().map(|r| r.target).collect::<Vec<_>>(),
+        "details": rows.iter().map(|r| Value::Object(r.details.clone())).collect::<Vec<_>>(),
     });
     format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default())
 }

@@ -8,6 +8,7 @@
 
 mod evaluate;
 mod method_flags;
+mod tuning;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,11 @@ enum Command {
     /// Sensitivity, Complexity): from an explanation file, or from a method run here
     #[command(allow_negative_numbers = true)]
     Evaluate(Box<evaluate::EvaluateArgs>),
+    /// Tune a method's parameters to maximise metrics (pnpxai's optimizer: TPE, median pruning)
+    #[command(allow_negative_numbers = true)]
+    Optimize(Box<tuning::OptimizeArgs>),
+    /// Rank the methods that apply to a model by metrics
+    Recommend(Box<tuning::RecommendArgs>),
     /// Print a model's architecture and its layer names (for --layer), one per line with its kind
     Layers(ModelArgs),
     /// Print every method with its tunable parameters as JSON
@@ -254,6 +260,8 @@ fn run(command: Command) -> CliResult<()> {
     match command {
         Command::Explain(args) => run_explain(&args),
         Command::Evaluate(args) => evaluate::run_evaluate(&args),
+        Command::Optimize(args) => tuning::run_optimize(&args),
+        Command::Recommend(args) => tuning::run_recommend(&args),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Layers(args) => layers(&args),
         Command::Methods => methods(),
