@@ -18,8 +18,9 @@ use crate::error::Error;
 use crate::files;
 use crate::import::graph_json::GraphSpec;
 use crate::methods::catalog;
-use crate::metrics::{evaluate_async, EvaluationRequest, Metric};
+use crate::metrics::{evaluate_async, EvaluationRequest, Metric, Pooling};
 use crate::render::{self, Colormap};
+use crate::tuning::{optimize_async, Objective, OptimizeRequest};
 use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 
 /// Rows per forward/backward pass in the browser when a method's JSON does not say: bounds the
@@ -525,6 +526,7 @@ impl WasmModel {
             targets: Targets::Classes(vec![target as i64]),
             explainer,
             memory_limit: None,
+            pooling: Pooling::None,
         };
         let model = self.model.clone();
         Ok(future_to_promise(async move {
@@ -535,6 +537,49 @@ impl WasmModel {
             Ok(JsValue::from_str(
                 &serde_json::to_string(&evaluation).map_err(js_error)?,
             ))
+        }))
+    }
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WasmModel {
+    /// Tunes the method called `method` (its other parameters from `params_json`) for a
+    /// normalised `[1, C, H, W]` input explained for class `target`: `n_trials` trials of TPE
+    /// maximising `objective` (`abpc`, or weighted metrics `abpc:1,complexity:0.1`), seeded.
+    /// `progress(done, total)` counts trials; returning `false` cancels. Resolves to the JSON
+    /// of `{method, defaults, best, best_method, trials}` (see `candle-xai optimize`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn optimize(
+        &self,
+        input: &[f32],
+        shape: &[u32],
+        method: &str,
+        params_json: Option<String>,
+        target: i32,
+        objective: &str,
+        n_trials: u32,
+        seed: u32,
+        progress: Option<Function>,
+    ) -> Result<Promise, JsValue> {
+        let x = tensor(input, shape, "the input")?;
+        let method = build_method(method, params_json.as_deref().unwrap_or("")).map_err(engine_error)?;
+        let request = OptimizeRequest {
+            method,
+            objective: Objective::parse(objective).map_err(engine_error)?,
+            n_trials: n_trials as usize,
+            seed: seed as u64,
+            targets: Targets::Classes(vec![target as i64]),
+            prune: true,
+            tune_pooling: false,
+            memory_limit: None,
+        };
+        let model = self.model.clone();
+        Ok(future_to_promise(async move {
+            let mut report = progress_reporter(progress);
+            let found = optimize_async(&model, &x, &request, &mut Progress::new(&mut report))
+                .await
+                .map_err(engine_error)?;
+            Ok(JsValue::from_str(&serde_json::to_string(&found).map_err(js_error)?))
         }))
     }
 }

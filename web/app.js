@@ -2,7 +2,9 @@
 // All engine work happens in Web Workers; this file only moves data and draws.
 
 import { Explainer, CancelledError, DEFAULT_METRICS, pixelsToCanvas, rgbToRgba } from './xai.js';
-import { METRICS, drawCurves, fillScoreTable, metricLabel, scoreLine, sortGrid } from './scores.js';
+import {
+  METRICS, drawCurves, drawSimilarity, fillScoreTable, metricLabel, randomisationVerdict, scoreLine, sortGrid,
+} from './scores.js';
 
 const $ = (id) => document.getElementById(id);
 const SAMPLES = new URL('assets/samples/', import.meta.url);
@@ -64,6 +66,8 @@ function updateControls() {
   $('explain').disabled = !ready;
   $('compare').disabled = !ready;
   $('evaluate').disabled = !(ready && state.last) || state.running;
+  $('sanity').disabled = !(ready && state.last) || state.running;
+  $('optimise').disabled = !(ready && state.last && currentTunables().length) || state.running;
 }
 
 function progressTo(done, total, prefix) {
@@ -564,28 +568,53 @@ function fillMetricChoices() {
 function showScores(evaluation) {
   const table = $('scores');
   const curves = $('curves');
+  const verdict = $('verdict');
+  const similarity = $('similarity');
   if (!evaluation) {
     table.replaceChildren();
-    curves.hidden = true;
+    curves.hidden = verdict.hidden = similarity.hidden = true;
     return;
   }
   fillScoreTable(table, evaluation);
   curves.hidden = !drawCurves(curves, evaluation.curves);
+  const check = evaluation.randomisation;
+  verdict.hidden = similarity.hidden = !check;
+  if (check) {
+    const { level, text } = randomisationVerdict(evaluation.scores.randomisation, check.randomised.at(-1));
+    verdict.dataset.level = level;
+    verdict.textContent = text;
+    drawSimilarity(similarity, check.randomised, check.similarity);
+  }
 }
 
-/** Scores `result` with the chosen metrics, showing progress under `prefix`. */
-async function scoreOne(result, runId, prefix) {
+/** The scores of `a` with those of `b` added (b's win where both have a metric). */
+function mergeEvaluations(a, b) {
+  if (!a) return b;
+  return {
+    ...a,
+    ...b,
+    scores: { ...a.scores, ...b.scores },
+    higherIsBetter: { ...a.higherIsBetter, ...b.higherIsBetter },
+    curves: b.curves ?? a.curves,
+    randomisation: b.randomisation ?? a.randomisation,
+  };
+}
+
+/** Scores `result` with `metrics` (the chosen ones), showing progress under `prefix`. */
+async function scoreOne(result, runId, prefix, metrics = chosenMetrics()) {
   return state.explainer.evaluate(result, {
-    metrics: chosenMetrics(),
+    metrics,
     onProgress: (done, total) => {
       if (runId === state.runId && total > 1) progressTo(done, total, prefix);
     },
   });
 }
 
-async function evaluateShown() {
+/** Scores the shown heatmap with the chosen metrics, or with `metrics` (the sanity check). */
+async function evaluateShown(metrics) {
   const result = state.last;
-  if (!result || !chosenMetrics().length) {
+  const asked = Array.isArray(metrics) ? metrics : chosenMetrics();
+  if (!result || !asked.length) {
     if (result) setStatus('Tick at least one metric to score the heatmap.');
     return;
   }
@@ -597,10 +626,11 @@ async function evaluateShown() {
   const label = methodLabel(result.method);
   setStatus(`Scoring ${label}…`);
   try {
-    const evaluation = await scoreOne(result, runId, `Scoring ${label}`);
+    const evaluation = await scoreOne(result, runId, `Scoring ${label}`, asked);
     if (runId !== state.runId) return;
-    result.evaluation = evaluation;
-    if (state.last === result) showScores(evaluation);
+    // A sanity check adds to the scores already shown rather than replacing them.
+    result.evaluation = mergeEvaluations(result.evaluation, evaluation);
+    if (state.last === result) showScores(result.evaluation);
     setStatus(`Scored ${label} in ${formatMs(evaluation.elapsedMs)}.`);
   } catch (e) {
     if (runId !== state.runId) return;
@@ -741,6 +771,109 @@ async function scoreGrid(runId, failures) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Optimise
+
+/** The tunable parameters of the shown result's method. */
+function currentTunables() {
+  const name = state.last?.method;
+  return state.methods.find((m) => m.name === name)?.tunables ?? [];
+}
+
+function formatParameter(v) {
+  return typeof v === 'number' ? shown(Number(v.toPrecision(4))) : String(v);
+}
+
+/** Tunes the shown result's method for the photo, then shows its heatmap beside the current one. */
+async function optimiseShown() {
+  const result = state.last;
+  if (!result) return;
+  cancelRun();
+  const runId = ++state.runId;
+  showError('');
+  begin();
+  setRunning(true);
+  $('optimised').hidden = true;
+  const label = methodLabel(result.method);
+  const nTrials = Math.max(1, Math.min(200, Math.round(Number($('n-trials').value)) || 20));
+  setStatus(`Optimising ${label}…`);
+  try {
+    const found = await state.explainer.optimize(result, {
+      objective: $('objective').value,
+      nTrials,
+      onProgress: (done, total) => {
+        if (runId === state.runId) progressTo(done, total, `Optimising ${label}: trial`);
+      },
+    });
+    if (runId !== state.runId) return;
+    const best = await state.explainer.explain(state.prepared, {
+      method: result.method,
+      params: found.bestParams,
+      target: result.target,
+      layer: result.method === 'grad-cam' ? $('layer').value || undefined : undefined,
+      colormap: $('colormap').value,
+      alpha: Number($('alpha').value),
+    });
+    if (runId !== state.runId) return;
+    state.found = { method: result.method, params: found.best.params, result: best };
+    showFound(result, found, best);
+    const gain = found.best.objective - found.defaults.objective;
+    setStatus(
+      `Optimised ${label} in ${formatMs(found.elapsedMs)}: ${found.trials.length} trials, objective ${found.defaults.objective.toFixed(3)} → ${found.best.objective.toFixed(3)}${gain > 0 ? '' : ' (the parameters as set were best)'}.`,
+    );
+  } catch (e) {
+    if (runId !== state.runId) return;
+    if (e instanceof CancelledError) setStatus('Cancelled.');
+    else {
+      setStatus('Failed.');
+      showError(`Optimising ${label} failed: ${e.message}`);
+    }
+  } finally {
+    if (runId === state.runId) setRunning(false);
+    end();
+  }
+}
+
+/** The parameters found next to those set, and the two heatmaps side by side. */
+function showFound(result, found, best) {
+  const table = $('optimised-params');
+  const head = document.createElement('tr');
+  for (const text of ['', 'As set', 'Found']) {
+    const th = document.createElement('th');
+    th.textContent = text;
+    head.append(th);
+  }
+  const row = (name, a, b) => {
+    const tr = document.createElement('tr');
+    const th = document.createElement('th');
+    th.scope = 'row';
+    th.textContent = name;
+    const [ta, tb] = [document.createElement('td'), document.createElement('td')];
+    ta.textContent = a;
+    tb.textContent = b;
+    tr.append(th, ta, tb);
+    return tr;
+  };
+  const rows = Object.keys(found.best.params).map((k) =>
+    row(k, formatParameter(found.defaults.params[k]), formatParameter(found.best.params[k])),
+  );
+  rows.push(row($('objective').selectedOptions[0].textContent, found.defaults.objective.toFixed(3), found.best.objective.toFixed(3)));
+  table.replaceChildren(head, ...rows);
+  pixelsToCanvas(result.rgba, result.canvas.width, result.canvas.height, $('heatmap-defaults'));
+  pixelsToCanvas(best.rgba, best.canvas.width, best.canvas.height, $('heatmap-found'));
+  $('optimised').hidden = false;
+}
+
+/** Makes the parameters found the method's parameters, and shows their heatmap. */
+function useFound() {
+  const found = state.found;
+  if (!found) return;
+  Object.assign(state.params[found.method], found.params);
+  $('method').value = found.method;
+  showMethod();
+  showResult(found.result);
+}
+
+// ------------------------------------------------------------------------------------------
 // Wiring
 
 function firstImage(dataTransfer) {
@@ -796,7 +929,10 @@ function wire() {
   $('backend').addEventListener('change', chooseBackend);
   $('explain').addEventListener('click', explain);
   $('compare').addEventListener('click', compareAll);
-  $('evaluate').addEventListener('click', evaluateShown);
+  $('evaluate').addEventListener('click', () => evaluateShown());
+  $('sanity').addEventListener('click', () => evaluateShown(['randomisation']));
+  $('optimise').addEventListener('click', optimiseShown);
+  $('use-found').addEventListener('click', useFound);
   $('sort-by').addEventListener('change', () => sortGrid($('grid'), state.grid, $('sort-by').value));
   $('cancel').addEventListener('click', () => {
     cancelRun();
@@ -858,6 +994,7 @@ window.xaiApp = {
   explain,
   compareAll,
   evaluateShown,
+  optimiseShown,
   /** The displayed result's attributions as base64 of little-endian f32, with shape and target. */
   lastResult() {
     const r = state.last;

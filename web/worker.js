@@ -227,6 +227,14 @@ const handlers = {
     return { result: { ...JSON.parse(json), fallback, backend, engineMs } };
   },
 
+  /** Tunes a method's parameters: {method, defaults, best, best_method, trials}. */
+  async optimize({ input, shape, method, params, target, objective, nTrials, seed }, id) {
+    const { result: json, fallback, engineMs } = await onBackend((m) =>
+      m.optimize(input, Uint32Array.from(shape), method, params ?? undefined, target, objective, nTrials, seed, reporter(id)),
+    );
+    return { result: { ...JSON.parse(json), fallback, backend, engineMs } };
+  },
+
   overlay({ photo, width, height, attributions, shape, colormap, alpha }) {
     const r = xai.overlay(photo, width, height, attributions, Uint32Array.from(shape), colormap, alpha);
     return { result: r, transfer: [r.rgba.buffer] };

@@ -489,7 +489,8 @@ export class Explainer {
    * ['abpc', 'morf', 'lerf', 'complexity']; 'mu-fidelity' runs 150 perturbed inputs and 'sensitivity' explains 8 noisy copies
    * with the result's own method), `onProgress(done, total)`, `signal`. Returns {scores: {name:
    * value}, higherIsBetter: {name: bool}, curves: {morf, lerf} (pixel-flipping probabilities,
-   * the unperturbed input first) when a flipping metric was asked for, elapsedMs}.
+   * the unperturbed input first) when a flipping metric was asked for, randomisation: {layers,
+   * randomised, similarity} (the sanity check's curve) when 'randomisation' was, elapsedMs}.
    */
   async evaluate(result, options = {}) {
     const metrics = options.metrics ?? DEFAULT_METRICS;
@@ -521,6 +522,10 @@ export class Explainer {
     for (const s of evaluation.scores) {
       out.scores[s.metric] = s.values[0] ?? NaN;
       out.higherIsBetter[s.metric] = s.higher_is_better;
+      if (s.randomisation) {
+        const r = s.randomisation;
+        out.randomisation = { layers: r.layers, randomised: r.randomised, similarity: r.similarity.map((row) => row[0]) };
+      }
       if (s.morf_curves || s.lerf_curves) {
         out.curves ??= {};
         if (s.morf_curves) out.curves.morf = s.morf_curves[0];
@@ -528,6 +533,43 @@ export class Explainer {
       }
     }
     return out;
+  }
+
+  /**
+   * Tunes the method of an explanation (a result of `explain`) for its photo and class, as
+   * pnpxai's optimizer does: TPE over the method's tunable parameters, maximising `objective`
+   * ('abpc' by default; weighted metrics such as 'abpc:1,complexity:0.1'). Options: `nTrials`
+   * (default 20), `seed` (0), `onProgress(done, total)` (trials), `signal`. Returns {defaults,
+   * best: {params, objective, scores}, bestParams (the method's full parameters, for
+   * `explain`), trials, elapsedMs}.
+   */
+  async optimize(result, options = {}) {
+    if (options.signal?.aborted) throw new CancelledError();
+    const abort = () => this.cancel();
+    options.signal?.addEventListener('abort', abort, { once: true });
+    const started = performance.now();
+    let found;
+    try {
+      found = await this.#engine.call(
+        'optimize',
+        {
+          input: result.prepared.input,
+          shape: result.prepared.shape,
+          method: result.method,
+          params: result.params,
+          target: result.target,
+          objective: options.objective ?? 'abpc',
+          nTrials: options.nTrials ?? 20,
+          seed: options.seed ?? 0,
+        },
+        { onProgress: options.onProgress },
+      );
+    } finally {
+      options.signal?.removeEventListener('abort', abort);
+    }
+    this.#engine.noteFallback(found);
+    const { method: _name, ...bestParams } = found.best_method;
+    return { ...found, bestParams, elapsedMs: performance.now() - started };
   }
 
   /** Cancels the running explanation (its promise rejects with a CancelledError). */

@@ -323,7 +323,7 @@ impl Method {
                 }
                 // The method's name is given separately. Fields it reports but does not take
                 // are accepted at their defaults, so an explanation's `params` can be sent back.
-                None if key == "method" || values.get(key) == Some(value) => {}
+                None if key == "method" || values.get(key).is_some_and(|v| same_value(v, value)) => {}
                 None => return Err(not_applicable(&format!("`{key}`"), key, &canonical)),
             }
         }
@@ -350,6 +350,14 @@ impl Method {
             Method::IntegratedGradients(p) => p.validate(),
             Method::Lrp(p) => p.validate(),
         }
+    }
+}
+
+/// JSON values equal as values: 2 and 2.0 are the same number (JavaScript writes 2.0 as 2).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 
@@ -458,6 +466,21 @@ mod tests {
                     .check(&p.default)
                     .unwrap_or_else(|e| panic!("{} {}: {e}", info.name, p.parameter.key));
             }
+        }
+    }
+
+    /// A method's parameters sent back through JavaScript, where 2.0 comes back as 2.
+    #[test]
+    fn parameters_come_back_through_javascript() {
+        for name in Method::NAMES {
+            let method = Method::from_name(name).unwrap();
+            let mut json = serde_json::to_value(&method).unwrap();
+            for value in json.as_object_mut().unwrap().values_mut() {
+                if let Some(x) = value.as_f64().filter(|x| x.fract() == 0.0 && *x >= 0.0) {
+                    *value = json!(x as u64);
+                }
+            }
+            Method::from_json(name, &json).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
 

@@ -7,8 +7,12 @@ use crate::error::Result;
 use crate::methods::Progress;
 use crate::model::Model;
 
-/// Rows per forward pass when the metric does not say (pnpxai's `batch_size`).
+/// Rows per forward pass when the metric does not say, on a GPU (pnpxai's `batch_size`).
 pub const DEFAULT_ROWS_PER_PASS: usize = 32;
+
+/// On the CPU: larger passes only add memory traffic (MobileNetV2 MuFidelity, 150 rows: 8.4 s
+/// in passes of 4, 13.4 s in passes of 32).
+pub const DEFAULT_CPU_ROWS_PER_PASS: usize = 4;
 
 /// How the rows of one metric are made and sized.
 pub(crate) struct Rows<'a> {
@@ -17,7 +21,8 @@ pub(crate) struct Rows<'a> {
     pub row_dims: [usize; 3],
     /// Elements of the widest activation row of a pass (sizes passes to a GPU's buffers).
     pub widest_row: usize,
-    pub rows_per_pass: usize,
+    /// None: [`DEFAULT_CPU_ROWS_PER_PASS`] on the CPU, [`DEFAULT_ROWS_PER_PASS`] elsewhere.
+    pub rows_per_pass: Option<usize>,
     pub memory_limit: Option<u64>,
 }
 
@@ -33,7 +38,11 @@ impl Rows<'_> {
         let [c, h, w] = self.row_dims;
         let row_len = c * h * w;
         let device = self.model.device();
-        let mut per_pass = self.rows_per_pass.max(1);
+        let default = match device {
+            crate::tensor::Device::Candle(candle_core::Device::Cpu) => DEFAULT_CPU_ROWS_PER_PASS,
+            _ => DEFAULT_ROWS_PER_PASS,
+        };
+        let mut per_pass = self.rows_per_pass.unwrap_or(default).max(1);
         if let Some(max_len) = device.max_tensor_len() {
             per_pass = per_pass.min(max_len / self.widest_row.max(1)).max(1);
         }

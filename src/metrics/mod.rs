@@ -13,7 +13,7 @@ mod sensitivity;
 mod stats;
 
 pub use complexity::ComplexityParams;
-pub use forward::DEFAULT_ROWS_PER_PASS;
+pub use forward::{DEFAULT_CPU_ROWS_PER_PASS, DEFAULT_ROWS_PER_PASS};
 pub use mu_fidelity::MuFidelityParams;
 pub use pixel_flipping::{AbpcParams, Curves, Order, PixelFlippingParams};
 pub use pooling::Pooling;
@@ -390,7 +390,7 @@ pub async fn evaluate_async(
         model,
         row_dims: [c, h, w],
         widest_row,
-        rows_per_pass: batch_size.unwrap_or(DEFAULT_ROWS_PER_PASS),
+        rows_per_pass: batch_size,
         memory_limit: request.memory_limit,
     };
     // Metrics that flip pixels with the same parameters share one set of curves.

@@ -193,6 +193,74 @@ test('scores: the page scores a heatmap as the CLI does, and draws its flipping 
   }
 });
 
+// The sanity check on the same heatmap: a verdict a person can read, the similarity curve, and
+// the value the CLI gets for the same attributions and method.
+test('sanity check: one button gives a verdict, a curve, and the value the CLI gets', async () => {
+  await page.click('#sanity');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle' && /^Scored /.test(document.getElementById('status').textContent), null, { timeout: 300_000 });
+  assert.equal(await page.$eval('#error', (e) => e.textContent), '');
+  const verdict = await page.$eval('#verdict', (e) => ({ hidden: e.hidden, level: e.dataset.level, text: e.textContent }));
+  assert.equal(verdict.hidden, false);
+  assert.match(verdict.text, /^[✓△✗] .*layers/);
+  assert.equal(await page.$eval('#similarity', (c) => c.hidden), false);
+  // The scores shown before stay, the check's row added.
+  const rows = await page.$$eval('#scores tr', (trs) => trs.map((tr) => tr.textContent.split(/[↑↓]/)[0].trim()));
+  assert.deepEqual(rows, ['AbPC', 'MoRF', 'LeRF', 'Complexity', 'Randomisation']);
+  await screenshot(page, 'sanity-check-lrp-epsilon-plus');
+  const ours = await page.evaluate(() => window.xaiApp.state.last.evaluation.scores.randomisation);
+  const report = join(work, 'randomisation.json');
+  const cli = spawnSync(
+    CLI,
+    ['evaluate', '--model', MODEL, '--input', input, '--attributions', join(work, 'page-lrp-epsilon-plus.safetensors'),
+      '--made-by', 'lrp-epsilon-plus', '--metric', 'randomisation', '--out', report],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
+  const theirs = JSON.parse(readFileSync(report, 'utf8')).metrics.randomisation[0];
+  console.log(`randomisation: page ${ours}, CLI ${theirs}; ${verdict.text}`);
+  assert.ok(Math.abs(ours - theirs) <= 1e-4, `page ${ours} vs CLI ${theirs}`);
+});
+
+// Optimise on the shown heatmap (LRP-EpsilonPlus: its epsilon): three trials on the page find
+// the parameters and objectives the CLI finds with the same seed; a longer run is cancelled and
+// the page keeps working.
+test('optimise: the page tunes as the CLI does, side by side, and a run can be cancelled', async () => {
+  await page.fill('#n-trials', '3');
+  await page.click('#optimise');
+  await page.waitForFunction(
+    () => document.body.dataset.state === 'idle' && /^(Optimised|Failed)/.test(document.getElementById('status').textContent),
+    null,
+    { timeout: 300_000 },
+  );
+  assert.equal(await page.$eval('#error', (e) => e.textContent), '');
+  assert.equal(await page.$eval('#optimised', (e) => e.hidden), false);
+  const rows = await page.$$eval('#optimised-params tr', (trs) => trs.map((tr) => [...tr.children].map((c) => c.textContent)));
+  assert.deepEqual(rows.map((r) => r[0]), ['', 'epsilon', 'AbPC']);
+  const [, , found] = rows[2];
+  assert.ok(Number(found) >= Number(rows[2][1]), `found ${found} < as set ${rows[2][1]}`);
+  await screenshot(page, 'optimise-lrp-epsilon-plus');
+  const report = join(work, 'optimise.json');
+  const cli = spawnSync(
+    CLI,
+    ['optimize', '--model', MODEL, '--input', input, '--method', 'lrp-epsilon-plus', '--metric', 'abpc', '--n-trials', '3',
+      '--fixed-pooling', '--out', report],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
+  const theirs = JSON.parse(readFileSync(report, 'utf8'));
+  const ours = await page.evaluate(() => window.xaiApp.state.found.params);
+  assert.equal(ours.epsilon, theirs.best.params.epsilon);
+  assert.ok(Math.abs(Number(found) - theirs.best.objective) < 1e-3, `page ${found} vs CLI ${theirs.best.objective}`);
+
+  await page.fill('#n-trials', '50');
+  await page.click('#optimise');
+  await page.waitForFunction(() => /trial: [1-9]/.test(document.getElementById('status').textContent), null, { timeout: 120_000 });
+  await page.click('#cancel');
+  assert.equal(await page.$eval('#status', (e) => e.textContent), 'Cancelled.');
+  await page.click('#explain');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle' && /^Done: /.test(document.getElementById('status').textContent), null, { timeout: 300_000 });
+});
+
 test('no errors in the console', () => {
   assert.deepEqual(errors, []);
 });
