@@ -499,3 +499,64 @@ fn wgpu_device_matches_cpu() {
     let device = line["device"].as_str().unwrap();
     assert!(device != "cpu" && !device.is_empty(), "the adapter is named: {device}");
 }
+
+/// `evaluate` in the form outside checks use: an explanation file written by `explain`, scored
+/// with the metrics into `{"metrics": {name: [one value per sample]}}`; AbPC equals pnpxai's
+/// (the metric fixtures' `abpc_gradient` for the MNIST VGG's signed saliency); options for a
+/// metric not asked for, and a report that is not .json/.csv, are refused.
+#[test]
+fn evaluate_scores_an_explanation_file() {
+    let dir = scratch("evaluate_scores_an_explanation_file");
+    explain_vgg(&dir, "gradient", &[]);
+    let report = dir.join("r.json");
+    let args = |extra: &[&str], out: &Path| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "evaluate",
+            "--model",
+            &fixture("vgg.safetensors").display().to_string(),
+            "--graph",
+            &fixture("vgg.graph.json").display().to_string(),
+            "--input",
+            &fixture("vgg_refs.safetensors").display().to_string(),
+            "--attributions",
+            &dir.join("gradient.safetensors").display().to_string(),
+            "--metric",
+            "abpc,morf,lerf,mu-fidelity,complexity",
+            "--seed",
+            "0",
+            "--out",
+            &out.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    assert_ok(&run(&args(&[], &report)));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let metrics = json["metrics"].as_object().unwrap();
+    assert_eq!(metrics.len(), 5);
+    for values in metrics.values() {
+        assert_eq!(values.as_array().unwrap().len(), 4, "one value per sample");
+    }
+    let reference = common::Refs::load(&common::fixture("metrics/mnist_vgg_metrics.safetensors"));
+    let pnpxai = reference
+        .get("abpc_gradient")
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    for (ours, theirs) in metrics["abpc"].as_array().unwrap().iter().zip(&pnpxai) {
+        assert!((ours.as_f64().unwrap() - theirs).abs() < 1e-4, "{ours} vs {theirs}");
+    }
+    let unasked = run(&args(&["--sensitivity-epsilon", "0.1"], &report));
+    assert!(!unasked.status.success());
+    assert!(
+        stderr(&unasked).contains("--sensitivity-epsilon"),
+        "{}",
+        stderr(&unasked)
+    );
+    let wrong = run(&args(&[], &dir.join("r.txt")));
+    assert!(!wrong.status.success());
+    assert!(stderr(&wrong).contains(".json or .csv"), "{}", stderr(&wrong));
+}

@@ -2,7 +2,7 @@
 //! from a method run here, over an input tensor file, a photo or a folder of photos; writes
 //! `{"metrics": {"abpc": [one value per sample], ...}}` (or CSV).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
@@ -13,7 +13,7 @@ use candle_xai::metrics::{evaluate, Evaluation, EvaluationRequest, Metric, Pooli
 use candle_xai::{explain, Error, Progress, Request, Targets};
 
 use super::method_flags::MethodFlags;
-use super::{is_photo, load_model, progress_bar, read, write, CliError, CliResult, ModelArgs};
+use super::{load_model, photos_in, progress_bar, read, write, CliError, CliResult, ModelArgs};
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -377,34 +377,6 @@ fn sample_rows(evaluation: &Evaluation, name: impl Fn(usize) -> String) -> Vec<R
             }
         })
         .collect()
-}
-
-pub(super) fn photos_in(input: &Path) -> CliResult<Vec<PathBuf>> {
-    if !input.is_dir() {
-        return match is_photo(input) {
-            true => Ok(vec![input.to_path_buf()]),
-            false => Err(CliError::Usage(format!(
-                "--input {}: give a .safetensors tensor file, a png/jpg/jpeg/webp photo or a folder of them",
-                input.display()
-            ))),
-        };
-    }
-    let entries = std::fs::read_dir(input).map_err(|source| Error::Io {
-        path: input.to_path_buf(),
-        source,
-    })?;
-    let mut photos: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_photo(p))
-        .collect();
-    photos.sort();
-    match photos.is_empty() {
-        true => Err(CliError::Usage(format!(
-            "{} holds no png, jpg, jpeg or webp images",
-            input.display()
-        ))),
-        false => Ok(photos),
-    }
 }
 
 /// NaN (an undefined value) is written as null.

@@ -476,21 +476,7 @@ fn explain_photos(
         println!("{}", photo.summary);
         return Ok(photo.explain_ms);
     }
-    let entries = std::fs::read_dir(image).map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })?;
-    let mut photos: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_photo(p))
-        .collect();
-    photos.sort();
-    if photos.is_empty() {
-        return Err(CliError::Usage(format!(
-            "{} holds no png, jpg, jpeg or webp images",
-            image.display()
-        )));
-    }
+    let photos = photos_in(image)?;
     std::fs::create_dir_all(out).map_err(|source| CliError::Write {
         path: out.to_path_buf(),
         source,
@@ -520,6 +506,35 @@ fn explain_photos(
         });
     }
     Ok(explain_ms)
+}
+
+/// The photo `input`, or the photos in the folder `input` (sorted); an error when there are none.
+fn photos_in(input: &Path) -> CliResult<Vec<PathBuf>> {
+    if !input.is_dir() {
+        return match is_photo(input) {
+            true => Ok(vec![input.to_path_buf()]),
+            false => Err(CliError::Usage(format!(
+                "--input {}: give a .safetensors tensor file, a png/jpg/jpeg/webp photo or a folder of them",
+                input.display()
+            ))),
+        };
+    }
+    let entries = std::fs::read_dir(input).map_err(|source| Error::Io {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let mut photos: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_photo(p))
+        .collect();
+    photos.sort();
+    match photos.is_empty() {
+        true => Err(CliError::Usage(format!(
+            "{} holds no png, jpg, jpeg or webp images",
+            input.display()
+        ))),
+        false => Ok(photos),
+    }
 }
 
 fn png_name(photo: &Path) -> PathBuf {

@@ -12,9 +12,8 @@ use candle_xai::metrics::Pooling;
 use candle_xai::tuning::{optimize, recommend, Objective, OptimizeRequest};
 use candle_xai::{Method, Model, Progress, Targets};
 
-use super::evaluate::photos_in;
 use super::method_flags::MethodFlags;
-use super::{load_model, progress_bar, read, write, CliError, CliResult, ModelArgs};
+use super::{load_model, photos_in, progress_bar, read, write, CliError, CliResult, ModelArgs};
 
 #[derive(Args)]
 pub struct OptimizeArgs {
