@@ -359,11 +359,15 @@ pub async fn evaluate_async(
         }
     }
     let host_input = model.check_input(input)?;
-    let channels = attribution_channels(host_input.dims(), attributions.dims())?;
-    let attribution_values = attributions
+    let mut channels = attribution_channels(host_input.dims(), attributions.dims())?;
+    let mut attribution_values = attributions
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    if request.pooling != Pooling::None && channels > 1 {
+        attribution_values = request.pooling.apply(&attribution_values, host_input.dim(0)?, channels);
+        channels = 1;
+    }
     if let Some(bad) = attribution_values.iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid_parameter(
             "attributions",

@@ -363,3 +363,47 @@ fn randomisation_resnet() {
 fn randomisation_vgg_wgpu() {
     randomisation("vgg", &Device::Wgpu(crate::common::wgpu_device()));
 }
+
+/// `pooling` is applied before scoring: ResNet-18's Input x Gradient ([N, 3, H, W]) scored with
+/// pooling `sumpos` equals the same attributions pooled by hand ([N, H, W]) scored as given;
+/// and the pooling changes the scores (it is not ignored).
+#[test]
+fn pooling_is_applied_before_scoring() {
+    let (model, refs) = super::torchvision_parity::load("resnet18");
+    let inputs = refs.f32("inputs");
+    let targets = Targets::Classes(refs.targets());
+    let explainer = Request {
+        targets: targets.clone(),
+        ..Request::new(Method::InputXGradient)
+    };
+    let attributions = candle_xai::explain(&model, &inputs, &explainer, &mut Progress::none())
+        .unwrap()
+        .attributions;
+    let score = |a: &Tensor, pooling: Pooling| -> Vec<f64> {
+        let request = EvaluationRequest {
+            metrics: vec![
+                Metric::from_name("abpc").unwrap(),
+                Metric::from_name("complexity").unwrap(),
+            ],
+            targets: targets.clone(),
+            explainer: Some(explainer.clone()),
+            memory_limit: None,
+            pooling,
+        };
+        let scores = evaluate(&model, &inputs, a, &request, &mut Progress::none())
+            .unwrap()
+            .scores;
+        scores.into_iter().flat_map(|s| s.values).collect()
+    };
+    let (n, c, h, w) = attributions.dims4().unwrap();
+    let values = attributions.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let by_hand = Tensor::from_vec(
+        Pooling::Sumpos.apply(&values, n, c),
+        (n, h, w),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let pooled = score(&attributions, Pooling::Sumpos);
+    assert_eq!(pooled, score(&by_hand, Pooling::None));
+    assert_ne!(pooled, score(&attributions, Pooling::None));
+}
