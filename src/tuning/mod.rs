@@ -156,7 +156,7 @@ pub async fn optimize_async(
         &targets,
         &request.method,
         &request.objective,
-        request,
+        request.memory_limit,
         &[],
     )
     .await
@@ -172,7 +172,16 @@ pub async fn optimize_async(
                 } else {
                     &[]
                 };
-                run_trial(model, &samples, &targets, &method, &objective, request, prune_against).await
+                run_trial(
+                    model,
+                    &samples,
+                    &targets,
+                    &method,
+                    &objective,
+                    request.memory_limit,
+                    prune_against,
+                )
+                .await
             }
             Err(e) => Outcome::Failed(e),
         };
@@ -231,25 +240,15 @@ pub async fn recommend_async(
     objective: &Objective,
     progress: &mut Progress<'_>,
 ) -> Result<Vec<Ranked>> {
+    if methods.is_empty() {
+        return Err(Error::invalid_parameter("methods", "none given"));
+    }
     let targets = targets.resolve(&logits_of(model, input).await?)?;
     let samples = split_samples(input)?;
-    let request = OptimizeRequest {
-        method: methods
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::invalid_parameter("methods", "none given"))?,
-        objective: objective.clone(),
-        n_trials: 1,
-        seed: 0,
-        targets: Targets::TopPrediction,
-        prune: false,
-        tune_pooling: false,
-        memory_limit: None,
-    };
     let mut ranked = Vec::with_capacity(methods.len());
     for (i, method) in methods.iter().enumerate() {
         progress.report(i, methods.len())?;
-        let trial = run_trial(model, &samples, &targets, method, objective, &request, &[])
+        let trial = run_trial(model, &samples, &targets, method, objective, None, &[])
             .await
             .into_trial(i, Map::new());
         ranked.push(Ranked {
@@ -320,11 +319,11 @@ async fn run_trial(
     targets: &[usize],
     method: &Method,
     objective: &Objective,
-    request: &OptimizeRequest,
+    memory_limit: Option<u64>,
     prune_against: &[Vec<f64>],
 ) -> Outcome {
     let explainer = Request {
-        memory_limit: request.memory_limit,
+        memory_limit,
         ..Request::new(method.clone())
     };
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -336,7 +335,7 @@ async fn run_trial(
                 ..explainer.clone()
             };
             let explanation = explain_async(model, sample, &request_b, &mut Progress::none()).await?;
-            let evaluation = objective.request(&targets[b..=b], &explainer, request.memory_limit);
+            let evaluation = objective.request(&targets[b..=b], &explainer, memory_limit);
             evaluate_async(
                 model,
                 sample,

@@ -13,7 +13,9 @@ use candle_xai::metrics::{evaluate, Evaluation, EvaluationRequest, Metric, Pooli
 use candle_xai::{explain, Error, Progress, Request, Targets};
 
 use super::method_flags::MethodFlags;
-use super::{load_model, photos_in, progress_bar, read, write, CliError, CliResult, ModelArgs};
+use super::{
+    bar_progress, load_model, photos_in, progress_bar, read, targets_from, write, CliError, CliResult, ModelArgs,
+};
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -220,11 +222,7 @@ pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
     };
     let names: Vec<&str> = request.metrics.iter().map(|m| m.name()).collect();
     let bar = progress_bar(1, "{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})");
-    let mut report = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        true
-    };
+    let mut report = bar_progress(&bar);
     let mut rows = Vec::new();
     if args.input.extension().and_then(|e| e.to_str()) == Some("safetensors") {
         let file = read_inputs(&read(&args.input)?, &args.input.display().to_string())?;
@@ -235,11 +233,7 @@ pub fn run_evaluate(args: &EvaluateArgs) -> CliResult<()> {
             }
             None => (None, file.targets),
         };
-        request.targets = match (args.target, file_targets) {
-            (Some(t), _) => Targets::Classes(vec![t]),
-            (None, Some(ts)) => Targets::Classes(ts),
-            (None, None) => Targets::TopPrediction,
-        };
+        request.targets = targets_from(args.target, file_targets);
         bar.set_message("scoring");
         let evaluation = score(
             &model,

@@ -382,6 +382,25 @@ fn progress_bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
+/// A progress callback that moves `bar`.
+fn bar_progress(bar: &ProgressBar) -> impl FnMut(usize, usize) -> bool + '_ {
+    |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        true
+    }
+}
+
+/// The classes to explain: `--target` for every sample, else the file's `targets`, else
+/// each sample's top-1 prediction.
+fn targets_from(flag: Option<i64>, file: Option<Vec<i64>>) -> Targets {
+    match (flag, file) {
+        (Some(t), _) => Targets::Classes(vec![t]),
+        (None, Some(ts)) => Targets::Classes(ts),
+        (None, None) => Targets::TopPrediction,
+    }
+}
+
 /// Runs `explain`, showing its progress; returns the explanation and the milliseconds it took.
 fn timed_explain(
     model: &Model,
@@ -392,11 +411,7 @@ fn timed_explain(
     let started = Instant::now();
     let explanation = match bar {
         Some(bar) => {
-            let mut report = |done: usize, total: usize| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                true
-            };
+            let mut report = bar_progress(bar);
             explain(model, input, request, &mut Progress::new(&mut report))?
         }
         None => explain(model, input, request, &mut Progress::none())?,
@@ -412,11 +427,7 @@ fn explain_tensors(model: &Model, mut request: Request, input: &Path, args: &Exp
         )));
     }
     let file = read_inputs(&read(input)?, &input.display().to_string())?;
-    request.targets = match (args.target, file.targets) {
-        (Some(t), _) => Targets::Classes(vec![t]),
-        (None, Some(ts)) => Targets::Classes(ts),
-        (None, None) => Targets::TopPrediction,
-    };
+    request.targets = targets_from(args.target, file.targets);
     let bar = progress_bar(1, "{spinner} explaining [{bar:40}] {pos}/{len} ({elapsed})");
     let (explanation, explain_ms) = timed_explain(model, &file.inputs, &request, Some(&bar))?;
     bar.finish_and_clear();

@@ -13,22 +13,67 @@ use candle_xai::tuning::{optimize, recommend, Objective, OptimizeRequest};
 use candle_xai::{Method, Model, Progress, Targets};
 
 use super::method_flags::MethodFlags;
-use super::{load_model, photos_in, progress_bar, read, write, CliError, CliResult, ModelArgs};
+use super::{
+    bar_progress, load_model, photos_in, progress_bar, read, targets_from, write, CliError, CliResult, ModelArgs,
+};
 
+/// What `optimize` and `recommend` both take: the model, the samples, the objective and where
+/// the report goes.
 #[derive(Args)]
-pub struct OptimizeArgs {
+struct TuningArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Safetensors with `inputs` (and `targets`), a photo, or a folder of photos
     #[arg(long, value_name = "X.safetensors|PHOTO|DIR")]
     input: PathBuf,
-    /// The method to tune; method options given here stay fixed
-    #[arg(long, value_name = "NAME")]
-    method: String,
     /// The objective: metrics with optional weights, maximised (lower-is-better metrics
     /// count negatively): `abpc`, `abpc:1,complexity:0.1`
     #[arg(long, value_name = "METRIC[:W],...", default_value = "abpc")]
     metric: String,
+    /// Pooling of the attributions before scoring, as for `evaluate` (optimize: the defaults
+    /// trial's, searched unless --fixed-pooling): none, sumpos, sumabs, l1norm, maxnorm, l2norm,
+    /// l2normsq, possum, posmaxnorm, posl2norm, posl2normsq
+    #[arg(long, value_name = "NAME", default_value = "none", value_parser = super::evaluate::parse_pooling)]
+    pooling: Pooling,
+    /// This class for every sample (default: `targets` from the file, else the top-1)
+    #[arg(long, value_name = "N")]
+    target: Option<i64>,
+    /// cpu; wgpu; or cuda (cuda:N) when built with the `cuda` feature
+    #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
+    device: String,
+    /// R.json: optimize writes the defaults, the best trial, its method JSON and every trial;
+    /// recommend the methods best first, each with its objective and metric means
+    #[arg(long, value_name = "R.json")]
+    out: PathBuf,
+}
+
+impl TuningArgs {
+    /// The objective, the model on its device, and the batch with its classes.
+    fn load(&self) -> CliResult<(Objective, Model, Tensor, Targets)> {
+        let objective = Objective {
+            pooling: self.pooling,
+            ..Objective::parse(&self.metric)?
+        };
+        let model = load_model(&self.model, &candle_xai::Device::open(&self.device)?)?;
+        let (inputs, targets) = batch(&model, &self.input, self.target)?;
+        Ok((objective, model, inputs, targets))
+    }
+
+    fn write_report(&self, report: &impl serde::Serialize) -> CliResult<()> {
+        write(
+            &self.out,
+            format!("{}\n", serde_json::to_string_pretty(report).unwrap_or_default()).as_bytes(),
+        )
+    }
+}
+
+#[derive(Args)]
+pub struct OptimizeArgs {
+    #[command(flatten)]
+    common: TuningArgs,
+    /// The method to tune; method options given here stay fixed
+    #[arg(long, value_name = "NAME")]
+    method: String,
     /// Trials after the defaults
     #[arg(long, value_name = "N", default_value_t = 50)]
     n_trials: usize,
@@ -38,19 +83,6 @@ pub struct OptimizeArgs {
     /// Keep the pooling over channels fixed (--pooling) instead of searching it too
     #[arg(long)]
     fixed_pooling: bool,
-    /// Pooling of the attributions before scoring (the defaults trial's; searched unless
-    /// --fixed-pooling): none, sumpos, sumabs, l1norm, maxnorm, l2norm, l2normsq, possum,
-    /// posmaxnorm, posl2norm, posl2normsq
-    #[arg(long, value_name = "NAME", default_value = "none", value_parser = super::evaluate::parse_pooling)]
-    pooling: Pooling,
-    /// Tune for this class for every sample (default: `targets` from the file, else the top-1)
-    #[arg(long, value_name = "N")]
-    target: Option<i64>,
-    #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
-    device: String,
-    /// R.json: the defaults, the best trial, its method JSON and every trial
-    #[arg(long, value_name = "R.json")]
-    out: PathBuf,
     #[command(flatten)]
     method_flags: MethodFlags,
 }
@@ -58,26 +90,10 @@ pub struct OptimizeArgs {
 #[derive(Args)]
 pub struct RecommendArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    /// Safetensors with `inputs` (and `targets`), a photo, or a folder of photos
-    #[arg(long, value_name = "X.safetensors|PHOTO|DIR")]
-    input: PathBuf,
-    /// The objective, as for `optimize`
-    #[arg(long, value_name = "METRIC[:W],...", default_value = "abpc")]
-    metric: String,
-    /// Pooling of the attributions before scoring, as for `evaluate`
-    #[arg(long, value_name = "NAME", default_value = "none", value_parser = super::evaluate::parse_pooling)]
-    pooling: Pooling,
+    common: TuningArgs,
     /// Comma-separated methods to rank, with their defaults [default: every method that applies to the model]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     methods: Vec<String>,
-    #[arg(long, value_name = "N")]
-    target: Option<i64>,
-    #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
-    device: String,
-    /// R.json: the methods best first, each with its objective and metric means
-    #[arg(long, value_name = "R.json")]
-    out: PathBuf,
 }
 
 /// The batch to tune on and its classes: a tensor file's, or the photos preprocessed and stacked.
@@ -95,20 +111,7 @@ fn batch(model: &Model, input: &Path, target: Option<i64>) -> CliResult<(Tensor,
             .collect::<CliResult<Vec<_>>>()?;
         (Tensor::cat(&rows, 0)?, None)
     };
-    let targets = match (target, targets) {
-        (Some(t), _) => Targets::Classes(vec![t]),
-        (None, Some(ts)) => Targets::Classes(ts),
-        (None, None) => Targets::TopPrediction,
-    };
-    Ok((inputs, targets))
-}
-
-fn bar_progress(bar: &indicatif::ProgressBar) -> impl FnMut(usize, usize) -> bool + '_ {
-    |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        true
-    }
+    Ok((inputs, targets_from(target, targets)))
 }
 
 pub fn run_optimize(args: &OptimizeArgs) -> CliResult<()> {
@@ -120,12 +123,7 @@ pub fn run_optimize(args: &OptimizeArgs) -> CliResult<()> {
         None => 0,
     };
     let method = method_flags.method(&args.method)?;
-    let objective = Objective {
-        pooling: args.pooling,
-        ..Objective::parse(&args.metric)?
-    };
-    let model = load_model(&args.model, &candle_xai::Device::open(&args.device)?)?;
-    let (inputs, targets) = batch(&model, &args.input, args.target)?;
+    let (objective, model, inputs, targets) = args.common.load()?;
     let request = OptimizeRequest {
         method,
         objective,
@@ -143,10 +141,7 @@ pub fn run_optimize(args: &OptimizeArgs) -> CliResult<()> {
     let mut report = bar_progress(&bar);
     let found = optimize(&model, &inputs, &request, &mut Progress::new(&mut report))?;
     bar.finish_and_clear();
-    write(
-        &args.out,
-        format!("{}\n", serde_json::to_string_pretty(&found).unwrap_or_default()).as_bytes(),
-    )?;
+    args.common.write_report(&found)?;
     let shown = |o: Option<f64>| o.map_or("failed".to_string(), |v| format!("{v:.6}"));
     let pruned = found.trials.iter().filter(|t| t.state == "pruned").count();
     println!(
@@ -159,16 +154,12 @@ pub fn run_optimize(args: &OptimizeArgs) -> CliResult<()> {
         found.best.number,
         found.trials.len(),
     );
-    println!("wrote {}", args.out.display());
+    println!("wrote {}", args.common.out.display());
     Ok(())
 }
 
 pub fn run_recommend(args: &RecommendArgs) -> CliResult<()> {
-    let objective = Objective {
-        pooling: args.pooling,
-        ..Objective::parse(&args.metric)?
-    };
-    let model = load_model(&args.model, &candle_xai::Device::open(&args.device)?)?;
+    let (objective, model, inputs, targets) = args.common.load()?;
     let names: Vec<String> = match args.methods.is_empty() {
         true => Method::applicable_to(&model).into_iter().map(String::from).collect(),
         false => args.methods.clone(),
@@ -177,7 +168,6 @@ pub fn run_recommend(args: &RecommendArgs) -> CliResult<()> {
         .iter()
         .map(|name| Method::from_name(name))
         .collect::<Result<Vec<_>, _>>()?;
-    let (inputs, targets) = batch(&model, &args.input, args.target)?;
     let bar = progress_bar(
         methods.len() as u64,
         "{spinner} methods [{bar:40}] {pos}/{len} ({elapsed})",
@@ -192,16 +182,13 @@ pub fn run_recommend(args: &RecommendArgs) -> CliResult<()> {
         &mut Progress::new(&mut report),
     )?;
     bar.finish_and_clear();
-    write(
-        &args.out,
-        format!("{}\n", serde_json::to_string_pretty(&ranked).unwrap_or_default()).as_bytes(),
-    )?;
+    args.common.write_report(&ranked)?;
     for (rank, r) in ranked.iter().enumerate() {
         match (r.objective, &r.error) {
             (Some(o), _) => println!("{:2}. {:32} {o:.6}", rank + 1, r.method),
             (None, e) => println!("    {:32} failed: {}", r.method, e.as_deref().unwrap_or("")),
         }
     }
-    println!("wrote {}", args.out.display());
+    println!("wrote {}", args.common.out.display());
     Ok(())
 }
