@@ -479,6 +479,30 @@ function cancelRun() {
   }
 }
 
+/** Runs `work(runId)` as the page's one run: the previous run cancelled, the progress bar and
+ * the controls set, a cancel or a failure reported (`failing` names what failed). The work
+ * checks `runId` after each await: a newer run supersedes it. */
+async function exclusiveRun(failing, work) {
+  cancelRun();
+  const runId = ++state.runId;
+  showError('');
+  begin();
+  setRunning(true);
+  try {
+    await work(runId);
+  } catch (e) {
+    if (runId !== state.runId) return;
+    if (e instanceof CancelledError) setStatus('Cancelled.');
+    else {
+      setStatus('Failed.');
+      showError(`${failing} failed: ${e.message}`);
+    }
+  } finally {
+    if (runId === state.runId) setRunning(false);
+    end();
+  }
+}
+
 async function runOne(methodName, runId, prefix) {
   const request = requestFor(methodName);
   return state.explainer.explain(state.prepared, {
@@ -493,30 +517,15 @@ async function runOne(methodName, runId, prefix) {
 
 async function explain() {
   if (!state.explainer || !state.prepared) return;
-  cancelRun();
-  const runId = ++state.runId;
   const method = currentMethod();
-  showError('');
-  begin();
-  setRunning(true);
-  setStatus(`Explaining with ${method.label}…`);
-  try {
+  await exclusiveRun(method.label, async (runId) => {
+    setStatus(`Explaining with ${method.label}…`);
     const result = await runOne(method.name, runId, method.label);
     if (runId !== state.runId) return;
     showResult(result);
     noteFallback(result);
     setStatus(`Done: ${method.label} in ${formatMs(result.elapsedMs)} on ${deviceOf(result)}.`);
-  } catch (e) {
-    if (runId !== state.runId) return;
-    if (e instanceof CancelledError) setStatus('Cancelled.');
-    else {
-      setStatus('Failed.');
-      showError(`${method.label} failed: ${e.message}`);
-    }
-  } finally {
-    if (runId === state.runId) setRunning(false);
-    end();
-  }
+  });
 }
 
 function deviceOf(result, { named = false } = {}) {
@@ -618,31 +627,16 @@ async function evaluateShown(metrics) {
     if (result) setStatus('Tick at least one metric to score the heatmap.');
     return;
   }
-  cancelRun();
-  const runId = ++state.runId;
-  showError('');
-  begin();
-  setRunning(true);
   const label = methodLabel(result.method);
-  setStatus(`Scoring ${label}…`);
-  try {
+  await exclusiveRun(`Scoring ${label}`, async (runId) => {
+    setStatus(`Scoring ${label}…`);
     const evaluation = await scoreOne(result, runId, `Scoring ${label}`, asked);
     if (runId !== state.runId) return;
     // A sanity check adds to the scores already shown rather than replacing them.
     result.evaluation = mergeEvaluations(result.evaluation, evaluation);
     if (state.last === result) showScores(result.evaluation);
     setStatus(`Scored ${label} in ${formatMs(evaluation.elapsedMs)}.`);
-  } catch (e) {
-    if (runId !== state.runId) return;
-    if (e instanceof CancelledError) setStatus('Cancelled.');
-    else {
-      setStatus('Failed.');
-      showError(`Scoring ${label} failed: ${e.message}`);
-    }
-  } finally {
-    if (runId === state.runId) setRunning(false);
-    end();
-  }
+  });
 }
 
 async function drawColorbar() {
@@ -787,16 +781,11 @@ function formatParameter(v) {
 async function optimiseShown() {
   const result = state.last;
   if (!result) return;
-  cancelRun();
-  const runId = ++state.runId;
-  showError('');
-  begin();
-  setRunning(true);
-  $('optimised').hidden = true;
   const label = methodLabel(result.method);
   const nTrials = Math.max(1, Math.min(200, Math.round(Number($('n-trials').value)) || 20));
-  setStatus(`Optimising ${label}…`);
-  try {
+  await exclusiveRun(`Optimising ${label}`, async (runId) => {
+    $('optimised').hidden = true;
+    setStatus(`Optimising ${label}…`);
     const found = await state.explainer.optimize(result, {
       objective: $('objective').value,
       nTrials,
@@ -820,17 +809,7 @@ async function optimiseShown() {
     setStatus(
       `Optimised ${label} in ${formatMs(found.elapsedMs)}: ${found.trials.length} trials, objective ${found.defaults.objective.toFixed(3)} → ${found.best.objective.toFixed(3)}${gain > 0 ? '' : ' (the parameters as set were best)'}.`,
     );
-  } catch (e) {
-    if (runId !== state.runId) return;
-    if (e instanceof CancelledError) setStatus('Cancelled.');
-    else {
-      setStatus('Failed.');
-      showError(`Optimising ${label} failed: ${e.message}`);
-    }
-  } finally {
-    if (runId === state.runId) setRunning(false);
-    end();
-  }
+  });
 }
 
 /** The parameters found next to those set, and the two heatmaps side by side. */

@@ -448,29 +448,19 @@ export class Explainer {
       if (!EXPLAIN_OPTIONS.has(key)) params = { ...params, [key]: value };
     }
     params = JSON.stringify(params);
-    if (options.signal?.aborted) throw new CancelledError();
-    const abort = () => this.cancel();
-    options.signal?.addEventListener('abort', abort, { once: true });
-    const started = performance.now();
-    let result;
-    try {
-      result = await this.#engine.call(
-        'explain',
-        {
-          input: prepared.input,
-          shape: prepared.shape,
-          method,
-          params,
-          target: options.target ?? null,
-          layer: options.layer ?? null,
-        },
-        { onProgress: options.onProgress },
-      );
-    } finally {
-      options.signal?.removeEventListener('abort', abort);
-    }
-    this.#engine.noteFallback(result);
-    result.elapsedMs = performance.now() - started;
+    const { result, elapsedMs } = await this.#run(
+      'explain',
+      {
+        input: prepared.input,
+        shape: prepared.shape,
+        method,
+        params,
+        target: options.target ?? null,
+        layer: options.layer ?? null,
+      },
+      options,
+    );
+    result.elapsedMs = elapsedMs;
     result.label = this.labelOf(result.target);
     result.probabilities = softmax(result.logits);
     result.top5 = topClasses(result.probabilities, 5, (index) => this.labelOf(index));
@@ -493,32 +483,21 @@ export class Explainer {
    * randomised, similarity} (the sanity check's curve) when 'randomisation' was, elapsedMs}.
    */
   async evaluate(result, options = {}) {
-    const metrics = options.metrics ?? DEFAULT_METRICS;
-    if (options.signal?.aborted) throw new CancelledError();
-    const abort = () => this.cancel();
-    options.signal?.addEventListener('abort', abort, { once: true });
-    const started = performance.now();
-    let evaluation;
-    try {
-      evaluation = await this.#engine.call(
-        'evaluate',
-        {
-          input: result.prepared.input,
-          shape: result.prepared.shape,
-          attributions: result.attributions,
-          attributionsShape: result.shape,
-          metrics,
-          target: result.target,
-          method: result.method,
-          params: result.params,
-        },
-        { onProgress: options.onProgress },
-      );
-    } finally {
-      options.signal?.removeEventListener('abort', abort);
-    }
-    this.#engine.noteFallback(evaluation);
-    const out = { scores: {}, higherIsBetter: {}, curves: null, elapsedMs: performance.now() - started };
+    const { result: evaluation, elapsedMs } = await this.#run(
+      'evaluate',
+      {
+        input: result.prepared.input,
+        shape: result.prepared.shape,
+        attributions: result.attributions,
+        attributionsShape: result.shape,
+        metrics: options.metrics ?? DEFAULT_METRICS,
+        target: result.target,
+        method: result.method,
+        params: result.params,
+      },
+      options,
+    );
+    const out = { scores: {}, higherIsBetter: {}, curves: null, elapsedMs };
     for (const s of evaluation.scores) {
       out.scores[s.metric] = s.values[0] ?? NaN;
       out.higherIsBetter[s.metric] = s.higher_is_better;
@@ -544,32 +523,38 @@ export class Explainer {
    * `explain`), trials, elapsedMs}.
    */
   async optimize(result, options = {}) {
+    const { result: found, elapsedMs } = await this.#run(
+      'optimize',
+      {
+        input: result.prepared.input,
+        shape: result.prepared.shape,
+        method: result.method,
+        params: result.params,
+        target: result.target,
+        objective: options.objective ?? 'abpc',
+        nTrials: options.nTrials ?? 20,
+        seed: options.seed ?? 0,
+      },
+      options,
+    );
+    const { method: _name, ...bestParams } = found.best_method;
+    return { ...found, bestParams, elapsedMs };
+  }
+
+  /** Runs request `type` with `args` in the engine, cancelled through `options.signal` and
+   * reporting to `options.onProgress`: {result (a GPU fallback noted), elapsedMs}. */
+  async #run(type, args, options) {
     if (options.signal?.aborted) throw new CancelledError();
     const abort = () => this.cancel();
     options.signal?.addEventListener('abort', abort, { once: true });
     const started = performance.now();
-    let found;
     try {
-      found = await this.#engine.call(
-        'optimize',
-        {
-          input: result.prepared.input,
-          shape: result.prepared.shape,
-          method: result.method,
-          params: result.params,
-          target: result.target,
-          objective: options.objective ?? 'abpc',
-          nTrials: options.nTrials ?? 20,
-          seed: options.seed ?? 0,
-        },
-        { onProgress: options.onProgress },
-      );
+      const result = await this.#engine.call(type, args, { onProgress: options.onProgress });
+      this.#engine.noteFallback(result);
+      return { result, elapsedMs: performance.now() - started };
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
-    this.#engine.noteFallback(found);
-    const { method: _name, ...bestParams } = found.best_method;
-    return { ...found, bestParams, elapsedMs: performance.now() - started };
   }
 
   /** Cancels the running explanation (its promise rejects with a CancelledError). */
