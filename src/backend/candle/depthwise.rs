@@ -1,7 +1,8 @@
-//! CPU kernels for depthwise convolution (groups == channels, one filter per channel) and
-//! its input-VJP. candle's grouped `conv2d`, like a per-group gemm, runs one tiny product per
-//! channel — hundreds for MobileNetV2's layers; these direct loops make one parallel pass
-//! over the planes, with the zero padding applied on the fly instead of by a padded copy.
+//! Depthwise convolution (groups == channels, one filter per channel) and its input-VJP, on
+//! CPU and (with the `cuda` feature) CUDA. candle's grouped `conv2d`, like a per-group gemm,
+//! runs one tiny product per channel — hundreds for MobileNetV2's layers; these direct loops
+//! make one parallel pass over the planes, with the zero padding applied on the fly instead of
+//! by a padded copy. The CUDA kernels (kernels.cu) add the taps in the CPU loops' order.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -38,6 +39,40 @@ struct Depthwise {
     sliding: Sliding,
     /// None: forward. Some(input size): the transpose, scattering back onto that size.
     transposed_to: Option<(usize, usize)>,
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_kernels {
+    use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+
+    /// kernels.cu's DepthwiseShape.
+    #[repr(C)]
+    pub struct DepthwiseShape {
+        pub c: u32,
+        pub h: u32,
+        pub w: u32,
+        pub oh: u32,
+        pub ow: u32,
+        pub kh: u32,
+        pub kw: u32,
+        pub stride: u32,
+        pub dilation: u32,
+        pub pad_top: u32,
+        pub pad_left: u32,
+    }
+
+    // SAFETY: plain u32 fields, laid out as the C struct.
+    unsafe impl DeviceRepr for DepthwiseShape {}
+}
+
+impl Depthwise {
+    /// [N, C, H, W] of the output: the forward's [.., Ho, Wo], or the transpose's input size.
+    fn output_dims(&self, (n, c): (usize, usize)) -> (usize, usize, usize, usize) {
+        match self.transposed_to {
+            None => (n, c, self.sliding.out_hw.0, self.sliding.out_hw.1),
+            Some((h, w)) => (n, c, h, w),
+        }
+    }
 }
 
 impl CustomOp2 for Depthwise {
@@ -116,10 +151,54 @@ impl CustomOp2 for Depthwise {
                 }
             }
         });
-        let dims = match self.transposed_to {
-            None => (n, c, oh, ow),
-            Some((h, w)) => (n, c, h, w),
+        Ok((CpuStorage::F32(out), Shape::from(self.output_dims((n, c)))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{f32_view, launch, size};
+        let (n, c, sh, sw) = l1.shape().dims4()?;
+        let (kc, _, kh, kw) = l2.shape().dims4()?;
+        if kc != c {
+            candle_core::bail!("depthwise kernel has {kc} channels, input {c}");
+        }
+        let Sliding {
+            stride,
+            dilation,
+            pad_top,
+            pad_left,
+            out_hw: (oh, ow),
+            ..
+        } = self.sliding;
+        let (h, w, kernel) = match self.transposed_to {
+            None => (sh, sw, "depthwise_forward"),
+            Some((h, w)) if (sh, sw) == (oh, ow) => (h, w, "depthwise_transposed"),
+            Some(_) => candle_core::bail!("depthwise transpose: gradient {sh}x{sw}, expected {oh}x{ow}"),
         };
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        let shape = cuda_kernels::DepthwiseShape {
+            c: size(c)?,
+            h: size(h)?,
+            w: size(w)?,
+            oh: size(oh)?,
+            ow: size(ow)?,
+            kh: size(kh)?,
+            kw: size(kw)?,
+            stride: size(stride)?,
+            dilation: size(dilation)?,
+            pad_top: size(pad_top)?,
+            pad_left: size(pad_left)?,
+        };
+        let (src, filters) = (
+            f32_view(s1, l1, "depthwise-conv2d")?,
+            f32_view(s2, l2, "depthwise-conv2d")?,
+        );
+        let dims = Shape::from(self.output_dims((n, c)));
+        launch(&s1.device, kernel, dims, &[&src, &filters], &shape)
     }
 }

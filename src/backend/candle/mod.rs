@@ -1,14 +1,18 @@
-//! The candle backend: candle's tensors on CPU or CUDA. On CPU the heavy operations run our
-//! own kernels (im2col + gemm convolution, direct depthwise convolution and max pooling,
-//! single-pass element-wise maps); on other candle devices they are composed of candle ops.
+//! The candle backend: candle's tensors on CPU or CUDA. Depthwise convolution and max pooling
+//! run our own direct kernels on both (CPU loops; CUDA kernels in kernels.cu). On CPU the other
+//! heavy operations run our kernels too (im2col + gemm convolution, single-pass element-wise
+//! maps); on CUDA they are candle's ops (its im2col + cuBLAS convolution, its element-wise
+//! kernels).
 
 mod activation;
+mod composed;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod depthwise;
 mod elementwise;
 mod im2col;
-mod max_pool_cpu;
+mod max_pool;
 mod padding;
-mod window_gather;
 
 use candle_core::{DType, Tensor, D};
 
@@ -17,7 +21,6 @@ use crate::error::Result;
 use depthwise::{depthwise_correlate, depthwise_transposed};
 use elementwise::{activation_forward, activation_vjp, channel_affine, on_cpu_f32};
 use im2col::{col2im_transpose, im2col_correlate, Sliding};
-use padding::{flip_hw, insert_zeros_hw, pad_or_crop_hw};
 
 /// A contiguous f32 candle tensor.
 #[derive(Debug, Clone)]
@@ -110,24 +113,7 @@ impl BackendStorage for CandleStorage {
             };
             return Self::wrap(channel_affine(x, &scale, &shift)?);
         }
-        // [C] or [N, C] parameters broadcast as [1 or N, C, 1, ...].
-        let broadcastable = |p: &Self| -> Result<Tensor> {
-            let mut dims = vec![1; x.rank()];
-            let pd = p.0.dims();
-            dims[1] = pd[pd.len() - 1];
-            if pd.len() == 2 {
-                dims[0] = pd[0];
-            }
-            Ok(p.0.reshape(dims)?)
-        };
-        let mut y = x.clone();
-        if let Some(s) = scale {
-            y = y.broadcast_mul(&broadcastable(s)?)?;
-        }
-        if let Some(s) = shift {
-            y = y.broadcast_add(&broadcastable(s)?)?;
-        }
-        Self::wrap(y)
+        Self::wrap(composed::channel_affine(x, scale.map(|s| &s.0), shift.map(|s| &s.0))?)
     }
 
     fn reduce(&self, op: Reduce) -> Result<Self> {
@@ -159,66 +145,41 @@ impl BackendStorage for CandleStorage {
 
     fn conv2d(&self, kernel: &Self, geometry: &WindowGeometry) -> Result<Self> {
         let (x, kernel) = (&self.0, &kernel.0);
-        let (t, b, l, r) = geometry.padding;
         let (h, w) = (x.dim(2)?, x.dim(3)?);
         let out_hw = geometry.output_hw((h, w)).expect("checked by Tensor::conv2d");
+        if is_depthwise(geometry, x.dim(1)?, kernel)? {
+            return Self::wrap(depthwise_correlate(x, kernel, sliding(geometry, out_hw))?);
+        }
         if self.is_cpu() {
-            let sliding = sliding(geometry, out_hw);
-            if is_depthwise(geometry, x.dim(1)?, kernel)? {
-                return Self::wrap(depthwise_correlate(x, kernel, sliding)?);
-            }
-            return Self::wrap(im2col_correlate(x, kernel, sliding)?);
+            return Self::wrap(im2col_correlate(x, kernel, sliding(geometry, out_hw))?);
         }
-        let (stride, dilation, groups) = (geometry.stride, geometry.dilation, geometry.groups);
-        if t == b && l == r && t == l {
-            return Self::wrap(x.conv2d(kernel, t, stride, dilation, groups)?);
-        }
-        let padded = pad_or_crop_hw(x, t as isize, b as isize, l as isize, r as isize, 0.0)?;
-        Self::wrap(padded.conv2d(kernel, 0, stride, dilation, groups)?)
+        Self::wrap(composed::conv2d(x, kernel, geometry)?)
     }
 
-    /// On CPU the columns kernel^T @ grad are scattered back (col2im); elsewhere it is a
-    /// correlation of the zero-inserted gradient with the flipped, in/out-swapped kernel.
+    /// Depthwise by its direct kernel; otherwise on CPU the columns kernel^T @ grad scattered
+    /// back (col2im), elsewhere the composition in `composed.rs`.
     fn conv2d_transposed(&self, kernel: &Self, geometry: &WindowGeometry, input_hw: (usize, usize)) -> Result<Self> {
         let (grad, kernel) = (&self.0, &kernel.0);
-        if self.is_cpu() {
-            let sliding = sliding(geometry, (grad.dim(2)?, grad.dim(3)?));
-            if is_depthwise(geometry, grad.dim(1)?, kernel)? {
-                return Self::wrap(depthwise_transposed(grad, kernel, sliding, input_hw)?);
-            }
-            return Self::wrap(col2im_transpose(grad, kernel, sliding, input_hw)?);
+        let grad_sliding = || -> Result<Sliding> { Ok(sliding(geometry, (grad.dim(2)?, grad.dim(3)?))) };
+        if is_depthwise(geometry, grad.dim(1)?, kernel)? {
+            return Self::wrap(depthwise_transposed(grad, kernel, grad_sliding()?, input_hw)?);
         }
-        let (kh, kw) = geometry.kernel;
-        let (t, _, l, _) = geometry.padding;
-        let spread = insert_zeros_hw(grad, geometry.stride, geometry.stride)?;
-        let (sh, sw) = (spread.dim(2)?, spread.dim(3)?);
-        let reach_h = (geometry.dilation * (kh - 1)) as isize;
-        let reach_w = (geometry.dilation * (kw - 1)) as isize;
-        let top = reach_h - t as isize;
-        let left = reach_w - l as isize;
-        let bottom = input_hw.0 as isize - sh as isize + reach_h - top;
-        let right = input_hw.1 as isize - sw as isize + reach_w - left;
-        let framed = pad_or_crop_hw(&spread, top, bottom, left, right, 0.0)?;
-        let flipped = transpose_kernel(kernel, geometry.groups)?;
-        Self::wrap(framed.conv2d(&flipped, 0, 1, geometry.dilation, geometry.groups)?)
+        if self.is_cpu() {
+            return Self::wrap(col2im_transpose(grad, kernel, grad_sliding()?, input_hw)?);
+        }
+        Self::wrap(composed::conv2d_transposed(grad, kernel, geometry, input_hw)?)
     }
 
     fn max_pool(&self, window: &PoolWindow) -> Result<Self> {
         let x = &self.0;
-        if self.is_cpu() {
-            let out_hw = window
-                .output_hw((x.dim(2)?, x.dim(3)?))
-                .expect("checked by Tensor::max_pool");
-            return Self::wrap(max_pool_cpu::max_pool(x, *window, out_hw)?);
-        }
-        Self::wrap(window_gather::max_pool(x, window)?)
+        let out_hw = window
+            .output_hw((x.dim(2)?, x.dim(3)?))
+            .expect("checked by Tensor::max_pool");
+        Self::wrap(max_pool::max_pool(x, *window, out_hw)?)
     }
 
     fn max_pool_vjp(&self, grad: &Self, window: &PoolWindow) -> Result<Self> {
-        if self.is_cpu() {
-            return Self::wrap(max_pool_cpu::max_pool_vjp(&self.0, &grad.0, *window)?);
-        }
-        Self::wrap(window_gather::max_pool_vjp(&self.0, &grad.0, window)?)
+        Self::wrap(max_pool::max_pool_vjp(&self.0, &grad.0, *window)?)
     }
 
     /// Separable: rows [Ho, H] x X x cols^T [W, Wo], divided by each window's divisor.
@@ -328,17 +289,4 @@ fn sliding(geometry: &WindowGeometry, out_hw: (usize, usize)) -> Sliding {
 fn is_depthwise(geometry: &WindowGeometry, channels: usize, kernel: &Tensor) -> Result<bool> {
     let g = geometry.groups;
     Ok(g > 1 && channels == g && kernel.dim(0)? == g && kernel.dim(1)? == 1)
-}
-
-/// In/out channels swapped per group and flipped in space: the kernel of the transposed
-/// convolution as a plain correlation.
-fn transpose_kernel(kernel: &Tensor, groups: usize) -> Result<Tensor> {
-    let (c_out, c_in_per_group, kh, kw) = kernel.dims4()?;
-    let g = groups;
-    let swapped = kernel
-        .reshape((g, c_out / g, c_in_per_group, kh, kw))?
-        .transpose(1, 2)?
-        .reshape((g * c_in_per_group, c_out / g, kh, kw))?
-        .contiguous()?;
-    flip_hw(&swapped)
 }

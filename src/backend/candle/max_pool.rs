@@ -1,7 +1,7 @@
-//! Max pooling on CPU in one pass: each window's first maximum in row-major order (PyTorch's
-//! tie rule; cells in the padding never win) gives the value forward and takes the whole
-//! gradient backward. The generic path (one-hot window gathering by convolution) is hundreds
-//! of tiny products per batch here; other devices keep it.
+//! Max pooling in one pass, on CPU and (with the `cuda` feature) CUDA: each window's first
+//! maximum in row-major order (PyTorch's tie rule; cells in the padding never win) gives the
+//! value forward and takes the whole gradient backward. The CUDA kernels (kernels.cu) apply the
+//! same rule and add a cell's gradients in the same order, so both give the same numbers.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -66,6 +66,59 @@ impl MaxPool {
             }
         }
     }
+
+    /// The kernels' PoolShape for [H, W] planes.
+    #[cfg(feature = "cuda")]
+    fn shape(&self, (h, w): (usize, usize)) -> candle_core::Result<cuda_kernels::PoolShape> {
+        use super::cuda::size;
+        let PoolWindow {
+            kernel: (kh, kw),
+            stride: (sh, sw),
+            padding: (ph, pw),
+            dilation: (dh, dw),
+            ..
+        } = self.window;
+        let (oh, ow) = self.out_hw;
+        Ok(cuda_kernels::PoolShape {
+            h: size(h)?,
+            w: size(w)?,
+            oh: size(oh)?,
+            ow: size(ow)?,
+            kh: size(kh)?,
+            kw: size(kw)?,
+            sh: size(sh)?,
+            sw: size(sw)?,
+            ph: size(ph)?,
+            pw: size(pw)?,
+            dh: size(dh)?,
+            dw: size(dw)?,
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_kernels {
+    use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+
+    /// kernels.cu's PoolShape.
+    #[repr(C)]
+    pub struct PoolShape {
+        pub h: u32,
+        pub w: u32,
+        pub oh: u32,
+        pub ow: u32,
+        pub kh: u32,
+        pub kw: u32,
+        pub sh: u32,
+        pub sw: u32,
+        pub ph: u32,
+        pub pw: u32,
+        pub dh: u32,
+        pub dw: u32,
+    }
+
+    // SAFETY: plain u32 fields, laid out as the C struct.
+    unsafe impl DeviceRepr for PoolShape {}
 }
 
 impl CustomOp1 for MaxPool {
@@ -84,6 +137,26 @@ impl CustomOp1 for MaxPool {
                 self.winners(plane, (h, w), |o, at| dst[o] = plane[at]);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{f32_view, launch};
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let x = f32_view(storage, layout, "max-pool2d")?;
+        let (oh, ow) = self.out_hw;
+        let shape = self.shape((h, w))?;
+        launch(
+            &storage.device,
+            "max_pool_forward",
+            Shape::from((n, c, oh, ow)),
+            &[&x],
+            &shape,
+        )
     }
 }
 
@@ -109,5 +182,20 @@ impl CustomOp2 for MaxPool {
                 self.winners(plane, (h, w), |o, at| dst[at] += g[o]);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{f32_view, launch};
+        let (_, _, h, w) = l1.shape().dims4()?;
+        let (x, grad) = (f32_view(s1, l1, "max-pool2d")?, f32_view(s2, l2, "max-pool2d")?);
+        let shape = self.shape((h, w))?;
+        launch(&s1.device, "max_pool_vjp", l1.shape().clone(), &[&x, &grad], &shape)
     }
 }

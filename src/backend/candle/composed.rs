@@ -1,0 +1,212 @@
+//! The operations whose CPU kernels have no CUDA twin, composed of candle ops for CUDA (whose
+//! convolution is candle's im2col + cuBLAS, and element-wise ops candle's kernels). They run on
+//! any candle device, so the tests below check them on the CPU against our CPU kernels: what a
+//! CUDA run computes is then candle's CUDA ops applied as tested here.
+
+use candle_core::Tensor;
+
+use super::padding::{flip_hw, insert_zeros_hw, pad_or_crop_hw};
+use crate::backend::WindowGeometry;
+use crate::error::Result;
+
+/// Correlation of `x` [N, C, H, W] with `kernel` [C_out, C/groups, kh, kw]; uneven padding is
+/// applied by a padded copy (candle's conv2d pads all sides alike).
+pub fn conv2d(x: &Tensor, kernel: &Tensor, geometry: &WindowGeometry) -> Result<Tensor> {
+    let (t, b, l, r) = geometry.padding;
+    let (stride, dilation, groups) = (geometry.stride, geometry.dilation, geometry.groups);
+    if t == b && l == r && t == l {
+        return Ok(x.conv2d(kernel, t, stride, dilation, groups)?);
+    }
+    let padded = pad_or_crop_hw(x, t as isize, b as isize, l as isize, r as isize, 0.0)?;
+    Ok(padded.conv2d(kernel, 0, stride, dilation, groups)?)
+}
+
+/// The input-VJP of [`conv2d`]: the zero-inserted gradient, framed to the input's size,
+/// correlated with the flipped, in/out-swapped kernel.
+pub fn conv2d_transposed(
+    grad: &Tensor,
+    kernel: &Tensor,
+    geometry: &WindowGeometry,
+    input_hw: (usize, usize),
+) -> Result<Tensor> {
+    let (kh, kw) = geometry.kernel;
+    let (t, _, l, _) = geometry.padding;
+    let spread = insert_zeros_hw(grad, geometry.stride, geometry.stride)?;
+    let (sh, sw) = (spread.dim(2)?, spread.dim(3)?);
+    let reach_h = (geometry.dilation * (kh - 1)) as isize;
+    let reach_w = (geometry.dilation * (kw - 1)) as isize;
+    let top = reach_h - t as isize;
+    let left = reach_w - l as isize;
+    let bottom = input_hw.0 as isize - sh as isize + reach_h - top;
+    let right = input_hw.1 as isize - sw as isize + reach_w - left;
+    let framed = pad_or_crop_hw(&spread, top, bottom, left, right, 0.0)?;
+    let flipped = transpose_kernel(kernel, geometry.groups)?;
+    Ok(framed.conv2d(&flipped, 0, 1, geometry.dilation, geometry.groups)?)
+}
+
+/// In/out channels swapped per group and flipped in space: the kernel of the transposed
+/// convolution as a plain correlation.
+fn transpose_kernel(kernel: &Tensor, groups: usize) -> Result<Tensor> {
+    let (c_out, c_in_per_group, kh, kw) = kernel.dims4()?;
+    let g = groups;
+    let swapped = kernel
+        .reshape((g, c_out / g, c_in_per_group, kh, kw))?
+        .transpose(1, 2)?
+        .reshape((g * c_in_per_group, c_out / g, kh, kw))?
+        .contiguous()?;
+    flip_hw(&swapped)
+}
+
+/// x * scale + shift with [C] or [N, C] parameters broadcast as [1 or N, C, 1, ...].
+pub fn channel_affine(x: &Tensor, scale: Option<&Tensor>, shift: Option<&Tensor>) -> Result<Tensor> {
+    let broadcastable = |p: &Tensor| -> Result<Tensor> {
+        let mut dims = vec![1; x.rank()];
+        let pd = p.dims();
+        dims[1] = pd[pd.len() - 1];
+        if pd.len() == 2 {
+            dims[0] = pd[0];
+        }
+        Ok(p.reshape(dims)?)
+    };
+    let mut y = x.clone();
+    if let Some(s) = scale {
+        y = y.broadcast_mul(&broadcastable(s)?)?;
+    }
+    if let Some(s) = shift {
+        y = y.broadcast_add(&broadcastable(s)?)?;
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each composition against the CPU kernel it stands in for, on the CPU: random shapes
+    //! across strides, dilations, groups and uneven padding; every activation at its kinks.
+
+    use candle_core::{Device, Tensor};
+
+    use super::super::activation;
+    use super::super::elementwise::{activation_forward, activation_vjp, channel_affine as affine_kernel};
+    use super::super::im2col::{col2im_transpose, im2col_correlate, Sliding};
+    use super::*;
+    use crate::backend::Activation;
+    use crate::rng::SplitMix64;
+
+    fn random(stream: &mut SplitMix64, dims: &[usize]) -> Tensor {
+        let len = dims.iter().product();
+        let values: Vec<f32> = (0..len).map(|_| (stream.uniform() * 2.0 - 1.0) as f32).collect();
+        Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+    }
+
+    /// max |a - b| <= 1e-5 * max |b|: the two sum in different orders.
+    fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
+        assert_eq!(a.dims(), b.dims(), "{what}");
+        let scale = b
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let gap = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let gap = gap.to_scalar::<f32>().unwrap();
+        assert!(
+            gap <= 1e-5 * scale.max(1e-6),
+            "{what}: differs by {gap} (scale {scale})"
+        );
+    }
+
+    fn pick(stream: &mut SplitMix64, low: usize, high: usize) -> usize {
+        low + (stream.next_u64() % (high - low + 1) as u64) as usize
+    }
+
+    #[test]
+    fn convolutions_equal_the_cpu_kernels() {
+        let mut stream = SplitMix64::new(11);
+        for case in 0..60 {
+            let groups = [1, 2, 3][case % 3];
+            let (kh, kw) = (pick(&mut stream, 1, 3), pick(&mut stream, 1, 3));
+            let (stride, dilation) = (pick(&mut stream, 1, 2), pick(&mut stream, 1, 2));
+            let padding = (
+                pick(&mut stream, 0, 2),
+                pick(&mut stream, 0, 2),
+                pick(&mut stream, 0, 2),
+                pick(&mut stream, 0, 2),
+            );
+            let (c_in, c_out) = (groups * pick(&mut stream, 1, 3), groups * pick(&mut stream, 1, 2));
+            let (h, w) = (pick(&mut stream, 5, 9), pick(&mut stream, 5, 9));
+            let geometry = WindowGeometry {
+                kernel: (kh, kw),
+                stride,
+                dilation,
+                padding,
+                groups,
+            };
+            let what = format!("case {case}: {geometry:?} on {c_in}x{h}x{w}");
+            let out_hw = geometry.output_hw((h, w)).expect("the shapes fit");
+            let sliding = Sliding {
+                stride,
+                dilation,
+                groups,
+                pad_top: padding.0,
+                pad_left: padding.2,
+                out_hw,
+            };
+            let x = random(&mut stream, &[2, c_in, h, w]);
+            let kernel = random(&mut stream, &[c_out, c_in / groups, kh, kw]);
+            let ours = im2col_correlate(&x, &kernel, sliding).unwrap();
+            assert_close(&what, &conv2d(&x, &kernel, &geometry).unwrap(), &ours);
+            let grad = random(&mut stream, &[2, c_out, out_hw.0, out_hw.1]);
+            let ours = col2im_transpose(&grad, &kernel, sliding, (h, w)).unwrap();
+            let composed = conv2d_transposed(&grad, &kernel, &geometry, (h, w)).unwrap();
+            assert_close(&format!("{what}, transposed"), &composed, &ours);
+        }
+    }
+
+    #[test]
+    fn channel_affine_equals_the_cpu_kernel() {
+        let mut stream = SplitMix64::new(12);
+        let x = random(&mut stream, &[2, 3, 4, 5]);
+        let (scale, shift) = (random(&mut stream, &[3]), random(&mut stream, &[3]));
+        let kernel = affine_kernel(&x, &scale.to_vec1().unwrap(), &shift.to_vec1().unwrap()).unwrap();
+        assert_close(
+            "channel affine",
+            &channel_affine(&x, Some(&scale), Some(&shift)).unwrap(),
+            &kernel,
+        );
+    }
+
+    #[test]
+    fn activations_equal_the_cpu_kernels_at_their_kinks() {
+        let activations = [
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::LeakyRelu { negative_slope: 0.1 },
+            Activation::Silu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Hardswish,
+            Activation::Hardsigmoid,
+        ];
+        // The kinks of ReLU, ReLU6, hardswish and hardsigmoid, either side of them, and a spread.
+        let mut values = vec![-6.0f32, -3.0, -1e-3, 0.0, 1e-3, 3.0, 6.0, -3.001, 2.999, 6.001];
+        values.extend((0..40).map(|i| (i as f32 - 20.0) * 0.45));
+        let x = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let grad = Tensor::new(vec![1.5f32; values.len()], &Device::Cpu).unwrap();
+        for activation in activations {
+            let what = format!("{activation:?}");
+            let forward = activation::forward(activation, &x).unwrap();
+            assert_close(&what, &forward, &activation_forward(activation, &x).unwrap());
+            let vjp = (&grad * activation::derivative(activation, &x).unwrap()).unwrap();
+            assert_close(
+                &format!("{what} VJP"),
+                &vjp,
+                &activation_vjp(activation, &x, &grad).unwrap(),
+            );
+        }
+    }
+}
