@@ -39,6 +39,8 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)
     command -v node >/dev/null || missing+=(nodejs)
+    # tests/cuda_kernels_on_host.rs builds the CUDA kernels for the host with it.
+    command -v c++ >/dev/null || missing+=(g++)
     command -v npm >/dev/null || missing+=(npm)
     "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
     # Mesa's lavapipe: a Vulkan device on the CPU, so the wgpu backend's tests run without a GPU.

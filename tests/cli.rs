@@ -10,16 +10,14 @@ use candle_core::{DType, Device, Tensor};
 
 mod common;
 
-use common::{mnist_fixture as fixture, tiny_rgb_model, Scratch};
-
-const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
+use common::{cli_binary, mnist_fixture as fixture, tiny_rgb_model, Scratch};
 
 fn scratch(test: &str) -> Scratch {
     common::scratch("cli", test)
 }
 
 fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(BIN)
+    Command::new(cli_binary())
         .args(args)
         .output()
         .expect("the candle-xai binary runs")

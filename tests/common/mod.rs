@@ -21,7 +21,24 @@ pub const REL_TOL: f32 = 1e-4;
 pub const PATH_TOL: f32 = 2e-3;
 
 pub fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+    repository_root().join("tests/fixtures").join(path)
+}
+
+/// The checkout the fixtures are read from: where this binary was built, unless
+/// `CANDLE_XAI_ROOT` names another (scripts/test-gpu.sh runs the test binaries on a GPU machine,
+/// where the checkout lives elsewhere and there is no Rust toolchain).
+pub fn repository_root() -> PathBuf {
+    std::env::var_os("CANDLE_XAI_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The `candle-xai` binary the CLI tests run: the one built with them, unless
+/// `CANDLE_XAI_BIN` names another (as for repository_root).
+pub fn cli_binary() -> PathBuf {
+    std::env::var_os("CANDLE_XAI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_candle-xai")))
 }
 
 /// A file of the MNIST fixtures (`tests/fixtures/mnist/`).

@@ -7,9 +7,7 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-use crate::common::{mnist_fixture as fixture, tiny_rgb_model, Scratch};
-
-const BIN: &str = env!("CARGO_BIN_EXE_candle-xai");
+use crate::common::{cli_binary, mnist_fixture as fixture, tiny_rgb_model, Scratch};
 
 fn scratch(test: &str) -> Scratch {
     crate::common::scratch("bad-input", test)
@@ -22,7 +20,7 @@ fn s(p: &Path) -> String {
 /// Runs the command and checks it failed cleanly; returns stderr.
 fn fails<S: AsRef<str>>(args: &[S]) -> String {
     failed(
-        Command::new(BIN)
+        Command::new(cli_binary())
             .args(args.iter().map(|a| a.as_ref()))
             .output()
             .expect("the candle-xai binary runs"),
@@ -112,7 +110,7 @@ fn pickle_errors_without_backtraces() {
     let bytes = [&magic[..], b"\x80\x02M\xe9\x03.", b"\x80\x02]K\x01K\x02s."].concat();
     std::fs::write(&model, bytes).unwrap();
     let err = failed(
-        Command::new(BIN)
+        Command::new(cli_binary())
             .args(["layers", "--model", &s(&model)])
             .env("RUST_BACKTRACE", "1")
             .output()
@@ -330,7 +328,7 @@ fn bad_option_values() {
     assert_names(&err, &["--n-steps", "at least 2"]);
     // Past the range `methods` advertises: refused with that range.
     let methods: serde_json::Value = serde_json::from_slice(
-        &Command::new(BIN)
+        &Command::new(cli_binary())
             .arg("methods")
             .output()
             .expect("the candle-xai binary runs")
@@ -519,7 +517,7 @@ fn output_files_follow_their_extension() {
         .unwrap();
     let (model, graph) = tiny_rgb_model(&dir);
     let run = |source: &str, input: &Path, out: &Path| {
-        Command::new(BIN)
+        Command::new(cli_binary())
             .args([
                 "explain",
                 "--model",

@@ -3,15 +3,13 @@
 //! (`fuzz/bodies.rs`): a quick check, in every test run, that none of them panics again.
 //! Fuzzing itself needs nightly: `cargo +nightly fuzz run <target>` (fuzz/README.md).
 
-use std::path::Path;
-
 #[path = "../../fuzz/bodies.rs"]
 mod bodies;
 
 #[test]
 fn every_committed_fuzz_input_runs_without_a_panic() {
     for (target, body) in bodies::TARGETS {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        let dir = crate::common::repository_root().join("fuzz/corpus").join(target);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|entry| entry.unwrap().path())
