@@ -113,6 +113,20 @@ pub enum Error {
         found: String,
     },
 
+    /// A layer receives a shape its weights do not take, and no input size would change it.
+    #[error(
+        "layer `{layer}` ({kind}) expects {expected} but receives {found} {because}: the model's weights do not \
+         fit together (a tensor from another model, or a graph that does not describe these weights)"
+    )]
+    WeightsDoNotFit {
+        layer: String,
+        kind: String,
+        expected: String,
+        found: String,
+        /// Why the shape is fixed: `from <layer>` or `at every input size`.
+        because: String,
+    },
+
     #[error("layer `{layer}` ({kind}): {message}")]
     InLayer {
         layer: String,

@@ -170,7 +170,9 @@ impl Graph {
                 Some((target, t)) if target == id => t.clone(),
                 _ => {
                     let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &outputs[i]).collect();
-                    node.op.forward(&inputs).map_err(|e| in_layer(node, e))?
+                    node.op
+                        .forward(&inputs)
+                        .map_err(|e| self.node_error(id, input.dims(), e))?
                 }
             };
             outputs.push(out);
@@ -203,10 +205,15 @@ impl Graph {
 
     /// Every node's output dims for one input, and the largest temporary it builds.
     fn plan(&self, input: &[usize]) -> Option<Vec<(Vec<usize>, usize)>> {
+        self.plan_before(input, self.nodes.len())
+    }
+
+    /// [`Graph::plan`] of the nodes before `end`.
+    fn plan_before(&self, input: &[usize], end: NodeId) -> Option<Vec<(Vec<usize>, usize)>> {
         let mut row = input.to_vec();
         *row.first_mut()? = 1;
         let mut planned = vec![(row, 0)];
-        for node in self.nodes.iter().skip(1) {
+        for node in self.nodes.iter().take(end).skip(1) {
             let inputs: Vec<&[usize]> = node.inputs.iter().map(|&i| planned[i].0.as_slice()).collect();
             let next = node.op.plan(&inputs)?;
             planned.push(next);
@@ -240,7 +247,10 @@ impl Graph {
                         .expect("inputs are computed first and kept until last use")
                 })
                 .collect();
-            let out = node.op.forward(&inputs).map_err(|e| in_layer(node, e))?;
+            let out = node
+                .op
+                .forward(&inputs)
+                .map_err(|e| self.node_error(id, input.dims(), e))?;
             widest_row = widest_row.max(row_len(&out));
             for &i in &node.inputs {
                 if last_use[i] == id {
@@ -283,6 +293,60 @@ impl Graph {
             // The output does not depend on `to`: its gradient is zero.
             None => Ok(activations.get(to).zeros_like()?),
         }
+    }
+
+    /// The error node `id` raised on an input of `input` dims, with the layer named. A width
+    /// that does not fit is blamed on the input's size unless the width does not depend on it:
+    /// then the weights do not fit together.
+    fn node_error(&self, id: NodeId, input: &[usize], error: Error) -> Error {
+        match in_layer(&self.nodes[id], error) {
+            Error::InputSizeMismatch {
+                layer,
+                kind,
+                expected,
+                found,
+            } => match self.fixed_width_source(id, input) {
+                Some(because) => Error::WeightsDoNotFit {
+                    layer,
+                    kind,
+                    expected,
+                    found,
+                    because,
+                },
+                None => Error::InputSizeMismatch {
+                    layer,
+                    kind,
+                    expected,
+                    found,
+                },
+            },
+            other => other,
+        }
+    }
+
+    /// Why the shape node `id` receives does not depend on the input's size, if it does not:
+    /// it comes, through nodes that keep their input's shape, from a Linear layer (whose
+    /// weights set it), or another input size gives the node the same shape.
+    fn fixed_width_source(&self, id: NodeId, input: &[usize]) -> Option<String> {
+        let &from = self.nodes[id].inputs.first()?;
+        let planned = self.plan_before(input, id)?;
+        let mut at = from;
+        loop {
+            let node = &self.nodes[at];
+            if node.op.kind() == "Linear" {
+                return Some(format!("from `{}` (Linear)", node.name));
+            }
+            match node.inputs.as_slice() {
+                [previous] if planned[*previous].0 == planned[at].0 => at = *previous,
+                _ => break,
+            }
+        }
+        let mut larger = input.to_vec();
+        for side in larger.iter_mut().skip(2) {
+            *side += 32;
+        }
+        let elsewhere = self.plan_before(&larger, id)?;
+        (elsewhere[from].0 == planned[from].0).then(|| "at every input size".to_string())
     }
 
     /// The plain gradient walk: every node applies its input-VJP.

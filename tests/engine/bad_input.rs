@@ -174,6 +174,66 @@ fn input_with_wrong_channel_count() {
     assert_names(&err, &["[2, 3, 28, 28]", "expects [N, 1, H, W]"]);
 }
 
+/// A fixture model with one tensor replaced by zeros of `dims`, and its graph.
+fn with_tensor_replaced(dir: &Path, model: &str, tensor: &str, dims: &[usize]) -> (PathBuf, PathBuf) {
+    let mut weights = candle_core::safetensors::load(fixture(&format!("{model}.safetensors")), &Device::Cpu).unwrap();
+    weights.insert(
+        tensor.into(),
+        Tensor::zeros(dims, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let path = dir.join(format!("{model}-{tensor}.safetensors"));
+    candle_core::safetensors::save(&weights, &path).unwrap();
+    (path, fixture(&format!("{model}.graph.json")))
+}
+
+/// A Linear weight of the wrong width is blamed on the weights where the width it receives
+/// does not depend on the input's size (after another Linear, after global pooling), and on
+/// the input's size where it does (the first Linear after a Flatten).
+#[test]
+fn linear_weights_of_the_wrong_width() {
+    let dir = scratch("linear-width");
+    let input = fixture("mlp_refs.safetensors");
+    let explain = |(model, graph): (PathBuf, PathBuf)| {
+        fails(&[
+            "explain",
+            "--model",
+            &s(&model),
+            "--graph",
+            &s(&graph),
+            "--input",
+            &s(&input),
+            "--method",
+            "gradient",
+            "--out",
+            &s(&dir.join("out.safetensors")),
+        ])
+    };
+    let err = explain(with_tensor_replaced(&dir, "mlp", "net.3.weight", &[64, 100]));
+    assert_names(
+        &err,
+        &[
+            "`net.3` (Linear) expects 100 features",
+            "from `net.1` (Linear)",
+            "weights do not fit",
+        ],
+    );
+    let err = explain(with_tensor_replaced(&dir, "resnet", "fc.weight", &[10, 48]));
+    assert_names(
+        &err,
+        &[
+            "`fc` (Linear) expects 48 features",
+            "at every input size",
+            "weights do not fit",
+        ],
+    );
+    let err = explain(with_tensor_replaced(&dir, "mlp", "net.1.weight", &[128, 700]));
+    assert_names(
+        &err,
+        &["`net.1` (Linear) expects 700 features", "the input's size does not fit"],
+    );
+    assert!(!err.contains("weights do not fit"), "{err}");
+}
+
 #[test]
 fn input_file_without_inputs_tensor() {
     let dir = scratch("no-inputs");
