@@ -5,7 +5,9 @@
 #   scripts/bench_gpu.sh [reps]
 #
 # Knobs: WORK_DIR (default /tmp/candle-xai-bench-gpu), PYTHON (with torch, torchvision, captum 0.9, zennit 0.5.1,
-# safetensors), BENCH_BIN (a prebuilt `examples/bench`, for machines without cargo). On a software adapter
+# safetensors), BENCH_BIN (a prebuilt `examples/bench`, for machines without cargo), DEVICES (ours, default
+# "wgpu cpu"; "cuda wgpu cpu" with a bench built by `scripts/cargo-cuda.sh build --release --example bench`,
+# which is target/cuda/release/examples/bench). On a software adapter
 # (lavapipe, SwiftShader) the wgpu rows prove only that it runs: time a real GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ torch_device=$("$PYTHON" -c 'import torch; print("cuda" if torch.cuda.is_availab
     > "$WORK_DIR/torch_$torch_device.jsonl"
 [ "$torch_device" = cpu ] || "$PYTHON" scripts/bench_torch.py --out-dir "$WORK_DIR" --reps "$REPS" \
     > "$WORK_DIR/torch_cpu.jsonl"
-for device in wgpu cpu; do
+for device in ${DEVICES:-wgpu cpu}; do
     for arch in resnet18 mobilenet_v2; do
         "$BENCH_BIN" --model "$WORK_DIR/$arch.safetensors" --arch-name "$arch" \
             --input "$WORK_DIR/input.safetensors" --reps "$REPS" --json --device "$device"
