@@ -16,8 +16,8 @@ pub enum Error {
     EmptyFile { what: String },
 
     #[error(
-        "{what} needs about {needed_mib} MiB of memory, more than the {budget_mib} MiB this explanation \
-         may use: use a smaller input or raise the memory limit"
+        "{what} needs about {needed_mib} MiB of memory, more than the {budget_mib} MiB it may use: use a \
+         smaller input or raise the memory limit"
     )]
     OverMemoryBudget {
         what: String,
@@ -115,12 +115,12 @@ pub enum Error {
 
     /// A layer receives a shape its weights do not take, and no input size would change it.
     #[error(
-        "layer `{layer}` ({kind}) expects {expected} but receives {found} {because}: the model's weights do not \
-         fit together (a tensor from another model, or a graph that does not describe these weights)"
+        "layer {layer} expects {expected} but receives {found} {because}: the model's weights do not fit \
+         together (a tensor from another model, or a graph that does not describe these weights)"
     )]
     WeightsDoNotFit {
+        /// The layer's name and kind: "`fc` (Linear)".
         layer: String,
-        kind: String,
         expected: String,
         found: String,
         /// Why the shape is fixed: `from <layer>` or `at every input size`.

@@ -197,6 +197,32 @@ impl Graph {
         Some(per_row.saturating_mul(rows as u64).saturating_mul(4))
     }
 
+    /// About how many bytes a forward pass of `rows` inputs of `input` dims holds at its peak
+    /// on the CPU, keeping each output only until its last use, as [`Graph::predict`] does.
+    /// None when the shapes do not fit the graph (the forward then says where).
+    pub fn forward_bytes(&self, input: &[usize], rows: usize) -> Option<u64> {
+        let planned = self.plan(input)?;
+        let size = |id: NodeId| planned[id].0.iter().product::<usize>() as u64;
+        let mut last_use: Vec<NodeId> = (0..self.nodes.len()).collect();
+        for (id, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = id;
+            }
+        }
+        let (mut live, mut peak) = (size(0), size(0));
+        for (id, node) in self.nodes.iter().enumerate().skip(1) {
+            live = live.saturating_add(size(id));
+            peak = peak.max(live.saturating_add(planned[id].1 as u64));
+            let mut freed = node.inputs.clone();
+            freed.sort_unstable();
+            freed.dedup();
+            for i in freed.into_iter().filter(|&i| last_use[i] == id) {
+                live -= size(i);
+            }
+        }
+        Some(peak.saturating_mul(rows as u64).saturating_mul(4))
+    }
+
     /// The output's dims for one input of `input` dims ([N, C, H, W], N ignored), from the
     /// shapes alone; None when they do not fit the graph.
     pub fn output_dims(&self, input: &[usize]) -> Option<Vec<usize>> {
@@ -307,8 +333,7 @@ impl Graph {
                 found,
             } => match self.fixed_width_source(id, input) {
                 Some(because) => Error::WeightsDoNotFit {
-                    layer,
-                    kind,
+                    layer: format!("`{layer}` ({kind})"),
                     expected,
                     found,
                     because,
