@@ -237,7 +237,29 @@ impl Model {
 
     /// Logits [N, classes] for a batch, on the host.
     pub fn predict(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        self.check_forward_memory(x.dims())?;
         self.graph.predict(&self.prepare_input(x)?)?.to_host()
+    }
+
+    /// Refuses, before anything is allocated, a forward pass on the CPU that does not fit the
+    /// memory budget ([`crate::limits::default_memory_budget`]). Other devices bound their
+    /// tensors themselves.
+    fn check_forward_memory(&self, dims: &[usize]) -> Result<()> {
+        if !matches!(self.device(), crate::tensor::Device::Candle(candle_core::Device::Cpu)) {
+            return Ok(());
+        }
+        let Some(needed) = self.graph.forward_bytes(dims, dims.first().copied().unwrap_or(1)) else {
+            return Ok(());
+        };
+        let budget = crate::limits::default_memory_budget();
+        if needed > budget {
+            return Err(Error::OverMemoryBudget {
+                what: format!("classifying {} input(s) of {:?}", dims[0], &dims[1..]),
+                needed_mib: needed.div_ceil(1 << 20),
+                budget_mib: budget >> 20,
+            });
+        }
+        Ok(())
     }
 }
 

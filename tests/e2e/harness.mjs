@@ -5,7 +5,7 @@ import { createServer } from 'node:http';
 import { readFile, stat, mkdir } from 'node:fs/promises';
 import { extname, join, normalize, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deflateSync } from 'node:zlib';
+import { deflateRawSync, deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -222,4 +222,68 @@ export function nudge(bytes) {
   const words = new Uint32Array(out.buffer, out.byteOffset + 8 + headerLength, (out.length - 8 - headerLength) / 4);
   for (let i = 0; i < words.length; i += 2) words[i] += 1;
   return out;
+}
+
+/**
+ * A zip archive of `entries` ([{ name, data, deflate }]), laid out as torch.save writes `.pth`
+ * checkpoints: entries stored uncompressed, unless `deflate` asks for Deflate.
+ */
+export function makeZip(entries) {
+  const locals = [];
+  const centrals = [];
+  let offset = 0;
+  for (const { name, data, deflate = false } of entries) {
+    const stored = deflate ? deflateRawSync(data) : Buffer.from(data);
+    const fileName = Buffer.from(name, 'utf8');
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(deflate ? 8 : 0, 8);
+    local.writeUInt32LE(crc32(data), 14);
+    local.writeUInt32LE(stored.length, 18);
+    local.writeUInt32LE(data.length, 22);
+    local.writeUInt16LE(fileName.length, 26);
+    const central = Buffer.alloc(46);
+    central.writeUInt32LE(0x02014b50, 0);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt16LE(deflate ? 8 : 0, 10);
+    central.writeUInt32LE(crc32(data), 16);
+    central.writeUInt32LE(stored.length, 20);
+    central.writeUInt32LE(data.length, 24);
+    central.writeUInt16LE(fileName.length, 28);
+    central.writeUInt32LE(offset, 42);
+    locals.push(local, fileName, stored);
+    centrals.push(central, fileName);
+    offset += local.length + fileName.length + stored.length;
+  }
+  const directory = Buffer.concat(centrals);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(entries.length, 8);
+  end.writeUInt16LE(entries.length, 10);
+  end.writeUInt32LE(directory.length, 12);
+  end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...locals, directory, end]);
+}
+
+/**
+ * A safetensors file of float32 `tensors` ({ name: [shape, values] }) with `metadata`; with
+ * `header`, that JSON text is written as the header instead (a hostile header).
+ */
+export function makeSafetensors(tensors, metadata = undefined, header = undefined) {
+  const entries = {};
+  const data = [];
+  let offset = 0;
+  for (const [name, [shape, values]] of Object.entries(tensors)) {
+    const bytes = Buffer.from(Float32Array.from(values).buffer);
+    entries[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + bytes.length] };
+    data.push(bytes);
+    offset += bytes.length;
+  }
+  if (metadata) entries.__metadata__ = metadata;
+  const text = Buffer.from(header ?? JSON.stringify(entries), 'utf8');
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(text.length));
+  return Buffer.concat([length, text, ...data]);
 }

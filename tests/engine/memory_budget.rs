@@ -77,3 +77,36 @@ fn an_input_that_cannot_fit_is_refused_before_anything_is_allocated() {
     )
     .unwrap();
 }
+
+/// A model whose sizes blow up (a padding of 200,000 around an 8x8 input: terabytes) is
+/// refused when classifying, from the plan, rather than aborting on a failed allocation; and
+/// the forward plan is not below what the pass really holds.
+#[test]
+fn a_forward_that_cannot_fit_is_refused_before_anything_is_allocated() {
+    let dir = scratch("memory-budget", "huge-padding");
+    let (weights, graph) = tiny_rgb_model(&dir);
+    let load = |padding: usize| {
+        let json = std::fs::read_to_string(&graph).unwrap().replace(
+            r#""kernel_size": 3}"#,
+            &format!(r#""kernel_size": 3, "padding": {padding}}}"#),
+        );
+        let options = LoadOptions {
+            arch: None,
+            graph: Some(candle_xai::import::graph_json::GraphSpec::from_json(&json).unwrap()),
+        };
+        Model::load(&weights, &options, &Device::Cpu).unwrap()
+    };
+    let input = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let err = load(200_000).predict(&input).unwrap_err().to_string();
+    assert!(
+        err.contains("classifying 1 input(s) of [3, 8, 8]") && err.contains("MiB of memory, more than the"),
+        "{err}"
+    );
+    // Padded by 100: at the ReLU the convolution's output (206x206x4, freed after it) and the
+    // ReLU's own are held at once; the plan covers at least that.
+    let model = load(100);
+    let planned = model.graph().forward_bytes(input.dims(), 1).unwrap();
+    let held = 4 * 2 * 206 * 206 * 4;
+    assert!(planned >= held, "planned {planned} bytes, {held} held");
+    model.predict(&input).unwrap();
+}
