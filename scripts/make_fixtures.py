@@ -248,11 +248,17 @@ def layer_refs(kind, model, x, t, out):
     gradcam_refs(model, model.get_submodule(GRADCAM_LAYER[kind]), x, t, out)
     mid = model.get_submodule(MID_LAYER[kind])
     out["gradcam_mid"] = LayerGradCam(model, mid).attribute(x, target=t, relu_attributions=True).detach()
-    out["layer_gradient"] = LayerGradientXActivation(model, mid, multiply_by_inputs=False).attribute(
+    layer_attribution_refs(model, mid, x, t, out)
+
+
+def layer_attribution_refs(model, layer, x, t, out):
+    """captum's attributions to ``layer``'s output: gradient, gradient x activation, and Integrated Gradients
+    (IG_STEPS Gauss-Legendre steps from the layer's output at a zero input)."""
+    out["layer_gradient"] = LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(
         x, target=t).detach()
-    out["layer_gxa"] = LayerGradientXActivation(model, mid, multiply_by_inputs=True).attribute(
+    out["layer_gxa"] = LayerGradientXActivation(model, layer, multiply_by_inputs=True).attribute(
         x, target=t).detach()
-    lig, lig_delta = LayerIntegratedGradients(model, mid).attribute(
+    lig, lig_delta = LayerIntegratedGradients(model, layer).attribute(
         x, baselines=0.0, target=t, n_steps=IG_STEPS, method="gausslegendre", return_convergence_delta=True)
     out["layer_ig"] = lig.detach()
     out["layer_ig_delta"] = lig_delta.detach()

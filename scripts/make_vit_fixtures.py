@@ -165,6 +165,16 @@ def cam_layer(model):
     return inner.vit.encoder.layer[-1].layernorm_before, f"vit.encoder.layer.{DEPTH - 1}.layernorm_before"
 
 
+def block_layer(model):
+    """The first encoder block, whose output (both residuals added) layer attribution is checked at, and its name."""
+    inner = getattr(model, "model", model)
+    if hasattr(inner, "encoder") and hasattr(inner.encoder, "layers"):  # torchvision
+        return inner.encoder.layers[0], "encoder.layers.encoder_layer_0"
+    if hasattr(inner, "blocks"):  # timm
+        return inner.blocks[0], "blocks.0"
+    return inner.vit.encoder.layer[0], "vit.encoder.layer.0"
+
+
 def grad_cam_refs(model, x, t, out):
     """Grad-CAM with pytorch-grad-cam's ViT recipe: the layer's tokens [N, T, D] without the learned ones
     (``reshape_transform``: tokens[:, k:] to [N, h, w, D], channels first), channel weights the spatial mean of the
@@ -364,6 +374,7 @@ def references(model, x, t, diag=None):
     mf.smoothgrad_refs(model, x, t, out)
     mf.ig_refs(model, x, t, out)
     grad_cam_refs(model, x, t, out)
+    mf.layer_attribution_refs(model, block_layer(model)[0], x, t, out)
     attention_refs(model, x, t, out, {} if diag is None else diag)
     return out
 
@@ -606,6 +617,7 @@ def generate(arch, outdir):
         "torch": torch.__version__,
         "captum": mf.captum.__version__,
         "gradcam_layer": cam_layer(model)[1],
+        "layer_attr_layer": block_layer(model)[1],
         "attention_rollout": json.dumps({
             "variants": {k: {"head_fusion": f, "discard_ratio": r} for k, (f, r) in ROLLOUT_VARIANTS.items()},
             "learned_tokens": diag32["learned_tokens"],

@@ -227,7 +227,8 @@ impl Case<'_> {
     }
 
     /// A convergence delta against the reference `key`: a difference of near-equal sums, so
-    /// compared with the logits' scale.
+    /// compared with the logits' scale, within PATH_TOL of it or twice the reference's own
+    /// float32 error (measured relative to the delta, converted to the logits' scale).
     pub fn compare_delta(&self, key: &str, delta: Option<&Tensor>) {
         self.mark(key);
         let Some(delta) = delta else {
@@ -235,7 +236,8 @@ impl Case<'_> {
         };
         let scale = self.refs.scale("logits");
         let diff = max_abs_diff(delta, self.refs.get(key));
-        let tol = self.path_tol(key);
+        let own_error = self.conditioned_tol(key, 0.0) * self.refs.scale(key);
+        let tol = PATH_TOL.max(own_error / scale);
         println!(
             "{} {key}: {:.2e} of max |logit| (tol {tol:.0e})",
             self.name,

@@ -192,6 +192,8 @@ fn check_transformer(case: &Case) {
     check_gradient_family(case);
     // The default layer is pytorch-grad-cam's for ViTs, and the fixture's.
     grad_cam_at_default_layer(case);
+    // At the first encoder block's output, by the library's module name.
+    layer_attribution(case);
     for (head_fusion, discard_ratio, key) in [
         (HeadFusion::Min, 0.9, "rollout_min_0_9"),
         (HeadFusion::Mean, 0.0, "rollout_mean_0"),
