@@ -241,17 +241,16 @@ impl Model {
         self.graph.predict(&self.prepare_input(x)?)?.to_host()
     }
 
-    /// Refuses, before anything is allocated, a forward pass on the CPU that does not fit the
-    /// memory budget ([`crate::limits::default_memory_budget`]). Other devices bound their
-    /// tensors themselves.
+    /// Refuses, before anything is allocated, a forward pass that does not fit the device's
+    /// memory budget ([`crate::tensor::Device::memory_budget`]; wgpu bounds its tensors
+    /// itself).
     fn check_forward_memory(&self, dims: &[usize]) -> Result<()> {
-        if !matches!(self.device(), crate::tensor::Device::Candle(candle_core::Device::Cpu)) {
+        let Some(budget) = self.device().memory_budget() else {
             return Ok(());
-        }
+        };
         let Some(needed) = self.graph.forward_bytes(dims, dims.first().copied().unwrap_or(1)) else {
             return Ok(());
         };
-        let budget = crate::limits::default_memory_budget();
         if needed > budget {
             return Err(Error::OverMemoryBudget {
                 what: format!("classifying {} input(s) of {:?}", dims[0], &dims[1..]),

@@ -85,6 +85,22 @@ impl Device {
         }
     }
 
+    /// The memory one explanation may hold at once here when its request sets no limit: the
+    /// CPU's ([`crate::limits::default_memory_budget`]), or three quarters of a CUDA device's
+    /// free memory. None on wgpu, which cannot tell its memory: there the largest buffer
+    /// ([`Device::max_tensor_len`]) bounds the passes.
+    pub fn memory_budget(&self) -> Option<u64> {
+        match self {
+            Device::Candle(candle_core::Device::Cpu) => Some(crate::limits::default_memory_budget()),
+            #[cfg(feature = "cuda")]
+            Device::Candle(candle_core::Device::Cuda(cuda)) => {
+                let (free, _total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+                Some(free as u64 / 4 * 3)
+            }
+            _ => None,
+        }
+    }
+
     /// The most elements one tensor may hold here, when the device bounds it (a GPU's
     /// largest storage buffer); multi-pass methods split their passes to stay below it.
     pub fn max_tensor_len(&self) -> Option<usize> {

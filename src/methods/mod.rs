@@ -221,9 +221,9 @@ pub struct Request {
     pub targets: Targets,
     /// A layer name for layer attribution (and Grad-CAM's layer); None = the input.
     pub layer: Option<String>,
-    /// The most bytes the passes may hold at once on the CPU; None =
-    /// [`crate::limits::default_memory_budget`]. Multi-pass methods split their passes to fit;
-    /// a single input that does not fit is an error naming both sizes.
+    /// The most bytes the passes may hold at once on the CPU or CUDA; None = the device's
+    /// budget ([`crate::tensor::Device::memory_budget`]). Multi-pass methods split their passes
+    /// to fit; a single input that does not fit is an error naming both sizes.
     pub memory_limit: Option<u64>,
 }
 
@@ -238,17 +238,16 @@ impl Request {
     }
 }
 
-/// How many input rows one pass may hold on the CPU within `limit` (the default budget when
-/// None); an error when the batch itself does not fit. Other devices bound their tensors
-/// themselves ([`crate::tensor::Device::max_tensor_len`]).
+/// How many input rows one pass may hold within `limit` (the device's budget when None); an
+/// error when the batch itself does not fit. wgpu bounds its tensors itself
+/// ([`crate::tensor::Device::max_tensor_len`]).
 pub(crate) fn rows_in_memory(model: &Model, dims: &[usize], limit: Option<u64>) -> Result<usize> {
-    if !matches!(model.device(), crate::tensor::Device::Candle(candle_core::Device::Cpu)) {
+    let Some(budget) = limit.or_else(|| model.device().memory_budget()) else {
         return Ok(usize::MAX);
-    }
+    };
     let Some(per_row) = model.graph().pass_bytes(dims, 1) else {
         return Ok(usize::MAX);
     };
-    let budget = limit.unwrap_or_else(crate::limits::default_memory_budget);
     let batch = dims[0] as u64;
     let needed = per_row.saturating_mul(batch);
     if needed > budget {

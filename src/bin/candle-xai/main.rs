@@ -111,8 +111,8 @@ struct ExplainArgs {
     /// (cuda:N) when built with the `cuda` feature
     #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
     device: String,
-    /// The most memory (MiB) the passes may hold at once on the CPU; multi-pass methods split
-    /// their passes to fit. Default: three quarters of the machine's available memory
+    /// The most memory (MiB) the passes may hold at once on the CPU or CUDA; multi-pass methods
+    /// split their passes to fit. Default: three quarters of the available memory
     #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..))]
     memory_limit: Option<u64>,
     /// Print one JSON line with load and explain times on stderr
