@@ -46,7 +46,7 @@ pub struct EvaluateArgs {
     /// cpu; wgpu; or cuda (cuda:N) when built with the `cuda` feature
     #[arg(long, value_name = "cpu|wgpu|cuda", default_value = "cpu")]
     device: String,
-    /// The most memory (MiB) a pass of perturbed inputs may hold on the CPU
+    /// The most memory (MiB) a pass of perturbed inputs may hold on the CPU or CUDA
     #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..))]
     memory_limit: Option<u64>,
     /// Pool the attributions over the channels before scoring (pnpxai's post-processing):
