@@ -184,6 +184,46 @@ fn vision_transformers_from_graph_json_match_timm() {
     check_op_network("deit", &[]);
 }
 
+/// A ViT recognised from its weights and the same layout written out as graph JSON and read
+/// back are one model: the JSON expresses every node of a transformer (tokens, position
+/// embedding, attention's products, softmax, heads), and the logits and saliency are equal.
+#[test]
+fn vision_transformers_from_their_layout_and_from_its_graph_json_agree() {
+    for name in ["vit", "deit"] {
+        let dir = |file: &str| crate::common::fixture(&format!("ops/{file}"));
+        let bytes = std::fs::read(dir(&format!("{name}.safetensors"))).unwrap();
+        let (state, _) = StateDict::from_safetensors(&bytes, name, &candle_core::Device::Cpu).unwrap();
+        let (arch, layout) = candle_xai::import::torchvision::recognise(&state).unwrap();
+        let json = layout.to_json();
+        assert!(
+            json.contains("\"MatMul\"") && json.contains("\"Softmax\""),
+            "{arch}: {json}"
+        );
+        let spec = GraphSpec::from_json(&json).unwrap();
+        let build = |graph| candle_xai::Model::from_state_dict(&state, graph, None, &candle_core::Device::Cpu).unwrap();
+        let (recognised, described) = (build(None), build(Some(spec)));
+        let refs = Refs::load(&dir(&format!("{name}_refs.safetensors")));
+        let inputs = refs.f32("inputs");
+        let (a, b) = (
+            recognised.predict(&inputs).unwrap(),
+            described.predict(&inputs).unwrap(),
+        );
+        assert_eq!(
+            a.to_vec2::<f32>().unwrap(),
+            b.to_vec2::<f32>().unwrap(),
+            "{arch} logits"
+        );
+        let gradient = || candle_xai::Method::Gradient(Default::default());
+        let a = crate::common::explain_refs(&recognised, &refs, gradient(), None).attributions;
+        let b = crate::common::explain_refs(&described, &refs, gradient(), None).attributions;
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{arch} saliency"
+        );
+    }
+}
+
 /// The transformer methods apply to models with attention only; the rest to both.
 #[test]
 fn transformer_methods_apply_to_transformers_only() {
