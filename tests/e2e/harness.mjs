@@ -6,6 +6,7 @@ import { readFile, stat, mkdir } from 'node:fs/promises';
 import { extname, join, normalize, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { deflateRawSync, deflateSync } from 'node:zlib';
+import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -286,4 +287,40 @@ export function makeSafetensors(tensors, metadata = undefined, header = undefine
   const length = Buffer.alloc(8);
   length.writeBigUInt64LE(BigInt(text.length));
   return Buffer.concat([length, text, ...data]);
+}
+
+/** The sample photo the page tests come back to, and the ImageNet classes of a cat. */
+export const CAT = join(ROOT, 'web/assets/samples/chelsea.png');
+export const CAT_CLASSES = new Set([281, 282, 283, 284, 285]);
+
+/** The page's error message, '' when none is shown. */
+export function errorText(page) {
+  return page.$eval('#error', (e) => (e.hidden ? '' : e.textContent));
+}
+
+/** Waits until the page shows an error message and returns it. */
+export async function shownError(page) {
+  await page.waitForFunction(() => !document.getElementById('error').hidden && document.getElementById('error').textContent);
+  await idle(page);
+  return errorText(page);
+}
+
+/**
+ * The page still works: the default model (brought back if another is in use) classifies the
+ * cat photo as a cat and explains it without an error.
+ */
+export async function catStillWorks(page) {
+  if (!(await page.$eval('#model-name', (e) => e.textContent)).includes('MobileNetV2')) {
+    await page.$eval('#model-panel', (details) => { details.open = true; });
+    await page.click('#default-model');
+    await page.waitForFunction(() => document.getElementById('model-name').textContent.includes('MobileNetV2'));
+    await idle(page);
+  }
+  await page.setInputFiles('#file', CAT);
+  await page.waitForFunction(() => window.xaiApp.state.prepared?.name === 'chelsea.png');
+  await idle(page);
+  assert.equal(await errorText(page), '');
+  const top = await page.evaluate(() => window.xaiApp.state.prediction.top[0].index);
+  assert.ok(CAT_CLASSES.has(top), `top-1 ${top}`);
+  assert.match(await page.$eval('#status', (e) => e.textContent), /^Done: /);
 }

@@ -5,13 +5,10 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
+import * as harness from './harness.mjs';
 import {
-  ROOT, serve, launch, openApp, idle, makePng, makeSafetensors, makeZip,
+  serve, launch, openApp, idle, makePng, makeSafetensors, makeZip,
 } from './harness.mjs';
-
-const CAT = join(ROOT, 'web/assets/samples/chelsea.png');
-const CAT_CLASSES = new Set([281, 282, 283, 284, 285]);
 
 let server;
 let browser;
@@ -28,30 +25,9 @@ after(async () => {
   await server?.close();
 });
 
-const errorText = () => page.$eval('#error', (e) => (e.hidden ? '' : e.textContent));
-
-async function shownError() {
-  await page.waitForFunction(() => !document.getElementById('error').hidden && document.getElementById('error').textContent);
-  await idle(page);
-  return errorText();
-}
-
-/** The default model and the cat photo, explained without an error. */
-async function catStillWorks() {
-  if (!(await page.$eval('#model-name', (e) => e.textContent)).includes('MobileNetV2')) {
-    await page.$eval('#model-panel', (details) => { details.open = true; });
-    await page.click('#default-model');
-    await page.waitForFunction(() => document.getElementById('model-name').textContent.includes('MobileNetV2'));
-    await idle(page);
-  }
-  await page.setInputFiles('#file', CAT);
-  await page.waitForFunction(() => window.xaiApp.state.prepared?.name === 'chelsea.png');
-  await idle(page);
-  assert.equal(await errorText(), '');
-  const top = await page.evaluate(() => window.xaiApp.state.prediction.top[0].index);
-  assert.ok(CAT_CLASSES.has(top), `top-1 ${top}`);
-  assert.match(await page.$eval('#status', (e) => e.textContent), /^Done: /);
-}
+const errorText = () => harness.errorText(page);
+const shownError = () => harness.shownError(page);
+const catStillWorks = () => harness.catStillWorks(page);
 
 async function useModelFile(name, buffer) {
   await page.click('#model-panel summary').catch(() => {});

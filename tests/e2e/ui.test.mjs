@@ -5,12 +5,10 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as harness from './harness.mjs';
 import {
-  ROOT, serve, launch, openApp, idle, screenshot, readSafetensors, fromBase64, makePng,
+  ROOT, CAT, serve, launch, openApp, idle, screenshot, readSafetensors, fromBase64, makePng,
 } from './harness.mjs';
-
-const CAT = join(ROOT, 'web/assets/samples/chelsea.png');
-const CAT_CLASSES = new Set([281, 282, 283, 284, 285]);
 
 let server;
 let browser;
@@ -28,30 +26,12 @@ after(async () => {
   await server?.close();
 });
 
-async function errorText() {
-  return page.$eval('#error', (e) => (e.hidden ? '' : e.textContent));
-}
+const errorText = () => harness.errorText(page);
+const shownError = () => harness.shownError(page);
+const catStillWorks = () => harness.catStillWorks(page);
 
 async function usePhotoFile(name, buffer, mimeType = 'image/png') {
   await page.setInputFiles('#file', { name, mimeType, buffer });
-}
-
-/** Loads the cat photo and waits for its explanation; checks the page still works. */
-async function catStillWorks() {
-  await page.setInputFiles('#file', CAT);
-  await page.waitForFunction(() => window.xaiApp.state.prepared?.name === 'chelsea.png');
-  await idle(page);
-  assert.equal(await errorText(), '');
-  const top = await page.evaluate(() => window.xaiApp.state.prediction.top[0].index);
-  assert.ok(CAT_CLASSES.has(top), `top-1 ${top}`);
-  assert.match(await page.$eval('#status', (e) => e.textContent), /^Done: /);
-}
-
-/** Waits until the error box shows a message and returns it. */
-async function shownError() {
-  await page.waitForFunction(() => !document.getElementById('error').hidden && document.getElementById('error').textContent);
-  await idle(page);
-  return errorText();
 }
 
 const BAD_PHOTOS = [

@@ -174,6 +174,23 @@ fn input_with_wrong_channel_count() {
     assert_names(&err, &["[2, 3, 28, 28]", "expects [N, 1, H, W]"]);
 }
 
+/// `explain` of `input` with the gradient by a model and its graph JSON; returns the failure.
+fn explain_graph_model((model, graph): (PathBuf, PathBuf), input: &Path, dir: &Path) -> String {
+    fails(&[
+        "explain",
+        "--model",
+        &s(&model),
+        "--graph",
+        &s(&graph),
+        "--input",
+        &s(input),
+        "--method",
+        "gradient",
+        "--out",
+        &s(&dir.join("out.safetensors")),
+    ])
+}
+
 /// A fixture model with one tensor replaced by zeros of `dims`, and its graph.
 fn with_tensor_replaced(dir: &Path, model: &str, tensor: &str, dims: &[usize]) -> (PathBuf, PathBuf) {
     let mut weights = candle_core::safetensors::load(fixture(&format!("{model}.safetensors")), &Device::Cpu).unwrap();
@@ -193,21 +210,7 @@ fn with_tensor_replaced(dir: &Path, model: &str, tensor: &str, dims: &[usize]) -
 fn linear_weights_of_the_wrong_width() {
     let dir = scratch("linear-width");
     let input = fixture("mlp_refs.safetensors");
-    let explain = |(model, graph): (PathBuf, PathBuf)| {
-        fails(&[
-            "explain",
-            "--model",
-            &s(&model),
-            "--graph",
-            &s(&graph),
-            "--input",
-            &s(&input),
-            "--method",
-            "gradient",
-            "--out",
-            &s(&dir.join("out.safetensors")),
-        ])
-    };
+    let explain = |model_and_graph| explain_graph_model(model_and_graph, &input, &dir);
     let err = explain(with_tensor_replaced(&dir, "mlp", "net.3.weight", &[64, 100]));
     assert_names(
         &err,
@@ -467,21 +470,7 @@ fn implausible_weights() {
         &input,
         Tensor::ones((1, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
-    let run = |(model, graph): (PathBuf, PathBuf)| {
-        fails(&[
-            "explain",
-            "--model",
-            &s(&model),
-            "--graph",
-            &s(&graph),
-            "--input",
-            &s(&input),
-            "--method",
-            "gradient",
-            "--out",
-            &s(&dir.join("out.safetensors")),
-        ])
-    };
+    let run = |model_and_graph| explain_graph_model(model_and_graph, &input, &dir);
     let err = run(batch_norm_model(&dir, 1.0, 1e-5, true));
     assert_names(&err, &["`conv.weight`", "NaN", "corrupt"]);
     let err = run(batch_norm_model(&dir, -0.5, 1e-5, false));
