@@ -194,6 +194,15 @@ impl Targets {
                 .into_iter()
                 .map(|t| t as usize)
                 .collect()),
+            Targets::Classes(_) => self.given(batch, num_classes),
+        }
+    }
+
+    /// The given classes for a batch of `batch` and a model of `num_classes`, checked; an
+    /// error for [`Targets::TopPrediction`], which needs the logits ([`Targets::resolve`]).
+    pub(crate) fn given(&self, batch: usize, num_classes: usize) -> Result<Vec<usize>> {
+        match self {
+            Targets::TopPrediction => Err(Error::Shape("the top prediction needs the model's logits".into())),
             Targets::Classes(classes) => {
                 let classes = match classes.len() {
                     1 => vec![classes[0]; batch],

@@ -232,7 +232,8 @@ pub(crate) struct Samples<'a> {
     attribution_channels: usize,
     pooling: Pooling,
     targets: &'a [usize],
-    logits: Vec<Vec<f32>>,
+    /// The unperturbed logits, where a metric starts from them (pixel flipping, MuFidelity).
+    logits: Option<Vec<Vec<f32>>>,
 }
 
 impl Samples<'_> {
@@ -300,12 +301,20 @@ impl Samples<'_> {
 
     /// The target's logit on the unperturbed input.
     pub fn logit(&self, b: usize) -> f32 {
-        self.logits[b][self.targets[b]]
+        self.clean_logits(b)[self.targets[b]]
     }
 
     /// The target's softmax probability on the unperturbed input.
     pub fn probability(&self, b: usize) -> f64 {
-        softmax_at(&self.logits[b], self.targets[b])
+        softmax_at(self.clean_logits(b), self.targets[b])
+    }
+
+    fn clean_logits(&self, b: usize) -> &[f32] {
+        let logits = self
+            .logits
+            .as_ref()
+            .expect("evaluate_async runs the clean forward for these metrics");
+        &logits[b]
     }
 }
 
@@ -377,10 +386,29 @@ pub async fn evaluate_async(
             ),
         ));
     }
-    let (logits, widest_row) = model.graph().predict_sized(&model.device().upload(&host_input)?)?;
-    let logits = logits.to_host_async().await?;
-    let targets = request.targets.resolve(&logits)?;
-    let (_, c, h, w) = host_input.dims4()?;
+    // The clean forward gives the top-1 targets and the scores pixel flipping and MuFidelity
+    // start from. Complexity never touches the model, and Sensitivity and the sanity check
+    // explain for themselves: with the targets given, they skip it.
+    let (batch, c, h, w) = host_input.dims4()?;
+    let num_classes = model
+        .graph()
+        .output_dims(host_input.dims())
+        .and_then(|dims| dims.last().copied());
+    let needs_clean_scores = request
+        .metrics
+        .iter()
+        .any(|m| m.flipping().is_some() || matches!(m, Metric::MuFidelity(_)));
+    let (logits, targets, widest_row) = match num_classes {
+        Some(classes) if !needs_clean_scores && matches!(request.targets, Targets::Classes(_)) => {
+            (None, request.targets.given(batch, classes)?, 0)
+        }
+        _ => {
+            let (logits, widest_row) = model.graph().predict_sized(&model.device().upload(&host_input)?)?;
+            let logits = logits.to_host_async().await?;
+            let targets = request.targets.resolve(&logits)?;
+            (Some(logits.to_vec2::<f32>()?), targets, widest_row)
+        }
+    };
     let samples = Samples {
         input: host_input.flatten_all()?.to_vec1::<f32>()?,
         dims: (c, h, w),
@@ -388,7 +416,7 @@ pub async fn evaluate_async(
         attribution_channels: channels,
         pooling: request.pooling,
         targets: &targets,
-        logits: logits.to_vec2::<f32>()?,
+        logits,
     };
     let rows = |batch_size: Option<usize>| Rows {
         model,

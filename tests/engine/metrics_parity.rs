@@ -407,3 +407,28 @@ fn pooling_is_applied_before_scoring() {
     assert_eq!(pooled, score(&by_hand, Pooling::None));
     assert_ne!(pooled, score(&attributions, Pooling::None));
 }
+
+/// Complexity with the targets given skips the model's clean forward (it never reads the model)
+/// and scores as it does beside a metric that needs that forward; a target out of range is
+/// still refused without it.
+#[test]
+fn complexity_alone_skips_the_clean_forward() {
+    let model = crate::common::mnist_cpu("mlp");
+    let refs = Refs::load(&crate::common::mnist_fixture("mlp_refs.safetensors"));
+    let (inputs, attributions) = (refs.f32("inputs"), refs.f32("saliency"));
+    let score = |metrics: &[&str], targets: Vec<i64>| {
+        let request = EvaluationRequest {
+            metrics: metrics.iter().map(|m| Metric::from_name(m).unwrap()).collect(),
+            targets: Targets::Classes(targets),
+            explainer: None,
+            memory_limit: None,
+            pooling: Pooling::None,
+        };
+        evaluate(&model, &inputs, &attributions, &request, &mut Progress::none())
+    };
+    let alone = score(&["complexity"], refs.targets()).unwrap().scores;
+    let beside = score(&["complexity", "morf"], refs.targets()).unwrap().scores;
+    assert_eq!(alone[0].values, beside[0].values);
+    let err = score(&["complexity"], vec![10]).unwrap_err().to_string();
+    assert!(err.contains("target class 10 is out of range"), "{err}");
+}
