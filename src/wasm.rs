@@ -123,6 +123,14 @@ pub fn methods() -> JsResult<String> {
     serde_json::to_string(&list).map_err(js_error)
 }
 
+/// Every metric: `[{name, higher_is_better, parameters}]` as JSON, each parameter as the
+/// methods' are (`{key, kind, label, help, default, min?, max?, choices?}`); the seed is the
+/// request's.
+#[wasm_bindgen(js_name = metricCatalog)]
+pub fn metric_catalog() -> JsResult<String> {
+    serde_json::to_string(&Metric::catalog()).map_err(js_error)
+}
+
 /// The method called `name` with its defaults, overridden by the fields of `params_json` (a JSON
 /// object such as `{"n_steps": 16}`; empty or `{}` for the defaults). Rows per pass default to
 /// [`WEB_ROWS_PER_PASS`].

@@ -12,6 +12,7 @@ const SAMPLES = new URL('assets/samples/', import.meta.url);
 const state = {
   explainer: null,
   catalog: [], // every method the engine has
+  metricParams: {}, // metric name -> {parameter: value} changed from the defaults
   methods: [], // those that can explain the loaded model
   params: {}, // method name -> {param: value}
   photo: null, // the photo as given ({source, name}), to prepare again for another model
@@ -368,6 +369,7 @@ async function useModel(source, options, description) {
     if (!state.catalog.length) {
       state.catalog = await explainer.methods();
       $('version').textContent = await explainer.version();
+      fillMetricParameters(await explainer.metricCatalog());
     }
     fillMethods(info.methods ?? state.catalog.map((m) => m.name));
     const crop = info.inputSize ?? 224;
@@ -553,9 +555,69 @@ function showResult(result) {
 // ------------------------------------------------------------------------------------------
 // Scores
 
-/** The metrics ticked under the heatmap, as the engine names them. */
+/** The metrics ticked under the heatmap, as `evaluate` takes them (see `withParameters`). */
 function chosenMetrics() {
-  return METRICS.map((m) => m.name).filter((name) => $(`metric-${name}`)?.checked);
+  return withParameters(METRICS.map((m) => m.name).filter((name) => $(`metric-${name}`)?.checked));
+}
+
+/** Metric names as `evaluate` takes them: the name, or `{metric, ...}` with the parameters
+ * changed under "Metric parameters". */
+function withParameters(names) {
+  return names.map((name) => {
+    const changed = state.metricParams[name];
+    return changed && Object.keys(changed).length ? { metric: name, ...changed } : name;
+  });
+}
+
+/** One control per metric parameter (numbers, choices, switches), from the engine's catalog;
+ * a value differing from the default is kept in `state.metricParams`. */
+function fillMetricParameters(catalog) {
+  const box = $('metric-parameters');
+  for (const metric of catalog) {
+    const group = document.createElement('fieldset');
+    const legend = document.createElement('legend');
+    legend.textContent = metricLabel(metric.name);
+    group.append(legend);
+    for (const p of metric.parameters) {
+      if (!['integer', 'number', 'choice', 'bool'].includes(p.kind)) continue;
+      const id = `metric-param-${metric.name}-${p.key}`;
+      const field = document.createElement('label');
+      field.htmlFor = id;
+      field.title = p.help;
+      field.textContent = `${p.label} `;
+      let control;
+      if (p.kind === 'choice') {
+        control = document.createElement('select');
+        for (const c of p.choices) control.append(new Option(c, c));
+        control.value = p.default;
+      } else if (p.kind === 'bool') {
+        control = document.createElement('input');
+        control.type = 'checkbox';
+        control.checked = p.default === true;
+      } else {
+        control = document.createElement('input');
+        control.type = 'number';
+        control.step = p.kind === 'integer' ? 1 : 'any';
+        if (p.min != null) control.min = p.min;
+        if (p.max != null) control.max = p.max;
+        control.value = p.default ?? '';
+        control.placeholder = p.default == null ? 'auto' : String(p.default);
+      }
+      control.id = id;
+      control.addEventListener('change', () => {
+        let value;
+        if (p.kind === 'bool') value = control.checked;
+        else if (p.kind === 'choice') value = control.value;
+        else value = control.value === '' ? null : Number(control.value);
+        const changed = (state.metricParams[metric.name] ??= {});
+        if (value === p.default || (value === null && p.default == null)) delete changed[p.key];
+        else changed[p.key] = value;
+      });
+      field.append(control);
+      group.append(field);
+    }
+    if (group.children.length > 1) box.append(group);
+  }
 }
 
 function fillMetricChoices() {
@@ -909,7 +971,7 @@ function wire() {
   $('explain').addEventListener('click', explain);
   $('compare').addEventListener('click', compareAll);
   $('evaluate').addEventListener('click', () => evaluateShown());
-  $('sanity').addEventListener('click', () => evaluateShown(['randomisation']));
+  $('sanity').addEventListener('click', () => evaluateShown(withParameters(['randomisation'])));
   $('optimise').addEventListener('click', optimiseShown);
   $('use-found').addEventListener('click', useFound);
   $('sort-by').addEventListener('change', () => sortGrid($('grid'), state.grid, $('sort-by').value));

@@ -174,6 +174,10 @@ const handlers = {
     return { result: JSON.parse(xai.methods()) };
   },
 
+  metricCatalog() {
+    return { result: JSON.parse(xai.metricCatalog()) };
+  },
+
   colormap({ colormap, steps }) {
     const colours = xai.colormapColors(colormap, steps);
     return { result: colours, transfer: [colours.buffer] };

@@ -363,6 +363,16 @@ export class Explainer {
     return this.#methods;
   }
 
+  /**
+   * Every metric `evaluate` takes, as the engine describes it: [{name, higher_is_better,
+   * parameters (as methods' parameters, each with its default; the seed is evaluate's)}]. A
+   * metric in `evaluate`'s `metrics` is its name, or `{metric: name, key: value, ...}` with
+   * parameters changed.
+   */
+  async metricCatalog() {
+    return this.#painter.call('metricCatalog');
+  }
+
   /** The human name of method `name` (e.g. 'Integrated Gradients'), or `name` if it has none. */
   async methodLabel(name) {
     return (await this.methods()).find((m) => m.name === name)?.label ?? name;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::methods::{Parameter, Progress, Request, Targets};
+use crate::methods::{Parameter, ParameterInfo, Progress, Request, Targets};
 use crate::model::Model;
 use forward::Rows;
 use pixel_flipping::{area_between, mean, softmax_at};
@@ -45,6 +45,14 @@ pub enum Metric {
     Complexity(ComplexityParams),
     /// The model-parameter randomisation sanity check.
     Randomisation(RandomisationParams),
+}
+
+/// A metric as [`Metric::catalog`] describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricInfo {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+    pub parameters: Vec<ParameterInfo>,
 }
 
 impl Metric {
@@ -110,6 +118,32 @@ impl Metric {
             Metric::Complexity(p) => p.parameters(),
             Metric::Randomisation(p) => p.parameters(),
         }
+    }
+
+    /// Every metric and its parameters with their defaults, for forms (the page's metric
+    /// parameters): the seed is left out, it is the request's.
+    pub fn catalog() -> Vec<MetricInfo> {
+        Self::NAMES
+            .iter()
+            .filter_map(|name| Self::from_name(name).ok())
+            .map(|metric| {
+                let defaults = serde_json::to_value(&metric).unwrap_or_default();
+                let parameters = metric
+                    .parameters()
+                    .into_iter()
+                    .filter(|p| p.key != "seed")
+                    .map(|parameter| ParameterInfo {
+                        default: defaults.get(parameter.key).cloned().unwrap_or(Value::Null),
+                        parameter,
+                    })
+                    .collect();
+                MetricInfo {
+                    name: metric.name(),
+                    higher_is_better: metric.higher_is_better(),
+                    parameters,
+                }
+            })
+            .collect()
     }
 
     /// The metric called `name` with its defaults overridden by the JSON object `overrides`
@@ -497,4 +531,35 @@ pub async fn evaluate_async(
         });
     }
     Ok(Evaluation { targets, scores })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults the catalog shows are the metrics' own: given back, they change nothing;
+    /// and a number outside a parameter's range is refused, as forms built from it promise.
+    #[test]
+    fn catalog_defaults_are_the_metrics_defaults() {
+        for info in Metric::catalog() {
+            let given: serde_json::Map<String, Value> = info
+                .parameters
+                .iter()
+                .filter(|p| !p.default.is_null())
+                .map(|p| (p.parameter.key.to_string(), p.default.clone()))
+                .collect();
+            assert!(!given.is_empty(), "{}", info.name);
+            let metric = Metric::from_json(info.name, &Value::Object(given)).unwrap();
+            assert_eq!(metric, Metric::from_name(info.name).unwrap(), "{}", info.name);
+            for p in info.parameters.iter().filter(|p| p.parameter.max.is_some()) {
+                let too_large = serde_json::json!({ p.parameter.key: p.parameter.max.unwrap() * 2.0 + 1.0 });
+                assert!(
+                    Metric::from_json(info.name, &too_large).is_err(),
+                    "{} {}",
+                    info.name,
+                    p.parameter.key
+                );
+            }
+        }
+    }
 }

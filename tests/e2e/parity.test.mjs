@@ -193,6 +193,40 @@ test('scores: the page scores a heatmap as the CLI does, and draws its flipping 
   }
 });
 
+test('scores: metric parameters set on the page reach the engine (AbPC with 5 steps equals the CLI\'s)', async () => {
+  const abpcShown = async () => {
+    await page.click('#evaluate');
+    await page.waitForFunction(() => document.body.dataset.state === 'idle' && /^Scored /.test(document.getElementById('status').textContent));
+    assert.equal(await page.$eval('#error', (e) => e.textContent), '');
+    return page.evaluate(() => window.xaiApp.state.last.evaluation.scores.abpc);
+  };
+  const withDefaults = await abpcShown();
+  await page.$eval('#metric-parameters', (d) => { d.open = true; });
+  assert.equal(await page.$eval('#metric-param-abpc-n_steps', (e) => e.value), '10');
+  await page.fill('#metric-param-abpc-n_steps', '5');
+  await page.press('#metric-param-abpc-n_steps', 'Tab');
+  const withFive = await abpcShown();
+  await screenshot(page, 'scores-metric-parameters');
+  const attributionsFile = join(work, 'page-metric-parameters.safetensors');
+  writeFileSync(attributionsFile, fromBase64(await page.evaluate(() => window.xaiApp.attributionsSafetensors())));
+  const report = join(work, 'abpc-5.json');
+  const cli = spawnSync(
+    CLI,
+    ['evaluate', '--model', MODEL, '--input', input, '--attributions', attributionsFile,
+      '--metric', 'abpc', '--abpc-n-steps', '5', '--out', report],
+    { encoding: 'utf8', timeout: 300_000 },
+  );
+  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
+  const cliValue = JSON.parse(readFileSync(report, 'utf8')).metrics.abpc[0];
+  console.log(`abpc: page ${withFive} with 5 steps (${withDefaults} with 10), CLI ${cliValue} with 5`);
+  assert.ok(Math.abs(withFive - cliValue) <= 1e-4 * Math.max(1, Math.abs(cliValue)), `page ${withFive} vs CLI ${cliValue}`);
+  assert.notEqual(withFive, withDefaults);
+  // Back to the default: the parameter is dropped again.
+  await page.fill('#metric-param-abpc-n_steps', '10');
+  await page.press('#metric-param-abpc-n_steps', 'Tab');
+  assert.deepEqual(await page.evaluate(() => window.xaiApp.state.metricParams.abpc), {});
+});
+
 // The sanity check on the same heatmap: a verdict a person can read, the similarity curve, and
 // the value the CLI gets for the same attributions and method.
 test('sanity check: one button gives a verdict, a curve, and the value the CLI gets', async () => {
