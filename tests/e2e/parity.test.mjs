@@ -83,6 +83,15 @@ after(async () => {
   await server?.close();
 });
 
+/** The JSON report of the CLI's `command` (`evaluate` or `optimize`, then `args`) on the page's
+ * model, written to `<name>.json` in the work folder. */
+function cliReport(name, [command, ...args]) {
+  const report = join(work, `${name}.json`);
+  const cli = spawnSync(CLI, [command, '--model', MODEL, ...args, '--out', report], { encoding: 'utf8', timeout: 300_000 });
+  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
+  return JSON.parse(readFileSync(report, 'utf8'));
+}
+
 test('every method is offered', async () => {
   const offered = await page.$$eval('#method option', (options) => options.map((o) => o.value));
   assert.deepEqual([...offered].sort(), [...METHODS].sort());
@@ -177,15 +186,8 @@ test('scores: the page scores a heatmap as the CLI does, and draws its flipping 
   const last = await page.evaluate(() => window.xaiApp.lastResult());
   const attributionsFile = join(work, 'page-lrp-epsilon-plus.safetensors');
   writeFileSync(attributionsFile, fromBase64(await page.evaluate(() => window.xaiApp.attributionsSafetensors())));
-  const report = join(work, 'scores.json');
-  const cli = spawnSync(
-    CLI,
-    ['evaluate', '--model', MODEL, '--input', input, '--attributions', attributionsFile,
-      '--metric', 'abpc,morf,lerf,complexity,mu-fidelity', '--mu-fidelity-n-perturb', '30', '--out', report],
-    { encoding: 'utf8', timeout: 300_000 },
-  );
-  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
-  const theirs = JSON.parse(readFileSync(report, 'utf8'));
+  const theirs = cliReport('scores', ['evaluate', '--input', input, '--attributions', attributionsFile,
+    '--metric', 'abpc,morf,lerf,complexity,mu-fidelity', '--mu-fidelity-n-perturb', '30']);
   assert.equal(theirs.targets[0], last.target);
   for (const [name, values] of Object.entries(theirs.metrics)) {
     console.log(`${name}: page ${ours[name]}, CLI ${values[0]}`);
@@ -209,15 +211,8 @@ test('scores: metric parameters set on the page reach the engine (AbPC with 5 st
   await screenshot(page, 'scores-metric-parameters');
   const attributionsFile = join(work, 'page-metric-parameters.safetensors');
   writeFileSync(attributionsFile, fromBase64(await page.evaluate(() => window.xaiApp.attributionsSafetensors())));
-  const report = join(work, 'abpc-5.json');
-  const cli = spawnSync(
-    CLI,
-    ['evaluate', '--model', MODEL, '--input', input, '--attributions', attributionsFile,
-      '--metric', 'abpc', '--abpc-n-steps', '5', '--out', report],
-    { encoding: 'utf8', timeout: 300_000 },
-  );
-  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
-  const cliValue = JSON.parse(readFileSync(report, 'utf8')).metrics.abpc[0];
+  const cliValue = cliReport('abpc-5', ['evaluate', '--input', input, '--attributions', attributionsFile,
+    '--metric', 'abpc', '--abpc-n-steps', '5']).metrics.abpc[0];
   console.log(`abpc: page ${withFive} with 5 steps (${withDefaults} with 10), CLI ${cliValue} with 5`);
   assert.ok(Math.abs(withFive - cliValue) <= 1e-4 * Math.max(1, Math.abs(cliValue)), `page ${withFive} vs CLI ${cliValue}`);
   assert.notEqual(withFive, withDefaults);
@@ -242,15 +237,9 @@ test('sanity check: one button gives a verdict, a curve, and the value the CLI g
   assert.deepEqual(rows, ['AbPC', 'MoRF', 'LeRF', 'Complexity', 'Randomisation']);
   await screenshot(page, 'sanity-check-lrp-epsilon-plus');
   const ours = await page.evaluate(() => window.xaiApp.state.last.evaluation.scores.randomisation);
-  const report = join(work, 'randomisation.json');
-  const cli = spawnSync(
-    CLI,
-    ['evaluate', '--model', MODEL, '--input', input, '--attributions', join(work, 'page-lrp-epsilon-plus.safetensors'),
-      '--made-by', 'lrp-epsilon-plus', '--metric', 'randomisation', '--out', report],
-    { encoding: 'utf8', timeout: 300_000 },
-  );
-  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
-  const theirs = JSON.parse(readFileSync(report, 'utf8')).metrics.randomisation[0];
+  const theirs = cliReport('randomisation', ['evaluate', '--input', input,
+    '--attributions', join(work, 'page-lrp-epsilon-plus.safetensors'),
+    '--made-by', 'lrp-epsilon-plus', '--metric', 'randomisation']).metrics.randomisation[0];
   console.log(`randomisation: page ${ours}, CLI ${theirs}; ${verdict.text}`);
   assert.ok(Math.abs(ours - theirs) <= 1e-4, `page ${ours} vs CLI ${theirs}`);
 });
@@ -273,15 +262,8 @@ test('optimise: the page tunes as the CLI does, side by side, and a run can be c
   const [, , found] = rows[2];
   assert.ok(Number(found) >= Number(rows[2][1]), `found ${found} < as set ${rows[2][1]}`);
   await screenshot(page, 'optimise-lrp-epsilon-plus');
-  const report = join(work, 'optimise.json');
-  const cli = spawnSync(
-    CLI,
-    ['optimize', '--model', MODEL, '--input', input, '--method', 'lrp-epsilon-plus', '--metric', 'abpc', '--n-trials', '3',
-      '--fixed-pooling', '--out', report],
-    { encoding: 'utf8', timeout: 300_000 },
-  );
-  assert.equal(cli.status, 0, `CLI failed: ${cli.stderr}`);
-  const theirs = JSON.parse(readFileSync(report, 'utf8'));
+  const theirs = cliReport('optimise', ['optimize', '--input', input, '--method', 'lrp-epsilon-plus',
+    '--metric', 'abpc', '--n-trials', '3', '--fixed-pooling']);
   const ours = await page.evaluate(() => window.xaiApp.state.found.params);
   assert.equal(ours.epsilon, theirs.best.params.epsilon);
   assert.ok(Math.abs(Number(found) - theirs.best.objective) < 1e-3, `page ${found} vs CLI ${theirs.best.objective}`);
