@@ -65,7 +65,40 @@ mod cuda_kernels {
     unsafe impl DeviceRepr for DepthwiseShape {}
 }
 
+/// The sizes one depthwise pass works on, checked once for the CPU and the CUDA kernels.
+struct Planes {
+    n: usize,
+    c: usize,
+    /// The input image: the forward reads it, the transpose writes it.
+    image: (usize, usize),
+    kernel: (usize, usize),
+}
+
 impl Depthwise {
+    /// The sizes of the input `l1` ([N, C, H, W], or the gradient [N, C, Ho, Wo] of the
+    /// transpose) and the filters `l2` ([C, 1, kh, kw]), refused where they do not fit.
+    fn planes(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<Planes> {
+        let (n, c, sh, sw) = l1.shape().dims4()?;
+        let (kc, _, kh, kw) = l2.shape().dims4()?;
+        if kc != c {
+            candle_core::bail!("depthwise kernel has {kc} channels, input {c}");
+        }
+        let image = match self.transposed_to {
+            None => (sh, sw),
+            Some(image) if (sh, sw) == self.sliding.out_hw => image,
+            Some(_) => {
+                let (oh, ow) = self.sliding.out_hw;
+                candle_core::bail!("depthwise transpose: gradient {sh}x{sw}, expected {oh}x{ow}")
+            }
+        };
+        Ok(Planes {
+            n,
+            c,
+            image,
+            kernel: (kh, kw),
+        })
+    }
+
     /// [N, C, H, W] of the output: the forward's [.., Ho, Wo], or the transpose's input size.
     fn output_dims(&self, (n, c): (usize, usize)) -> (usize, usize, usize, usize) {
         match self.transposed_to {
@@ -87,11 +120,12 @@ impl CustomOp2 for Depthwise {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, sh, sw) = l1.shape().dims4()?;
-        let (kc, _, kh, kw) = l2.shape().dims4()?;
-        if kc != c {
-            candle_core::bail!("depthwise kernel has {kc} channels, input {c}");
-        }
+        let Planes {
+            n,
+            c,
+            image: (h, w),
+            kernel: (kh, kw),
+        } = self.planes(l1, l2)?;
         let (src, k) = (
             f32_data(s1, l1, "depthwise-conv2d")?,
             f32_data(s2, l2, "depthwise-conv2d")?,
@@ -104,16 +138,12 @@ impl CustomOp2 for Depthwise {
             out_hw: (oh, ow),
             ..
         } = self.sliding;
-        // (h, w): the input image; the forward reads it, the transpose writes it.
-        let ((h, w), out_len) = match self.transposed_to {
-            None => ((sh, sw), oh * ow),
-            Some((h, w)) => ((h, w), h * w),
+        // The forward reads the image and writes [Ho, Wo]; the transpose reads [Ho, Wo].
+        let (in_len, out_len) = match self.transposed_to {
+            None => (h * w, oh * ow),
+            Some(_) => (oh * ow, h * w),
         };
-        if self.transposed_to.is_some() && (sh, sw) != (oh, ow) {
-            candle_core::bail!("depthwise transpose: gradient {sh}x{sw}, expected {oh}x{ow}");
-        }
         let mut out = vec![0f32; n * c * out_len];
-        let in_len = sh * sw;
         out.par_chunks_mut(out_len).enumerate().for_each(|(plane, dst)| {
             let filter = &k[(plane % c) * kh * kw..][..kh * kw];
             let src = &src[plane * in_len..(plane + 1) * in_len];
@@ -163,11 +193,12 @@ impl CustomOp2 for Depthwise {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{f32_view, launch, size};
-        let (n, c, sh, sw) = l1.shape().dims4()?;
-        let (kc, _, kh, kw) = l2.shape().dims4()?;
-        if kc != c {
-            candle_core::bail!("depthwise kernel has {kc} channels, input {c}");
-        }
+        let Planes {
+            n,
+            c,
+            image: (h, w),
+            kernel: (kh, kw),
+        } = self.planes(l1, l2)?;
         let Sliding {
             stride,
             dilation,
@@ -176,10 +207,9 @@ impl CustomOp2 for Depthwise {
             out_hw: (oh, ow),
             ..
         } = self.sliding;
-        let (h, w, kernel) = match self.transposed_to {
-            None => (sh, sw, "depthwise_forward"),
-            Some((h, w)) if (sh, sw) == (oh, ow) => (h, w, "depthwise_transposed"),
-            Some(_) => candle_core::bail!("depthwise transpose: gradient {sh}x{sw}, expected {oh}x{ow}"),
+        let kernel = match self.transposed_to {
+            None => "depthwise_forward",
+            Some(_) => "depthwise_transposed",
         };
         let shape = cuda_kernels::DepthwiseShape {
             c: size(c)?,
