@@ -197,18 +197,25 @@ impl Graph {
         Some(per_row.saturating_mul(rows as u64).saturating_mul(4))
     }
 
-    /// About how many bytes a forward pass of `rows` inputs of `input` dims holds at its peak
-    /// on the CPU, keeping each output only until its last use, as [`Graph::predict`] does.
-    /// None when the shapes do not fit the graph (the forward then says where).
-    pub fn forward_bytes(&self, input: &[usize], rows: usize) -> Option<u64> {
-        let planned = self.plan(input)?;
-        let size = |id: NodeId| planned[id].0.iter().product::<usize>() as u64;
+    /// Each node's last reader (itself where none reads it): when a forward pass that keeps
+    /// outputs only while they are needed frees them.
+    fn last_uses(&self) -> Vec<NodeId> {
         let mut last_use: Vec<NodeId> = (0..self.nodes.len()).collect();
         for (id, node) in self.nodes.iter().enumerate() {
             for &i in &node.inputs {
                 last_use[i] = id;
             }
         }
+        last_use
+    }
+
+    /// About how many bytes a forward pass of `rows` inputs of `input` dims holds at its peak
+    /// on the CPU, keeping each output only until its last use, as [`Graph::predict`] does.
+    /// None when the shapes do not fit the graph (the forward then says where).
+    pub fn forward_bytes(&self, input: &[usize], rows: usize) -> Option<u64> {
+        let planned = self.plan(input)?;
+        let size = |id: NodeId| planned[id].0.iter().product::<usize>() as u64;
+        let last_use = self.last_uses();
         let (mut live, mut peak) = (size(0), size(0));
         for (id, node) in self.nodes.iter().enumerate().skip(1) {
             live = live.saturating_add(size(id));
@@ -255,12 +262,7 @@ impl Graph {
     /// [`Graph::predict`], also returning [`Activations::widest_row`] of the pass.
     pub fn predict_sized(&self, input: &Tensor) -> Result<(Tensor, usize)> {
         let mut widest_row = row_len(input);
-        let mut last_use = vec![0usize; self.nodes.len()];
-        for (id, node) in self.nodes.iter().enumerate() {
-            for &i in &node.inputs {
-                last_use[i] = id;
-            }
-        }
+        let last_use = self.last_uses();
         let mut outputs: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         outputs[0] = Some(input.clone());
         for (id, node) in self.nodes.iter().enumerate().skip(1) {

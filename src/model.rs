@@ -244,7 +244,7 @@ impl Model {
     /// Refuses, before anything is allocated, a forward pass that does not fit the device's
     /// memory budget ([`crate::tensor::Device::memory_budget`]; wgpu bounds its tensors
     /// itself).
-    fn check_forward_memory(&self, dims: &[usize]) -> Result<()> {
+    pub(crate) fn check_forward_memory(&self, dims: &[usize]) -> Result<()> {
         let Some(budget) = self.device().memory_budget() else {
             return Ok(());
         };

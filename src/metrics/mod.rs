@@ -437,6 +437,7 @@ pub async fn evaluate_async(
             (None, request.targets.given(batch, classes)?, 0)
         }
         _ => {
+            model.check_forward_memory(host_input.dims())?;
             let (logits, widest_row) = model.graph().predict_sized(&model.device().upload(&host_input)?)?;
             let logits = logits.to_host_async().await?;
             let targets = request.targets.resolve(&logits)?;

@@ -97,11 +97,24 @@ fn a_forward_that_cannot_fit_is_refused_before_anything_is_allocated() {
         Model::load(&weights, &options, &Device::Cpu).unwrap()
     };
     let input = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
-    let err = load(200_000).predict(&input).unwrap_err().to_string();
+    let padded = load(200_000);
+    let err = padded.predict(&input).unwrap_err().to_string();
     assert!(
         err.contains("classifying 1 input(s) of [3, 8, 8]") && err.contains("MiB of memory, more than the"),
         "{err}"
     );
+    // Scoring runs the same clean forward first, and is refused the same way.
+    let request = candle_xai::metrics::EvaluationRequest {
+        metrics: vec![candle_xai::metrics::Metric::from_name("abpc").unwrap()],
+        targets: Targets::TopPrediction,
+        explainer: None,
+        memory_limit: None,
+        pooling: candle_xai::metrics::Pooling::None,
+    };
+    let err = candle_xai::metrics::evaluate(&padded, &input, &input, &request, &mut Progress::none())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("classifying 1 input(s) of [3, 8, 8]"), "{err}");
     // Padded by 100: at the ReLU the convolution's output (206x206x4, freed after it) and the
     // ReLU's own are held at once; the plan covers at least that.
     let model = load(100);
