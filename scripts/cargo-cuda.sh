@@ -10,11 +10,9 @@
 # XAI_CACHE (where the toolkit lives).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-cuda.sh
+CUDA_HOME=$(scripts/setup-cuda.sh)
+export CUDA_HOME
 export PATH="$HOME/.cargo/bin:$PATH"
-
-CUDA_ROOT=${XAI_CACHE:-$HOME/.cache/candle-xai}/cuda-13.0.88
-export CUDA_HOME=$CUDA_ROOT/nvidia/cu13
 export PATH="$CUDA_HOME/bin:$PATH"
 # No nvidia-smi here to ask: the kernels are compiled for this compute capability.
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}

@@ -11,7 +11,8 @@
 # sonames that export the functions cudarc declares, as the CUDA toolkit's own lib64/stubs do.
 # At run time the real libraries are loaded by soname; the stubs are never on the loader's path.
 #
-#   scripts/setup-cuda.sh                      # install (no-op when done)
+#   scripts/setup-cuda.sh                      # install (no-op when done); prints the toolkit's
+#                                              # folder (CUDA_HOME) on stdout
 #   scripts/cargo-cuda.sh build --release      # cargo with the cuda feature and this toolkit
 #
 # Environment: XAI_CACHE, PYTHON (default python3).
@@ -87,3 +88,4 @@ EOF
     "$TOOLKIT/bin/nvcc" --version | tail -2 >&2
     echo "$LAYOUT ${PACKAGES[*]}" >"$CUDA_ROOT/.installed"
 fi
+echo "$TOOLKIT"
