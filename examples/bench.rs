@@ -27,7 +27,7 @@ use clap::Parser;
 
 /// The same allocator as the `candle-xai` command, so these are the command's timings.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: candle_xai::allocator::Allocator = candle_xai::allocator::Allocator;
 
 #[derive(Parser)]
 struct Args {
@@ -135,6 +135,7 @@ fn median(sorted: &[f64]) -> f64 {
 }
 
 fn main() -> candle_xai::Result<()> {
+    candle_xai::allocator::keep_freed_memory();
     let args = Args::parse();
     let reps = args.reps.max(1);
     let bytes = std::fs::read(&args.model).expect("cannot read --model");

@@ -411,12 +411,15 @@ def check_maxpool_tie_convention():
 
 # ----------------------------------------------------------------------------------------------------------------
 
+SG_INPUTS = ("smoothgrad_noise", "smoothgrad_params")  # SmoothGrad's inputs; smoothgrad_sq is a result
+
+
 def conditioning(out, out64):
     """{key: [max|ref32 - ref64| / max|ref64|, ||ref32 - ref64|| / ||ref64||]} for every result of the float64 pass
     (not the quadratures' points and weights, nor SmoothGrad's noise and parameters, which are inputs)."""
     f64_rel_err = {}
     for k, v in out64.items():
-        if k.startswith("ig_") and (k.endswith("_alphas") or k.endswith("_step_sizes")) or k.startswith("smoothgrad_"):
+        if k.startswith("ig_") and (k.endswith("_alphas") or k.endswith("_step_sizes")) or k in SG_INPUTS:
             continue
         d = out[k].double() - v
         f64_rel_err[k] = [float(f"{(d.abs().max() / v.abs().max()).item():.3g}"),

@@ -1,6 +1,8 @@
 //! candle-xai: explanations for image classifiers — saliency, Integrated Gradients,
 //! SmoothGrad, Grad-CAM and Layer-wise Relevance Propagation — matching captum and zennit.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod allocator;
 pub mod backend;
 pub mod error;
 pub mod graph;

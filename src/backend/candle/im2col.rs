@@ -47,28 +47,66 @@ pub fn im2col_correlate(x: &Tensor, kernel: &Tensor, sliding: Sliding) -> Result
     Ok(x.apply_op2_no_bwd(&kernel, &sliding)?)
 }
 
+/// How many images share one GEMM. Per image, a late layer's product is thin (ResNet-18's last
+/// convolutions: 49 output pixels against 512 filters of 4608 taps) and the GEMM spends its time
+/// packing the filters, again for every image; batched rows (Integrated Gradients' steps,
+/// SmoothGrad's samples, a metric's perturbations) side by side make it wide. Images are added
+/// until the product has `WIDE_GEMM_COLUMNS` columns, or its column buffer `MAX_COLUMN_BYTES`.
+fn images_per_gemm(images: usize, rows: usize, pixels: usize) -> usize {
+    const WIDE_GEMM_COLUMNS: usize = 3136; // 56x56: ResNet's second stage, where one image is wide
+    const MAX_COLUMN_BYTES: usize = 32 << 20;
+    let by_width = WIDE_GEMM_COLUMNS.div_ceil(pixels.max(1));
+    let by_memory = MAX_COLUMN_BYTES / (rows * pixels * std::mem::size_of::<f32>()).max(1);
+    by_width.min(by_memory).clamp(1, images.max(1))
+}
+
+/// One GEMM's columns: `images` images side by side, [rows, images, pixels] row-major, so the
+/// product's column j is pixel j % pixels of image j / pixels.
+#[derive(Debug, Clone, Copy)]
+struct ColumnBlock {
+    images: usize,
+    pixels: usize,
+}
+
+impl ColumnBlock {
+    /// The chunk index of (row, image) in `par_chunks(pixels)`, and back.
+    fn chunk(&self, row: usize, image: usize) -> usize {
+        row * self.images + image
+    }
+
+    fn row_and_image(&self, chunk: usize) -> (usize, usize) {
+        (chunk / self.images, chunk % self.images)
+    }
+
+    fn width(&self) -> usize {
+        self.images * self.pixels
+    }
+}
+
 impl Sliding {
     /// 1x1 kernel, stride 1, no padding: output pixels are input pixels.
     fn is_pointwise(&self, kernel: (usize, usize), input_hw: (usize, usize)) -> bool {
         kernel == (1, 1) && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0 && self.out_hw == input_hw
     }
 
-    /// Fills `columns` [C_g*kh*kw, Ho*Wo] with the patches of channels `channels` of `image`.
+    /// Fills `columns` [C_g*kh*kw, images, Ho*Wo] with the patches of channels `channels` of
+    /// `images` (consecutive [C, H, W] images).
     fn gather(
         &self,
-        image: &[f32],
-        (h, w): (usize, usize),
+        images: &[f32],
+        (c, h, w): (usize, usize, usize),
         channels: std::ops::Range<usize>,
         (kh, kw): (usize, usize),
+        block: ColumnBlock,
         columns: &mut [f32],
     ) {
         let (oh, ow) = self.out_hw;
-        let pixels = oh * ow;
         let (s, d) = (self.stride, self.dilation);
-        columns.par_chunks_mut(pixels).enumerate().for_each(|(row, dst)| {
-            let c = channels.start + row / (kh * kw);
+        columns.par_chunks_mut(oh * ow).enumerate().for_each(|(chunk, dst)| {
+            let (row, image) = block.row_and_image(chunk);
+            let channel = channels.start + row / (kh * kw);
             let (a, b) = ((row / kw) % kh, row % kw);
-            let plane = &image[c * h * w..(c + 1) * h * w];
+            let plane = &images[(image * c + channel) * h * w..][..h * w];
             let x_offset = (b * d) as isize - self.pad_left as isize;
             let (first, end) = valid_columns(x_offset, s, w, ow);
             for (i, out) in dst.chunks_mut(ow).enumerate() {
@@ -93,6 +131,67 @@ impl Sliding {
     }
 }
 
+/// dst [m, n] = lhs [m, k] @ rhs [k, n], each given as (pointer, row stride, column stride).
+///
+/// # Safety
+/// Every element the shapes and strides address must lie in its buffer, and `dst` must not
+/// overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (lhs, lhs_rs, lhs_cs): (*const f32, isize, isize),
+    (rhs, rhs_rs): (*const f32, isize),
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        false,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        1,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::Rayon(rayon::current_num_threads()),
+    );
+}
+
+/// Copies channels `channels` of `images` ([images, C, pixels]) into `block`
+/// ([channels, images, pixels]).
+fn to_block(images: &[f32], c: usize, channels: std::ops::Range<usize>, layout: ColumnBlock, block: &mut [f32]) {
+    block
+        .par_chunks_mut(layout.pixels)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            let (row, image) = layout.row_and_image(chunk);
+            dst.copy_from_slice(&images[(image * c + channels.start + row) * layout.pixels..][..layout.pixels]);
+        });
+}
+
+/// The inverse of [`to_block`]: writes `block` into channels `channels` of `images`.
+fn from_block(block: &[f32], layout: ColumnBlock, c: usize, channels: std::ops::Range<usize>, images: &mut [f32]) {
+    images
+        .par_chunks_mut(layout.pixels)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let (image, channel) = (plane / c, plane % c);
+            if channels.contains(&channel) {
+                let chunk = layout.chunk(channel - channels.start, image);
+                dst.copy_from_slice(&block[chunk * layout.pixels..][..layout.pixels]);
+            }
+        });
+}
+
 impl CustomOp2 for Sliding {
     fn name(&self) -> &'static str {
         "im2col-conv2d"
@@ -113,58 +212,77 @@ impl CustomOp2 for Sliding {
             candle_core::bail!("im2col-conv2d: {c} input channels, kernel {:?}, {g} groups", l2.shape());
         }
         let (oh, ow) = self.out_hw;
-        let pixels = oh * ow;
+        let chunk = images_per_gemm(n, c_per_group * kh * kw, oh * ow);
+        let out = self.correlate(x, (n, c, h, w), k, (c_out, kh, kw), chunk);
+        Ok((CpuStorage::F32(out), Shape::from((n, c_out, oh, ow))))
+    }
+}
+
+impl Sliding {
+    /// The forward convolution, `chunk` images per GEMM.
+    fn correlate(
+        &self,
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        k: &[f32],
+        (c_out, kh, kw): (usize, usize, usize),
+        chunk: usize,
+    ) -> Vec<f32> {
+        let g = self.groups;
+        let (c_per_group, out_per_group) = (c / g, c_out / g);
+        let pixels = self.out_hw.0 * self.out_hw.1;
         let rows = c_per_group * kh * kw;
-        let out_per_group = c_out / g;
-        let mut out = vec![0f32; n * c_out * pixels];
-        // A 1x1, stride-1, unpadded convolution's columns are its input planes themselves.
         let pointwise = self.is_pointwise((kh, kw), (h, w));
-        let mut buffer = if pointwise {
-            Vec::new()
-        } else {
-            vec![0f32; rows * pixels]
-        };
-        let threads = rayon::current_num_threads();
-        for image in 0..n {
-            let src = &x[image * c * h * w..(image + 1) * c * h * w];
+        let mut out = vec![0f32; n * c_out * pixels];
+        let (mut columns, mut products) = (Vec::new(), Vec::new());
+        for first in (0..n).step_by(chunk) {
+            let layout = ColumnBlock {
+                images: chunk.min(n - first),
+                pixels,
+            };
+            let images_in = &x[first * c * h * w..][..layout.images * c * h * w];
+            let images_out = &mut out[first * c_out * pixels..][..layout.images * c_out * pixels];
             for group in 0..g {
                 let channels = group * c_per_group..(group + 1) * c_per_group;
-                let columns: &[f32] = if pointwise {
-                    &src[channels.start * pixels..channels.end * pixels]
+                let filters = group * out_per_group..(group + 1) * out_per_group;
+                // One pointwise image's columns are its input planes themselves.
+                let columns: &[f32] = if pointwise && layout.images == 1 {
+                    &images_in[channels.start * pixels..channels.end * pixels]
                 } else {
-                    self.gather(src, (h, w), channels, (kh, kw), &mut buffer);
-                    &buffer
+                    columns.resize(rows * layout.width(), 0.0);
+                    self.gather(images_in, (c, h, w), channels, (kh, kw), layout, &mut columns);
+                    &columns
                 };
-                let dst = &mut out[(image * c_out + group * out_per_group) * pixels..][..out_per_group * pixels];
-                let lhs = &k[group * out_per_group * rows..][..out_per_group * rows];
-                // SAFETY: dst is [out_per_group, pixels], lhs [out_per_group, rows] and the
-                // columns [rows, pixels], all row-major and in bounds as sliced above.
-                unsafe {
-                    gemm(
-                        out_per_group,
-                        pixels,
-                        rows,
-                        dst.as_mut_ptr(),
-                        1,
-                        pixels as isize,
-                        false,
-                        lhs.as_ptr(),
-                        1,
-                        rows as isize,
-                        columns.as_ptr(),
-                        1,
-                        pixels as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::Rayon(threads),
-                    );
+                let lhs = (k[filters.start * rows..].as_ptr(), rows as isize, 1);
+                if layout.images == 1 {
+                    let dst = &mut images_out[filters.start * pixels..filters.end * pixels];
+                    // SAFETY: dst is [out_per_group, pixels], the filters [out_per_group, rows]
+                    // and the columns [rows, pixels], row-major and in bounds as sliced above.
+                    unsafe {
+                        product(
+                            (out_per_group, pixels, rows),
+                            dst.as_mut_ptr(),
+                            lhs,
+                            (columns.as_ptr(), pixels as isize),
+                        )
+                    };
+                } else {
+                    products.resize(out_per_group * layout.width(), 0.0);
+                    // SAFETY: as above, with the images side by side: [rows, width] columns
+                    // and an [out_per_group, width] product.
+                    unsafe {
+                        product(
+                            (out_per_group, layout.width(), rows),
+                            products.as_mut_ptr(),
+                            lhs,
+                            (columns.as_ptr(), layout.width() as isize),
+                        )
+                    };
+                    from_block(&products, layout, c_out, filters, images_out);
                 }
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((n, c_out, oh, ow))))
+        out
     }
 }
 
@@ -184,23 +302,36 @@ struct Transposed {
 }
 
 impl Transposed {
-    /// Adds `columns` [C_g*kh*kw, Ho*Wo] onto the channels `channels` of `image` [C, H, W].
-    fn scatter(&self, columns: &[f32], (kh, kw): (usize, usize), channels: std::ops::Range<usize>, image: &mut [f32]) {
+    /// Adds `columns` [C_g*kh*kw, images, Ho*Wo] onto the channels `channels` of `images`
+    /// ([images, C, H, W]).
+    fn scatter(
+        &self,
+        columns: &[f32],
+        layout: ColumnBlock,
+        (kh, kw): (usize, usize),
+        (c, channels): (usize, std::ops::Range<usize>),
+        images: &mut [f32],
+    ) {
         let Sliding {
             stride: s,
             dilation: d,
             pad_top,
             pad_left,
-            out_hw: (oh, ow),
+            out_hw: (_, ow),
             ..
         } = self.sliding;
         let (h, w) = self.input_hw;
-        let pixels = oh * ow;
-        let planes = &mut image[channels.start * h * w..channels.end * h * w];
-        planes.par_chunks_mut(h * w).enumerate().for_each(|(c, plane)| {
+        let pixels = layout.pixels;
+        images.par_chunks_mut(h * w).enumerate().for_each(|(index, plane)| {
+            let (image, channel) = (index / c, index % c);
+            if !channels.contains(&channel) {
+                return;
+            }
+            let channel = channel - channels.start;
             for a in 0..kh {
                 for b in 0..kw {
-                    let row = &columns[((c * kh + a) * kw + b) * pixels..][..pixels];
+                    let chunk = layout.chunk((channel * kh + a) * kw + b, image);
+                    let row = &columns[chunk * pixels..][..pixels];
                     let x_offset = (b * d) as isize - pad_left as isize;
                     let (first, end) = valid_columns(x_offset, s, w, ow);
                     if first >= end {
@@ -220,6 +351,64 @@ impl Transposed {
                 }
             }
         });
+    }
+
+    /// The input-VJP, `chunk` images per GEMM.
+    fn transpose(
+        &self,
+        grad: &[f32],
+        (n, c_out): (usize, usize),
+        k: &[f32],
+        (c, kh, kw): (usize, usize, usize),
+        chunk: usize,
+    ) -> Vec<f32> {
+        let (h, w) = self.input_hw;
+        let g = self.sliding.groups;
+        let (c_per_group, out_per_group) = (c / g, c_out / g);
+        let pixels = self.sliding.out_hw.0 * self.sliding.out_hw.1;
+        let rows = c_per_group * kh * kw;
+        let pointwise = self.sliding.is_pointwise((kh, kw), (h, w));
+        let mut out = vec![0f32; n * c * h * w];
+        let (mut columns, mut packed) = (Vec::new(), Vec::new());
+        for first in (0..n).step_by(chunk) {
+            let layout = ColumnBlock {
+                images: chunk.min(n - first),
+                pixels,
+            };
+            let grads = &grad[first * c_out * pixels..][..layout.images * c_out * pixels];
+            let images_out = &mut out[first * c * h * w..][..layout.images * c * h * w];
+            for group in 0..g {
+                let channels = group * c_per_group..(group + 1) * c_per_group;
+                let filters = group * out_per_group..(group + 1) * out_per_group;
+                let dy: &[f32] = if layout.images == 1 {
+                    &grads[filters.start * pixels..filters.end * pixels]
+                } else {
+                    packed.resize(out_per_group * layout.width(), 0.0);
+                    to_block(grads, c_out, filters.clone(), layout, &mut packed);
+                    &packed
+                };
+                // kernel^T [rows, out_per_group], read through swapped strides.
+                let lhs = (k[filters.start * rows..].as_ptr(), 1, rows as isize);
+                let rhs = (dy.as_ptr(), layout.width() as isize);
+                if pointwise && layout.images == 1 {
+                    // One pointwise image's columns are its input planes: the GEMM writes them.
+                    let dst = &mut images_out[channels.start * pixels..channels.end * pixels];
+                    // SAFETY: dst is [rows, pixels], kernel^T [rows, out_per_group] within the
+                    // row-major [out_per_group, rows] filters, dy [out_per_group, pixels].
+                    unsafe { product((rows, pixels, out_per_group), dst.as_mut_ptr(), lhs, rhs) };
+                    continue;
+                }
+                columns.resize(rows * layout.width(), 0.0);
+                // SAFETY: as above, for [rows, width] columns and an [out_per_group, width] dy.
+                unsafe { product((rows, layout.width(), out_per_group), columns.as_mut_ptr(), lhs, rhs) };
+                if pointwise {
+                    from_block(&columns, layout, c, channels, images_out);
+                } else {
+                    self.scatter(&columns, layout, (kh, kw), (c, channels), images_out);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -244,59 +433,89 @@ impl CustomOp2 for Transposed {
         }
         let (h, w) = self.input_hw;
         let c = c_per_group * g;
-        let pixels = oh * ow;
-        let rows = c_per_group * kh * kw;
-        let out_per_group = c_out / g;
-        let mut out = vec![0f32; n * c * h * w];
-        let threads = rayon::current_num_threads();
-        // Pointwise: the columns are the input planes themselves, so gemm writes them in place.
-        let pointwise = self.sliding.is_pointwise((kh, kw), (h, w));
-        let mut buffer = if pointwise {
-            Vec::new()
-        } else {
-            vec![0f32; rows * pixels]
-        };
-        for image in 0..n {
-            let image_out = &mut out[image * c * h * w..(image + 1) * c * h * w];
-            for group in 0..g {
-                let dy = &grad[(image * c_out + group * out_per_group) * pixels..][..out_per_group * pixels];
-                let kernel = &k[group * out_per_group * rows..][..out_per_group * rows];
-                let channels = group * c_per_group..(group + 1) * c_per_group;
-                let columns = match pointwise {
-                    true => &mut image_out[channels.start * pixels..channels.end * pixels],
-                    false => buffer.as_mut_slice(),
-                };
-                // SAFETY: columns is [rows, pixels]; kernel^T is [rows, out_per_group] read
-                // through swapped strides of the row-major [out_per_group, rows] kernel; dy is
-                // [out_per_group, pixels]; all in bounds as sliced above.
-                unsafe {
-                    gemm(
-                        rows,
-                        pixels,
-                        out_per_group,
-                        columns.as_mut_ptr(),
-                        1,
-                        pixels as isize,
-                        false,
-                        kernel.as_ptr(),
-                        rows as isize,
-                        1,
-                        dy.as_ptr(),
-                        1,
-                        pixels as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::Rayon(threads),
-                    );
-                }
-                if !pointwise {
-                    self.scatter(&buffer, (kh, kw), channels, image_out);
-                }
+        let chunk = images_per_gemm(n, c_per_group * kh * kw, oh * ow);
+        let out = self.transpose(grad, (n, c_out), k, (c, kh, kw), chunk);
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn pick(stream: &mut SplitMix64, low: usize, high: usize) -> usize {
+        low + (stream.next_u64() % (high - low + 1) as u64) as usize
+    }
+
+    fn random(stream: &mut SplitMix64, len: usize) -> Vec<f32> {
+        (0..len).map(|_| (stream.uniform() * 2.0 - 1.0) as f32).collect()
+    }
+
+    /// Equal within the rounding of sums taken in another order (the GEMM blocks its columns
+    /// differently at another width).
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let gap = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(gap <= 1e-5 * scale, "{what}: differs by {gap} (scale {scale})");
+    }
+
+    /// Five images one per GEMM, two per GEMM (a remainder of one) and all five in one: the
+    /// composed-op tests check one of these against candle's own convolution.
+    #[test]
+    fn images_side_by_side_in_one_gemm_give_the_per_image_results() {
+        let mut stream = SplitMix64::new(21);
+        for case in 0..40 {
+            let groups = [1, 2][case % 2];
+            let pointwise = case % 4 == 0;
+            let (kh, kw) = if pointwise {
+                (1, 1)
+            } else {
+                (pick(&mut stream, 1, 3), pick(&mut stream, 1, 3))
+            };
+            let (stride, dilation) = if pointwise {
+                (1, 1)
+            } else {
+                (pick(&mut stream, 1, 2), pick(&mut stream, 1, 2))
+            };
+            let (pad_top, pad_left) = if pointwise {
+                (0, 0)
+            } else {
+                (pick(&mut stream, 0, 2), pick(&mut stream, 0, 2))
+            };
+            let (c, c_out) = (groups * pick(&mut stream, 1, 3), groups * pick(&mut stream, 1, 3));
+            let (h, w) = (
+                dilation * (kh - 1) + pick(&mut stream, 1, 6),
+                dilation * (kw - 1) + pick(&mut stream, 1, 6),
+            );
+            let out_hw = (
+                (h + 2 * pad_top - dilation * (kh - 1) - 1) / stride + 1,
+                (w + 2 * pad_left - dilation * (kw - 1) - 1) / stride + 1,
+            );
+            let sliding = Sliding {
+                stride,
+                dilation,
+                groups,
+                pad_top,
+                pad_left,
+                out_hw,
+            };
+            let n = 5;
+            let x = random(&mut stream, n * c * h * w);
+            let k = random(&mut stream, c_out * (c / groups) * kh * kw);
+            let grad = random(&mut stream, n * c_out * out_hw.0 * out_hw.1);
+            let transposed = Transposed {
+                sliding,
+                input_hw: (h, w),
+            };
+            let forward = |chunk| sliding.correlate(&x, (n, c, h, w), &k, (c_out, kh, kw), chunk);
+            let backward = |chunk| transposed.transpose(&grad, (n, c_out), &k, (c, kh, kw), chunk);
+            let (forward_alone, backward_alone) = (forward(1), backward(1));
+            for chunk in [2, 5] {
+                let what = format!("case {case}: {sliding:?}, {c}->{c_out} on {h}x{w}, {chunk} per GEMM");
+                assert_close(&what, &forward(chunk), &forward_alone);
+                assert_close(&format!("{what}, transposed"), &backward(chunk), &backward_alone);
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }
