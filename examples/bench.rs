@@ -41,8 +41,8 @@ struct Args {
     /// `deit_small_patch16_224` is `timm_vit_small_patch16_224`); default: `--arch-name`.
     #[arg(long)]
     arch: Option<String>,
-    /// A safetensors file with an `input` tensor [1, 3, H, W]; without it, a fixed
-    /// pseudo-random [1, 3, size, size] input.
+    /// A safetensors file with an `input` tensor [N, 3, H, W] (N rows, each explained for its
+    /// top-1 class); without it, a fixed pseudo-random [1, 3, size, size] input.
     #[arg(long)]
     input: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 224)]
@@ -66,6 +66,8 @@ struct Args {
 struct Row<'a> {
     model: &'a str,
     method: &'a str,
+    /// Rows of the input, each explained for its own top-1 class.
+    batch: usize,
     ms_median: f64,
     ms_min: f64,
     reps: usize,
@@ -182,6 +184,7 @@ fn main() -> candle_xai::Result<()> {
             let row = Row {
                 model: &args.arch_name,
                 method: &name,
+                batch: input.dim(0)?,
                 ms_median,
                 ms_min,
                 reps,

@@ -4,7 +4,8 @@
 #   scripts/bench.sh [reps]          # writes BENCHMARKS.md at the repository root
 #
 # Knobs (environment): REPS (default 5; the first argument wins), SIZE (input height/width, default 224),
-# MODELS (space-separated torchvision names with fixture canonizers, default "resnet18 mobilenet_v2"; also the
+# BATCH (rows of the input, each explained for its top-1 class, default 1),
+# MODELS (space-separated torchvision names with fixture canonizers, default "resnet18 vgg11_bn mobilenet_v2"; also the
 # vision transformers vit_b_16 and deit_small_patch16_224, timm's, see scripts/bench_torch.py),
 # OUT (the report, default BENCHMARKS.md at the repository root), WORK_DIR (weights, input and raw rows,
 # default /tmp/candle-xai-bench), PYTHON (default /work/pyref/bin/python, a venv with torch, torchvision,
@@ -17,14 +18,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-${REPS:-5}}
 SIZE=${SIZE:-224}
+BATCH=${BATCH:-1}
 OUT=${OUT:-BENCHMARKS.md}
 WORK_DIR=${WORK_DIR:-/tmp/candle-xai-bench}
 PYTHON=${PYTHON:-/work/pyref/bin/python}
-read -r -a MODELS <<< "${MODELS:-resnet18 mobilenet_v2}"
+read -r -a MODELS <<< "${MODELS:-resnet18 vgg11_bn mobilenet_v2}"
 mkdir -p "$WORK_DIR"
 
 echo "== PyTorch side (writes the weights and the input to $WORK_DIR)" >&2
-"$PYTHON" scripts/bench_torch.py --out-dir "$WORK_DIR" --reps "$REPS" --size "$SIZE" --models "${MODELS[@]}" >&2
+"$PYTHON" scripts/bench_torch.py --out-dir "$WORK_DIR" --reps "$REPS" --size "$SIZE" --batch "$BATCH" --models "${MODELS[@]}" >&2
 
 echo "== candle-xai side" >&2
 cargo build --release --example bench >&2
@@ -40,9 +42,10 @@ for arch in "${MODELS[@]}"; do
 done
 
 command_line="scripts/bench.sh $REPS"
-if [ "${MODELS[*]}" != "resnet18 mobilenet_v2" ]; then command_line="MODELS=\"${MODELS[*]}\" $command_line"; fi
+if [ "${MODELS[*]}" != "resnet18 vgg11_bn mobilenet_v2" ]; then command_line="MODELS=\"${MODELS[*]}\" $command_line"; fi
 if [ "$SIZE" != 224 ]; then command_line="SIZE=$SIZE $command_line"; fi
-export REPS SIZE WORK_DIR OUT command_line
+if [ "$BATCH" != 1 ]; then command_line="BATCH=$BATCH $command_line"; fi
+export REPS SIZE BATCH WORK_DIR OUT command_line
 export NPROC=$(nproc)
 export CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 export CANDLE_VERSION=$(grep -A1 '^name = "candle-core"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
@@ -59,26 +62,48 @@ ours = {(r["model"], r["method"]): r for r in read("ours.jsonl")}
 torch_rows = {(r["model"], r["method"]): r for r in read("torch.jsonl")}
 facts = json.load(open(os.path.join(work, "torch_env.json")))
 ours_threads = sorted({r["threads"] for r in ours.values()})
-size = env["SIZE"]
+size, batch = env["SIZE"], int(env["BATCH"])
+# Multiply-accumulates per row in units of one forward pass (2 FLOP each): an input-gradient pass costs as many as
+# a forward; every row includes the top-1 prediction forward (ours: gradient and Grad-CAM take it from the forward
+# they differentiate).
+FORWARDS_PER_ROW = {"gradient": 2, "input-x-gradient": 2, "integrated-gradients": 1 + 32 * 2, "smoothgrad": 1 + 8 * 2}
+
+
+def gflops(model, method, row):
+    passes = FORWARDS_PER_ROW.get(method)
+    if row is None or passes is None:
+        return ""
+    flop = 2 * facts["forward_gmac"][model] * passes * batch
+    return f"{flop / (row['ms_min'] / 1e3):.0f}"
+
 
 lines = [
     "# Benchmarks: candle-xai vs captum / zennit (CPU)",
     "",
-    f"Wall-clock milliseconds per explanation of one [1, 3, {size}, {size}] input, median of {env['REPS']} "
+    f"Wall-clock milliseconds per explanation of one [{batch}, 3, {size}, {size}] input (each row explained for "
+    f"its top-1 class), median of {env['REPS']} "
     "timed calls after one warm-up (minimum in parentheses). Ratio = PyTorch / ours: above 1 means candle-xai "
     "is faster. Both sides run in the same script on the same machine, on the same seeded random weights "
     "(torchvision architecture, 1000 classes) and the same seeded random input, float32.",
     "",
+    "GFLOP/s (from the minimum time) where the work is a known number of passes: 2 FLOP per multiply-accumulate "
+    "of the convolutions and linear layers, a forward pass and an input-gradient pass costing as many, and the "
+    "prediction forward counted (gradient and input x gradient: 2 passes per row; integrated gradients 65; "
+    f"SmoothGrad 17). The machine's practical peak: PyTorch's own 4096^3 matrix product reaches "
+    f"**{facts['gemm_gflops']:.0f} GFLOP/s** here.",
+    "",
 ]
 for model in dict.fromkeys(m for m, _ in torch_rows):
-    lines += [f"## {model}", "", "| method | ours ms | PyTorch ms | PyTorch / ours |", "|---|---:|---:|---:|"]
+    lines += [f"## {model} ({facts['forward_gmac'][model]:.2f} GMAC per forward)", "",
+              "| method | ours ms | PyTorch ms | PyTorch / ours | ours GFLOP/s | PyTorch GFLOP/s |",
+              "|---|---:|---:|---:|---:|---:|"]
     for (m, method), t in torch_rows.items():
         if m != model:
             continue
         o = ours.get((m, method))
         cell = lambda r: f"{r['ms_median']:.1f} ({r['ms_min']:.1f})" if r else "n/a"
         ratio = f"{t['ms_median'] / o['ms_median']:.2f}" if o else "n/a"
-        lines.append(f"| {method} | {cell(o)} | {cell(t)} | {ratio} |")
+        lines.append(f"| {method} | {cell(o)} | {cell(t)} | {ratio} | {gflops(m, method, o)} | {gflops(m, method, t)} |")
     lines.append("")
 
 lines += [
@@ -98,6 +123,10 @@ lines += [
     "- **smoothgrad**: 8 noisy samples in one batch of 8 rows, noise std 0.1 x (max - min) of the input: captum "
     "`NoiseTunnel(Saliency).attribute(nt_type=\"smoothgrad\", nt_samples=8, nt_samples_batch_size=8, "
     "stdevs=0.1*(x.max()-x.min()), abs=False)`; ours `n_samples: 8, noise_level: 0.1, batch_size: Some(8)`.",
+    "- **grad-cam**: captum `LayerAttribution.interpolate(LayerGradCam(model, layer).attribute(x, target, "
+    "relu_attributions=True), (H, W), \"bilinear\")` at the layer the Grad-CAM fixtures use (resnet18 `layer4`, "
+    "vgg11_bn `features.27`, mobilenet_v2 `features.18`); ours `GradCamParams::default()` at the model's default "
+    "layer, the same one.",
     "- **lrp-\\***: zennit `with Gradient(model, composite) as attributor: attributor(x, one_hot)`, with the "
     "composite's construction and registration (canonizers included) inside the timing, since our LRP merges "
     "BatchNorm on every call. Composites: `lrp-uniform-epsilon` = `LayerMapComposite(layer_map_base() + "
@@ -106,6 +135,7 @@ lines += [
     "`EpsilonAlpha2Beta1Flat`. Composites and canonizers are exactly the ones the reference fixtures "
     "check (`scripts/xai_reference.py`, imported by `scripts/make_fixtures.py` and `scripts/bench_torch.py`): "
     "`zennit.torchvision.ResNetCanonizer()` for resnet18 (BatchNorm merge, residual add -> `zennit.layer.Sum`), "
+    "`zennit.torchvision.VGGCanonizer()` for vgg11_bn (BatchNorm merge), "
     "`MobileNetV2Canonizer()` for mobilenet_v2 (zennit 0.5.1 ships none: `SequentialMergeBatchNorm` + each "
     "InvertedResidual's residual add -> `zennit.layer.Sum` + the functional global average pool -> an "
     "`nn.AdaptiveAvgPool2d` module, so both get the Norm rule). Ours: `LrpParams::new(composite)` with "

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch side of the candle-xai benchmark (captum 0.9 / zennit 0.5.1 on CPU).
 
-Writes ``<out-dir>/<model>.safetensors`` for each of ``--models`` (default resnet18 and mobilenet_v2, what
-scripts/bench.sh compares; also efficientnet_b0, mobilenet_v3_small, convnext_tiny, densenet121,
+Writes ``<out-dir>/<model>.safetensors`` for each of ``--models`` (default resnet18, vgg11_bn and mobilenet_v2,
+what scripts/bench.sh compares; also efficientnet_b0, mobilenet_v3_small, convnext_tiny, densenet121,
 shufflenet_v2_x1_0, squeezenet1_1 and regnet_y_400mf) (torchvision state dicts, 1000 classes, torchvision's own
 random initialisation after ``torch.manual_seed(0)`` (not the fixtures' counter-based seeded weights: timing needs no
 bit-exact weights, only the same ones on both sides), plain contiguous float32, ``num_batches_tracked`` dropped; also
@@ -10,17 +10,20 @@ the vision transformers VIT_MODELS: torchvision's vit_b_16 (whose zero-initialis
 nn.Linear's default initialisation, still after the seed: a zero head makes every logit 0 and every gradient 0) and
 timm's deit_small_patch16_224 (``timm.create_model(pretrained=False)``, timm's names; candle-xai reads it as
 timm_vit_small_patch16_224)) and ``<out-dir>/input.safetensors`` (``input``: a seeded
-random [1, 3, size, size]), so that ``examples/bench.rs`` runs on exactly the same weights and input. Then times every
-row and prints one JSON object per row ({model, method, ms_median, ms_min, reps, threads}), also written to
-``<out-dir>/torch.jsonl``.
+random [batch, 3, size, size]), so that ``examples/bench.rs`` runs on exactly the same weights and input. Then times every
+row and prints one JSON object per row ({model, method, batch, ms_median, ms_min, reps, threads}), also written to
+``<out-dir>/torch.jsonl``; ``<out-dir>/torch_env.json`` holds the versions, each model's forward multiply-accumulates
+per row (``forward_gmac``) and the GFLOP/s of PyTorch's own 4096^3 matrix product (``gemm_gflops``).
 
-Each timed call explains the top-1 class, so it includes that prediction forward, as our ``explain`` does:
+Each timed call explains each row's top-1 class, so it includes that prediction forward, as our ``explain`` does:
   gradient              Saliency(model).attribute(x, target, abs=False)
   input-x-gradient      InputXGradient(model).attribute(x, target)
   integrated-gradients  IntegratedGradients(model).attribute(x, target, n_steps=32, method="gausslegendre",
                         internal_batch_size=32, return_convergence_delta=True)  (ours always returns the delta)
   smoothgrad            NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=8,
                         nt_samples_batch_size=8, stdevs=0.1 * (x.max() - x.min()), target, abs=False)
+  grad-cam (CNNs)       LayerAttribution.interpolate(LayerGradCam(model, layer).attribute(x, target,
+                        relu_attributions=True), (H, W), "bilinear") at the fixtures' GRADCAM_LAYER
   lrp-*                 with Gradient(model, composite) as attributor: attributor(x, one_hot(target))
                         composite construction and registration (canonizers included) inside the timing, since
                         our LRP merges BatchNorm on every call. Composites and canonizers are the fixtures' own
@@ -45,7 +48,8 @@ The vision transformers (VIT_MODELS) have gradient, input-x-gradient, integrated
                         make_vit_fixtures.generic_attention (Chefer et al. 2021)
 One warm-up call, then ``--reps`` timed calls; median and minimum in milliseconds.
 
-    python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--threads N] [--device cuda]
+    python scripts/bench_torch.py --out-dir /tmp/candle-xai-bench --reps 5 [--size 224] [--batch 1] [--threads N]
+        [--device cuda]
         [--models resnet18 mobilenet_v2 efficientnet_b0 convnext_tiny ...] [--only lrp]
 
 With ``--device cuda`` the model and input live on the GPU and every timed call ends with torch.cuda.synchronize().
@@ -62,7 +66,7 @@ from importlib.metadata import version
 
 import torch
 import torchvision
-from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 from safetensors.torch import save_file
 from zennit.attribution import Gradient
 
@@ -74,8 +78,9 @@ from xai_reference import (  # noqa: E402  (the fixtures' composites, defined on
     lrp_gamma_identity,
     no_inplace,
 )
+from make_fixtures import GRADCAM_LAYER  # noqa: E402  (the layer the Grad-CAM fixtures use: ours by default)
 
-MODELS = ["resnet18", "mobilenet_v2"]  # the default: what scripts/bench.sh compares
+MODELS = ["resnet18", "vgg11_bn", "mobilenet_v2"]  # the default: what scripts/bench.sh compares
 VIT_MODELS = ["vit_b_16", "deit_small_patch16_224"]  # vision transformers: captum, lxt, attention maps
 KNOWN_MODELS = list(CANONIZERS) + VIT_MODELS  # every model the fixtures have canonizers for, and the ViTs
 WEIGHT_SEED = 0
@@ -104,8 +109,44 @@ def save_state_dict(model, path):
 
 
 def top1(model, x):
+    """Each row's top-1 class, [N]."""
     with torch.no_grad():
-        return int(model(x).argmax(1)[0])
+        return model(x).argmax(1)
+
+
+def forward_gmac(model, x):
+    """Multiply-accumulates of one forward of one row in the convolutions and linear layers, in billions: the
+    work a forward's GEMMs do (an input-gradient pass does as many)."""
+    macs = []
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            macs.append(output[:1].numel() * module.weight[0].numel())
+        elif isinstance(module, torch.nn.Linear):
+            macs.append(output[:1].numel() * module.in_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(x[:1])
+    for h in hooks:
+        h.remove()
+    return sum(macs) / 1e9
+
+
+def gemm_gflops(device, size=4096, reps=5):
+    """PyTorch's own float32 matrix product (oneDNN/MKL on the CPU), [size, size] x [size, size]: the machine's
+    practical peak, against which the rows' GFLOP/s are read."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def methods(arch, model):
@@ -129,14 +170,19 @@ def methods(arch, model):
 
     def lrp(make):
         def run(x):
-            one_hot = torch.zeros(1, 1000, device=x.device)
-            one_hot[0, top1(model, x)] = 1.0
+            one_hot = torch.nn.functional.one_hot(top1(model, x), 1000).to(x.dtype)
             with Gradient(model=model, composite=make()) as attributor:
                 return attributor(x, one_hot)
         return run
 
     def gamma_identity(x):
-        return lrp_gamma_identity(arch, model, x, torch.tensor([top1(model, x)], device=x.device))
+        return lrp_gamma_identity(arch, model, x, top1(model, x))
+
+    def grad_cam(x):
+        # captum's LayerGradCam at the fixtures' layer, ReLU'd and upsampled: ours GradCamParams::default()
+        layer = model.get_submodule(GRADCAM_LAYER[arch])
+        cam = LayerGradCam(model, layer).attribute(x, target=top1(model, x), relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
 
     rows = {"gradient": gradient, "input-x-gradient": input_x_gradient,
             "integrated-gradients": integrated_gradients, "smoothgrad": smoothgrad}
@@ -144,6 +190,7 @@ def methods(arch, model):
         rows.update(vit_rows(arch, model))
         return rows
     # exactly the composites and canonizers of the fixtures (scripts/xai_reference.py), under our Composite::name()
+    rows["grad-cam"] = grad_cam
     rows.update({name: lrp(make) for name, make in composites(arch, names="engine").items()})
     rows["lrp-gamma-identity"] = gamma_identity
     return rows
@@ -163,7 +210,7 @@ def vit_rows(arch, model):
     mvf.IMAGE, mvf.PATCH, mvf.DEPTH, mvf.HEADS = image, patch, len(blocks), heads
 
     def target(x):
-        return torch.tensor([top1(model, x)], device=x.device)
+        return top1(model, x)
 
     def learned(maps):
         return maps[0].shape[-1] - (mvf.IMAGE // mvf.PATCH) ** 2
@@ -206,6 +253,7 @@ def main():
     parser.add_argument("--out-dir", default="/tmp/candle-xai-bench")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--batch", type=int, default=1, help="rows of the input (each explained for its top-1 class)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all)")
     parser.add_argument("--only", default=None, help="only rows whose method name contains this")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -218,23 +266,23 @@ def main():
 
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
-    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(INPUT_SEED))
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(INPUT_SEED))
     save_file({"input": x.contiguous()}, os.path.join(args.out_dir, "input.safetensors"))
     facts = {"torch": torch.__version__, "torchvision": torchvision.__version__, "captum": version("captum"),
              "zennit": version("zennit"), "threads": torch.get_num_threads(),
              **{name: version(name) for name in ("timm", "lxt") if any(m in VIT_MODELS for m in args.models)},
              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
     device = torch.device(args.device)
+    facts["gemm_gflops"] = gemm_gflops(device)
+    facts["forward_gmac"] = {}
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     x = x.to(device)
-    with open(os.path.join(args.out_dir, "torch_env.json"), "w") as f:
-        json.dump(facts, f)
-
     rows = []
     for arch in args.models:
         model = build_model(arch)
         save_state_dict(model, os.path.join(args.out_dir, f"{arch}.safetensors"))
         model = model.to(device)
+        facts["forward_gmac"][arch] = forward_gmac(model, x)
         for name, run in methods(arch, model).items():
             if args.only and args.only not in name:
                 continue
@@ -248,10 +296,12 @@ def main():
                 sync()
                 times.append((time.perf_counter() - start) * 1e3)
                 del result
-            row = {"model": arch, "method": name, "ms_median": statistics.median(times), "ms_min": min(times),
+            row = {"model": arch, "method": name, "batch": args.batch, "ms_median": statistics.median(times), "ms_min": min(times),
                    "reps": reps, "threads": torch.get_num_threads(), "device": facts["device"]}
             print(json.dumps(row), flush=True)
             rows.append(row)
+    with open(os.path.join(args.out_dir, "torch_env.json"), "w") as f:
+        json.dump(facts, f)
     with open(os.path.join(args.out_dir, "torch.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
