@@ -51,6 +51,8 @@ export CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^
 export CANDLE_VERSION=$(grep -A1 '^name = "candle-core"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 export RUSTC_VERSION=$(rustc --version)
 export DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+export COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if grep -qw avx512f /proc/cpuinfo; then export CPU_SIMD="AVX-512 (avx512f)"; elif grep -qw avx2 /proc/cpuinfo; then export CPU_SIMD=AVX2; else export CPU_SIMD="no AVX2"; fi
 
 "$PYTHON" - <<'EOF'
 import json, os
@@ -148,13 +150,13 @@ lines += [
     "",
     "## Machine",
     "",
-    f"- CPU: {env['CPU_MODEL']}, `nproc` = {env['NPROC']}",
+    f"- CPU: {env['CPU_MODEL']}, `nproc` = {env['NPROC']}, {env['CPU_SIMD']}",
     f"- threads: PyTorch `torch.set_num_threads({facts['threads']})`; candle-xai {', '.join(map(str, ours_threads))} "
     "(candle's default: `RAYON_NUM_THREADS`, else all cores)",
     f"- torch {facts['torch']}, torchvision {facts['torchvision']}, captum {facts['captum']}, zennit {facts['zennit']}"
     + "".join(f", {name} {facts[name]}" for name in ("timm", "lxt") if name in facts),
     f"- candle {env['CANDLE_VERSION']}, {env['RUSTC_VERSION']}, `--release`",
-    f"- date: {env['DATE']}",
+    f"- date: {env['DATE']}, commit {env['COMMIT']}",
     "",
     "## Reproduce",
     "",
