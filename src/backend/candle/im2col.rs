@@ -136,7 +136,6 @@ impl Sliding {
 /// # Safety
 /// Every element the shapes and strides address must lie in its buffer, and `dst` must not
 /// overlap the inputs.
-#[allow(clippy::too_many_arguments)]
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
