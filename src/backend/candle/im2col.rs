@@ -1,8 +1,9 @@
-//! Convolution on CPU as im2col + gemm, one image at a time through one reused column
-//! buffer. candle 0.11's CPU `conv2d` transposes the whole batch to NHWC on one thread and
-//! gathers patches element by element; materialising the columns of a whole batch instead
-//! spends most of its time faulting in fresh pages. Here padding is applied while gathering
-//! (no padded copy), and the gemm writes straight into the output.
+//! Convolution on CPU as im2col + gemm, a few images at a time through one reused column
+//! buffer ([`images_per_gemm`]). candle 0.11's CPU `conv2d` transposes the whole batch to NHWC
+//! on one thread and gathers patches element by element; materialising the columns of a whole
+//! batch instead spends most of its time faulting in fresh pages. Here padding is applied while
+//! gathering (no padded copy), and for one image at a time the gemm writes straight into the
+//! output.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
@@ -286,8 +287,8 @@ impl Sliding {
 }
 
 /// The transpose of `im2col_correlate` (a convolution's input-VJP): `grad` [N, C_out, Ho, Wo]
-/// and the forward `kernel` [C_out, C/groups, kh, kw] give [N, C, H, W]. Per image the
-/// columns are kernel^T @ grad, scattered back onto the input plane (col2im); a stride-2
+/// and the forward `kernel` [C_out, C/groups, kh, kw] give [N, C, H, W]. Per block of images
+/// the columns are kernel^T @ grad, scattered back onto the input planes (col2im); a stride-2
 /// layer does no work for the zeros a transposed convolution would insert.
 pub fn col2im_transpose(grad: &Tensor, kernel: &Tensor, sliding: Sliding, input_hw: (usize, usize)) -> Result<Tensor> {
     let grad = grad.contiguous()?;
