@@ -4,7 +4,7 @@
 // --model (a vision transformer: at its own size), the cat photo, in one run.
 //
 //   node scripts/bench_web.mjs [--reps N] [--methods gradient,lrp-epsilon-plus] [--out FILE] [--native-threads N]
-//       [--model FILE.safetensors --arch-name NAME]
+//       [--model FILE.safetensors --arch-name NAME] [--no-compare]
 //
 // Needs dist/ (trunk build --release), the default model (scripts/setup-web.sh) and the native
 // bench binary (cargo build --release --example bench). Environment: XAI_DIST, CHROMIUM (as in
@@ -28,6 +28,11 @@
 // other parameter is the method's default on both sides. Both sides explain the top-1 class,
 // so each call includes that prediction forward.
 //
+// Then "Compare all methods" as the page runs it: every method that applies to the model, with
+// its defaults, asked of the explainer at most `workers` at a time, timed from the first request
+// to the last result; once with one engine worker and once with the page's default pool
+// (`defaultWorkers`: one per core the browser reports, at most 4), one warm-up each.
+//
 // Output: one JSON line per method on stdout, then a markdown section (a table and notes,
 // without a heading) on stdout, or in the file given by --out.
 
@@ -38,7 +43,7 @@ import { join } from 'node:path';
 import { DIST, ROOT, serve, launch, fromBase64 } from '../tests/e2e/harness.mjs';
 
 const USAGE =
-  'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME]';
+  'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME] [--no-compare]';
 const DEFAULT_MODEL = join(DIST, 'web/assets/model/mobilenet_v2.safetensors');
 // The page fetches the model from here, a copy of the file given in the served dist/ (a route
 // would carry it through the DevTools protocol, which a model of 100 MB breaks).
@@ -56,6 +61,7 @@ function parseArgs(argv) {
     nativeThreads: null,
     model: DEFAULT_MODEL,
     arch: 'mobilenet_v2',
+    compare: true,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -69,6 +75,7 @@ function parseArgs(argv) {
     else if (flag === '--native-threads') args.nativeThreads = Number(value());
     else if (flag === '--model') args.model = value();
     else if (flag === '--arch-name') args.arch = value();
+    else if (flag === '--no-compare') args.compare = false;
     else if (flag === '-h' || flag === '--help') {
       console.log(USAGE);
       process.exit(0);
@@ -106,7 +113,7 @@ function safetensors(name, shape, data) {
 }
 
 /** The browser side: {chromium, input (Float32Array), shape, rows: {method: {...}}}. */
-async function benchBrowser(methods, reps, model) {
+async function benchBrowser(methods, reps, model, compare) {
   const served = join(DIST, MODEL_URL.slice(1));
   copyFileSync(model, served);
   const server = await serve();
@@ -156,14 +163,48 @@ async function benchBrowser(methods, reps, model) {
       );
     }
     await page.evaluate(() => window.bench.explainer.dispose());
+    const compared = compare ? await benchCompareAll(page, reps) : null;
     if (errors.length) throw new Error(`errors in the page:\n${errors.join('\n')}`);
     const input = new Float32Array(fromBase64(setup.input).buffer);
-    return { chromium: browser.version(), input, shape: setup.shape, architecture: setup.architecture, rows };
+    return { chromium: browser.version(), input, shape: setup.shape, architecture: setup.architecture, rows, compared };
   } finally {
     await browser.close();
     await server.close();
     rmSync(served, { force: true });
   }
+}
+
+/**
+ * "Compare all methods" with one engine worker, then with the default pool: [{workers, started
+ * (workers the pool did start), methods, times: [ms per round]}].
+ */
+async function benchCompareAll(page, reps) {
+  return page.evaluate(
+    async ({ url, reps }) => {
+      const { Explainer, defaultWorkers } = await import('/web/xai.js');
+      const bytes = await (await fetch(url)).arrayBuffer();
+      const { prepared } = window.bench;
+      const rounds = [];
+      for (const workers of [...new Set([1, defaultWorkers(bytes.byteLength)])]) {
+        const explainer = await Explainer.load(bytes, { name: 'model.safetensors', backend: 'cpu', workers });
+        const methods = explainer.applicableMethods;
+        const times = [];
+        for (let i = 0; i <= reps; i++) {
+          const started = performance.now();
+          let next = 0;
+          const lane = async () => {
+            while (next < methods.length) await explainer.explain(prepared, { method: methods[next++] });
+          };
+          await Promise.all(Array.from({ length: workers }, lane));
+          if (i > 0) times.push(performance.now() - started);
+        }
+        rounds.push({ workers, started: explainer.workersStarted, methods: methods.length, times });
+        explainer.dispose();
+      }
+      return rounds;
+    },
+    { url: MODEL_URL, reps },
+  );
 }
 
 /**
@@ -215,7 +256,7 @@ async function main() {
     if (!existsSync(path)) throw new Error(`${path} is missing: ${hint}`);
   }
 
-  const web = await benchBrowser(args.methods, args.reps, args.model);
+  const web = await benchBrowser(args.methods, args.reps, args.model, args.compare);
   log(`Chromium ${web.chromium}; input ${JSON.stringify(web.shape)}`);
 
   const work = mkdtempSync(join(tmpdir(), 'xai-bench-web-'));
@@ -263,6 +304,10 @@ async function main() {
     rmSync(work, { recursive: true, force: true });
   }
   for (const r of results) console.log(JSON.stringify(r));
+  for (const c of web.compared ?? []) {
+    const t = stats(c.times);
+    console.log(JSON.stringify({ compare_all: c.methods, workers: c.workers, workers_started: c.started, ms_median: t.median, ms_min: t.min, reps: args.reps }));
+  }
 
   const threads = results[0].native_threads;
   const withSingle = results.some((r) => r.native_1t_ms_median !== undefined);
@@ -299,6 +344,23 @@ async function main() {
       '(`merge_convention: keep-eps`, what the native rows run). Every call includes the top-1 prediction forward.',
     '',
   );
+  if (web.compared?.length) {
+    const [one] = web.compared;
+    const oneMs = stats(one.times).median;
+    lines.push(
+      `"Compare all methods" (all ${one.methods} methods that apply, their defaults, no scores), as the page asks for it: ` +
+        `at most one request per engine worker at a time, from the first request to the last result; median of ${args.reps} ` +
+        `rounds after one warm-up (minimum in parentheses). The default pool on this machine: ${web.compared.at(-1).workers} workers.`,
+      '',
+      '| engine workers | workers started | ms | speed-up |',
+      '|---:|---:|---:|---:|',
+      ...web.compared.map((c) => {
+        const t = stats(c.times);
+        return `| ${c.workers} | ${c.started} | ${cell(t.median, t.min)} | ${(oneMs / t.median).toFixed(2)} |`;
+      }),
+      '',
+    );
+  }
   const markdown = lines.join('\n');
   if (args.out) {
     writeFileSync(args.out, markdown);

@@ -1,7 +1,8 @@
 //! Heatmaps for people: an attribution [C, H, W] becomes per-pixel relevance (channels summed,
-//! as zennit and captum visualise), is normalised (signed maps by the largest magnitude so 0
-//! stays the centre colour, unsigned maps min-max), coloured, laid over the photo, and given a
-//! colour bar with its value range written at the ends. Output is an `RgbImage` or PNG bytes.
+//! as zennit and captum visualise), is normalised (signed maps symmetrically so 0 stays the
+//! centre colour, by captum's outlier clipping or zennit's level: [`Scaling`]; unsigned maps
+//! min-max), coloured, laid over the photo, and given a colour bar with its value range written
+//! at the ends. Output is an `RgbImage` or PNG bytes.
 
 use std::io::Cursor;
 
@@ -163,18 +164,103 @@ pub struct Normalised {
     pub high: f32,
 }
 
-/// The share of attribution mass clipped as outliers before colouring (captum's
-/// `visualize_image_attr` default `outlier_perc=2`): without it a handful of extreme pixels
-/// take the whole colour range and the rest of the map fades to white.
+/// Which magnitude the ends of a signed (or positive) colour map stand for. Relevance is
+/// heavy-tailed: scaled by its largest value, a handful of pixels take the whole colour range
+/// and the rest of the map fades to white, so each method family has its field's remedy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scaling {
+    /// captum's `visualize_image_attr(outlier_perc=percent)`: the ends stand for the smallest
+    /// magnitude above which only `percent`% of the map's attribution mass lies; those pixels
+    /// saturate. captum's default (2) is the gradient family's.
+    Outliers { percent: f32 },
+    /// zennit's `imgify(symmetric=True, level=level)`: the ends stand for the largest magnitude
+    /// divided by `level`, so above 1 the colours saturate earlier (on min-max maps the palette
+    /// is stretched about its middle, as zennit's is).
+    Level { level: f32 },
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling::Outliers {
+            percent: OUTLIER_PERCENT,
+        }
+    }
+}
+
+impl std::fmt::Display for Scaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scaling::Outliers { percent } => write!(f, "outliers:{percent}"),
+            Scaling::Level { level } => write!(f, "level:{level}"),
+        }
+    }
+}
+
+impl Scaling {
+    /// `outliers:P` (P in [0, 100), the share of mass clipped) or `level:L` (L > 0); a bare
+    /// `outliers` or `level` takes captum's 2 or zennit's 1.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let bad = |why: String| Error::invalid_parameter("scaling", why);
+        let (kind, value) = match spec.trim().split_once(':') {
+            Some((kind, value)) => (kind.trim(), Some(value.trim())),
+            None => (spec.trim(), None),
+        };
+        let number = |default: f32| -> Result<f32> {
+            value.map_or(Ok(default), |v| {
+                v.parse::<f32>()
+                    .map_err(|_| bad(format!("`{v}` in `{spec}` is not a number")))
+            })
+        };
+        match kind.to_ascii_lowercase().as_str() {
+            "outliers" | "outlier" => {
+                let percent = number(OUTLIER_PERCENT)?;
+                if !(0.0..100.0).contains(&percent) {
+                    return Err(bad(format!("the outlier share is a percentage in [0, 100); got {percent}")));
+                }
+                Ok(Scaling::Outliers { percent })
+            }
+            "level" => {
+                let level = number(1.0)?;
+                if !(level.is_finite() && level > 0.0) {
+                    return Err(bad(format!("the level is a number above 0; got {level}")));
+                }
+                Ok(Scaling::Level { level })
+            }
+            _ => Err(bad(format!(
+                "unknown scaling `{spec}`; give `outliers:P` (captum's outlier percentage) or `level:L` (zennit's level)"
+            ))),
+        }
+    }
+
+    /// The magnitude the colour map's end stands for, from the map's (finite, non-negative)
+    /// magnitudes.
+    fn end(self, magnitudes: impl Iterator<Item = f32>) -> f32 {
+        match self {
+            Scaling::Outliers { percent } => outlier_threshold(magnitudes, percent),
+            Scaling::Level { level } => magnitudes.fold(0.0, f32::max) / level,
+        }
+    }
+
+    /// How far the min-max position `t` in [0, 1] moves along the palette: zennit's level
+    /// stretches it about the middle; captum's clipping leaves min-max maps alone.
+    fn stretch(self, t: f32) -> f32 {
+        match self {
+            Scaling::Outliers { .. } => t,
+            Scaling::Level { level } => (((2.0 * t - 1.0) * level + 1.0) / 2.0).clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// captum's `visualize_image_attr` default `outlier_perc`.
 pub const OUTLIER_PERCENT: f32 = 2.0;
 
 /// captum's `_cumulative_sum_threshold`: the smallest |v| at which the sorted magnitudes'
-/// running sum reaches (100 - OUTLIER_PERCENT)% of their total.
-fn outlier_threshold(magnitudes: impl Iterator<Item = f32>) -> f32 {
+/// running sum reaches (100 - percent)% of their total.
+fn outlier_threshold(magnitudes: impl Iterator<Item = f32>, percent: f32) -> f32 {
     let mut sorted: Vec<f32> = magnitudes.collect();
     sorted.sort_by(f32::total_cmp);
     let total: f64 = sorted.iter().map(|&v| v as f64).sum();
-    let target = total * (100.0 - OUTLIER_PERCENT as f64) / 100.0;
+    let target = total * (100.0 - percent as f64) / 100.0;
     let mut running = 0.0;
     for &v in &sorted {
         running += v as f64;
@@ -185,16 +271,16 @@ fn outlier_threshold(magnitudes: impl Iterator<Item = f32>) -> f32 {
     sorted.last().copied().unwrap_or(0.0)
 }
 
-/// Signed maps: divide by the outlier threshold of |v| and clip to [-1, 1] (0 stays 0).
-/// Positive: negatives to 0, the same over the positive values. Others: min-max to [0, 1].
-/// Non-finite values count as 0; a constant map becomes all 0.
-pub fn normalise(values: &[f32], colormap: Colormap) -> Normalised {
+/// Signed maps: divide by the magnitude `scaling` gives and clip to [-1, 1] (0 stays 0).
+/// Positive: negatives to 0, the same over the positive values. Others: min-max to [0, 1]
+/// (stretched by zennit's level). Non-finite values count as 0; a constant map becomes all 0.
+pub fn normalise(values: &[f32], colormap: Colormap, scaling: Scaling) -> Normalised {
     let finite = || values.iter().copied().filter(|v| v.is_finite());
     let clean = |v: f32| if v.is_finite() { v } else { 0.0 };
     let scaled = |f: &dyn Fn(f32) -> f32| values.iter().map(|&v| f(clean(v))).collect::<Vec<_>>();
     match colormap {
         Colormap::Bwr => {
-            let m = outlier_threshold(finite().map(f32::abs));
+            let m = scaling.end(finite().map(f32::abs));
             let values = if m > 0.0 {
                 scaled(&|v| (v / m).clamp(-1.0, 1.0))
             } else {
@@ -207,7 +293,7 @@ pub fn normalise(values: &[f32], colormap: Colormap) -> Normalised {
             }
         }
         Colormap::Positive => {
-            let m = outlier_threshold(finite().filter(|v| *v > 0.0));
+            let m = scaling.end(finite().filter(|v| *v > 0.0));
             let values = if m > 0.0 {
                 scaled(&|v| (v.max(0.0) / m).min(1.0))
             } else {
@@ -230,15 +316,19 @@ pub fn normalise(values: &[f32], colormap: Colormap) -> Normalised {
                 };
             }
             let values = if hi > lo {
-                scaled(&|v| (v - lo) / (hi - lo))
+                scaled(&|v| scaling.stretch((v - lo) / (hi - lo)))
             } else {
                 vec![0.0; values.len()]
             };
-            Normalised {
-                values,
-                low: lo,
-                high: hi,
-            }
+            // The raw values the palette's ends now stand for.
+            let (low, high) = match scaling {
+                Scaling::Level { level } => {
+                    let (middle, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0 / level);
+                    (middle - half, middle + half)
+                }
+                Scaling::Outliers { .. } => (lo, hi),
+            };
+            Normalised { values, low, high }
         }
     }
 }
@@ -276,10 +366,34 @@ const LABEL_GAP: u32 = 4;
 const FONT_SCALE: u32 = 2;
 const MARGIN: u32 = 6;
 
+/// How a heatmap looks: its colours, how values are scaled onto them, and its opacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Style {
+    pub colormap: Colormap,
+    pub scaling: Scaling,
+    /// The heatmap's opacity over the photo, in [0, 1].
+    pub alpha: f32,
+}
+
+impl Default for Style {
+    fn default() -> Self {
+        Self {
+            colormap: Colormap::default(),
+            scaling: Scaling::default(),
+            alpha: 0.5,
+        }
+    }
+}
+
 /// The heatmap of `attribution` ([C, H, W]) over `photo`, resized to the photo when needed,
 /// without a colour bar (the page draws its own); `low`/`high` are the values the colour map's
 /// ends stand for.
-pub fn overlay(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha: f32) -> Result<Rendered> {
+pub fn overlay(photo: &RgbImage, attribution: &Tensor, style: Style) -> Result<Rendered> {
+    let Style {
+        colormap,
+        scaling,
+        alpha,
+    } = style;
     if !(0.0..=1.0).contains(&alpha) {
         return Err(Error::invalid_parameter(
             "alpha",
@@ -288,7 +402,7 @@ pub fn overlay(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha
     }
     let (w, h) = (photo.width() as usize, photo.height() as usize);
     let map = RelevanceMap::from_attribution(attribution)?.resized(w, h);
-    let normalised = normalise(&map.values, colormap);
+    let normalised = normalise(&map.values, colormap, scaling);
     let heat = colorize(&normalised.values, w, h, colormap);
     Ok(Rendered {
         image: blend(photo, &heat, alpha),
@@ -299,10 +413,10 @@ pub fn overlay(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha
 
 /// [`overlay`] with a colour bar on the right labelled with the values of its ends: the image
 /// `candle-xai explain --image` writes.
-pub fn render(photo: &RgbImage, attribution: &Tensor, colormap: Colormap, alpha: f32) -> Result<Rendered> {
-    let overlay = overlay(photo, attribution, colormap, alpha)?;
+pub fn render(photo: &RgbImage, attribution: &Tensor, style: Style) -> Result<Rendered> {
+    let overlay = overlay(photo, attribution, style)?;
     Ok(Rendered {
-        image: with_colour_bar(&overlay.image, colormap, overlay.low, overlay.high),
+        image: with_colour_bar(&overlay.image, style.colormap, overlay.low, overlay.high),
         ..overlay
     })
 }
@@ -451,13 +565,13 @@ mod tests {
 
     #[test]
     fn signed_normalisation_maps_extremes() {
-        let n = normalise(&[-2.0, 0.0, 1.0, 4.0], Colormap::Bwr);
+        let n = normalise(&[-2.0, 0.0, 1.0, 4.0], Colormap::Bwr, Scaling::default());
         assert_eq!(n.values, vec![-0.5, 0.0, 0.25, 1.0]);
         assert_eq!((n.low, n.high), (-4.0, 4.0));
         let colours: Vec<_> = n.values.iter().map(|&v| Colormap::Bwr.color(v)).collect();
         assert_eq!(colours[1], [255, 255, 255]);
         assert_eq!(colours[3], [255, 0, 0]);
-        let n = normalise(&[-3.0, 1.0], Colormap::Bwr);
+        let n = normalise(&[-3.0, 1.0], Colormap::Bwr, Scaling::default());
         assert_eq!(Colormap::Bwr.color(n.values[0]), [0, 0, 255]);
     }
 
@@ -466,29 +580,88 @@ mod tests {
         // 2% of the mass sits in one pixel: it is clipped and the rest keeps the colour range.
         let mut values = vec![1.0f32; 1000];
         values.push(-15.0);
-        let n = normalise(&values, Colormap::Bwr);
+        let n = normalise(&values, Colormap::Bwr, Scaling::default());
         assert_eq!((n.low, n.high), (-1.0, 1.0));
         assert_eq!(n.values[0], 1.0);
         assert_eq!(n.values[1000], -1.0);
     }
 
     #[test]
+    fn levels_scale_by_the_largest_magnitude_as_zennit_does() {
+        // zennit's imgify(symmetric=True, level=L): v / max|v| * L, clipped.
+        let values = [-4.0, -1.0, 0.0, 0.5, 2.0];
+        let n = normalise(&values, Colormap::Bwr, Scaling::Level { level: 1.0 });
+        assert_eq!(n.values, vec![-1.0, -0.25, 0.0, 0.125, 0.5]);
+        assert_eq!((n.low, n.high), (-4.0, 4.0));
+        let n = normalise(&values, Colormap::Bwr, Scaling::Level { level: 4.0 });
+        assert_eq!(n.values, vec![-1.0, -1.0, 0.0, 0.5, 1.0]);
+        assert_eq!((n.low, n.high), (-1.0, 1.0));
+        let n = normalise(&values, Colormap::Positive, Scaling::Level { level: 2.0 });
+        assert_eq!(n.values, vec![0.0, 0.0, 0.0, 0.5, 1.0]);
+        assert_eq!((n.low, n.high), (0.0, 1.0));
+        // Min-max maps: the palette stretched about its middle; the ends' values follow.
+        let n = normalise(&[0.0, 1.0, 2.0, 4.0], Colormap::Hot, Scaling::Level { level: 2.0 });
+        assert_eq!(n.values, vec![0.0, 0.0, 0.5, 1.0]);
+        assert_eq!((n.low, n.high), (1.0, 3.0));
+    }
+
+    #[test]
+    fn the_outlier_share_is_adjustable() {
+        // 10 pixels of 1 and one of 90: 90% of the mass is the one pixel.
+        let mut values = vec![1.0f32; 10];
+        values.push(90.0);
+        let clip = |percent| normalise(&values, Colormap::Bwr, Scaling::Outliers { percent }).high;
+        assert_eq!(clip(2.0), 90.0);
+        assert_eq!(clip(95.0), 1.0);
+        assert_eq!(clip(0.0), 90.0);
+    }
+
+    #[test]
+    fn scalings_parse_and_print() {
+        for spec in ["outliers:2", "outliers:0.5", "level:1", "level:3.5"] {
+            assert_eq!(Scaling::parse(spec).unwrap().to_string(), spec);
+        }
+        assert_eq!(Scaling::parse("outliers").unwrap(), Scaling::default());
+        assert_eq!(Scaling::parse(" Level ").unwrap(), Scaling::Level { level: 1.0 });
+        for (bad, named) in [
+            ("level:0", "above 0"),
+            ("level:inf", "above 0"),
+            ("outliers:100", "[0, 100)"),
+            ("outliers:-1", "[0, 100)"),
+            ("level:x", "`x`"),
+            ("percentile:99", "unknown scaling"),
+        ] {
+            let message = Scaling::parse(bad).unwrap_err().to_string();
+            assert!(message.contains(named), "{bad}: {message}");
+        }
+    }
+
+    #[test]
     fn unsigned_maps() {
-        let n = normalise(&[2.0, 4.0, 6.0], Colormap::Hot);
+        let n = normalise(&[2.0, 4.0, 6.0], Colormap::Hot, Scaling::default());
         assert_eq!(n.values, vec![0.0, 0.5, 1.0]);
         assert_eq!(Colormap::Hot.color(0.0), [0, 0, 0]);
         assert_eq!(Colormap::Hot.color(1.0), [255, 255, 255]);
         assert_eq!(Colormap::Hot.color(1.0 / 3.0), [255, 0, 0]);
         assert_eq!(Colormap::Gray.color(0.0), [0, 0, 0]);
         assert_eq!(Colormap::Gray.color(1.0), [255, 255, 255]);
-        let n = normalise(&[-5.0, 0.0, 2.0], Colormap::Positive);
+        let n = normalise(&[-5.0, 0.0, 2.0], Colormap::Positive, Scaling::default());
         assert_eq!(n.values, vec![0.0, 0.0, 1.0]);
         assert_eq!(Colormap::Positive.color(0.0), [255, 255, 255]);
         assert_eq!(Colormap::Positive.color(1.0), [255, 0, 0]);
         // constant and non-finite input do not divide by zero
-        assert_eq!(normalise(&[3.0, 3.0], Colormap::Gray).values, vec![0.0, 0.0]);
-        assert_eq!(normalise(&[0.0, 0.0], Colormap::Bwr).values, vec![0.0, 0.0]);
-        assert_eq!(normalise(&[f32::NAN, 1.0], Colormap::Bwr).values, vec![0.0, 1.0]);
+        assert_eq!(
+            normalise(&[3.0, 3.0], Colormap::Gray, Scaling::default()).values,
+            vec![0.0, 0.0]
+        );
+        assert_eq!(
+            normalise(&[0.0, 0.0], Colormap::Bwr, Scaling::default()).values,
+            vec![0.0, 0.0]
+        );
+        assert_eq!(
+            normalise(&[f32::NAN, 1.0], Colormap::Bwr, Scaling::default()).values,
+            vec![0.0, 1.0]
+        );
     }
 
     #[test]
@@ -521,12 +694,20 @@ mod tests {
         let photo = RgbImage::from_pixel(32, 24, Rgb([100, 100, 100]));
         let attribution = Tensor::ones((3, 32, 24), DType::F32, &Device::Cpu).unwrap();
         // 32 rows, 24 columns in the attribution do not match 24 rows, 32 columns: resized.
-        let r = render(&photo, &attribution, Colormap::Bwr, 0.5).unwrap();
+        let r = render(&photo, &attribution, Style::default()).unwrap();
         assert!(r.image.width() > 32);
         assert_eq!(r.image.height(), 24);
         assert_eq!(r.image.get_pixel(5, 5).0, [178, 50, 50]);
         let png = encode_png(&r.image).unwrap();
         assert!(png.starts_with(b"\x89PNG"));
-        assert!(render(&photo, &attribution, Colormap::Bwr, 1.5).is_err());
+        assert!(render(
+            &photo,
+            &attribution,
+            Style {
+                alpha: 1.5,
+                ..Style::default()
+            }
+        )
+        .is_err());
     }
 }

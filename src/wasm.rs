@@ -19,7 +19,7 @@ use crate::files;
 use crate::import::graph_json::GraphSpec;
 use crate::methods::catalog;
 use crate::metrics::{evaluate_async, EvaluationRequest, Metric, Pooling};
-use crate::render::{self, Colormap};
+use crate::render::{self, Colormap, Scaling, Style};
 use crate::tuning::{optimize_async, Objective, OptimizeRequest};
 use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 
@@ -196,9 +196,48 @@ fn first_sample(attributions: &[f32], shape: &[u32]) -> JsResult<Tensor> {
     }
 }
 
+/// A heatmap's look as the page sets it (JSON): the method it shows, and its colour map and
+/// scaling (`outliers:P` or `level:L`), each the method's default when null.
+#[derive(serde::Deserialize)]
+struct PageStyle {
+    method: String,
+    colormap: Option<String>,
+    scaling: Option<String>,
+    alpha: f32,
+}
+
+fn style(style_json: &str) -> JsResult<Style> {
+    let page: PageStyle =
+        serde_json::from_str(style_json).map_err(|e| js_error(Error::invalid_parameter("style", e.to_string())))?;
+    let defaults = Method::from_name(&page.method).map_err(js_error)?.default_style();
+    Ok(Style {
+        colormap: page
+            .colormap
+            .map_or(Ok(defaults.colormap), |c| Colormap::parse(&c))
+            .map_err(js_error)?,
+        scaling: page
+            .scaling
+            .map_or(Ok(defaults.scaling), |s| Scaling::parse(&s))
+            .map_err(js_error)?,
+        alpha: page.alpha,
+    })
+}
+
+/// `method`'s default heatmap style: `{colormap, scaling}`, e.g. `bwr` and `level:3` (LRP).
+#[wasm_bindgen(js_name = defaultStyle)]
+pub fn default_style(method: &str) -> JsResult<Object> {
+    let style = Method::from_name(method).map_err(js_error)?.default_style();
+    let out = Object::new();
+    set(&out, "colormap", style.colormap.name())?;
+    set(&out, "scaling", style.scaling.to_string())?;
+    Ok(out)
+}
+
 /// The heatmap of an attribution laid over the photo, without the colour bar (the page draws
-/// its own): `{rgba: Uint8ClampedArray (width*height*4), width, height, low, high}`, where
-/// `low`/`high` are the values the colour map's ends stand for. Same colours as the CLI.
+/// its own), in the style `style_json` describes ([`PageStyle`]): `{rgba: Uint8ClampedArray
+/// (width*height*4), width, height, low, high, colormap, scaling}`, where `low`/`high` are the
+/// values the colour map's ends stand for and `colormap` and `scaling` those used (the
+/// method's defaults where none was given). Same colours as the CLI.
 #[wasm_bindgen]
 pub fn overlay(
     photo: &[u8],
@@ -206,13 +245,12 @@ pub fn overlay(
     height: u32,
     attributions: &[f32],
     shape: &[u32],
-    colormap: &str,
-    alpha: f32,
+    style_json: &str,
 ) -> JsResult<Object> {
-    let colormap = Colormap::parse(colormap).map_err(js_error)?;
+    let style = style(style_json)?;
     let photo = photo_image(photo, width, height)?;
     let attribution = first_sample(attributions, shape)?;
-    let overlay = render::overlay(&photo, &attribution, colormap, alpha).map_err(js_error)?;
+    let overlay = render::overlay(&photo, &attribution, style).map_err(js_error)?;
     let rgba: Vec<u8> = overlay
         .image
         .pixels()
@@ -224,6 +262,8 @@ pub fn overlay(
     set(&out, "height", height)?;
     set(&out, "low", overlay.low)?;
     set(&out, "high", overlay.high)?;
+    set(&out, "colormap", style.colormap.name())?;
+    set(&out, "scaling", style.scaling.to_string())?;
     Ok(out)
 }
 
@@ -250,13 +290,12 @@ pub fn render_png(
     height: u32,
     attributions: &[f32],
     shape: &[u32],
-    colormap: &str,
-    alpha: f32,
+    style_json: &str,
 ) -> JsResult<Vec<u8>> {
-    let colormap = Colormap::parse(colormap).map_err(js_error)?;
+    let style = style(style_json)?;
     let photo = photo_image(photo, width, height)?;
     let attribution = first_sample(attributions, shape)?;
-    let rendered = render::render(&photo, &attribution, colormap, alpha).map_err(js_error)?;
+    let rendered = render::render(&photo, &attribution, style).map_err(js_error)?;
     render::encode_png(&rendered.image).map_err(js_error)
 }
 
@@ -772,12 +811,19 @@ mod tests {
                 .map(|v| v.as_f64().unwrap() as u32)
                 .collect();
             assert!(attributions.iter().all(|v| v.is_finite()), "{name}");
-            let o = overlay(&photo, 8, 8, &attributions, &dims, "bwr", 0.5).unwrap();
+            let style = format!(r#"{{"method": "{name}", "colormap": null, "scaling": null, "alpha": 0.5}}"#);
+            let o = overlay(&photo, 8, 8, &attributions, &dims, &style).unwrap();
             assert_eq!(
                 Uint8ClampedArray::from(Reflect::get(&o, &"rgba".into()).unwrap()).length(),
                 8 * 8 * 4
             );
-            let png = render_png(&photo, 8, 8, &attributions, &dims, "hot", 0.5).unwrap();
+            // The method's own style where none is given.
+            let default = Method::from_name(name).unwrap().default_style();
+            let used = |key: &str| Reflect::get(&o, &key.into()).unwrap().as_string().unwrap();
+            assert_eq!(used("colormap"), default.colormap.name());
+            assert_eq!(used("scaling"), default.scaling.to_string());
+            let style = format!(r#"{{"method": "{name}", "colormap": "hot", "scaling": "level:2", "alpha": 0.5}}"#);
+            let png = render_png(&photo, 8, 8, &attributions, &dims, &style).unwrap();
             assert!(png.starts_with(b"\x89PNG"));
         }
         // Cancelling through the progress callback ends the run with "cancelled".

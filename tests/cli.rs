@@ -430,6 +430,44 @@ fn photo_becomes_a_heatmap_png() {
     }
 }
 
+/// The top of the colour bar's range as the summary line prints it: `heatmap range [low, high]`.
+fn heatmap_high(summary: &str) -> f32 {
+    let range = summary.split("heatmap range [").nth(1).expect(summary);
+    let high = range
+        .split(", ")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect(summary);
+    high.parse().expect(summary)
+}
+
+#[test]
+fn scaling_sets_the_values_the_colour_bar_ends_stand_for() {
+    let dir = scratch("scaling");
+    let (model, graph) = tiny_rgb_model(&dir);
+    let photo = dir.join("photo.jpg");
+    std::fs::write(&photo, gradient_jpeg()).unwrap();
+    let high = |method: &str, extra: &[&str]| {
+        let heat = dir.join(format!("{method}-{}.png", extra.join("")));
+        let mut args = photo_args(&model, &graph, &photo, &heat, method);
+        args.extend(extra.iter().copied());
+        let out = run(&args);
+        assert_ok(&out);
+        heatmap_high(&stdout(&out))
+    };
+    // LRP: zennit's level 3 by default, so the ends are a third of level 1's (the largest |R|).
+    let largest = high("lrp-epsilon-plus", &["--scaling", "level:1"]);
+    let by_default = high("lrp-epsilon-plus", &[]);
+    assert!(
+        (by_default * 3.0 - largest).abs() <= 1e-2 * largest,
+        "{by_default} vs {largest}"
+    );
+    // The gradient: captum's 2% outliers by default, which ends at or below the largest value.
+    let outliers = high("gradient", &[]);
+    assert_eq!(outliers, high("gradient", &["--scaling", "outliers:2"]));
+    assert!(outliers <= high("gradient", &["--scaling", "level:1"]));
+}
+
 #[test]
 fn folder_of_photos_continues_past_a_bad_one() {
     let dir = scratch("folder");

@@ -509,10 +509,9 @@ async function runOne(methodName, runId, prefix) {
   const request = requestFor(methodName);
   return state.explainer.explain(state.prepared, {
     ...request,
-    colormap: $('colormap').value,
-    alpha: Number($('alpha').value),
+    ...heatmapStyle(),
     onProgress: (done, total) => {
-      if (runId === state.runId && total > 1) progressTo(done, total, prefix);
+      if (prefix && runId === state.runId && total > 1) progressTo(done, total, prefix);
     },
   });
 }
@@ -542,6 +541,7 @@ function showResult(result) {
   canvas.setAttribute('aria-label', `${methodLabel(result.method)} heatmap for ${result.label}`);
   $('bar-high').textContent = formatValue(result.high);
   $('bar-low').textContent = formatValue(result.low);
+  drawColorbar().catch((e) => showError(`Could not draw the colour bar: ${e.message}`));
   const delta = result.convergenceDelta == null ? '' : `; convergence delta ${formatValue(result.convergenceDelta)}`;
   $('result-info').textContent = `${methodLabel(result.method)} for “${result.label}” (class ${result.target}): ${formatMs(
     result.elapsedMs,
@@ -676,7 +676,7 @@ async function scoreOne(result, runId, prefix, metrics = chosenMetrics()) {
   return state.explainer.evaluate(result, {
     metrics,
     onProgress: (done, total) => {
-      if (runId === state.runId && total > 1) progressTo(done, total, prefix);
+      if (prefix && runId === state.runId && total > 1) progressTo(done, total, prefix);
     },
   });
 }
@@ -701,21 +701,49 @@ async function evaluateShown(metrics) {
   });
 }
 
+/**
+ * The heatmaps' look as set on the page: colour map, opacity and scaling (null: each method's
+ * own; `hot` for Grad-CAM and attention, zennit's level for LRP, captum's outlier clipping for
+ * the gradient family).
+ */
+function heatmapStyle() {
+  const kind = $('scaling').value;
+  const value = Number($('scaling-value').value);
+  const colormap = $('colormap').value;
+  return {
+    colormap: colormap === 'auto' ? null : colormap,
+    alpha: Number($('alpha').value),
+    scaling: kind === 'auto' ? null : `${kind}:${value}`,
+  };
+}
+
+/** The scaling's number field: its meaning and range follow the kind chosen. */
+function scalingKindChanged() {
+  const kind = $('scaling').value;
+  const field = $('scaling-value');
+  field.disabled = kind === 'auto';
+  if (kind === 'outliers') Object.assign(field, { min: 0, max: 99.9, step: 0.5, value: 2 });
+  if (kind === 'level') Object.assign(field, { min: 0.25, max: 100, step: 0.25, value: 3 });
+  $('scaling-value-label').textContent = kind === 'level' ? 'Level' : 'Outliers clipped (%)';
+  rerender();
+}
+
+/** The colour bar of the shown heatmap's colour map (before any: the one chosen, or bwr). */
 async function drawColorbar() {
   if (!state.explainer) return;
-  await state.explainer.colorbar($('colormap').value, { width: 16, height: 224, canvas: $('colorbar') });
+  const chosen = heatmapStyle().colormap;
+  await state.explainer.colorbar(state.last?.colormap ?? chosen ?? 'bwr', { width: 16, height: 224, canvas: $('colorbar') });
 }
 
 async function rerender() {
   $('alpha-value').textContent = Number($('alpha').value).toFixed(2);
-  const options = { colormap: $('colormap').value, alpha: Number($('alpha').value) };
+  const options = heatmapStyle();
   try {
-    await drawColorbar();
     if (state.last) {
       const r = await state.explainer.render(state.last, options);
       Object.assign(state.last, r);
       showResult(state.last);
-    }
+    } else await drawColorbar();
     for (const item of state.grid) {
       const r = await state.explainer.render(item.result, options);
       Object.assign(item.result, r);
@@ -739,11 +767,13 @@ async function compareAll() {
   state.grid = [];
   const started = performance.now();
   const failures = [];
+  const methods = state.methods;
+  const workers = state.explainer.workers;
+  let done = 0;
+  let cancelled = false;
   try {
-    for (const [i, method] of state.methods.entries()) {
-      if (runId !== state.runId) return;
-      const prefix = `${i + 1}/${state.methods.length} ${method.label}`;
-      setStatus(`${prefix}…`);
+    // Every cell first, in the methods' order; they fill in as the workers finish them.
+    const cells = methods.map((method) => {
       const li = document.createElement('li');
       const button = document.createElement('button');
       button.type = 'button';
@@ -753,12 +783,20 @@ async function compareAll() {
       canvas.setAttribute('aria-hidden', 'true');
       const caption = document.createElement('span');
       caption.className = 'caption';
-      caption.textContent = `${method.label}: running…`;
+      caption.textContent = `${method.label}: waiting…`;
       button.append(canvas, caption);
       li.append(button);
       grid.append(li);
+      return { method, li, button, canvas, caption };
+    });
+    const onWorkers = workers > 1 ? ` on ${workers} workers` : '';
+    progressTo(0, methods.length, `Comparing ${methods.length} methods${onWorkers}`);
+    await eachInParallel(cells, workers, async ({ method, li, button, canvas, caption }, i) => {
+      if (cancelled || runId !== state.runId) return;
+      caption.textContent = `${method.label}: running…`;
       try {
-        const result = await runOne(method.name, runId, prefix);
+        // One method's own progress (IG's steps) only when the methods run one at a time.
+        const result = await runOne(method.name, runId, workers > 1 ? null : `${i + 1}/${methods.length} ${method.label}`);
         if (runId !== state.runId) return;
         noteFallback(result);
         pixelsToCanvas(result.rgba, result.canvas.width, result.canvas.height, canvas);
@@ -774,14 +812,21 @@ async function compareAll() {
       } catch (e) {
         if (runId !== state.runId) return;
         if (e instanceof CancelledError) {
-          setStatus('Cancelled.');
+          cancelled = true;
           return;
         }
         caption.textContent = `${method.label}: failed`;
         failures.push(`${method.label}: ${e.message}`);
       }
+      progressTo(++done, methods.length, `Comparing ${methods.length} methods${onWorkers}`);
+    });
+    if (runId !== state.runId) return;
+    if (cancelled) {
+      setStatus('Cancelled.');
+      return;
     }
-    const compared = `Compared ${state.methods.length} methods in ${formatMs(performance.now() - started)}`;
+    state.grid.sort((a, b) => a.index - b.index);
+    const compared = `Compared ${methods.length} methods in ${formatMs(performance.now() - started)}${onWorkers}`;
     // Scores after every heatmap is shown: the heatmaps come first, the scores fill in.
     if (!(await scoreGrid(runId, failures))) return;
     setStatus(`${compared}${chosenMetrics().length ? `, scored in ${formatMs(performance.now() - started)} in all` : ''}.`);
@@ -792,38 +837,61 @@ async function compareAll() {
   }
 }
 
-/** Scores every heatmap of the grid with the chosen metrics, each caption filled in as its
- * scores arrive; false when cancelled or superseded. */
+/** Calls `work(item, index)` for every item, at most `limit` at a time (the explainer's
+ * workers); resolves when every call has. */
+async function eachInParallel(items, limit, work) {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) {
+      const i = next++;
+      await work(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+}
+
+/** Scores every heatmap of the grid with the chosen metrics, on every worker, each caption
+ * filled in as its scores arrive; false when cancelled or superseded. */
 async function scoreGrid(runId, failures) {
   if (!chosenMetrics().length) return true;
   const grid = $('grid');
-  for (const [i, item] of state.grid.entries()) {
-    const label = methodLabel(item.method);
+  const workers = state.explainer.workers;
+  let done = 0;
+  let cancelled = false;
+  const lines = state.grid.map((item) => {
     const line = document.createElement('span');
     line.className = 'scoreline';
     line.textContent = 'scoring…';
     item.button.append(line);
-    const prefix = `Scoring ${i + 1}/${state.grid.length} ${label}`;
-    setStatus(`${prefix}…`);
+    return line;
+  });
+  progressTo(0, state.grid.length, 'Scoring');
+  await eachInParallel(state.grid, workers, async (item, i) => {
+    if (cancelled || runId !== state.runId) return;
+    const label = methodLabel(item.method);
+    const line = lines[i];
     try {
-      item.result.evaluation = await scoreOne(item.result, runId, prefix);
+      const prefix = `Scoring ${i + 1}/${state.grid.length} ${label}`;
+      item.result.evaluation = await scoreOne(item.result, runId, workers > 1 ? null : prefix);
     } catch (e) {
-      if (runId !== state.runId) return false;
+      if (runId !== state.runId) return;
       if (e instanceof CancelledError) {
-        setStatus('Cancelled.');
-        return false;
+        cancelled = true;
+        return;
       }
       line.textContent = 'not scored';
       failures.push(`Scoring ${label}: ${e.message}`);
-      continue;
+      return;
     }
-    if (runId !== state.runId) return false;
+    if (runId !== state.runId) return;
     item.evaluation = item.result.evaluation;
     line.textContent = scoreLine(item.evaluation);
     item.button.setAttribute('aria-label', `${label}, ${formatMs(item.result.elapsedMs)}; ${line.textContent}: show large`);
     sortGrid(grid, state.grid, $('sort-by').value);
-  }
-  return true;
+    progressTo(++done, state.grid.length, 'Scoring');
+  });
+  if (cancelled && runId === state.runId) setStatus('Cancelled.');
+  return !cancelled && runId === state.runId;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -861,8 +929,7 @@ async function optimiseShown() {
       params: found.bestParams,
       target: result.target,
       layer: result.method === 'grad-cam' ? $('layer').value || undefined : undefined,
-      colormap: $('colormap').value,
-      alpha: Number($('alpha').value),
+      ...heatmapStyle(),
     });
     if (runId !== state.runId) return;
     state.found = { method: result.method, params: found.best.params, result: best };
@@ -981,13 +1048,15 @@ function wire() {
     setStatus('Cancelled.');
   });
   $('colormap').addEventListener('change', rerender);
+  $('scaling').addEventListener('change', scalingKindChanged);
+  $('scaling-value').addEventListener('change', rerender);
   $('alpha').addEventListener('input', rerender);
 
   $('download-png').addEventListener('click', async () => {
     const r = state.last;
     if (!r) return;
     try {
-      const bytes = await state.explainer.png(r, { colormap: $('colormap').value, alpha: Number($('alpha').value) });
+      const bytes = await state.explainer.png(r, heatmapStyle());
       download(bytes, `${baseName()}-${r.method}.png`, 'image/png');
     } catch (e) {
       showError(`Could not write the PNG: ${e.message}`);

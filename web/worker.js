@@ -178,6 +178,10 @@ const handlers = {
     return { result: JSON.parse(xai.metricCatalog()) };
   },
 
+  defaultStyle({ method }) {
+    return { result: xai.defaultStyle(method) };
+  },
+
   colormap({ colormap, steps }) {
     const colours = xai.colormapColors(colormap, steps);
     return { result: colours, transfer: [colours.buffer] };
@@ -239,13 +243,13 @@ const handlers = {
     return { result: { ...JSON.parse(json), fallback, backend, engineMs } };
   },
 
-  overlay({ photo, width, height, attributions, shape, colormap, alpha }) {
-    const r = xai.overlay(photo, width, height, attributions, Uint32Array.from(shape), colormap, alpha);
+  overlay({ photo, width, height, attributions, shape, style }) {
+    const r = xai.overlay(photo, width, height, attributions, Uint32Array.from(shape), JSON.stringify(style));
     return { result: r, transfer: [r.rgba.buffer] };
   },
 
-  png({ photo, width, height, attributions, shape, colormap, alpha }) {
-    const bytes = xai.renderPng(photo, width, height, attributions, Uint32Array.from(shape), colormap, alpha);
+  png({ photo, width, height, attributions, shape, style }) {
+    const bytes = xai.renderPng(photo, width, height, attributions, Uint32Array.from(shape), JSON.stringify(style));
     return { result: bytes, transfer: [bytes.buffer] };
   },
 

@@ -11,7 +11,9 @@
 //   params    JSON overrides of the method's parameters, e.g. '{"n_steps": 16}'
 //   target    class index to explain                                    default: the top prediction
 //   layer     Grad-CAM's layer                                          default: the model's last conv
-//   colormap  bwr | hot | gray | positive                               default: bwr
+//   colormap  bwr | hot | gray | positive          default: hot for Grad-CAM and attention, else bwr
+//   scaling   outliers:P (captum: P% of the mass clipped) | level:L (zennit: saturates at
+//             1/L of the largest magnitude)     default: level:3 for LRP, outliers:2 otherwise
 //   alpha     heatmap opacity, 0..1                                     default: 0.5
 //   size      rendered width in CSS pixels                              default: 224
 //   backend   auto | webgpu | cpu: where explanations run                default: auto (WebGPU on a
@@ -69,7 +71,7 @@ const TEMPLATE = `
 </figure>`;
 
 export class XaiExplainer extends HTMLElement {
-  static observedAttributes = ['src', 'model', 'method', 'params', 'target', 'layer', 'colormap', 'alpha', 'size', 'backend'];
+  static observedAttributes = ['src', 'model', 'method', 'params', 'target', 'layer', 'colormap', 'scaling', 'alpha', 'size', 'backend'];
 
   #root;
   #run = 0;
@@ -90,7 +92,7 @@ export class XaiExplainer extends HTMLElement {
   attributeChangedCallback(name, oldValue, newValue) {
     if (oldValue === newValue || !this.isConnected) return;
     if (name === 'size') this.style.setProperty('--xai-size', `${Number(newValue) || 224}px`);
-    if ((name === 'colormap' || name === 'alpha') && this.result) this.#repaint();
+    if (['colormap', 'scaling', 'alpha'].includes(name) && this.result) this.#repaint();
     else this.#schedule();
   }
 
@@ -130,7 +132,8 @@ export class XaiExplainer extends HTMLElement {
       params,
       target: target === null || target === '' ? undefined : Number(target),
       layer: this.getAttribute('layer') || undefined,
-      colormap: this.getAttribute('colormap') || 'bwr',
+      colormap: this.getAttribute('colormap') || null,
+      scaling: this.getAttribute('scaling') || null,
       alpha: alpha === null ? 0.5 : Number(alpha),
     };
   }
@@ -193,8 +196,8 @@ export class XaiExplainer extends HTMLElement {
   }
 
   async #repaint() {
-    const { colormap, alpha } = this.#options();
-    const r = await this.explainer.render(this.result, { colormap, alpha, canvas: this.#el('canvas.heat') });
+    const { colormap, scaling, alpha } = this.#options();
+    const r = await this.explainer.render(this.result, { colormap, scaling, alpha, canvas: this.#el('canvas.heat') });
     Object.assign(this.result, r);
     await this.#drawBar(this.result);
   }

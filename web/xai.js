@@ -21,7 +21,7 @@ const WORKER_URL = new URL('worker.js', HERE).href;
 const GLUE_URL = new URL('candle-xai.js', ROOT).href;
 const WASM_URL = new URL('candle-xai_bg.wasm', ROOT).href;
 
-const EXPLAIN_OPTIONS = new Set(['method', 'params', 'target', 'layer', 'colormap', 'alpha', 'onProgress', 'signal', 'canvas']);
+const EXPLAIN_OPTIONS = new Set(['method', 'params', 'target', 'layer', 'colormap', 'scaling', 'alpha', 'onProgress', 'signal', 'canvas']);
 
 export class CancelledError extends Error {
   constructor() {
@@ -74,9 +74,16 @@ class Engine {
   #backend; // 'auto' | 'webgpu' | 'cpu', asked again of a restarted worker
   info = null;
 
-  constructor(backend = 'cpu') {
+  /** `model` ({bytes, name, graph, arch}): loaded as the worker starts (a pool's helper). */
+  constructor(backend = 'cpu', model = null) {
     this.#backend = backend;
+    this.#model = model;
     this.#ready = this.#start();
+  }
+
+  /** The model this worker holds, to load into another. */
+  get model() {
+    return this.#model;
   }
 
   async #start() {
@@ -166,6 +173,94 @@ class Engine {
   dispose() {
     this.#worker?.terminate();
     this.#failAll(new Error('the explainer was disposed'));
+  }
+}
+
+/** The most engine workers an explainer runs side by side; each holds its own copy of the model. */
+const MAX_WORKERS = 4;
+/** Model bytes all of an explainer's workers may hold together: a large model gets fewer copies. */
+const POOL_MODEL_BYTES = 1 << 30;
+
+/**
+ * How many engine workers explain side by side by default: one per core the browser reports
+ * (the page's own thread mostly waits), at most MAX_WORKERS, and fewer for a model so large
+ * that its copies would pass POOL_MODEL_BYTES.
+ */
+export function defaultWorkers(modelBytes = 0) {
+  const cores = globalThis.navigator?.hardwareConcurrency ?? 1;
+  const byMemory = Math.floor(POOL_MODEL_BYTES / Math.max(modelBytes, 1));
+  return Math.max(1, Math.min(cores, MAX_WORKERS, byMemory));
+}
+
+/**
+ * Engine workers holding one model, so that explanations (and scores, and tuning runs) asked
+ * for at the same time run at the same time, each on its own core. The first worker is the
+ * explainer's; the others are started when a request finds every worker busy, and load the
+ * same model. On WebGPU everything runs on the first: the GPU is one device.
+ */
+class EnginePool {
+  #first;
+  #helpers = [];
+  #running = new Map(); // Engine -> requests in flight
+  size;
+
+  constructor(first, size) {
+    this.#first = first;
+    this.size = size;
+  }
+
+  get first() {
+    return this.#first;
+  }
+
+  /** How many workers are started. */
+  get started() {
+    return 1 + this.#helpers.length;
+  }
+
+  /** Runs request `type` on the least busy worker: {result, worker (its index in the pool)}. */
+  async run(type, args, options) {
+    const engine = this.#pick();
+    this.#running.set(engine, this.#load(engine) + 1);
+    try {
+      const result = await engine.call(type, args, options);
+      engine.noteFallback(result);
+      return { result, worker: [this.#first, ...this.#helpers].indexOf(engine) };
+    } finally {
+      this.#running.set(engine, this.#load(engine) - 1);
+    }
+  }
+
+  #load(engine) {
+    return this.#running.get(engine) ?? 0;
+  }
+
+  // Synchronous, so that requests made together never pick the same idle worker.
+  #pick() {
+    if (this.#first.backend?.backend === 'webgpu') return this.#first;
+    const engines = [this.#first, ...this.#helpers];
+    const least = engines.reduce((a, b) => (this.#load(b) < this.#load(a) ? b : a));
+    if (this.#load(least) === 0 || engines.length >= this.size) return least;
+    const helper = new Engine('cpu', this.#first.model);
+    this.#helpers.push(helper);
+    return helper;
+  }
+
+  /** Stops every run (their promises reject with CancelledError); the workers start afresh. */
+  restart() {
+    return Promise.all([this.#first, ...this.#helpers].map((engine) => engine.restart()));
+  }
+
+  /** After a switch of backend the helpers (CPU only) are given up; they start again when needed. */
+  dropHelpers() {
+    for (const helper of this.#helpers) helper.dispose();
+    this.#helpers = [];
+    this.#running = new Map([[this.#first, this.#load(this.#first)]]);
+  }
+
+  dispose() {
+    this.dropHelpers();
+    this.#first.dispose();
   }
 }
 
@@ -262,17 +357,20 @@ export function rgbToRgba(rgb) {
 }
 
 /**
- * A loaded model with everything needed to explain its predictions. Two workers: the engine
- * (the model; explains) and a painter (decodes photos, renders heatmaps, writes files), so a
+ * A loaded model with everything needed to explain its predictions. Workers: a pool of engines
+ * (each with the model; they explain, score and tune, several requests at once when the
+ * browser has the cores) and a painter (decodes photos, renders heatmaps, writes files), so a
  * heatmap's colours can change while a long explanation runs.
  */
 export class Explainer {
-  #engine;
+  #pool;
+  #engine; // the pool's first worker: predictions, the backend
   #painter;
   #methods = null;
 
-  constructor(engine, painter, info, labels) {
-    this.#engine = engine;
+  constructor(pool, painter, info, labels) {
+    this.#pool = pool;
+    this.#engine = pool.first;
     this.#painter = painter;
     this.info = info;
     this.labels = labels;
@@ -284,7 +382,9 @@ export class Explainer {
    * `graph` (graph JSON text for a custom model), `arch` (force a torchvision architecture),
    * `labels` (class names; ImageNet's by default for a 1000-class model), `backend` (where
    * explanations run: 'auto' (default: WebGPU on a hardware adapter, else the CPU), 'webgpu'
-   * (any adapter, software ones included) or 'cpu' (WebAssembly)).
+   * (any adapter, software ones included) or 'cpu' (WebAssembly)), `workers` (how many engine
+   * workers may explain at the same time on the CPU; default `defaultWorkers(model size)`: one
+   * per core, at most 4).
    */
   static async load(source, options = {}) {
     const painter = options.painter ?? new Engine();
@@ -295,7 +395,9 @@ export class Explainer {
       const info = await engine.load(bytes, name, options.graph ?? null, options.arch ?? null);
       let labels = options.labels ?? null;
       if (!labels && info.numClasses === 1000) labels = await loadImagenetClasses();
-      return new Explainer(engine, painter, info, labels);
+      const workers = options.workers ?? defaultWorkers(bytes.byteLength);
+      if (!(Number.isInteger(workers) && workers >= 1)) throw new RangeError(`workers: expected a whole number from 1; got ${workers}`);
+      return new Explainer(new EnginePool(engine, workers), painter, info, labels);
     } catch (e) {
       engine.dispose();
       if (!options.painter) painter.dispose();
@@ -336,7 +438,18 @@ export class Explainer {
 
   /** Moves explanations to 'webgpu', 'cpu' or 'auto'; resolves to the new `backend`. */
   async setBackend(backend) {
+    this.#pool.dropHelpers();
     return this.#engine.setBackend(backend);
+  }
+
+  /** How many engine workers may explain at the same time (WebGPU: one). */
+  get workers() {
+    return this.#engine.backend?.backend === 'webgpu' ? 1 : this.#pool.size;
+  }
+
+  /** How many engine workers are started now. */
+  get workersStarted() {
+    return this.#pool.started;
   }
 
   /**
@@ -442,7 +555,9 @@ export class Explainer {
    * `params` (overrides of its defaults, e.g. {n_steps: 32}; they may also sit beside the
    * options: {method: 'integrated-gradients', n_steps: 32}), `target` (class index; default:
    * the top prediction), `layer` (Grad-CAM's layer), `colormap` ('bwr' | 'hot' | 'gray' |
-   * 'positive'), `alpha` (heatmap opacity 0..1), `onProgress(done, total)`, `signal`
+   * 'positive'), `scaling` (which value the colours' ends stand for: 'outliers:P', captum's
+   * P% of the mass clipped, or 'level:L', zennit's 1/L of the largest magnitude); both default
+   * to the method's own (`defaultStyle(method)`), `alpha` (heatmap opacity 0..1), `onProgress(done, total)`, `signal`
    * (an AbortSignal that cancels). Returns {attributions (Float32Array), shape, logits, target,
    * label, top5, probabilities, convergenceDelta, method, params, elapsedMs, canvas, low, high,
    * prepared, backend ('webgpu' | 'cpu'), device (the adapter's name or 'cpu'), fallback (set
@@ -476,7 +591,8 @@ export class Explainer {
     result.top5 = topClasses(result.probabilities, 5, (index) => this.labelOf(index));
     result.prepared = prepared;
     const rendered = await this.render(result, {
-      colormap: options.colormap ?? 'bwr',
+      colormap: options.colormap ?? null,
+      scaling: options.scaling ?? null,
       alpha: options.alpha ?? 0.5,
       canvas: options.canvas,
     });
@@ -551,56 +667,65 @@ export class Explainer {
     return { ...found, bestParams, elapsedMs };
   }
 
-  /** Runs request `type` with `args` in the engine, cancelled through `options.signal` and
-   * reporting to `options.onProgress`: {result (a GPU fallback noted), elapsedMs}. */
+  /** Runs request `type` with `args` on the least busy engine worker, cancelled through
+   * `options.signal` and reporting to `options.onProgress`: {result (a GPU fallback noted),
+   * elapsedMs}; the result's `worker` is the index of the worker that ran it. */
   async #run(type, args, options) {
     if (options.signal?.aborted) throw new CancelledError();
     const abort = () => this.cancel();
     options.signal?.addEventListener('abort', abort, { once: true });
     const started = performance.now();
     try {
-      const result = await this.#engine.call(type, args, { onProgress: options.onProgress });
-      this.#engine.noteFallback(result);
+      const { result, worker } = await this.#pool.run(type, args, { onProgress: options.onProgress });
+      result.worker = worker;
       return { result, elapsedMs: performance.now() - started };
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
   }
 
-  /** Cancels the running explanation (its promise rejects with a CancelledError). */
+  /** Cancels every running explanation, score and tuning run (their promises reject with a
+   * CancelledError); the workers start afresh. */
   cancel() {
-    return this.#engine.restart();
+    return this.#pool.restart();
   }
 
-  /** The heatmap of `result` over its photo: {canvas, low, high}. */
-  async render(result, { colormap = 'bwr', alpha = 0.5, canvas } = {}) {
-    const p = result.prepared;
-    const r = await this.#painter.call('overlay', {
-      photo: p.photo,
-      width: p.width,
-      height: p.height,
-      attributions: result.attributions,
-      shape: result.shape,
-      colormap,
-      alpha,
-    });
+  /**
+   * `method`'s default heatmap style, as the CLI's: {colormap ('hot' for Grad-CAM and the
+   * attention methods, else 'bwr'), scaling ('level:3' for LRP, as zennit; else 'outliers:2',
+   * as captum)}.
+   */
+  async defaultStyle(method) {
+    return this.#painter.call('defaultStyle', { method });
+  }
+
+  /**
+   * The heatmap of `result` over its photo: {canvas, low, high, colormap, scaling, alpha} (the
+   * colour map and scaling used). `colormap` and `scaling` ('outliers:P' or 'level:L'): null
+   * for the method's defaults.
+   */
+  async render(result, { colormap = null, scaling = null, alpha = 0.5, canvas } = {}) {
+    const r = await this.#painter.call('overlay', this.#heatmapRequest(result, { colormap, scaling, alpha }));
     const target = canvas ?? (typeof document !== 'undefined' ? document.createElement('canvas') : null);
     if (target) pixelsToCanvas(r.rgba, r.width, r.height, target);
-    return { canvas: target, rgba: r.rgba, low: r.low, high: r.high, colormap, alpha };
+    return { canvas: target, rgba: r.rgba, low: r.low, high: r.high, colormap: r.colormap, scaling: r.scaling, alpha };
   }
 
   /** PNG bytes of the heatmap with its labelled colour bar (what the CLI writes). */
-  async png(result, { colormap = 'bwr', alpha = 0.5 } = {}) {
+  async png(result, { colormap = null, scaling = null, alpha = 0.5 } = {}) {
+    return this.#painter.call('png', this.#heatmapRequest(result, { colormap, scaling, alpha }));
+  }
+
+  #heatmapRequest(result, style) {
     const p = result.prepared;
-    return this.#painter.call('png', {
+    return {
       photo: p.photo,
       width: p.width,
       height: p.height,
       attributions: result.attributions,
       shape: result.shape,
-      colormap,
-      alpha,
-    });
+      style: { method: result.method, ...style },
+    };
   }
 
   /** The raw attributions as safetensors (`attributions`, `logits`, `targets`, ...), as the CLI writes them. */
@@ -624,7 +749,7 @@ export class Explainer {
   }
 
   dispose({ keepPainter = false } = {}) {
-    this.#engine.dispose();
+    this.#pool.dispose();
     if (!keepPainter) this.#painter.dispose();
   }
 }

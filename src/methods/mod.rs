@@ -29,8 +29,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::render::{Colormap, Scaling, Style};
 use crate::tensor::Tensor;
 use probe::Probe;
+
+/// zennit's `level` for LRP heatmaps: the colours saturate at 1/LRP_LEVEL of the largest
+/// relevance (zennit's default, 1, leaves all but a few pixels white on MobileNetV2).
+pub const LRP_LEVEL: f32 = 3.0;
 
 /// A method with its parameters. Serialises as `{"method": "integrated-gradients", ...params}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +162,35 @@ impl Method {
             .into_iter()
             .filter(|name| Self::from_name(name).is_ok_and(|m| m.applies_to(model)))
             .collect()
+    }
+
+    /// How the method's heatmaps are scaled by default, as its field draws them: LRP as zennit
+    /// does (`imgify(symmetric=True, level=...)`, the level raised because relevance sits on a
+    /// few pixels), every other method as captum does (2% of the mass clipped as outliers).
+    pub fn default_scaling(&self) -> Scaling {
+        match self {
+            Method::Lrp(_) => Scaling::Level { level: LRP_LEVEL },
+            _ => Scaling::default(),
+        }
+    }
+
+    /// The method's default colours: `hot` (min-max, as pytorch-grad-cam scales its maps) for
+    /// the coarse non-negative maps of Grad-CAM and the attention methods, which a signed map
+    /// would paint one red; `bwr` for the signed maps of the rest.
+    pub fn default_colormap(&self) -> Colormap {
+        match self {
+            Method::GradCam(_) | Method::AttentionRollout(_) | Method::GenericAttention => Colormap::Hot,
+            _ => Colormap::Bwr,
+        }
+    }
+
+    /// The method's heatmap style: its colours and scaling, half opaque over the photo.
+    pub fn default_style(&self) -> Style {
+        Style {
+            colormap: self.default_colormap(),
+            scaling: self.default_scaling(),
+            ..Style::default()
+        }
     }
 
     pub fn name(&self) -> String {

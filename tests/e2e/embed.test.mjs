@@ -63,3 +63,53 @@ test('the JavaScript API: Explainer.load(bytes) and explain(image, options)', as
   await screenshot(page, 'embed-api');
   assert.deepEqual(errors.filter((e) => !/Failed to load resource/.test(e)), []);
 });
+
+// The explainer's pool of engine workers: requests made together run together, one per worker,
+// with the same results as one worker gives; cancel stops every one of them.
+test('the JavaScript API: two explanations at once run on two workers, and cancel stops both', async () => {
+  const r = await page.evaluate(async () => {
+    const { Explainer } = await import('/web/xai.js');
+    const explainer = await Explainer.load(undefined, { backend: 'cpu', workers: 2 });
+    try {
+      const cat = await explainer.prepare('../assets/samples/chelsea.png');
+      const [a, b] = await Promise.all([
+        explainer.explain(cat, { method: 'gradient' }),
+        explainer.explain(cat, { method: 'gradient' }),
+      ]);
+      const same = a.attributions.length === b.attributions.length && a.attributions.every((v, i) => Object.is(v, b.attributions[i]));
+      // Two long runs, cancelled once both are under way.
+      const running = new Set();
+      let bothRunning;
+      const under = new Promise((ok) => (bothRunning = ok));
+      const long = [0, 1].map((i) =>
+        explainer
+          .explain(cat, {
+            method: 'integrated-gradients',
+            n_steps: 2000,
+            onProgress: (done) => {
+              if (done > 0) running.add(i);
+              if (running.size === 2) bothRunning();
+            },
+          })
+          .then(
+            () => 'finished',
+            (e) => e.name,
+          ),
+      );
+      await under;
+      explainer.cancel();
+      const outcomes = await Promise.all(long);
+      const after = await explainer.explain(cat, { method: 'gradient' });
+      return {
+        workers: [a.worker, b.worker].sort(),
+        started: explainer.workersStarted,
+        same,
+        outcomes,
+        afterSame: after.attributions.every((v, i) => Object.is(v, a.attributions[i])),
+      };
+    } finally {
+      explainer.dispose();
+    }
+  });
+  assert.deepEqual(r, { workers: [0, 1], started: 2, same: true, outcomes: ['AbortError', 'AbortError'], afterSame: true });
+});

@@ -161,7 +161,11 @@ test('colour maps, opacity and the colour bar', async () => {
     const c = document.getElementById('colorbar');
     return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).join();
   };
-  const bars = new Map([[await page.$eval('#colormap', (e) => e.value), await page.evaluate(barPixels)]]);
+  // 'auto': the shown method's own colour map (bwr for the gradient).
+  assert.equal(await page.$eval('#colormap', (e) => e.value), 'auto');
+  const shownColormap = await page.evaluate(() => window.xaiApp.state.last.colormap);
+  assert.equal(shownColormap, 'bwr');
+  const bars = new Map([[shownColormap, await page.evaluate(barPixels)]]);
   for (const colormap of ['hot', 'gray', 'positive', 'bwr']) {
     await page.selectOption('#colormap', colormap);
     const seen = bars.get(colormap);
@@ -194,6 +198,39 @@ test('colour maps, opacity and the colour bar', async () => {
     e.value = '0.5';
     e.dispatchEvent(new Event('input'));
   });
+  await page.selectOption('#colormap', 'auto');
+});
+
+// Each method family's heatmaps are scaled as its field draws them (LRP: zennit's level 3;
+// the gradient family: captum's 2% outliers), and the scaling can be set on the page.
+test('scaling: LRP at zennit\'s level 3 by default, the level and the outlier share adjustable', async () => {
+  await page.selectOption('#method', 'lrp-epsilon-plus');
+  await page.click('#explain');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle' && document.body.dataset.resultMethod === 'lrp-epsilon-plus');
+  const shown = await page.evaluate(() => window.xaiApp.lastResult());
+  const a = new Float32Array(fromBase64(shown.attributions).buffer);
+  const plane = a.length / 3;
+  let largest = 0;
+  for (let i = 0; i < plane; i++) largest = Math.max(largest, Math.abs(a[i] + a[i + plane] + a[i + 2 * plane]));
+  const barHigh = () => page.$eval('#bar-high', (e) => Number(e.textContent));
+  const near = (x, y) => Math.abs(x - y) <= 0.01 * Math.abs(y);
+  assert.ok(near(await barHigh(), largest / 3), `auto: ${await barHigh()} vs max/3 = ${largest / 3}`);
+  await screenshot(page, 'ui-scaling-lrp-auto');
+  await page.selectOption('#scaling', 'level');
+  await page.fill('#scaling-value', '6');
+  await page.press('#scaling-value', 'Tab');
+  await page.waitForFunction((want) => Math.abs(Number(document.getElementById('bar-high').textContent) - want) <= 0.01 * want, largest / 6);
+  await screenshot(page, 'ui-scaling-lrp-level6');
+  await page.selectOption('#scaling', 'outliers');
+  await page.waitForFunction((level6) => Math.abs(Number(document.getElementById('bar-high').textContent) - level6) > 0.01 * level6, largest / 6);
+  const outliers = await barHigh();
+  assert.ok(outliers > 0 && outliers <= largest * 1.001, `outliers:2 ends at ${outliers}, the largest is ${largest}`);
+  await page.selectOption('#scaling', 'auto');
+  await page.waitForFunction((want) => Math.abs(Number(document.getElementById('bar-high').textContent) - want) <= 0.01 * want, largest / 3);
+  assert.equal(await page.$eval('#scaling-value', (e) => e.disabled), true);
+  await page.selectOption('#method', 'gradient');
+  await page.click('#explain');
+  await page.waitForFunction(() => document.body.dataset.state === 'idle' && document.body.dataset.resultMethod === 'gradient');
 });
 
 test('downloads: the PNG with its colour bar and the raw attributions', async () => {

@@ -611,6 +611,10 @@ fn bad_heatmap_options_and_grey_models() {
     assert_names(&err, &["jet", "bwr"]);
     let err = explain_photo(&dir, &photo, &["--alpha", "2"]);
     assert_names(&err, &["--alpha"]);
+    let err = explain_photo(&dir, &photo, &["--scaling", "level:0"]);
+    assert_names(&err, &["scaling", "level", "above 0"]);
+    let err = explain_photo(&dir, &photo, &["--scaling", "percentile:99"]);
+    assert_names(&err, &["percentile:99", "outliers:P", "level:L"]);
     // The MNIST models take one channel: a photo cannot go in.
     let err = fails(&[
         "explain",

@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use candle_xai::files::{explanation_safetensors, read_inputs, top_k};
 use candle_xai::import::graph_json::GraphSpec;
 use candle_xai::methods::catalog;
-use candle_xai::render::Colormap;
+use candle_xai::render::{Colormap, Scaling, Style};
 use candle_xai::{explain, Error, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 use method_flags::MethodFlags;
 
@@ -119,13 +119,18 @@ struct ExplainArgs {
     /// Output: OUT.safetensors with --input; a PNG (or a folder, for a folder of photos) with --image
     #[arg(long, value_name = "OUT")]
     out: PathBuf,
-    /// Heatmap colours (with --image) [default: bwr; hot for grad-cam]
+    /// Heatmap colours (with --image) [default: bwr; hot for grad-cam and the attention methods]
     #[arg(
         long,
         value_name = "bwr|hot|gray|positive",
         help_heading = "Heatmap options (--image)"
     )]
     colormap: Option<String>,
+    /// Which value the colour map's ends stand for (with --image): `outliers:P` clips P% of the
+    /// attribution mass as captum does, `level:L` saturates at 1/L of the largest magnitude as
+    /// zennit does [default: level:3 for LRP, outliers:2 for the other methods]
+    #[arg(long, value_name = "outliers:P|level:L", help_heading = "Heatmap options (--image)")]
+    scaling: Option<String>,
     /// Heatmap opacity over the photo, 0..1 (with --image) [default: 0.5]
     #[arg(long, value_name = "A", help_heading = "Heatmap options (--image)")]
     alpha: Option<f32>,
@@ -311,6 +316,7 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
     if args.input.is_some() {
         for (flag, given) in [
             ("--colormap", args.colormap.is_some()),
+            ("--scaling", args.scaling.is_some()),
             ("--alpha", args.alpha.is_some()),
         ] {
             if given {
@@ -320,18 +326,16 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
             }
         }
     }
+    let defaults = method.default_style();
     let colormap = match &args.colormap {
         Some(name) => Colormap::parse(name)?,
-        None if matches!(
-            method,
-            Method::GradCam(_) | Method::AttentionRollout(_) | Method::GenericAttention
-        ) =>
-        {
-            Colormap::Hot
-        }
-        None => Colormap::Bwr,
+        None => defaults.colormap,
     };
-    let alpha = args.alpha.unwrap_or(0.5);
+    let scaling = match &args.scaling {
+        Some(spec) => Scaling::parse(spec)?,
+        None => defaults.scaling,
+    };
+    let alpha = args.alpha.unwrap_or(defaults.alpha);
     if !(0.0..=1.0).contains(&alpha) {
         return Err(Error::InvalidParameter {
             parameter: "--alpha".into(),
@@ -339,6 +343,11 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
         }
         .into());
     }
+    let style = Style {
+        colormap,
+        scaling,
+        alpha,
+    };
     let device = candle_xai::Device::open(&args.device)?;
 
     let started = Instant::now();
@@ -357,7 +366,7 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
     }
     let explain_ms = match (&args.input, &args.image) {
         (Some(input), _) => explain_tensors(&model, request, input, args)?,
-        (None, Some(image)) => explain_photos(&model, request, image, &args.out, args.target, colormap, alpha)?,
+        (None, Some(image)) => explain_photos(&model, request, image, &args.out, args.target, style)?,
         (None, None) => return Err(CliError::Usage("give --input X.safetensors or --image PHOTO".into())),
     };
     if args.timings {
@@ -459,8 +468,7 @@ fn explain_photos(
     image: &Path,
     out: &Path,
     target: Option<i64>,
-    colormap: Colormap,
-    alpha: f32,
+    style: Style,
 ) -> CliResult<f64> {
     if model.input_channels() != 3 {
         return Err(CliError::Usage(format!(
@@ -482,7 +490,7 @@ fn explain_photos(
         };
         // Refused before the work, not after it.
         candle_xai::render::format_for(&out.display().to_string())?;
-        let photo = explain_photo(model, &request, image, &out, colormap, alpha)?;
+        let photo = explain_photo(model, &request, image, &out, style)?;
         println!("{}", photo.summary);
         return Ok(photo.explain_ms);
     }
@@ -496,7 +504,7 @@ fn explain_photos(
     let mut explain_ms = 0.0;
     for path in &photos {
         bar.set_message(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-        match explain_photo(model, &request, path, &out.join(png_name(path)), colormap, alpha) {
+        match explain_photo(model, &request, path, &out.join(png_name(path)), style) {
             Ok(photo) => {
                 explain_ms += photo.explain_ms;
                 bar.suspend(|| println!("{}", photo.summary));
@@ -557,14 +565,7 @@ struct PhotoResult {
     explain_ms: f64,
 }
 
-fn explain_photo(
-    model: &Model,
-    request: &Request,
-    path: &Path,
-    out: &Path,
-    colormap: Colormap,
-    alpha: f32,
-) -> CliResult<PhotoResult> {
+fn explain_photo(model: &Model, request: &Request, path: &Path, out: &Path, style: Style) -> CliResult<PhotoResult> {
     let bytes = read(path)?;
     let photo = candle_xai::image::decode(&bytes, &path.display().to_string())?;
     let prepared = candle_xai::image::imagenet_preprocess_at(&photo, model.input_size())?;
@@ -572,7 +573,7 @@ fn explain_photo(
     let logits = explanation.logits.get(0)?.to_vec1::<f32>()?;
     let (predicted, probability) = top_k(&logits, 1)[0];
     let attribution = explanation.attributions.get(0)?;
-    let rendered = candle_xai::render::render(&prepared.image, &attribution, colormap, alpha)?;
+    let rendered = candle_xai::render::render(&prepared.image, &attribution, style)?;
     let format = candle_xai::render::format_for(&out.display().to_string())?;
     write(out, &candle_xai::render::encode(&rendered.image, format)?)?;
     let target = explanation.targets[0];
