@@ -31,7 +31,8 @@
 // Then "Compare all methods" as the page runs it: every method that applies to the model, with
 // its defaults, asked of the explainer at most `workers` at a time, timed from the first request
 // to the last result; once with one engine worker and once with the page's default pool
-// (`defaultWorkers`: one per core the browser reports, at most 4), one warm-up each.
+// (`defaultWorkers`: one per core the browser reports, at most 4), one warm-up each; and one
+// Integrated Gradients and one SmoothGrad explanation on each pool (split between its workers).
 //
 // Output: one JSON line per method on stdout, then a markdown section (a table and notes,
 // without a heading) on stdout, or in the file given by --out.
@@ -163,6 +164,7 @@ async function benchBrowser(methods, reps, model, compare) {
       );
     }
     await page.evaluate(() => window.bench.explainer.dispose());
+    if (compare) log(`wasm: compare all methods, and IG and SmoothGrad, on one worker and on the pool, 1 warm-up + ${reps} rounds`);
     const compared = compare ? await benchCompareAll(page, reps) : null;
     if (errors.length) throw new Error(`errors in the page:\n${errors.join('\n')}`);
     const input = new Float32Array(fromBase64(setup.input).buffer);
@@ -198,7 +200,16 @@ async function benchCompareAll(page, reps) {
           await Promise.all(Array.from({ length: workers }, lane));
           if (i > 0) times.push(performance.now() - started);
         }
-        rounds.push({ workers, started: explainer.workersStarted, methods: methods.length, times });
+        // One Integrated Gradients and one SmoothGrad explanation, split between the workers.
+        const single = {};
+        for (const method of ['integrated-gradients', 'smoothgrad']) {
+          single[method] = [];
+          for (let i = 0; i <= reps; i++) {
+            const r = await explainer.explain(prepared, { method });
+            if (i > 0) single[method].push(r.elapsedMs);
+          }
+        }
+        rounds.push({ workers, started: explainer.workersStarted, methods: methods.length, times, single });
         explainer.dispose();
       }
       return rounds;
@@ -306,7 +317,20 @@ async function main() {
   for (const r of results) console.log(JSON.stringify(r));
   for (const c of web.compared ?? []) {
     const t = stats(c.times);
-    console.log(JSON.stringify({ compare_all: c.methods, workers: c.workers, workers_started: c.started, ms_median: t.median, ms_min: t.min, reps: args.reps }));
+    const ig = stats(c.single['integrated-gradients']);
+    const sg = stats(c.single.smoothgrad);
+    console.log(
+      JSON.stringify({
+        compare_all: c.methods,
+        workers: c.workers,
+        workers_started: c.started,
+        ms_median: t.median,
+        ms_min: t.min,
+        ig_ms_median: ig.median,
+        smoothgrad_ms_median: sg.median,
+        reps: args.reps,
+      }),
+    );
   }
 
   const threads = results[0].native_threads;
@@ -352,12 +376,22 @@ async function main() {
         `at most one request per engine worker at a time, from the first request to the last result; median of ${args.reps} ` +
         `rounds after one warm-up (minimum in parentheses). The default pool on this machine: ${web.compared.at(-1).workers} workers.`,
       '',
-      '| engine workers | workers started | ms | speed-up |',
-      '|---:|---:|---:|---:|',
+      '| engine workers | workers started | Compare all ms | speed-up | one IG explain ms (50 steps) | speed-up | one SmoothGrad explain ms | speed-up |',
+      '|---:|---:|---:|---:|---:|---:|---:|---:|',
       ...web.compared.map((c) => {
         const t = stats(c.times);
-        return `| ${c.workers} | ${c.started} | ${cell(t.median, t.min)} | ${(oneMs / t.median).toFixed(2)} |`;
+        const ig = stats(c.single['integrated-gradients']);
+        const sg = stats(c.single.smoothgrad);
+        const igOne = stats(one.single['integrated-gradients']).median;
+        const sgOne = stats(one.single.smoothgrad).median;
+        return (
+          `| ${c.workers} | ${c.started} | ${cell(t.median, t.min)} | ${(oneMs / t.median).toFixed(2)} ` +
+          `| ${cell(ig.median, ig.min)} | ${(igOne / ig.median).toFixed(2)} | ${cell(sg.median, sg.min)} | ${(sgOne / sg.median).toFixed(2)} |`
+        );
       }),
+      '',
+      'One Integrated Gradients or SmoothGrad explanation is split between the free workers (`shares`: each takes every ' +
+        "n-th path point or noisy copy; the engine adds the shares up to the one-worker result within 1e-6, tests/engine/shares.rs and the e2e test). The methods' defaults.",
       '',
     );
   }

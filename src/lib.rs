@@ -24,7 +24,7 @@ pub mod tuning;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use methods::explain;
-pub use methods::{explain_async, Explanation, Method, Progress, Request, Targets};
+pub use methods::{explain_async, Explanation, Method, Progress, Request, Share, Targets};
 pub mod files;
 pub mod image;
 pub mod render;

@@ -21,7 +21,7 @@ use crate::methods::catalog;
 use crate::metrics::{evaluate_async, EvaluationRequest, Metric, Pooling};
 use crate::render::{self, Colormap, Scaling, Style};
 use crate::tuning::{optimize_async, Objective, OptimizeRequest};
-use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
+use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Share, Targets};
 
 /// Rows per forward/backward pass in the browser when a method's JSON does not say: bounds the
 /// memory of a pass (each MobileNetV2 row keeps ~100 MB of activations) and gives the progress
@@ -472,6 +472,9 @@ impl WasmModel {
     /// `methods()`), its defaults overridden by `params_json`. `target` is the class to explain
     /// (default: the top prediction); `layer` a layer for Grad-CAM or layer attribution.
     /// `progress(done, total)` is called as the method advances; returning `false` cancels.
+    /// `share` = `[index, count]` explains only that share of IG's path points or SmoothGrad's
+    /// noisy copies (see `shares`): the shares' attributions and convergence deltas add up to
+    /// the whole's, so workers can split one explanation.
     /// Resolves to `{attributions: Float32Array, shape, logits: Float32Array, target,
     /// convergenceDelta, method, params, device}`; rejects with the engine's message (an error
     /// named `DeviceError` when the GPU failed).
@@ -484,18 +487,32 @@ impl WasmModel {
         params_json: Option<String>,
         target: Option<i32>,
         layer: Option<String>,
+        share: Option<Vec<u32>>,
         progress: Option<Function>,
     ) -> Result<Promise, JsValue> {
         let x = tensor(input, shape, "the input")?;
         let method = build_method(method, params_json.as_deref().unwrap_or("")).map_err(engine_error)?;
+        let share = match share.as_deref() {
+            None => None,
+            Some(&[index, count]) => Some(Share {
+                index: index as usize,
+                count: count as usize,
+            }),
+            Some(other) => {
+                return Err(engine_error(Error::invalid_parameter(
+                    "share",
+                    format!("expected [index, count]; got {other:?}"),
+                )))
+            }
+        };
         let request = Request {
             targets: match target {
                 Some(t) => Targets::Classes(vec![t as i64]),
                 None => Targets::TopPrediction,
             },
             layer: layer.filter(|l| !l.trim().is_empty()),
-            method,
-            memory_limit: None,
+            share,
+            ..Request::new(method)
         };
         let model = self.model.clone();
         Ok(future_to_promise(async move {
@@ -508,6 +525,15 @@ impl WasmModel {
             Ok(out.into())
         }))
     }
+}
+
+/// Into how many shares one explanation with `method` and `params_json` can be split, for
+/// explaining on several workers at once (`Model.explain`'s `share`): IG's path points or
+/// SmoothGrad's (mean or squared) noisy copies; 1 for the other methods.
+#[wasm_bindgen]
+pub fn shares(method: &str, params_json: Option<String>) -> JsResult<u32> {
+    let method = build_method(method, params_json.as_deref().unwrap_or("")).map_err(js_error)?;
+    Ok(Request::new(method).shares_possible() as u32)
 }
 
 /// Perturbed inputs per forward pass of a metric in the browser when its JSON does not say.
@@ -798,7 +824,7 @@ mod tests {
                 "smoothgrad" => r#"{"n_samples": 3}"#,
                 _ => "",
             };
-            let out = explained(model.explain(&input, &shape, name, Some(params.into()), Some(2), None, None))
+            let out = explained(model.explain(&input, &shape, name, Some(params.into()), Some(2), None, None, None))
                 .await
                 .unwrap_or_else(|e| panic!("{name} failed: {e}"));
             assert_eq!(
@@ -828,13 +854,22 @@ mod tests {
         }
         // Cancelling through the progress callback ends the run with "cancelled".
         let cancel = Function::new_no_args("return false");
-        let text = explained(model.explain(&input, &shape, "integrated-gradients", None, None, None, Some(cancel)))
-            .await
-            .err()
-            .unwrap();
+        let text = explained(model.explain(
+            &input,
+            &shape,
+            "integrated-gradients",
+            None,
+            None,
+            None,
+            None,
+            Some(cancel),
+        ))
+        .await
+        .err()
+        .unwrap();
         assert!(text.contains("cancelled"), "{text}");
         // Bad input is refused before anything runs.
-        let text = explained(model.explain(&input[1..], &shape, "gradient", None, None, None, None))
+        let text = explained(model.explain(&input[1..], &shape, "gradient", None, None, None, None, None))
             .await
             .err()
             .unwrap();

@@ -69,6 +69,7 @@ fn weights_larger_than_a_buffer_are_split_and_every_method_matches_the_cpu() {
             targets: Targets::Classes(target.clone()),
             layer: None,
             memory_limit: None,
+            share: None,
         };
         let explain = |model| candle_xai::explain(model, &digit, &request, &mut Progress::none());
         let ours = explain(&gpu).unwrap_or_else(|e| panic!("{name} on 64 KiB buffers: {e}"));

@@ -178,6 +178,10 @@ const handlers = {
     return { result: JSON.parse(xai.metricCatalog()) };
   },
 
+  shares({ method, params }) {
+    return { result: xai.shares(method, params ?? undefined) };
+  },
+
   defaultStyle({ method }) {
     return { result: xai.defaultStyle(method) };
   },
@@ -197,7 +201,7 @@ const handlers = {
     return { result: logits, transfer: [logits.buffer] };
   },
 
-  async explain({ input, shape, method, params, target, layer }, id) {
+  async explain({ input, shape, method, params, target, layer, share }, id) {
     const { result: r, fallback, engineMs } = await onBackend((m) =>
       m.explain(
         input,
@@ -206,6 +210,7 @@ const handlers = {
         params ?? undefined,
         target ?? undefined,
         layer ?? undefined,
+        share ? Uint32Array.from(share) : undefined,
         reporter(id),
       ),
     );

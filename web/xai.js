@@ -218,6 +218,11 @@ class EnginePool {
     return 1 + this.#helpers.length;
   }
 
+  /** How many workers are running a request now. */
+  get busy() {
+    return [this.#first, ...this.#helpers].filter((engine) => this.#load(engine) > 0).length;
+  }
+
   /** Runs request `type` on the least busy worker: {result, worker (its index in the pool)}. */
   async run(type, args, options) {
     const engine = this.#pick();
@@ -561,7 +566,8 @@ export class Explainer {
    * (an AbortSignal that cancels). Returns {attributions (Float32Array), shape, logits, target,
    * label, top5, probabilities, convergenceDelta, method, params, elapsedMs, canvas, low, high,
    * prepared, backend ('webgpu' | 'cpu'), device (the adapter's name or 'cpu'), fallback (set
-   * when WebGPU failed and the CPU produced this result: why)}.
+   * when WebGPU failed and the CPU produced this result: why), worker (the engine worker that
+   * ran it), shares (how many workers split it: IG and SmoothGrad take every free one)}.
    */
   async explain(image, options = {}) {
     const prepared = await this.prepare(image);
@@ -573,18 +579,15 @@ export class Explainer {
       if (!EXPLAIN_OPTIONS.has(key)) params = { ...params, [key]: value };
     }
     params = JSON.stringify(params);
-    const { result, elapsedMs } = await this.#run(
-      'explain',
-      {
-        input: prepared.input,
-        shape: prepared.shape,
-        method,
-        params,
-        target: options.target ?? null,
-        layer: options.layer ?? null,
-      },
-      options,
-    );
+    const request = {
+      input: prepared.input,
+      shape: prepared.shape,
+      method,
+      params,
+      target: options.target ?? null,
+      layer: options.layer ?? null,
+    };
+    const { result, elapsedMs } = await this.#explainShared(request, options);
     result.elapsedMs = elapsedMs;
     result.label = this.labelOf(result.target);
     result.probabilities = softmax(result.logits);
@@ -665,6 +668,44 @@ export class Explainer {
     );
     const { method: _name, ...bestParams } = found.best_method;
     return { ...found, bestParams, elapsedMs };
+  }
+
+  /**
+   * One explanation, split between the engine workers when it can be (IG's path points and
+   * SmoothGrad's noisy copies, in shares the engine adds up exactly) and more than one is free
+   * to take a share; otherwise on one worker. {result (`shares`: how many workers took part),
+   * elapsedMs}.
+   */
+  async #explainShared(request, options) {
+    const possible = this.workers > 1 ? await this.#painter.call('shares', { method: request.method, params: request.params }) : 1;
+    // Counted after the await, synchronously with the dispatch below: explanations asked for
+    // together (the page's Compare all) do not each count the same workers free.
+    const count = Math.min(this.workers - this.#pool.busy, possible);
+    if (count <= 1) {
+      const ran = await this.#run('explain', request, options);
+      ran.result.shares = 1;
+      return ran;
+    }
+    const done = new Array(count).fill(0);
+    const onProgress = options.onProgress && ((i, d) => {
+      done[i] = d;
+      options.onProgress(done.reduce((a, b) => a + b, 0), possible);
+    });
+    const started = performance.now();
+    const parts = await Promise.all(
+      done.map((_, i) =>
+        this.#run('explain', { ...request, share: [i, count] }, { ...options, onProgress: onProgress && ((d) => onProgress(i, d)) }),
+      ),
+    );
+    // The shares' attributions and convergence deltas add up to the whole's, in share order.
+    const result = parts[0].result;
+    for (const { result: part } of parts.slice(1)) {
+      for (let k = 0; k < result.attributions.length; k++) result.attributions[k] += part.attributions[k];
+      if (result.convergenceDelta != null) result.convergenceDelta = Math.fround(result.convergenceDelta + part.convergenceDelta);
+      result.engineMs = Math.max(result.engineMs ?? 0, part.engineMs ?? 0);
+    }
+    result.shares = count;
+    return { result, elapsedMs: performance.now() - started };
   }
 
   /** Runs request `type` with `args` on the least busy engine worker, cancelled through

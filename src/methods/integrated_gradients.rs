@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::baseline::Baseline;
-use super::probe::{unstack, Passes, Probe, Progress, MAX_ROWS};
+use super::probe::{unstack, Passes, Probe, Progress, Share, MAX_ROWS};
 use super::quadrature::Quadrature;
 use super::{Attribution, Parameter, Scale};
 use crate::backend::Reduce;
@@ -109,6 +109,7 @@ pub(crate) async fn integrated_gradients(
     host_input: &candle_core::Tensor,
     input_logits: &Tensor,
     params: &IntegratedGradientsParams,
+    share: Option<Share>,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
     let baseline = input
@@ -132,11 +133,12 @@ pub(crate) async fn integrated_gradients(
     let (step_sizes, alphas) = params.quadrature.points(params.n_steps);
     let batch = probe.batch();
     let mut integral: Option<Tensor> = None;
-    let mut passes = Passes::new(params.n_steps, params.batch_size, probe, progress);
+    let rows = Share::rows(share, params.n_steps);
+    let mut passes = Passes::new(rows, params.batch_size, probe, progress);
     while let Some(steps) = passes.next().await? {
         let points = steps
-            .clone()
-            .map(|i| start.add(&span.affine(alphas[i], 0.0)?))
+            .iter()
+            .map(|&i| start.add(&span.affine(alphas[i], 0.0)?))
             .collect::<Result<Vec<_>>>()?;
         let points = Tensor::cat_rows(&points)?;
         let pass = if at_layer {
@@ -145,7 +147,7 @@ pub(crate) async fn integrated_gradients(
         } else {
             probe.run(&points, None)?
         };
-        for (i, g) in steps.zip(unstack(&pass.gradient, batch)?) {
+        for (&i, g) in steps.iter().zip(unstack(&pass.gradient, batch)?) {
             let weighted = g.affine(step_sizes[i], 0.0)?;
             integral = Some(match integral.take() {
                 Some(acc) => acc.add(&weighted)?,
@@ -153,14 +155,16 @@ pub(crate) async fn integrated_gradients(
             });
         }
     }
-    let integral = integral.expect("n_steps >= 1");
+    let integral = integral.expect("every share has at least one step");
     let attributions = if params.multiply_by_inputs {
         integral.mul(&span)?
     } else {
         integral
     };
     // captum's convergence delta: sum(attributions) - (f(input) - f(baseline)) at the target,
-    // in f32 as captum computes it.
+    // in f32 as captum computes it; a share carries its fraction of the score difference, so
+    // that the shares' deltas add up to the whole's.
+    let fraction = Share::fraction(share) as f32;
     let sums = attributions.reduce(Reduce::SumPerSample)?.to_vec_async().await?;
     let end_logits = input_logits.to_vec_async().await?;
     let start_logits = start_logits.to_vec_async().await?;
@@ -169,7 +173,7 @@ pub(crate) async fn integrated_gradients(
         .targets
         .iter()
         .enumerate()
-        .map(|(row, &t)| sums[row] - (end_logits[row * classes + t] - start_logits[row * classes + t]))
+        .map(|(row, &t)| sums[row] - fraction * (end_logits[row * classes + t] - start_logits[row * classes + t]))
         .collect();
     let delta = candle_core::Tensor::from_vec(delta, probe.targets.len(), &candle_core::Device::Cpu)?;
     Ok(Attribution {

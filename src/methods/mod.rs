@@ -20,7 +20,7 @@ pub use lrp::LrpParams;
 pub use parameters::{
     catalog, methods_taking, not_applicable, Kind, MethodInfo, Parameter, ParameterInfo, Scale, Tunable,
 };
-pub use probe::Progress;
+pub use probe::{Progress, Share};
 pub use quadrature::Quadrature;
 pub use smooth_grad::{Aggregate, SmoothGradParams};
 
@@ -268,6 +268,9 @@ pub struct Request {
     /// budget ([`crate::tensor::Device::memory_budget`]). Multi-pass methods split their passes
     /// to fit; a single input that does not fit is an error naming both sizes.
     pub memory_limit: Option<u64>,
+    /// Only this share of IG's path points or SmoothGrad's noisy copies, for explaining one
+    /// input on several workers; None = all of them.
+    pub share: Option<Share>,
 }
 
 impl Request {
@@ -277,7 +280,32 @@ impl Request {
             targets: Targets::TopPrediction,
             layer: None,
             memory_limit: None,
+            share: None,
         }
+    }
+
+    /// How many shares the method's work can be split into (IG's path points, SmoothGrad's
+    /// noisy copies; not VarGrad, whose variance does not add up); 1 for the other methods.
+    pub fn shares_possible(&self) -> usize {
+        match &self.method {
+            Method::IntegratedGradients(p) => p.n_steps,
+            Method::SmoothGrad(p) if p.aggregate != Aggregate::Variance => p.n_samples,
+            _ => 1,
+        }
+    }
+
+    fn check_share(&self) -> Result<()> {
+        let Some(share) = self.share else { return Ok(()) };
+        if self.shares_possible() == 1 && share.count > 1 {
+            return Err(Error::invalid_parameter(
+                "share",
+                format!(
+                    "{} does not split into shares; Integrated Gradients and SmoothGrad (mean or squared) do",
+                    self.method.name()
+                ),
+            ));
+        }
+        share.check(self.shares_possible())
     }
 }
 
@@ -348,6 +376,7 @@ pub async fn explain_async(
     // The host copy serves the methods that derive something from the input's values
     // (SmoothGrad's noise scale, IG's baseline) without reading the device copy back.
     request.method.validate()?;
+    request.check_share()?;
     if request.method.for_transformers() && !request.method.applies_to(model) {
         return Err(Error::invalid_parameter(
             "method",
@@ -395,9 +424,12 @@ pub async fn explain_async(
         rows_in_memory,
     };
     let result = match (&request.method, activations) {
-        (Method::SmoothGrad(p), _) => smooth_grad::smooth_grad(&probe, &input, &host_input, p, progress).await?,
+        (Method::SmoothGrad(p), _) => {
+            smooth_grad::smooth_grad(&probe, &input, &host_input, p, request.share, progress).await?
+        }
         (Method::IntegratedGradients(p), _) => {
-            integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, progress).await?
+            let share = request.share;
+            integrated_gradients::integrated_gradients(&probe, &input, &host_input, &logits, p, share, progress).await?
         }
         (Method::Lrp(p), _) => lrp::relevance(&probe, &input, p, progress).await?,
         (Method::AttentionRollout(p), Some(activations)) => {

@@ -2,8 +2,6 @@
 //! stacked) batch forward, seed the target logits, and walk back to a node. Methods differ
 //! only in which batches they build and how they combine what comes back.
 
-use std::ops::Range;
-
 use crate::error::{Error, Result};
 use crate::graph::{Activations, NodeId};
 use crate::layers::Layer;
@@ -140,14 +138,15 @@ pub(crate) fn check_targets(targets: &[usize], classes: usize) -> Result<()> {
     }
 }
 
-/// Splits `count` perturbations of the probe's batch into passes of at most `rows_per_pass`
-/// rows (at least one perturbation each), fewer when the device bounds the size of a tensor
-/// (a GPU's largest storage buffer): a method that would need more is split, not refused.
-/// Before handing out the next range, `next` waits until the device has finished the previous
-/// pass and reports progress: the bar follows the work rather than its submission, a cancel
-/// lands between passes, and at most one pass's buffers are in flight on a GPU.
+/// Splits perturbations of the probe's batch (the indices `rows`: IG's path points, SmoothGrad's
+/// noisy copies; all of them, or one [`Share`]) into passes of at most `rows_per_pass` rows (at
+/// least one perturbation each), fewer when the device bounds the size of a tensor (a GPU's
+/// largest storage buffer): a method that would need more is split, not refused.
+/// Before handing out the next passes' indices, `next` waits until the device has finished the
+/// previous pass and reports progress: the bar follows the work rather than its submission, a
+/// cancel lands between passes, and at most one pass's buffers are in flight on a GPU.
 pub(crate) struct Passes<'p, 'a> {
-    count: usize,
+    rows: Vec<usize>,
     per_pass: usize,
     start: usize,
     started: bool,
@@ -156,16 +155,21 @@ pub(crate) struct Passes<'p, 'a> {
 }
 
 impl<'p, 'a> Passes<'p, 'a> {
-    pub fn new(count: usize, rows_per_pass: Option<usize>, probe: &Probe<'_>, progress: &'p mut Progress<'a>) -> Self {
+    pub fn new(
+        rows: Vec<usize>,
+        rows_per_pass: Option<usize>,
+        probe: &Probe<'_>,
+        progress: &'p mut Progress<'a>,
+    ) -> Self {
         let device = probe.model.device().clone();
-        let mut rows = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS);
+        let mut per_pass = rows_per_pass.unwrap_or(DEFAULT_ROWS_PER_PASS);
         if let Some(max_len) = device.max_tensor_len() {
-            rows = rows.min(max_len / probe.widest_row.max(1));
+            per_pass = per_pass.min(max_len / probe.widest_row.max(1));
         }
-        rows = rows.min(probe.rows_in_memory);
+        per_pass = per_pass.min(probe.rows_in_memory);
         Self {
-            count,
-            per_pass: (rows / probe.batch().max(1)).max(1),
+            rows,
+            per_pass: (per_pass / probe.batch().max(1)).max(1),
             start: 0,
             started: false,
             device,
@@ -173,19 +177,62 @@ impl<'p, 'a> Passes<'p, 'a> {
         }
     }
 
-    /// The perturbations of the next pass, or None when all `count` are done.
-    pub async fn next(&mut self) -> Result<Option<Range<usize>>> {
+    /// The perturbations of the next pass, or None when all are done.
+    pub async fn next(&mut self) -> Result<Option<Vec<usize>>> {
         if self.started {
             self.device.settle().await?;
         }
         self.started = true;
-        self.progress.report(self.start, self.count)?;
-        if self.start >= self.count {
+        let total = self.rows.len();
+        self.progress.report(self.start, total)?;
+        if self.start >= total {
             return Ok(None);
         }
-        let range = self.start..(self.start + self.per_pass).min(self.count);
-        self.start = range.end;
-        Ok(Some(range))
+        let end = (self.start + self.per_pass).min(total);
+        let pass = self.rows[self.start..end].to_vec();
+        self.start = end;
+        Ok(Some(pass))
+    }
+}
+
+/// One share of a multi-pass method's perturbations (IG's path points, SmoothGrad's noisy
+/// copies), so that several workers (the page's Web Workers) can explain one input together:
+/// share `index` of `count` takes perturbations `index`, `index + count`, ... The shares'
+/// attributions, and IG's convergence deltas, add up to those of the whole method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Share {
+    /// The perturbations of `total` this share takes: all of them without a share.
+    pub(crate) fn rows(share: Option<Share>, total: usize) -> Vec<usize> {
+        match share {
+            Some(Share { index, count }) => (index..total).step_by(count.max(1)).collect(),
+            None => (0..total).collect(),
+        }
+    }
+
+    /// The share of the whole a share's constant terms carry (IG's score difference).
+    pub(crate) fn fraction(share: Option<Share>) -> f64 {
+        share.map_or(1.0, |s| 1.0 / s.count as f64)
+    }
+
+    /// Refused unless `count` is at least 1, `index` below it, and every share of `total`
+    /// perturbations gets at least one.
+    pub(crate) fn check(self, total: usize) -> Result<()> {
+        if self.count == 0 || self.index >= self.count || self.count > total {
+            return Err(Error::invalid_parameter(
+                "share",
+                format!(
+                    "share {} of {} does not fit {total} perturbations: give an index below the count, \
+                     and a count from 1 to {total}",
+                    self.index, self.count
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

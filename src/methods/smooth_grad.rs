@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::probe::{unstack, Passes, Probe, Progress, MAX_ROWS};
+use super::probe::{unstack, Passes, Probe, Progress, Share, MAX_ROWS};
 use super::{Attribution, Parameter, Scale};
 use crate::backend::Map;
 use crate::error::{Error, Result};
@@ -193,6 +193,7 @@ pub(crate) async fn smooth_grad(
     input: &Tensor,
     host_input: &candle_core::Tensor,
     params: &SmoothGradParams,
+    share: Option<Share>,
     progress: &mut Progress<'_>,
 ) -> Result<Attribution> {
     if let Some(noise) = &params.noise {
@@ -216,10 +217,12 @@ pub(crate) async fn smooth_grad(
         });
         Ok(())
     };
-    let mut passes = Passes::new(params.n_samples, params.batch_size, probe, progress);
+    let rows = Share::rows(share, params.n_samples);
+    let mut passes = Passes::new(rows, params.batch_size, probe, progress);
     while let Some(copies) = passes.next().await? {
         let noisy = copies
-            .map(|i| input.add(&params.noise_for(i, input, &stdevs)?))
+            .iter()
+            .map(|&i| input.add(&params.noise_for(i, input, &stdevs)?))
             .collect::<Result<Vec<_>>>()?;
         let pass = probe.run(&Tensor::cat_rows(&noisy)?, None)?;
         for g in unstack(&pass.gradient, batch)? {
@@ -228,9 +231,12 @@ pub(crate) async fn smooth_grad(
             accumulate(&mut sum, g)?;
         }
     }
+    // Divided by all the copies, not the share's: the shares' means add up to the whole's.
     let n = params.n_samples as f64;
-    let mean = sum.expect("n_samples >= 1").affine(1.0 / n, 0.0)?;
-    let mean_sq = sum_sq.expect("n_samples >= 1").affine(1.0 / n, 0.0)?;
+    let mean = sum.expect("every share has at least one copy").affine(1.0 / n, 0.0)?;
+    let mean_sq = sum_sq
+        .expect("every share has at least one copy")
+        .affine(1.0 / n, 0.0)?;
     let attributions = match params.aggregate {
         Aggregate::Mean => mean,
         Aggregate::Squared => mean_sq,

@@ -289,6 +289,7 @@ pub fn explain_refs(
         targets: candle_xai::Targets::Classes(refs.targets()),
         layer: layer.map(String::from),
         memory_limit: None,
+        share: None,
     };
     candle_xai::explain(model, &refs.f32("inputs"), &request, &mut candle_xai::Progress::none()).unwrap()
 }

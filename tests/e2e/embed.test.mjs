@@ -77,15 +77,17 @@ test('the JavaScript API: two explanations at once run on two workers, and cance
         explainer.explain(cat, { method: 'gradient' }),
       ]);
       const same = a.attributions.length === b.attributions.length && a.attributions.every((v, i) => Object.is(v, b.attributions[i]));
-      // Two long runs, cancelled once both are under way.
+      // Two long runs (VarGrad: one worker each, its variance is not split), cancelled once
+      // both are under way.
       const running = new Set();
       let bothRunning;
       const under = new Promise((ok) => (bothRunning = ok));
       const long = [0, 1].map((i) =>
         explainer
           .explain(cat, {
-            method: 'integrated-gradients',
-            n_steps: 2000,
+            method: 'smoothgrad',
+            aggregate: 'variance',
+            n_samples: 2000,
             onProgress: (done) => {
               if (done > 0) running.add(i);
               if (running.size === 2) bothRunning();
@@ -112,4 +114,51 @@ test('the JavaScript API: two explanations at once run on two workers, and cance
     }
   });
   assert.deepEqual(r, { workers: [0, 1], started: 2, same: true, outcomes: ['AbortError', 'AbortError'], afterSame: true });
+});
+
+// One Integrated Gradients or SmoothGrad explanation is split between the free workers (each
+// takes a share of the path points or noisy copies) and adds up to what one worker gives.
+test('the JavaScript API: IG and SmoothGrad are split between the workers, with one worker\'s result', async () => {
+  const r = await page.evaluate(async () => {
+    const { Explainer } = await import('/web/xai.js');
+    const bytes = await (await fetch('../assets/model/mobilenet_v2.safetensors')).arrayBuffer();
+    const pool = await Explainer.load(bytes, { backend: 'cpu', workers: 2 });
+    const single = await Explainer.load(bytes, { backend: 'cpu', workers: 1 });
+    try {
+      const cat = await pool.prepare('../assets/samples/chelsea.png');
+      const out = {};
+      for (const [method, params] of [
+        ['integrated-gradients', { n_steps: 6 }],
+        ['smoothgrad', { n_samples: 4 }],
+      ]) {
+        const reported = [];
+        const split = await pool.explain(cat, { method, params, onProgress: (done, total) => reported.push([done, total]) });
+        const whole = await single.explain(cat, { method, params });
+        let diff = 0;
+        let norm = 0;
+        for (let i = 0; i < whole.attributions.length; i++) {
+          diff += (split.attributions[i] - whole.attributions[i]) ** 2;
+          norm += whole.attributions[i] ** 2;
+        }
+        out[method] = {
+          shares: [split.shares, whole.shares],
+          relative: Math.sqrt(diff / norm),
+          delta: whole.convergenceDelta == null ? null : Math.abs(split.convergenceDelta - whole.convergenceDelta),
+          progressTotal: reported.at(-1)?.[1],
+          progressDone: reported.at(-1)?.[0],
+        };
+      }
+      return out;
+    } finally {
+      pool.dispose();
+      single.dispose({ keepPainter: false });
+    }
+  });
+  for (const [method, total] of [['integrated-gradients', 6], ['smoothgrad', 4]]) {
+    const m = r[method];
+    assert.deepEqual(m.shares, [2, 1], method);
+    assert.ok(m.relative < 1e-6, `${method}: ${m.relative} from one worker's`);
+    assert.deepEqual([m.progressDone, m.progressTotal], [total, total], `${method}: progress`);
+  }
+  assert.ok(r['integrated-gradients'].delta < 1e-4, `IG delta moved by ${r['integrated-gradients'].delta}`);
 });

@@ -88,6 +88,7 @@ fn every_composite_conserves_relevance_without_biases() {
                         targets: Targets::Classes(refs.targets()),
                         layer: None,
                         memory_limit: None,
+                        share: None,
                     };
                     let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
                     let sums = relevance_sums(&out);
@@ -205,6 +206,7 @@ fn gamma_identity_conserves_through_modern_blocks() {
             targets: Targets::Classes(vec![1, 3]),
             layer: None,
             memory_limit: None,
+            share: None,
         };
         let out = explain(&model, &inputs, &request, &mut Progress::none()).unwrap();
         let sums = relevance_sums(&out);
@@ -252,6 +254,7 @@ fn cp_lrp_conserves_through_a_vision_transformer() {
             targets: Targets::Classes(refs.targets()),
             layer: Some("pos_embed".into()),
             memory_limit: None,
+            share: None,
         };
         let out = explain(&model, &refs.f32("inputs"), &request, &mut Progress::none()).unwrap();
         for (row, sum) in relevance_sums(&out).iter().enumerate() {

@@ -14,5 +14,6 @@ mod lrp_conservation;
 mod memory_budget;
 mod metrics_parity;
 mod mnist_parity;
+mod shares;
 mod torchvision_parity;
 mod tuning;

@@ -24,6 +24,7 @@ fn passes_split_to_fit_the_budget_with_the_same_result() {
         targets: Targets::Classes(refs.targets()),
         layer: None,
         memory_limit,
+        share: None,
     };
     let whole = explain(&model, &inputs, &request(None), &mut Progress::none()).unwrap();
     // Room for the batch once: one path point per pass.

@@ -360,6 +360,7 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
         targets: Targets::TopPrediction,
         layer: args.layer.clone(),
         memory_limit: args.memory_limit.map(|mib| mib.saturating_mul(1 << 20)),
+        share: None,
     };
     if let Some(layer) = &request.layer {
         model.graph().find(layer)?;
