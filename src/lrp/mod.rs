@@ -2,6 +2,7 @@
 //! that assign them to layers, and the canonizers that rewrite a graph into the form the rules
 //! are defined on. The LRP method (with the other methods, one level up) runs them.
 
+mod affine;
 mod canonize;
 mod composites;
 mod rules;

@@ -5,9 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::affine::{negative, positive, Affine, SignSplit};
 use crate::backend::{Map, StdTerm};
 use crate::error::Result;
-use crate::layers::{Conv2d, Layer, Linear, Op};
+use crate::layers::{Layer, Op};
 use crate::tensor::Tensor;
 
 /// zennit's default stabiliser for every rule but Epsilon.
@@ -159,79 +160,6 @@ pub enum Rule {
     },
 }
 
-/// A linear-type layer whose parameters a rule may replace.
-enum Affine {
-    Conv(Conv2d),
-    Linear(Linear),
-}
-
-impl Affine {
-    fn of(op: &Op) -> Option<Self> {
-        match op {
-            Op::Conv2d(c) => Some(Affine::Conv(c.clone())),
-            Op::Linear(l) => Some(Affine::Linear(l.clone())),
-            _ => None,
-        }
-    }
-
-    fn weight(&self) -> &Tensor {
-        match self {
-            Affine::Conv(c) => c.weight(),
-            Affine::Linear(l) => l.weight(),
-        }
-    }
-
-    fn bias(&self) -> Option<&Tensor> {
-        match self {
-            Affine::Conv(c) => c.bias(),
-            Affine::Linear(l) => l.bias(),
-        }
-    }
-
-    /// The same layer with `modify` applied to its weight and to its bias (zennit modifies
-    /// both), or with no bias when `with_bias` is false.
-    fn modified(&self, modify: impl Fn(&Tensor) -> Result<Tensor>, with_bias: bool) -> Result<Self> {
-        let weight = modify(self.weight())?;
-        let bias = match (with_bias, self.bias()) {
-            (true, Some(b)) => Some(modify(b)?),
-            _ => None,
-        };
-        Ok(match self {
-            Affine::Conv(c) => Affine::Conv(c.with_parameters(weight, bias)?),
-            Affine::Linear(l) => Affine::Linear(l.with_parameters(weight, bias)?),
-        })
-    }
-
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Affine::Conv(c) => c.apply(x),
-            Affine::Linear(l) => l.apply(x),
-        }
-    }
-
-    /// Input-VJP, for an input shaped like `like`.
-    fn transpose_apply(&self, grad: &Tensor, like: &Tensor) -> Result<Tensor> {
-        match self {
-            Affine::Conv(c) => c.transpose_apply(grad, (like.dim(2)?, like.dim(3)?)),
-            Affine::Linear(l) => l.transpose_apply(grad),
-        }
-    }
-}
-
-fn positive(t: &Tensor) -> Result<Tensor> {
-    t.map(Map::Clamp {
-        low: 0.0,
-        high: f32::INFINITY,
-    })
-}
-
-fn negative(t: &Tensor) -> Result<Tensor> {
-    t.map(Map::Clamp {
-        low: f32::NEG_INFINITY,
-        high: 0.0,
-    })
-}
-
 fn stabilize(z: &Tensor, epsilon: f64) -> Result<Tensor> {
     z.map(Map::Stabilize {
         epsilon: epsilon as f32,
@@ -316,48 +244,35 @@ impl Rule {
                 x.mul(&layer.transpose_apply(&g, x)?)?
             }
             Rule::ZPlus { stabilizer } => {
-                let plus = layer.modified(positive, true)?;
-                let minus = layer.modified(negative, false)?;
-                let g = ratio(plus.apply(&xp)?.add(&minus.apply(&xn)?)?, *stabilizer)?;
-                xp.mul(&plus.transpose_apply(&g, x)?)?
-                    .add(&xn.mul(&minus.transpose_apply(&g, x)?)?)?
+                let split = SignSplit::new(layer, x, positive, negative, false)?;
+                let (z, _) = split.forward(&xp, &xn)?;
+                let (at_xp, at_xn) = split.backward(&ratio(z, *stabilizer)?, None, x)?;
+                xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
             }
             Rule::AlphaBeta {
                 alpha,
                 beta,
                 stabilizer,
             } => {
-                let plus = layer.modified(positive, true)?;
-                let plus_nobias = layer.modified(positive, false)?;
-                let minus = layer.modified(negative, true)?;
-                let minus_nobias = layer.modified(negative, false)?;
-                let g_pos = ratio(plus.apply(&xp)?.add(&minus_nobias.apply(&xn)?)?, *stabilizer)?;
-                let g_neg = ratio(minus.apply(&xp)?.add(&plus_nobias.apply(&xn)?)?, *stabilizer)?;
-                let pos = xp
-                    .mul(&plus.transpose_apply(&g_pos, x)?)?
-                    .add(&xn.mul(&minus.transpose_apply(&g_pos, x)?)?)?;
-                let neg = xp
-                    .mul(&minus.transpose_apply(&g_neg, x)?)?
-                    .add(&xn.mul(&plus.transpose_apply(&g_neg, x)?)?)?;
-                pos.affine(*alpha, 0.0)?.sub(&neg.affine(*beta, 0.0)?)?
+                // alpha * (relevance through the positive contributions) - beta * (through the
+                // negative ones), both halves through one stacked product.
+                let split = SignSplit::new(layer, x, positive, negative, true)?;
+                let (z_pos, z_neg) = split.forward(&xp, &xn)?;
+                let g_pos = ratio(z_pos, *stabilizer)?.affine(*alpha, 0.0)?;
+                let g_neg = ratio(z_neg.expect("both halves"), *stabilizer)?.affine(-*beta, 0.0)?;
+                let (at_xp, at_xn) = split.backward(&g_pos, Some(&g_neg), x)?;
+                xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
             }
             Rule::Gamma { gamma, stabilizer } => {
                 let g = *gamma;
                 let up = |t: &Tensor| -> Result<Tensor> { t.add(&positive(t)?.affine(g, 0.0)?) };
                 let down = |t: &Tensor| -> Result<Tensor> { t.add(&negative(t)?.affine(g, 0.0)?) };
-                let (up_b, up_nb) = (layer.modified(up, true)?, layer.modified(up, false)?);
-                let (down_b, down_nb) = (layer.modified(down, true)?, layer.modified(down, false)?);
-                let pos_mask = z.map(Map::PositiveMask)?;
-                let neg_mask = z.map(Map::NegativeMask)?;
-                let g_pos = ratio(up_b.apply(&xp)?.add(&down_nb.apply(&xn)?)?, *stabilizer)?.mul(&pos_mask)?;
-                let g_neg = ratio(down_b.apply(&xp)?.add(&up_nb.apply(&xn)?)?, *stabilizer)?.mul(&neg_mask)?;
-                let from_xp = up_b
-                    .transpose_apply(&g_pos, x)?
-                    .add(&down_b.transpose_apply(&g_neg, x)?)?;
-                let from_xn = down_b
-                    .transpose_apply(&g_pos, x)?
-                    .add(&up_b.transpose_apply(&g_neg, x)?)?;
-                xp.mul(&from_xp)?.add(&xn.mul(&from_xn)?)?
+                let split = SignSplit::new(layer, x, up, down, true)?;
+                let (z_pos, z_neg) = split.forward(&xp, &xn)?;
+                let g_pos = ratio(z_pos, *stabilizer)?.mul(&z.map(Map::PositiveMask)?)?;
+                let g_neg = ratio(z_neg.expect("both halves"), *stabilizer)?.mul(&z.map(Map::NegativeMask)?)?;
+                let (at_xp, at_xn) = split.backward(&g_pos, Some(&g_neg), x)?;
+                xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
             }
             Rule::ZBox { low, high, stabilizer } => {
                 let (low, high) = (low.like(x)?, high.like(x)?);
