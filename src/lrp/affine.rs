@@ -95,8 +95,8 @@ pub(super) fn negative(t: &Tensor) -> Result<Tensor> {
 /// Where the layer allows it (a linear layer, an ungrouped convolution) this is one product of
 /// twice the width: the input `[x+, x-]` stacked on the feature axis through the weight
 /// `[[A, B], [B, A]]` (its first row only without `both`), so the convolution's im2col is made
-/// once and each GEMM runs twice as full. A grouped convolution keeps the separate products:
-/// stacking would mix its groups.
+/// once and each GEMM runs twice as full. A grouped convolution keeps the separate products
+/// (stacking would mix its groups), as does a layer whose stacked tensors the device cannot hold.
 pub(super) struct SignSplit {
     products: Products,
     both: bool,
@@ -120,11 +120,12 @@ struct Separate {
 }
 
 impl SignSplit {
-    /// `modify_a` and `modify_b` make A and B (and a and b) from the layer's weight (and bias),
-    /// as zennit's parameter modifiers do.
+    /// For the layer's input `x` and output `z`; `modify_a` and `modify_b` make A and B (and a
+    /// and b) from the layer's weight (and bias), as zennit's parameter modifiers do.
     pub(super) fn new(
         layer: &Affine,
         x: &Tensor,
+        z: &Tensor,
         modify_a: impl Fn(&Tensor) -> Result<Tensor>,
         modify_b: impl Fn(&Tensor) -> Result<Tensor>,
         both: bool,
@@ -134,10 +135,16 @@ impl SignSplit {
             Affine::Linear(_) => x.rank() - 1,
         };
         let features = x.dim(axis)?;
+        // A device that bounds its tensors (a GPU's largest storage buffer) may not hold the
+        // stacked weight, input or output; the separate products it splits itself.
+        let fits = |elems: usize| x.device().max_tensor_len().is_none_or(|max| elems <= max);
+        let stacked_weight = layer.weight().elem_count() * if both { 4 } else { 2 };
         let stacks = match layer {
             Affine::Conv(c) => c.geometry().groups == 1,
             Affine::Linear(_) => true,
-        };
+        } && fits(stacked_weight)
+            && fits(2 * x.elem_count())
+            && fits(2 * z.elem_count());
         let products = if stacks {
             let (a, b) = (modify_a(layer.weight())?, modify_b(layer.weight())?);
             let top = Tensor::cat(&[a.clone(), b.clone()], 1)?;

@@ -244,7 +244,7 @@ impl Rule {
                 x.mul(&layer.transpose_apply(&g, x)?)?
             }
             Rule::ZPlus { stabilizer } => {
-                let split = SignSplit::new(layer, x, positive, negative, false)?;
+                let split = SignSplit::new(layer, x, z, positive, negative, false)?;
                 let (z, _) = split.forward(&xp, &xn)?;
                 let (at_xp, at_xn) = split.backward(&ratio(z, *stabilizer)?, None, x)?;
                 xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
@@ -256,7 +256,7 @@ impl Rule {
             } => {
                 // alpha * (relevance through the positive contributions) - beta * (through the
                 // negative ones), both halves through one stacked product.
-                let split = SignSplit::new(layer, x, positive, negative, true)?;
+                let split = SignSplit::new(layer, x, z, positive, negative, true)?;
                 let (z_pos, z_neg) = split.forward(&xp, &xn)?;
                 let g_pos = ratio(z_pos, *stabilizer)?.affine(*alpha, 0.0)?;
                 let g_neg = ratio(z_neg.expect("both halves"), *stabilizer)?.affine(-*beta, 0.0)?;
@@ -267,7 +267,7 @@ impl Rule {
                 let g = *gamma;
                 let up = |t: &Tensor| -> Result<Tensor> { t.add(&positive(t)?.affine(g, 0.0)?) };
                 let down = |t: &Tensor| -> Result<Tensor> { t.add(&negative(t)?.affine(g, 0.0)?) };
-                let split = SignSplit::new(layer, x, up, down, true)?;
+                let split = SignSplit::new(layer, x, z, up, down, true)?;
                 let (z_pos, z_neg) = split.forward(&xp, &xn)?;
                 let g_pos = ratio(z_pos, *stabilizer)?.mul(&z.map(Map::PositiveMask)?)?;
                 let g_neg = ratio(z_neg.expect("both halves"), *stabilizer)?.mul(&z.map(Map::NegativeMask)?)?;

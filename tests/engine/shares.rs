@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_xai::methods::{Aggregate, IntegratedGradientsParams, SmoothGradParams};
 use candle_xai::{explain, Explanation, Method, Progress, Request, Share, Targets};
 
-use crate::common::{mnist_model, relative_error};
+use crate::common::{max_abs, max_abs_diff, mnist_model, relative_error};
 
 fn explained(model: &candle_xai::Model, inputs: &Tensor, request: &Request) -> candle_xai::Result<Explanation> {
     explain(model, inputs, request, &mut Progress::none())
@@ -64,22 +64,8 @@ fn shares_add_up_to_the_whole_explanation() {
             );
             if let Some(delta) = &whole.convergence_delta {
                 let deltas = sum(|e| e.convergence_delta.as_ref()).unwrap();
-                let scale = whole
-                    .logits
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let off = (deltas - delta)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let off = max_abs_diff(&deltas, delta);
+                let scale = max_abs(&whole.logits);
                 assert!(
                     off <= 1e-5 * scale,
                     "{name}: the shares' deltas add up to {off:.2e} from the whole's"
