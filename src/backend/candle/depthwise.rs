@@ -65,6 +65,68 @@ mod cuda_kernels {
     unsafe impl DeviceRepr for DepthwiseShape {}
 }
 
+/// An image plane [h, w] seen as `stride` phase planes of `ceil(w / stride)` columns: phase r
+/// holds columns r, r + stride, r + 2 * stride, ... A window sliding with that stride then
+/// reads one phase contiguously.
+struct Phases {
+    stride: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Phases {
+    fn width(&self) -> usize {
+        self.w.div_ceil(self.stride)
+    }
+
+    /// Where column `first * stride + x_offset` of row `y` sits: `x_offset = q * stride + r`
+    /// puts it in phase r at column `first + q`.
+    fn at(&self, y: usize, x_offset: isize, first: usize) -> usize {
+        let s = self.stride as isize;
+        let (q, r) = (x_offset.div_euclid(s), x_offset.rem_euclid(s) as usize);
+        (r * self.h + y) * self.width() + (first as isize + q) as usize
+    }
+
+    /// `image`'s phases, in `scratch` (the image itself with stride 1).
+    fn split<'a>(&self, image: &'a [f32], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.stride == 1 {
+            return image;
+        }
+        let pw = self.width();
+        scratch.clear();
+        scratch.resize(self.stride * self.h * pw, 0.0);
+        for (y, row) in image.chunks(self.w).enumerate() {
+            for r in 0..self.stride {
+                let phase = &mut scratch[(r * self.h + y) * pw..][..pw];
+                for (p, &v) in phase.iter_mut().zip(row.iter().skip(r).step_by(self.stride)) {
+                    *p = v;
+                }
+            }
+        }
+        scratch
+    }
+
+    /// Zeroed phases to gather into, in `scratch`.
+    fn zeroed<'a>(&self, scratch: &'a mut Vec<f32>) -> &'a mut [f32] {
+        scratch.clear();
+        scratch.resize(self.stride * self.h * self.width(), 0.0);
+        scratch
+    }
+
+    /// The phases back into one image plane.
+    fn merge(&self, phases: &[f32], image: &mut [f32]) {
+        let pw = self.width();
+        for (y, row) in image.chunks_mut(self.w).enumerate() {
+            for r in 0..self.stride {
+                let phase = &phases[(r * self.h + y) * pw..][..pw];
+                for (v, &p) in row.iter_mut().skip(r).step_by(self.stride).zip(phase) {
+                    *v = p;
+                }
+            }
+        }
+    }
+}
+
 /// The sizes one depthwise pass works on, checked once for the CPU and the CUDA kernels.
 struct Planes {
     n: usize,
@@ -143,44 +205,83 @@ impl CustomOp2 for Depthwise {
             None => (h * w, oh * ow),
             Some(_) => (oh * ow, h * w),
         };
+        // The image's columns as `s` phase planes (column k*s + r at [r][.., k]), so that a
+        // strided window reads (or the transpose writes) contiguous runs that vectorise; with
+        // stride 1 the image itself is the one phase.
+        let phases = Phases { stride: s, h, w };
         let mut out = vec![0f32; n * c * out_len];
-        out.par_chunks_mut(out_len).enumerate().for_each(|(plane, dst)| {
-            let filter = &k[(plane % c) * kh * kw..][..kh * kw];
-            let src = &src[plane * in_len..(plane + 1) * in_len];
-            for a in 0..kh {
-                for b in 0..kw {
-                    let weight = filter[a * kw + b];
+        out.par_chunks_mut(out_len)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (plane, dst)| {
+                let filter = &k[(plane % c) * kh * kw..][..kh * kw];
+                let src = &src[plane * in_len..(plane + 1) * in_len];
+                // Where tap (a, b) of output (i, first..end) sits in the phase planes.
+                let taps = |i: usize, a: usize, b: usize| -> Option<(usize, usize, usize)> {
+                    let y = (i * s + a * d) as isize - pad_top as isize;
                     let x_offset = (b * d) as isize - pad_left as isize;
                     let (first, end) = valid_columns(x_offset, s, w, ow);
-                    for i in 0..oh {
-                        let y = (i * s + a * d) as isize - pad_top as isize;
-                        if y < 0 || y >= h as isize || first == end {
-                            continue;
-                        }
-                        let image_row = y as usize * w;
-                        let start = (first as isize * s as isize + x_offset) as usize;
-                        match self.transposed_to {
-                            // Iterators rather than indexing: no bounds checks, and the
-                            // stride-1 case vectorises.
-                            None => {
-                                let out_row = &mut dst[i * ow + first..i * ow + end];
-                                let input = src[image_row + start..].iter().step_by(s);
-                                for (o, v) in out_row.iter_mut().zip(input) {
-                                    *o += weight * v;
-                                }
-                            }
-                            Some(_) => {
-                                let grads = &src[i * ow + first..i * ow + end];
-                                let input = dst[image_row + start..].iter_mut().step_by(s);
-                                for (x, g) in input.zip(grads) {
-                                    *x += weight * g;
+                    if y < 0 || y >= h as isize || first == end {
+                        return None;
+                    }
+                    let at = phases.at(y as usize, x_offset, first);
+                    Some((first, end, at))
+                };
+                match self.transposed_to {
+                    None => {
+                        let image = phases.split(src, scratch);
+                        // Output row by row, its taps in (a, b) order: each output adds its
+                        // taps in the same order as the CUDA kernel.
+                        for i in 0..oh {
+                            let out_row = &mut dst[i * ow..(i + 1) * ow];
+                            for a in 0..kh {
+                                for b in 0..kw {
+                                    let Some((first, end, at)) = taps(i, a, b) else {
+                                        continue;
+                                    };
+                                    let weight = filter[a * kw + b];
+                                    let input = &image[at..at + (end - first)];
+                                    for (o, v) in out_row[first..end].iter_mut().zip(input) {
+                                        *o += weight * v;
+                                    }
                                 }
                             }
                         }
                     }
+                    Some(_) => {
+                        // Input row by row: tap row a reaches row y from output row i =
+                        // (y + pad_top - a * d) / s when that divides, so each input pixel
+                        // gathers its taps in (a, b) order, as the CUDA kernel adds them.
+                        let gather = |gathered: &mut [f32]| {
+                            for y in 0..h {
+                                for a in 0..kh {
+                                    let reach = (y + pad_top) as isize - (a * d) as isize;
+                                    if reach < 0 || !(reach as usize).is_multiple_of(s) || reach as usize / s >= oh {
+                                        continue;
+                                    }
+                                    let i = reach as usize / s;
+                                    for b in 0..kw {
+                                        let Some((first, end, at)) = taps(i, a, b) else {
+                                            continue;
+                                        };
+                                        let weight = filter[a * kw + b];
+                                        let grads = &src[i * ow + first..i * ow + end];
+                                        for (x, g) in gathered[at..at + (end - first)].iter_mut().zip(grads) {
+                                            *x += weight * g;
+                                        }
+                                    }
+                                }
+                            }
+                        };
+                        if s == 1 {
+                            gather(dst);
+                        } else {
+                            let gathered = phases.zeroed(scratch);
+                            gather(gathered);
+                            phases.merge(gathered, dst);
+                        }
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from(self.output_dims((n, c)))))
     }
 
