@@ -791,7 +791,12 @@ async function compareAll() {
     });
     const onWorkers = workers > 1 ? ` on ${workers} workers` : '';
     progressTo(0, methods.length, `Comparing ${methods.length} methods${onWorkers}`);
-    await eachInParallel(cells, workers, async ({ method, li, button, canvas, caption }, i) => {
+    // The methods that split between workers (IG, SmoothGrad: the longest) first, one at a time
+    // on every worker; then the others side by side, one per worker. Started side by side, a
+    // long method would run on one worker while the others finish the short ones and idle.
+    const shares = await Promise.all(methods.map((m) => state.explainer.shares(m.name, requestFor(m.name).params)));
+    const splits = (i) => workers > 1 && shares[i] > 1;
+    const explainCell = async ({ method, li, button, canvas, caption }, i) => {
       if (cancelled || runId !== state.runId) return;
       caption.textContent = `${method.label}: running…`;
       try {
@@ -819,7 +824,11 @@ async function compareAll() {
         failures.push(`${method.label}: ${e.message}`);
       }
       progressTo(++done, methods.length, `Comparing ${methods.length} methods${onWorkers}`);
-    });
+    };
+    const indexed = cells.map((cell, i) => [cell, i]);
+    const run = ([cell, i]) => explainCell(cell, i);
+    await eachInParallel(indexed.filter(([, i]) => splits(i)), 1, run);
+    await eachInParallel(indexed.filter(([, i]) => !splits(i)), workers, run);
     if (runId !== state.runId) return;
     if (cancelled) {
       setStatus('Cancelled.');

@@ -671,13 +671,21 @@ export class Explainer {
   }
 
   /**
+   * Into how many shares one explanation with `method` and `params` (an object or JSON text) can
+   * be split between workers: IG's path points, SmoothGrad's noisy copies; 1 for the others.
+   */
+  async shares(method, params = {}) {
+    return this.#painter.call('shares', { method, params: typeof params === 'string' ? params : JSON.stringify(params) });
+  }
+
+  /**
    * One explanation, split between the engine workers when it can be (IG's path points and
    * SmoothGrad's noisy copies, in shares the engine adds up exactly) and more than one is free
    * to take a share; otherwise on one worker. {result (`shares`: how many workers took part),
    * elapsedMs}.
    */
   async #explainShared(request, options) {
-    const possible = this.workers > 1 ? await this.#painter.call('shares', { method: request.method, params: request.params }) : 1;
+    const possible = this.workers > 1 ? await this.shares(request.method, request.params) : 1;
     // Counted after the await, synchronously with the dispatch below: explanations asked for
     // together (the page's Compare all) do not each count the same workers free.
     const count = Math.min(this.workers - this.#pool.busy, possible);
