@@ -385,6 +385,19 @@ impl Default for Style {
     }
 }
 
+impl Style {
+    /// This style with the colour map and the scaling named (as [`Colormap::parse`] and
+    /// [`Scaling::parse`] read them) in place of its own, where given: a method's defaults
+    /// under a user's choices.
+    pub fn overridden(self, colormap: Option<&str>, scaling: Option<&str>) -> Result<Self> {
+        Ok(Self {
+            colormap: colormap.map_or(Ok(self.colormap), Colormap::parse)?,
+            scaling: scaling.map_or(Ok(self.scaling), Scaling::parse)?,
+            ..self
+        })
+    }
+}
+
 /// The heatmap of `attribution` ([C, H, W]) over `photo`, resized to the photo when needed,
 /// without a colour bar (the page draws its own); `low`/`high` are the values the colour map's
 /// ends stand for.

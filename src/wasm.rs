@@ -19,7 +19,7 @@ use crate::files;
 use crate::import::graph_json::GraphSpec;
 use crate::methods::catalog;
 use crate::metrics::{evaluate_async, EvaluationRequest, Metric, Pooling};
-use crate::render::{self, Colormap, Scaling, Style};
+use crate::render::{self, Colormap, Style};
 use crate::tuning::{optimize_async, Objective, OptimizeRequest};
 use crate::{explain_async, Explanation, LoadOptions, Method, Model, Progress, Request, Share, Targets};
 
@@ -209,17 +209,15 @@ struct PageStyle {
 fn style(style_json: &str) -> JsResult<Style> {
     let page: PageStyle =
         serde_json::from_str(style_json).map_err(|e| js_error(Error::invalid_parameter("style", e.to_string())))?;
-    let defaults = Method::from_name(&page.method).map_err(js_error)?.default_style();
+    let style = Method::from_name(&page.method)
+        .and_then(|m| {
+            m.default_style()
+                .overridden(page.colormap.as_deref(), page.scaling.as_deref())
+        })
+        .map_err(js_error)?;
     Ok(Style {
-        colormap: page
-            .colormap
-            .map_or(Ok(defaults.colormap), |c| Colormap::parse(&c))
-            .map_err(js_error)?,
-        scaling: page
-            .scaling
-            .map_or(Ok(defaults.scaling), |s| Scaling::parse(&s))
-            .map_err(js_error)?,
         alpha: page.alpha,
+        ..style
     })
 }
 

@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use candle_xai::files::{explanation_safetensors, read_inputs, top_k};
 use candle_xai::import::graph_json::GraphSpec;
 use candle_xai::methods::catalog;
-use candle_xai::render::{Colormap, Scaling, Style};
+use candle_xai::render::Style;
 use candle_xai::{explain, Error, Explanation, LoadOptions, Method, Model, Progress, Request, Targets};
 use method_flags::MethodFlags;
 
@@ -326,15 +326,9 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
             }
         }
     }
-    let defaults = method.default_style();
-    let colormap = match &args.colormap {
-        Some(name) => Colormap::parse(name)?,
-        None => defaults.colormap,
-    };
-    let scaling = match &args.scaling {
-        Some(spec) => Scaling::parse(spec)?,
-        None => defaults.scaling,
-    };
+    let defaults = method
+        .default_style()
+        .overridden(args.colormap.as_deref(), args.scaling.as_deref())?;
     let alpha = args.alpha.unwrap_or(defaults.alpha);
     if !(0.0..=1.0).contains(&alpha) {
         return Err(Error::InvalidParameter {
@@ -343,11 +337,7 @@ fn run_explain(args: &ExplainArgs) -> CliResult<()> {
         }
         .into());
     }
-    let style = Style {
-        colormap,
-        scaling,
-        alpha,
-    };
+    let style = Style { alpha, ..defaults };
     let device = candle_xai::Device::open(&args.device)?;
 
     let started = Instant::now();
