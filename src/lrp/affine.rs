@@ -111,12 +111,12 @@ enum Products {
     Separate(Box<Separate>),
 }
 
-/// A with bias a, B without, B with bias b, A without.
+/// A with bias a and B without; for the second half also B with bias b and A without. The
+/// transposes ignore the biases, so `a` and `b_bare` serve both halves on the way back.
 struct Separate {
     a: Affine,
     b_bare: Affine,
-    b: Affine,
-    a_bare: Affine,
+    second: Option<(Affine, Affine)>,
 }
 
 impl SignSplit {
@@ -159,11 +159,14 @@ impl SignSplit {
             };
             Products::Stacked(layer.with_parameters(weight, bias)?)
         } else {
+            let second = match both {
+                true => Some((layer.modified(&modify_b, true)?, layer.modified(&modify_a, false)?)),
+                false => None,
+            };
             Products::Separate(Box::new(Separate {
                 a: layer.modified(&modify_a, true)?,
                 b_bare: layer.modified(&modify_b, false)?,
-                b: layer.modified(&modify_b, true)?,
-                a_bare: layer.modified(&modify_a, false)?,
+                second,
             }))
         };
         Ok(Self {
@@ -186,11 +189,11 @@ impl SignSplit {
                 Ok((z.narrow(self.axis, 0, half)?, Some(z.narrow(self.axis, half, half)?)))
             }
             Products::Separate(separate) => {
-                let Separate { a, b_bare, b, a_bare } = separate.as_ref();
+                let Separate { a, b_bare, second } = separate.as_ref();
                 let z1 = a.apply(xp)?.add(&b_bare.apply(xn)?)?;
-                let z2 = match self.both {
-                    true => Some(b.apply(xp)?.add(&a_bare.apply(xn)?)?),
-                    false => None,
+                let z2 = match second {
+                    Some((b, a_bare)) => Some(b.apply(xp)?.add(&a_bare.apply(xn)?)?),
+                    None => None,
                 };
                 Ok((z1, z2))
             }
@@ -214,7 +217,7 @@ impl SignSplit {
                 ))
             }
             Products::Separate(separate) => {
-                let Separate { a, b, .. } = separate.as_ref();
+                let Separate { a, b_bare: b, .. } = separate.as_ref();
                 let mut at_xp = a.transpose_apply(g1, x)?;
                 let mut at_xn = b.transpose_apply(g1, x)?;
                 if let Some(g2) = g2 {
