@@ -209,6 +209,14 @@ impl CustomOp2 for Depthwise {
         // strided window reads (or the transpose writes) contiguous runs that vectorise; with
         // stride 1 the image itself is the one phase.
         let phases = Phases { stride: s, h, w };
+        // Per kernel column b: its offset into the image row and the outputs it reaches.
+        let columns: Vec<(isize, usize, usize)> = (0..kw)
+            .map(|b| {
+                let x_offset = (b * d) as isize - pad_left as isize;
+                let (first, end) = valid_columns(x_offset, s, w, ow);
+                (x_offset, first, end)
+            })
+            .collect();
         let mut out = vec![0f32; n * c * out_len];
         out.par_chunks_mut(out_len)
             .enumerate()
@@ -218,8 +226,7 @@ impl CustomOp2 for Depthwise {
                 // Where tap (a, b) of output (i, first..end) sits in the phase planes.
                 let taps = |i: usize, a: usize, b: usize| -> Option<(usize, usize, usize)> {
                     let y = (i * s + a * d) as isize - pad_top as isize;
-                    let x_offset = (b * d) as isize - pad_left as isize;
-                    let (first, end) = valid_columns(x_offset, s, w, ow);
+                    let (x_offset, first, end) = columns[b];
                     if y < 0 || y >= h as isize || first == end {
                         return None;
                     }
