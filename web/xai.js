@@ -213,6 +213,11 @@ class EnginePool {
     return this.#first;
   }
 
+  /** Every started worker, the first first: a worker's index here is its `worker` number. */
+  get #engines() {
+    return [this.#first, ...this.#helpers];
+  }
+
   /** How many workers are started. */
   get started() {
     return 1 + this.#helpers.length;
@@ -220,7 +225,7 @@ class EnginePool {
 
   /** How many workers are running a request now. */
   get busy() {
-    return [this.#first, ...this.#helpers].filter((engine) => this.#load(engine) > 0).length;
+    return this.#engines.filter((engine) => this.#load(engine) > 0).length;
   }
 
   /** Runs request `type` on the least busy worker: {result, worker (its index in the pool)}. */
@@ -230,7 +235,7 @@ class EnginePool {
     try {
       const result = await engine.call(type, args, options);
       engine.noteFallback(result);
-      return { result, worker: [this.#first, ...this.#helpers].indexOf(engine) };
+      return { result, worker: this.#engines.indexOf(engine) };
     } finally {
       this.#running.set(engine, this.#load(engine) - 1);
     }
@@ -243,7 +248,7 @@ class EnginePool {
   // Synchronous, so that requests made together never pick the same idle worker.
   #pick() {
     if (this.#first.backend?.backend === 'webgpu') return this.#first;
-    const engines = [this.#first, ...this.#helpers];
+    const engines = this.#engines;
     const least = engines.reduce((a, b) => (this.#load(b) < this.#load(a) ? b : a));
     if (this.#load(least) === 0 || engines.length >= this.size) return least;
     const helper = new Engine('cpu', this.#first.model);
@@ -253,7 +258,7 @@ class EnginePool {
 
   /** Stops every run (their promises reject with CancelledError); the workers start afresh. */
   restart() {
-    return Promise.all([this.#first, ...this.#helpers].map((engine) => engine.restart()));
+    return Promise.all(this.#engines.map((engine) => engine.restart()));
   }
 
   /** After a switch of backend the helpers (CPU only) are given up; they start again when needed. */
