@@ -228,25 +228,45 @@ impl Case<'_> {
 
     /// A convergence delta against the reference `key`: a difference of near-equal sums, so
     /// compared with the logits' scale, within PATH_TOL of it or twice the reference's own
-    /// float32 error (measured relative to the delta, converted to the logits' scale).
+    /// float32 error (measured relative to the delta, converted to the logits' scale), and on
+    /// the suite's lenient rows within its lenient tolerance: there one path point's ReLU
+    /// input within rounding of its kink repeats over a whole flat region (MobileNetV2's
+    /// Riemann-middle delta of the flat row moved by 2.2e-2 = 4.8e-3 of max |logit| when our
+    /// convolutions' rounding changed, to 2.1e-2 from the float64 value, captum's 9e-4; its
+    /// Gauss-Legendre delta of the smooth row is 4.7e-4 from float64 and captum's 3.0e-2).
     pub fn compare_delta(&self, key: &str, delta: Option<&Tensor>) {
         self.mark(key);
         let Some(delta) = delta else {
             return self.fail(format!("{key}: no convergence delta"));
         };
         let scale = self.refs.scale("logits");
-        let diff = max_abs_diff(delta, self.refs.get(key));
         let own_error = self.conditioned_tol(key, 0.0) * self.refs.scale(key);
         let tol = PATH_TOL.max(own_error / scale);
+        let ours = delta.to_device(&CpuDevice::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let reference = self.refs.get(key).to_vec1::<f32>().unwrap();
+        assert_eq!(ours.len(), reference.len(), "{key}: one delta per row");
+        let rows: Vec<f32> = ours
+            .iter()
+            .zip(&reference)
+            .map(|(o, r)| (o - r).abs() / scale)
+            .collect();
+        let shown: Vec<String> = rows.iter().map(|e| format!("{e:.2e}")).collect();
         println!(
-            "{} {key}: {:.2e} of max |logit| (tol {tol:.0e})",
+            "{} {key}: [{}] of max |logit| (tol {tol:.0e})",
             self.name,
-            diff / scale
+            shown.join(", ")
         );
-        if diff.is_nan() || diff > tol * scale {
-            self.fail(format!(
-                "{key}: differs by {diff:.3e} > {tol:.0e} * max |logit| {scale:.3e}"
-            ));
+        for (row, &err) in rows.iter().enumerate() {
+            let allowed = if self.suite.lenient_rows.contains(&row) {
+                tol.max(self.suite.lenient_tol)
+            } else {
+                tol
+            };
+            if err.is_nan() || err > allowed {
+                self.fail(format!(
+                    "{key}: row {row} differs by {err:.3e} of max |logit| {scale:.3e} > {allowed:.0e}"
+                ));
+            }
         }
     }
 

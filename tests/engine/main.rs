@@ -7,6 +7,7 @@
 mod common;
 
 mod bad_input;
+mod conv_accuracy;
 mod fuzz_corpora;
 mod import_layouts;
 mod layer_edge_cases;

@@ -24,6 +24,7 @@ fn gemm(
     let w_base = g * p.cout_g * red;
     let x_base = (n * p.cin + g * p.cin_g) * p.h * p.w;
     var acc: array<vec4<f32>, 4>;
+    var run: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < red; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let e = li + t * 256u;
@@ -59,9 +60,10 @@ fn gemm(
             tile_b[kb * TILE + col] = vb;
         }
         workgroupBarrier();
-        accumulate_slice(lid, &acc);
+        accumulate_slice(lid, k0, &run, &acc);
         workgroupBarrier();
     }
+    fold_run(&run, &acc);
     for (var i = 0u; i < 4u; i++) {
         let co = co0 + lid.y + 16u * i;
         for (var j = 0u; j < 4u; j++) {
@@ -90,7 +92,10 @@ fn direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let khw = p.kh * p.kw;
     let ih0 = i32(oh * p.stride) - i32(p.pad_top);
     let iw0 = i32(ow * p.stride) - i32(p.pad_left);
+    // In runs of about RUN_SLICES * TK terms, as the tiled kernel sums (tile_gemm.wgsl).
+    let run_channels = max(1u, RUN_SLICES * TK / khw);
     var acc = 0.0;
+    var run = 0.0;
     for (var ci = 0u; ci < p.cin_g; ci++) {
         let x_base = (n * p.cin + g * p.cin_g + ci) * p.h * p.w;
         let w_base = (co * p.cin_g + ci) * khw;
@@ -102,10 +107,14 @@ fn direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             for (var kj = 0u; kj < p.kw; kj++) {
                 let iw = iw0 + i32(kj * p.dilation);
                 if iw >= 0 && iw < i32(p.w) {
-                    acc = fma(x[x_base + u32(ih) * p.w + u32(iw)], weight[w_base + ki * p.kw + kj], acc);
+                    run = fma(x[x_base + u32(ih) * p.w + u32(iw)], weight[w_base + ki * p.kw + kj], run);
                 }
             }
         }
+        if (ci + 1u) % run_channels == 0u {
+            acc += run;
+            run = 0.0;
+        }
     }
-    y[i] = acc;
+    y[i] = acc + run;
 }

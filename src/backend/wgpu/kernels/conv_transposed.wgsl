@@ -34,7 +34,9 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let cl = ci % p.cin_g;
     let out_plane = p.ho * p.wo;
     let khw = p.kh * p.kw;
+    // In runs of RUN_SLICES * TK terms at most, as the tiled kernel sums (tile_gemm.wgsl).
     var acc = 0.0;
+    var run = 0.0;
     for (var ki = 0u; ki < p.kh; ki++) {
         let oh = source(ih, p.pad_top, ki, p.ho);
         if oh < 0 {
@@ -49,13 +51,17 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             var gi = (n * p.cout + co0) * out_plane + u32(oh) * p.wo + u32(ow);
             var wi = (co0 * p.cin_g + cl) * khw + ki * p.kw + kj;
             for (var c = 0u; c < p.cout_g; c++) {
-                acc = fma(grad[gi], weight[wi], acc);
+                run = fma(grad[gi], weight[wi], run);
                 gi += out_plane;
                 wi += p.cin_g * khw;
+                if (c + 1u) % (RUN_SLICES * TK) == 0u {
+                    acc += run;
+                    run = 0.0;
+                }
             }
         }
     }
-    dx[i] = acc;
+    dx[i] = acc + run;
 }
 
 // One axis of a stride phase: the `count` input positions from `first` in steps of the
@@ -142,6 +148,7 @@ fn gemm(
     let red = rows.taps * cols.taps * p.cout_g;
     let grad_base = (n * p.cout + g * p.cout_g) * p.ho * p.wo;
     var acc: array<vec4<f32>, 4>;
+    var run: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < red; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let e = li + t * 256u;
@@ -176,9 +183,10 @@ fn gemm(
             tile_b[kb * TILE + col] = vb;
         }
         workgroupBarrier();
-        accumulate_slice(lid, &acc);
+        accumulate_slice(lid, k0, &run, &acc);
         workgroupBarrier();
     }
+    fold_run(&run, &acc);
     // Every input pixel belongs to exactly one phase, so each dx element is written once,
     // zero where no tap reaches it.
     for (var i = 0u; i < 4u; i++) {

@@ -37,6 +37,7 @@ fn main(
     let zb = wid.z * p.b_batch;
     let zc = wid.z * p.c_batch;
     var acc: array<vec4<f32>, 4>;
+    var run: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let e = li + t * 256u;
@@ -69,9 +70,10 @@ fn main(
             }
         }
         workgroupBarrier();
-        accumulate_slice(lid, &acc);
+        accumulate_slice(lid, k0, &run, &acc);
         workgroupBarrier();
     }
+    fold_run(&run, &acc);
     for (var i = 0u; i < 4u; i++) {
         let r = row0 + lid.y + 16u * i;
         for (var j = 0u; j < 4u; j++) {
@@ -97,17 +99,18 @@ fn few_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let col = i % p.n;
     let a0 = gid.z * p.a_batch + r * p.lda + p.a_col;
     let zb = gid.z * p.b_batch;
+    // In runs of RUN_SLICES * TK terms, as the tiled kernel sums (tile_gemm.wgsl).
     var acc = 0.0;
-    if p.rhs_t != 0u {
-        let b0 = zb + col * p.k;
-        for (var kk = 0u; kk < p.k; kk++) {
-            acc = fma(a[a0 + kk], b[b0 + kk], acc);
-        }
-    } else {
-        for (var kk = 0u; kk < p.k; kk++) {
-            acc = fma(a[a0 + kk], b[zb + kk * p.n + col], acc);
+    var run = 0.0;
+    let b0 = select(zb + col, zb + col * p.k, p.rhs_t != 0u);
+    let b_step = select(p.n, 1u, p.rhs_t != 0u);
+    for (var kk = 0u; kk < p.k; kk++) {
+        run = fma(a[a0 + kk], b[b0 + kk * b_step], run);
+        if (kk + 1u) % (RUN_SLICES * TK) == 0u {
+            acc += run;
+            run = 0.0;
         }
     }
     let at = gid.z * p.c_batch + r * p.ldc + p.c_col + col;
-    c[at] = select(0.0, c[at], p.accumulate != 0u) + acc;
+    c[at] = select(0.0, c[at], p.accumulate != 0u) + (acc + run);
 }
