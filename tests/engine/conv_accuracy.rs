@@ -9,6 +9,10 @@
 //! rounded to float32) and how far PyTorch's float32 convolution of it is from float64. Here the
 //! float64 reference is a plain loop written in this file; each element's error is taken
 //! relative to the sum of its terms' magnitudes, sum |w x|.
+//!
+//! On the backends whose convolutions are ours: the CPU and wgpu. On CUDA the convolution is
+//! candle's (im2col and cuBLAS), whose summation order is cuBLAS's; whether it sums as
+//! accurately is for a session with a GPU to measure with this same comparison.
 
 use candle_xai::backend::WindowGeometry;
 use candle_xai::Tensor;
@@ -162,7 +166,10 @@ fn convolutions_of_a_deep_max_pool_network_sum_as_accurately_as_pytorch() {
         })
         .collect();
     let mut failures = Vec::new();
-    for device in devices() {
+    let our_kernels = devices()
+        .into_iter()
+        .filter(|d| !matches!(d, candle_xai::Device::Candle(c) if c.is_cuda()));
+    for device in our_kernels {
         let mean_margin = if fuses_multiply_add(&device) {
             MEAN_MARGIN
         } else {
