@@ -147,8 +147,8 @@ impl Case<'_> {
         let shown: Vec<String> = rows.iter().map(|e| format!("{e:.2e}")).collect();
         println!("{} {key}: [{}] (tol {tol:.0e})", self.name, shown.join(", "));
         for (row, &err) in rows.iter().enumerate() {
-            let allowed = if reference.rank() >= 2 && self.suite.lenient_rows.contains(&row) {
-                tol.max(self.suite.lenient_tol)
+            let allowed = if reference.rank() >= 2 {
+                self.row_tol(row, tol)
             } else {
                 tol
             };
@@ -157,6 +157,15 @@ impl Case<'_> {
                     "{key}: row {row} max |ours - ref| / max |ref| = {err:.3e} > {allowed:.0e}"
                 ));
             }
+        }
+    }
+
+    /// `tol`, or the suite's lenient tolerance where larger on its lenient rows.
+    fn row_tol(&self, row: usize, tol: f32) -> f32 {
+        if self.suite.lenient_rows.contains(&row) {
+            tol.max(self.suite.lenient_tol)
+        } else {
+            tol
         }
     }
 
@@ -257,11 +266,7 @@ impl Case<'_> {
             shown.join(", ")
         );
         for (row, &err) in rows.iter().enumerate() {
-            let allowed = if self.suite.lenient_rows.contains(&row) {
-                tol.max(self.suite.lenient_tol)
-            } else {
-                tol
-            };
+            let allowed = self.row_tol(row, tol);
             if err.is_nan() || err > allowed {
                 self.fail(format!(
                     "{key}: row {row} differs by {err:.3e} of max |logit| {scale:.3e} > {allowed:.0e}"
