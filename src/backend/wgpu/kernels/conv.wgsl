@@ -92,8 +92,8 @@ fn direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let khw = p.kh * p.kw;
     let ih0 = i32(oh * p.stride) - i32(p.pad_top);
     let iw0 = i32(ow * p.stride) - i32(p.pad_left);
-    // In runs of about RUN_SLICES * TK terms, as the tiled kernel sums (tile_gemm.wgsl).
-    let run_channels = max(1u, RUN_SLICES * TK / khw);
+    // In runs of about RUN_TERMS (whole input channels), as the tiled kernel sums (tile_gemm.wgsl).
+    let run_channels = max(1u, RUN_TERMS / khw);
     var acc = 0.0;
     var run = 0.0;
     for (var ci = 0u; ci < p.cin_g; ci++) {

@@ -34,7 +34,7 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let cl = ci % p.cin_g;
     let out_plane = p.ho * p.wo;
     let khw = p.kh * p.kw;
-    // In runs of RUN_SLICES * TK terms at most, as the tiled kernel sums (tile_gemm.wgsl).
+    // In runs of RUN_TERMS at most, as the tiled kernel sums (tile_gemm.wgsl).
     var acc = 0.0;
     var run = 0.0;
     for (var ki = 0u; ki < p.kh; ki++) {
@@ -54,10 +54,7 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
                 run = fma(grad[gi], weight[wi], run);
                 gi += out_plane;
                 wi += p.cin_g * khw;
-                if (c + 1u) % (RUN_SLICES * TK) == 0u {
-                    acc += run;
-                    run = 0.0;
-                }
+                fold_scalar_run(c, &run, &acc);
             }
         }
     }

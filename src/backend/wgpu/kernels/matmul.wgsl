@@ -99,17 +99,14 @@ fn few_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let col = i % p.n;
     let a0 = gid.z * p.a_batch + r * p.lda + p.a_col;
     let zb = gid.z * p.b_batch;
-    // In runs of RUN_SLICES * TK terms, as the tiled kernel sums (tile_gemm.wgsl).
+    // In runs of RUN_TERMS, as the tiled kernel sums (tile_gemm.wgsl).
     var acc = 0.0;
     var run = 0.0;
     let b0 = select(zb + col, zb + col * p.k, p.rhs_t != 0u);
     let b_step = select(p.n, 1u, p.rhs_t != 0u);
     for (var kk = 0u; kk < p.k; kk++) {
         run = fma(a[a0 + kk], b[b0 + kk * b_step], run);
-        if (kk + 1u) % (RUN_SLICES * TK) == 0u {
-            acc += run;
-            run = 0.0;
-        }
+        fold_scalar_run(kk, &run, &acc);
     }
     let at = gid.z * p.c_batch + r * p.ldc + p.c_col + col;
     c[at] = select(0.0, c[at], p.accumulate != 0u) + (acc + run);

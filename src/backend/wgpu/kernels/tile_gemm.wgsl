@@ -13,6 +13,8 @@ var<workgroup> tile_b: array<f32, 1024>;
 // err as little as PyTorch's (oneDNN's) convolutions, which sequential sums over thousands
 // of terms do not (tests/engine/conv_accuracy.rs).
 const RUN_SLICES: u32 = 8u;
+// The same run in terms, for the kernels that sum one output per invocation.
+const RUN_TERMS: u32 = RUN_SLICES * TK;
 
 // Adds the staged slice (the one starting at k0) into this invocation's 4x4 sub-block of
 // the current run, row i of it in run[i], and ends the run after every RUN_SLICES slices.
@@ -56,4 +58,12 @@ fn fold_run(run: ptr<function, array<vec4<f32>, 4>>, acc: ptr<function, array<ve
     (*acc)[2] += (*run)[2];
     (*acc)[3] += (*run)[3];
     *run = array<vec4<f32>, 4>();
+}
+
+// fold_run for one output: ends the run when `term` (counted from 0) closes one.
+fn fold_scalar_run(term: u32, run: ptr<function, f32>, acc: ptr<function, f32>) {
+    if (term + 1u) % RUN_TERMS == 0u {
+        *acc += *run;
+        *run = 0.0;
+    }
 }
