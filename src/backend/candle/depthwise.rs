@@ -4,10 +4,9 @@
 //! make one parallel pass over the planes, with the zero padding applied on the fly instead of
 //! by a padded copy. The CUDA kernels (kernels.cu) add the taps in the CPU loops' order.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
-
 use super::elementwise::f32_data;
+use super::fresh::built_in_chunks;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use super::im2col::{valid_columns, Sliding};
 use crate::error::Result;
@@ -217,78 +216,75 @@ impl CustomOp2 for Depthwise {
                 (x_offset, first, end)
             })
             .collect();
-        let mut out = vec![0f32; n * c * out_len];
-        out.par_chunks_mut(out_len)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (plane, dst)| {
-                let filter = &k[(plane % c) * kh * kw..][..kh * kw];
-                let src = &src[plane * in_len..(plane + 1) * in_len];
-                // Where tap (a, b) of output (i, first..end) sits in the phase planes.
-                let taps = |i: usize, a: usize, b: usize| -> Option<(usize, usize, usize)> {
-                    let y = (i * s + a * d) as isize - pad_top as isize;
-                    let (x_offset, first, end) = columns[b];
-                    if y < 0 || y >= h as isize || first == end {
-                        return None;
+        let out = built_in_chunks(n * c * out_len, out_len, Vec::new, |scratch, plane, dst| {
+            let filter = &k[(plane % c) * kh * kw..][..kh * kw];
+            let src = &src[plane * in_len..(plane + 1) * in_len];
+            // Where tap (a, b) of output (i, first..end) sits in the phase planes.
+            let taps = |i: usize, a: usize, b: usize| -> Option<(usize, usize, usize)> {
+                let y = (i * s + a * d) as isize - pad_top as isize;
+                let (x_offset, first, end) = columns[b];
+                if y < 0 || y >= h as isize || first == end {
+                    return None;
+                }
+                let at = phases.at(y as usize, x_offset, first);
+                Some((first, end, at))
+            };
+            match self.transposed_to {
+                None => {
+                    let image = phases.split(src, scratch);
+                    // Output row by row, its taps in (a, b) order: each output adds its
+                    // taps in the same order as the CUDA kernel.
+                    for i in 0..oh {
+                        let out_row = &mut dst[i * ow..(i + 1) * ow];
+                        for a in 0..kh {
+                            for b in 0..kw {
+                                let Some((first, end, at)) = taps(i, a, b) else {
+                                    continue;
+                                };
+                                let weight = filter[a * kw + b];
+                                let input = &image[at..at + (end - first)];
+                                for (o, v) in out_row[first..end].iter_mut().zip(input) {
+                                    *o += weight * v;
+                                }
+                            }
+                        }
                     }
-                    let at = phases.at(y as usize, x_offset, first);
-                    Some((first, end, at))
-                };
-                match self.transposed_to {
-                    None => {
-                        let image = phases.split(src, scratch);
-                        // Output row by row, its taps in (a, b) order: each output adds its
-                        // taps in the same order as the CUDA kernel.
-                        for i in 0..oh {
-                            let out_row = &mut dst[i * ow..(i + 1) * ow];
+                }
+                Some(_) => {
+                    // Input row by row: tap row a reaches row y from output row i =
+                    // (y + pad_top - a * d) / s when that divides, so each input pixel
+                    // gathers its taps in (a, b) order, as the CUDA kernel adds them.
+                    let gather = |gathered: &mut [f32]| {
+                        for y in 0..h {
                             for a in 0..kh {
+                                let reach = (y + pad_top) as isize - (a * d) as isize;
+                                if reach < 0 || !(reach as usize).is_multiple_of(s) || reach as usize / s >= oh {
+                                    continue;
+                                }
+                                let i = reach as usize / s;
                                 for b in 0..kw {
                                     let Some((first, end, at)) = taps(i, a, b) else {
                                         continue;
                                     };
                                     let weight = filter[a * kw + b];
-                                    let input = &image[at..at + (end - first)];
-                                    for (o, v) in out_row[first..end].iter_mut().zip(input) {
-                                        *o += weight * v;
+                                    let grads = &src[i * ow + first..i * ow + end];
+                                    for (x, g) in gathered[at..at + (end - first)].iter_mut().zip(grads) {
+                                        *x += weight * g;
                                     }
                                 }
                             }
                         }
-                    }
-                    Some(_) => {
-                        // Input row by row: tap row a reaches row y from output row i =
-                        // (y + pad_top - a * d) / s when that divides, so each input pixel
-                        // gathers its taps in (a, b) order, as the CUDA kernel adds them.
-                        let gather = |gathered: &mut [f32]| {
-                            for y in 0..h {
-                                for a in 0..kh {
-                                    let reach = (y + pad_top) as isize - (a * d) as isize;
-                                    if reach < 0 || !(reach as usize).is_multiple_of(s) || reach as usize / s >= oh {
-                                        continue;
-                                    }
-                                    let i = reach as usize / s;
-                                    for b in 0..kw {
-                                        let Some((first, end, at)) = taps(i, a, b) else {
-                                            continue;
-                                        };
-                                        let weight = filter[a * kw + b];
-                                        let grads = &src[i * ow + first..i * ow + end];
-                                        for (x, g) in gathered[at..at + (end - first)].iter_mut().zip(grads) {
-                                            *x += weight * g;
-                                        }
-                                    }
-                                }
-                            }
-                        };
-                        if s == 1 {
-                            gather(dst);
-                        } else {
-                            let gathered = phases.zeroed(scratch);
-                            gather(gathered);
-                            phases.merge(gathered, dst);
-                        }
+                    };
+                    if s == 1 {
+                        gather(dst);
+                    } else {
+                        let gathered = phases.zeroed(scratch);
+                        gather(gathered);
+                        phases.merge(gathered, dst);
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from(self.output_dims((n, c)))))
     }
 

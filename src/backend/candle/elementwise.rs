@@ -3,10 +3,8 @@
 //! ops these take two to five passes over the tensor, with broadcast indexing, and on
 //! MobileNetV2 they cost more than the convolutions. Other devices keep the candle ops.
 
-use std::mem::MaybeUninit;
-
+use super::fresh::written_in_chunks;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::backend::Activation;
 use crate::error::Result;
@@ -52,12 +50,15 @@ impl CustomOp1 for ChannelAffine {
             candle_core::bail!("channel-affine: {c} channels for a tensor of shape {dims:?}");
         }
         let plane: usize = dims[2..].iter().product();
-        let out = written_in_chunks(x, plane, |i, src, dst| {
-            let (a, b) = (self.scale[i % c], self.shift[i % c]);
-            for (o, v) in dst.iter_mut().zip(src) {
-                o.write(v * a + b);
-            }
-        });
+        // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
+        let out = unsafe {
+            written_in_chunks(x, plane, |i, src, dst| {
+                let (a, b) = (self.scale[i % c], self.shift[i % c]);
+                for (o, v) in dst.iter_mut().zip(src) {
+                    o.write(v * a + b);
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -75,43 +76,29 @@ pub fn activation_vjp(activation: Activation, x: &Tensor, grad: &Tensor) -> Resu
 
 const CHUNK: usize = 1 << 14;
 
-/// A vector as long as `x`, written chunk by chunk in parallel: `fill(i, x's chunk i, the
-/// output's chunk i)` must write every element of its output chunk. A `vec![0.0; n]` would
-/// first zero the whole output, one more pass over memory than the kernel's own (the allocator
-/// reuses freed buffers, so the zeros are a memset: 16 % of a MobileNetV2 SmoothGrad profile).
-fn written_in_chunks(
-    x: &[f32],
-    chunk: usize,
-    fill: impl Fn(usize, &[f32], &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    out.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(chunk.max(1))
-        .zip(x.par_chunks(chunk.max(1)))
-        .enumerate()
-        .for_each(|(i, (dst, src))| fill(i, src, dst));
-    // SAFETY: the chunks cover x.len() elements of the capacity, and `fill` wrote each of them.
-    unsafe { out.set_len(x.len()) };
-    out
-}
-
 /// f(x) element by element, in parallel chunks.
 fn map_each(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    written_in_chunks(x, CHUNK, |_, src, dst| {
-        dst.iter_mut().zip(src).for_each(|(o, &v)| {
-            o.write(f(v));
+    // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
+    unsafe {
+        written_in_chunks(x, CHUNK, |_, src, dst| {
+            dst.iter_mut().zip(src).for_each(|(o, &v)| {
+                o.write(f(v));
+            })
         })
-    })
+    }
 }
 
 /// f(x, g) element by element, in parallel chunks.
 fn zip_each(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    written_in_chunks(x, CHUNK, |i, xs, dst| {
-        let gs = &g[i * CHUNK..][..xs.len()];
-        dst.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (&v, &d))| {
-            o.write(f(v, d));
+    // SAFETY: the output chunk is as long as x's and g's, and the zip writes each element.
+    unsafe {
+        written_in_chunks(x, CHUNK, |i, xs, dst| {
+            let gs = &g[i * CHUNK..][..xs.len()];
+            dst.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (&v, &d))| {
+                o.write(f(v, d));
+            })
         })
-    })
+    }
 }
 
 struct Forward(Activation);

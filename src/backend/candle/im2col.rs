@@ -6,10 +6,13 @@
 //! output.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use std::mem::MaybeUninit;
+
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::elementwise::f32_data;
+use super::fresh::{written_whole, zeroed};
 
 use crate::error::Result;
 
@@ -197,7 +200,13 @@ fn to_block(images: &[f32], c: usize, channels: std::ops::Range<usize>, layout: 
 }
 
 /// The inverse of [`to_block`]: writes `block` into channels `channels` of `images`.
-fn from_block(block: &[f32], layout: ColumnBlock, c: usize, channels: std::ops::Range<usize>, images: &mut [f32]) {
+fn from_block(
+    block: &[f32],
+    layout: ColumnBlock,
+    c: usize,
+    channels: std::ops::Range<usize>,
+    images: &mut [MaybeUninit<f32>],
+) {
     images
         .par_chunks_mut(layout.pixels)
         .enumerate()
@@ -205,7 +214,7 @@ fn from_block(block: &[f32], layout: ColumnBlock, c: usize, channels: std::ops::
             let (image, channel) = (plane / c, plane % c);
             if channels.contains(&channel) {
                 let chunk = layout.chunk(channel - channels.start, image);
-                dst.copy_from_slice(&block[chunk * layout.pixels..][..layout.pixels]);
+                dst.write_copy_of_slice(&block[chunk * layout.pixels..][..layout.pixels]);
             }
         });
 }
@@ -251,56 +260,59 @@ impl Sliding {
         let pixels = self.out_hw.0 * self.out_hw.1;
         let rows = c_per_group * kh * kw;
         let pointwise = self.is_pointwise((kh, kw), (h, w));
-        let mut out = vec![0f32; n * c_out * pixels];
         let (mut columns, mut products) = (Vec::new(), Vec::new());
-        for first in (0..n).step_by(chunk) {
-            let layout = ColumnBlock {
-                images: chunk.min(n - first),
-                pixels,
-            };
-            let images_in = &x[first * c * h * w..][..layout.images * c * h * w];
-            let images_out = &mut out[first * c_out * pixels..][..layout.images * c_out * pixels];
-            for group in 0..g {
-                let channels = group * c_per_group..(group + 1) * c_per_group;
-                let filters = group * out_per_group..(group + 1) * out_per_group;
-                // One pointwise image's columns are its input planes themselves.
-                let columns: &[f32] = if pointwise && layout.images == 1 {
-                    &images_in[channels.start * pixels..channels.end * pixels]
-                } else {
-                    columns.resize(rows * layout.width(), 0.0);
-                    self.gather(images_in, (c, h, w), channels, (kh, kw), layout, &mut columns);
-                    &columns
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            for first in (0..n).step_by(chunk) {
+                let layout = ColumnBlock {
+                    images: chunk.min(n - first),
+                    pixels,
                 };
-                let lhs = (k[filters.start * rows..].as_ptr(), rows as isize, 1);
-                if layout.images == 1 {
-                    let dst = &mut images_out[filters.start * pixels..filters.end * pixels];
-                    // SAFETY: dst is [out_per_group, pixels], the filters [out_per_group, rows]
-                    // and the columns [rows, pixels], row-major and in bounds as sliced above.
-                    unsafe {
-                        product(
-                            (out_per_group, pixels, rows),
-                            dst.as_mut_ptr(),
-                            lhs,
-                            (columns.as_ptr(), pixels as isize),
-                        )
+                let images_in = &x[first * c * h * w..][..layout.images * c * h * w];
+                let images_out = &mut out[first * c_out * pixels..][..layout.images * c_out * pixels];
+                for group in 0..g {
+                    let channels = group * c_per_group..(group + 1) * c_per_group;
+                    let filters = group * out_per_group..(group + 1) * out_per_group;
+                    // One pointwise image's columns are its input planes themselves.
+                    let columns: &[f32] = if pointwise && layout.images == 1 {
+                        &images_in[channels.start * pixels..channels.end * pixels]
+                    } else {
+                        columns.resize(rows * layout.width(), 0.0);
+                        self.gather(images_in, (c, h, w), channels, (kh, kw), layout, &mut columns);
+                        &columns
                     };
-                } else {
-                    products.resize(out_per_group * layout.width(), 0.0);
-                    // SAFETY: as above, with the images side by side: [rows, width] columns
-                    // and an [out_per_group, width] product.
-                    unsafe {
-                        product(
-                            (out_per_group, layout.width(), rows),
-                            products.as_mut_ptr(),
-                            lhs,
-                            (columns.as_ptr(), layout.width() as isize),
-                        )
-                    };
-                    from_block(&products, layout, c_out, filters, images_out);
+                    let lhs = (k[filters.start * rows..].as_ptr(), rows as isize, 1);
+                    if layout.images == 1 {
+                        let dst = &mut images_out[filters.start * pixels..filters.end * pixels];
+                        // SAFETY: dst is [out_per_group, pixels], the filters [out_per_group, rows]
+                        // and the columns [rows, pixels], row-major and in bounds as sliced above.
+                        unsafe {
+                            product(
+                                (out_per_group, pixels, rows),
+                                dst.as_mut_ptr().cast(),
+                                lhs,
+                                (columns.as_ptr(), pixels as isize),
+                            )
+                        };
+                    } else {
+                        products.resize(out_per_group * layout.width(), 0.0);
+                        // SAFETY: as above, with the images side by side: [rows, width] columns
+                        // and an [out_per_group, width] product.
+                        unsafe {
+                            product(
+                                (out_per_group, layout.width(), rows),
+                                products.as_mut_ptr(),
+                                lhs,
+                                (columns.as_ptr(), layout.width() as isize),
+                            )
+                        };
+                        from_block(&products, layout, c_out, filters, images_out);
+                    }
                 }
             }
-        }
-        out
+        };
+        // SAFETY: every block of images writes, group by group, every filter's plane: the
+        // product's first run (which does not read its destination) or `from_block`.
+        unsafe { written_whole(n * c_out * pixels, write) }
     }
 }
 
@@ -320,15 +332,15 @@ struct Transposed {
 }
 
 impl Transposed {
-    /// Adds `columns` [C_g*kh*kw, images, Ho*Wo] onto the channels `channels` of `images`
-    /// ([images, C, H, W]).
+    /// Writes the sums of `columns` [C_g*kh*kw, images, Ho*Wo] into the channels `channels` of
+    /// `images` ([images, C, H, W]), each plane zeroed first.
     fn scatter(
         &self,
         columns: &[f32],
         layout: ColumnBlock,
         (kh, kw): (usize, usize),
         (c, channels): (usize, std::ops::Range<usize>),
-        images: &mut [f32],
+        images: &mut [MaybeUninit<f32>],
     ) {
         let Sliding {
             stride: s,
@@ -346,6 +358,7 @@ impl Transposed {
                 return;
             }
             let channel = channel - channels.start;
+            let plane = zeroed(plane);
             for a in 0..kh {
                 for b in 0..kw {
                     let chunk = layout.chunk((channel * kh + a) * kw + b, image);
@@ -386,47 +399,50 @@ impl Transposed {
         let pixels = self.sliding.out_hw.0 * self.sliding.out_hw.1;
         let rows = c_per_group * kh * kw;
         let pointwise = self.sliding.is_pointwise((kh, kw), (h, w));
-        let mut out = vec![0f32; n * c * h * w];
         let (mut columns, mut packed) = (Vec::new(), Vec::new());
-        for first in (0..n).step_by(chunk) {
-            let layout = ColumnBlock {
-                images: chunk.min(n - first),
-                pixels,
-            };
-            let grads = &grad[first * c_out * pixels..][..layout.images * c_out * pixels];
-            let images_out = &mut out[first * c * h * w..][..layout.images * c * h * w];
-            for group in 0..g {
-                let channels = group * c_per_group..(group + 1) * c_per_group;
-                let filters = group * out_per_group..(group + 1) * out_per_group;
-                let dy: &[f32] = if layout.images == 1 {
-                    &grads[filters.start * pixels..filters.end * pixels]
-                } else {
-                    packed.resize(out_per_group * layout.width(), 0.0);
-                    to_block(grads, c_out, filters.clone(), layout, &mut packed);
-                    &packed
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            for first in (0..n).step_by(chunk) {
+                let layout = ColumnBlock {
+                    images: chunk.min(n - first),
+                    pixels,
                 };
-                // kernel^T [rows, out_per_group], read through swapped strides.
-                let lhs = (k[filters.start * rows..].as_ptr(), 1, rows as isize);
-                let rhs = (dy.as_ptr(), layout.width() as isize);
-                if pointwise && layout.images == 1 {
-                    // One pointwise image's columns are its input planes: the GEMM writes them.
-                    let dst = &mut images_out[channels.start * pixels..channels.end * pixels];
-                    // SAFETY: dst is [rows, pixels], kernel^T [rows, out_per_group] within the
-                    // row-major [out_per_group, rows] filters, dy [out_per_group, pixels].
-                    unsafe { product((rows, pixels, out_per_group), dst.as_mut_ptr(), lhs, rhs) };
-                    continue;
-                }
-                columns.resize(rows * layout.width(), 0.0);
-                // SAFETY: as above, for [rows, width] columns and an [out_per_group, width] dy.
-                unsafe { product((rows, layout.width(), out_per_group), columns.as_mut_ptr(), lhs, rhs) };
-                if pointwise {
-                    from_block(&columns, layout, c, channels, images_out);
-                } else {
-                    self.scatter(&columns, layout, (kh, kw), (c, channels), images_out);
+                let grads = &grad[first * c_out * pixels..][..layout.images * c_out * pixels];
+                let images_out = &mut out[first * c * h * w..][..layout.images * c * h * w];
+                for group in 0..g {
+                    let channels = group * c_per_group..(group + 1) * c_per_group;
+                    let filters = group * out_per_group..(group + 1) * out_per_group;
+                    let dy: &[f32] = if layout.images == 1 {
+                        &grads[filters.start * pixels..filters.end * pixels]
+                    } else {
+                        packed.resize(out_per_group * layout.width(), 0.0);
+                        to_block(grads, c_out, filters.clone(), layout, &mut packed);
+                        &packed
+                    };
+                    // kernel^T [rows, out_per_group], read through swapped strides.
+                    let lhs = (k[filters.start * rows..].as_ptr(), 1, rows as isize);
+                    let rhs = (dy.as_ptr(), layout.width() as isize);
+                    if pointwise && layout.images == 1 {
+                        // One pointwise image's columns are its input planes: the GEMM writes them.
+                        let dst = &mut images_out[channels.start * pixels..channels.end * pixels];
+                        // SAFETY: dst is [rows, pixels], kernel^T [rows, out_per_group] within the
+                        // row-major [out_per_group, rows] filters, dy [out_per_group, pixels].
+                        unsafe { product((rows, pixels, out_per_group), dst.as_mut_ptr().cast(), lhs, rhs) };
+                        continue;
+                    }
+                    columns.resize(rows * layout.width(), 0.0);
+                    // SAFETY: as above, for [rows, width] columns and an [out_per_group, width] dy.
+                    unsafe { product((rows, layout.width(), out_per_group), columns.as_mut_ptr(), lhs, rhs) };
+                    if pointwise {
+                        from_block(&columns, layout, c, channels, images_out);
+                    } else {
+                        self.scatter(&columns, layout, (kh, kw), (c, channels), images_out);
+                    }
                 }
             }
-        }
-        out
+        };
+        // SAFETY: every block of images writes, group by group, every input channel's plane: the
+        // product's first run (which does not read its destination), `from_block` or `scatter`.
+        unsafe { written_whole(n * c * h * w, write) }
     }
 }
 

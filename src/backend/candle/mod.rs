@@ -10,6 +10,7 @@ mod composed;
 mod cuda;
 mod depthwise;
 mod elementwise;
+mod fresh;
 mod im2col;
 mod max_pool;
 mod padding;
