@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::elementwise::f32_data;
+use super::fresh::built_in_chunks;
 use crate::backend::PoolWindow;
 use crate::error::Result;
 
@@ -175,12 +176,15 @@ impl CustomOp2 for MaxPool {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (x, grad) = (f32_data(s1, l1, "max-pool2d")?, f32_data(s2, l2, "max-pool2d")?);
         let (oh, ow) = self.out_hw;
-        let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w).zip(grad.par_chunks(oh * ow)))
-            .for_each(|(dst, (plane, g))| {
+        let out = built_in_chunks(
+            n * c * h * w,
+            h * w,
+            || (),
+            |_, i, dst| {
+                let (plane, g) = (&x[i * h * w..][..h * w], &grad[i * oh * ow..][..oh * ow]);
                 self.winners(plane, (h, w), |o, at| dst[at] += g[o]);
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
