@@ -3,11 +3,45 @@
 //! any candle device, so the tests below check them on the CPU against our CPU kernels: what a
 //! CUDA run computes is then candle's CUDA ops applied as tested here.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
+use super::activation;
 use super::padding::{flip_hw, insert_zeros_hw, pad_or_crop_hw};
-use crate::backend::WindowGeometry;
+use crate::backend::{Map, WindowGeometry, Zip};
 use crate::error::Result;
+
+fn mask(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+/// An element-wise map.
+pub fn map(x: &Tensor, op: Map) -> Result<Tensor> {
+    Ok(match op {
+        Map::Affine { mul, add } => x.affine(mul as f64, add as f64)?,
+        Map::Abs => x.abs()?,
+        Map::Sqr => x.sqr()?,
+        Map::Clamp { low, high } => x.clamp(low, high)?,
+        Map::Stabilize { epsilon } => {
+            let sign = mask(&x.ge(0f64)?)?.affine(2.0, -1.0)?;
+            (x + sign.affine(epsilon as f64, 0.0)?)?
+        }
+        Map::PositiveMask => mask(&x.gt(0f32)?)?,
+        Map::NegativeMask => mask(&x.lt(0f32)?)?,
+        Map::Fill { value } => Tensor::full(value, x.dims(), x.device())?,
+        Map::Activation(a) => activation::forward(a, x)?,
+    })
+}
+
+/// An element-wise map of two tensors of one shape.
+pub fn zip(a: &Tensor, b: &Tensor, op: Zip) -> Result<Tensor> {
+    Ok(match op {
+        Zip::Add => (a + b)?,
+        Zip::Sub => (a - b)?,
+        Zip::Mul => (a * b)?,
+        Zip::Div => (a / b)?,
+        Zip::ActivationVjp(act) => (b * activation::derivative(act, a)?)?,
+    })
+}
 
 /// Correlation of `x` [N, C, H, W] with `kernel` [C_out, C/groups, kh, kw]; uneven padding is
 /// applied by a padded copy (candle's conv2d pads all sides alike).
@@ -85,11 +119,10 @@ mod tests {
 
     use candle_core::{Device, Tensor};
 
-    use super::super::activation;
-    use super::super::elementwise::{activation_forward, activation_vjp, channel_affine as affine_kernel};
+    use super::super::elementwise::{self, channel_affine as affine_kernel};
     use super::super::im2col::{col2im_transpose, im2col_correlate, Sliding};
     use super::*;
-    use crate::backend::Activation;
+    use crate::backend::{Activation, Map, Zip};
     use crate::rng::SplitMix64;
 
     fn random(stream: &mut SplitMix64, dims: &[usize]) -> Tensor {
@@ -178,6 +211,49 @@ mod tests {
         );
     }
 
+    /// Every map and arithmetic zip, bit for bit: the CPU loops must give what candle's ops
+    /// give, signed zeros, infinities and NaN included.
+    #[test]
+    fn maps_and_zips_equal_the_cpu_kernels_bit_for_bit() {
+        let maps = [
+            Map::Affine { mul: 0.3, add: -1.7 },
+            Map::Abs,
+            Map::Sqr,
+            Map::Clamp {
+                low: 0.0,
+                high: f32::INFINITY,
+            },
+            Map::Clamp {
+                low: f32::NEG_INFINITY,
+                high: 0.0,
+            },
+            Map::Clamp { low: -1.0, high: 2.5 },
+            Map::Stabilize { epsilon: 1e-6 },
+            Map::PositiveMask,
+            Map::NegativeMask,
+            Map::Fill { value: 0.25 },
+        ];
+        let mut values = vec![-3.0f32, -1e-3, 0.0, -0.0, 1e-3, 2.5, 7.0, 1e-30, -1e-30];
+        values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
+        values.extend((0..40).map(|i| (i as f32 - 20.0) * 0.45));
+        let x = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let mut shifted = values.clone();
+        shifted.rotate_left(5);
+        let rhs = Tensor::new(shifted.as_slice(), &Device::Cpu).unwrap();
+        let bits = |t: Tensor| -> Vec<u32> {
+            let canonical = |v: f32| if v.is_nan() { f32::NAN.to_bits() } else { v.to_bits() };
+            t.to_vec1::<f32>().unwrap().into_iter().map(canonical).collect()
+        };
+        for op in maps {
+            let (composed, ours) = (map(&x, op).unwrap(), elementwise::map(&x, op).unwrap());
+            assert_eq!(bits(composed), bits(ours), "{op:?}");
+        }
+        for op in [Zip::Add, Zip::Sub, Zip::Mul, Zip::Div] {
+            let (composed, ours) = (zip(&x, &rhs, op).unwrap(), elementwise::zip(&x, &rhs, op).unwrap());
+            assert_eq!(bits(composed), bits(ours), "{op:?}");
+        }
+    }
+
     #[test]
     fn activations_equal_the_cpu_kernels_at_their_kinks() {
         let activations = [
@@ -200,12 +276,16 @@ mod tests {
         for activation in activations {
             let what = format!("{activation:?}");
             let forward = activation::forward(activation, &x).unwrap();
-            assert_close(&what, &forward, &activation_forward(activation, &x).unwrap());
+            assert_close(
+                &what,
+                &forward,
+                &elementwise::map(&x, Map::Activation(activation)).unwrap(),
+            );
             let vjp = (&grad * activation::derivative(activation, &x).unwrap()).unwrap();
             assert_close(
                 &format!("{what} VJP"),
                 &vjp,
-                &activation_vjp(activation, &x, &grad).unwrap(),
+                &elementwise::zip(&x, &grad, Zip::ActivationVjp(activation)).unwrap(),
             );
         }
     }

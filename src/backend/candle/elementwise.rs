@@ -6,7 +6,7 @@
 use super::fresh::written_in_chunks;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use crate::backend::Activation;
+use crate::backend::{Activation, Map, Zip};
 use crate::error::Result;
 
 /// The f32 elements a contiguous CPU tensor's layout covers, for the CPU kernels.
@@ -63,15 +63,16 @@ impl CustomOp1 for ChannelAffine {
     }
 }
 
-/// y = f(x) for an activation, in one pass.
-pub fn activation_forward(activation: Activation, x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1_no_bwd(&Forward(activation))?)
+/// `op` in one pass: our loops for the maps candle composes of several passes (`Stabilize`'s
+/// sign, the masks' comparisons and casts, `Clamp`'s maximum then minimum) and for the
+/// activations; the same values candle's ops give, bit for bit.
+pub fn map(x: &Tensor, op: Map) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1_no_bwd(&MapOp(op))?)
 }
 
-/// grad * f'(x) for an activation, in one pass.
-pub fn activation_vjp(activation: Activation, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?
-        .apply_op2_no_bwd(&grad.contiguous()?, &Backward(activation))?)
+/// `op` of two tensors of one shape in one pass (activation derivatives included).
+pub fn zip(x: &Tensor, rhs: &Tensor, op: Zip) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2_no_bwd(&rhs.contiguous()?, &ZipOp(op))?)
 }
 
 const CHUNK: usize = 1 << 14;
@@ -101,35 +102,48 @@ fn zip_each(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
     }
 }
 
-struct Forward(Activation);
+struct MapOp(Map);
 
-impl CustomOp1 for Forward {
+impl CustomOp1 for MapOp {
     fn name(&self) -> &'static str {
-        "pointwise-forward"
+        "pointwise-map"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            candle_core::bail!("activations support f32 only")
-        };
-        let x = &x[layout.start_offset()..][..layout.shape().elem_count()];
-        // The piecewise-linear activations get loops of their own, which vectorise; through
-        // `Activation::value` every element pays a call and a match (10% of a MobileNetV2
-        // forward pass).
+        let x = f32_data(storage, layout, "element-wise maps")?;
+        // Each map gets a loop of its own, which vectorises: through one function that matches
+        // on the map, every element would pay a call and a match (10% of a MobileNetV2 forward
+        // pass for the activations). Comparisons are written as candle's maximum, minimum and
+        // masks are, so that signed zeros and NaN come out the same.
         let out = match self.0 {
-            Activation::Relu => map_each(x, |v| v.max(0.0)),
-            Activation::Relu6 => map_each(x, |v| v.clamp(0.0, 6.0)),
-            other => map_each(x, |v| other.value(v)),
+            Map::Affine { mul, add } => map_each(x, |v| v * mul + add),
+            Map::Abs => map_each(x, f32::abs),
+            Map::Sqr => map_each(x, |v| v * v),
+            Map::Clamp { low, high } => map_each(x, |v| {
+                let above = if v < low { low } else { v };
+                if above > high {
+                    high
+                } else {
+                    above
+                }
+            }),
+            Map::Stabilize { epsilon } => map_each(x, |v| v + if v >= 0.0 { epsilon } else { -epsilon }),
+            Map::PositiveMask => map_each(x, |v| (v > 0.0) as u8 as f32),
+            Map::NegativeMask => map_each(x, |v| (v < 0.0) as u8 as f32),
+            Map::Fill { value } => vec![value; x.len()],
+            Map::Activation(Activation::Relu) => map_each(x, |v| v.max(0.0)),
+            Map::Activation(Activation::Relu6) => map_each(x, |v| v.clamp(0.0, 6.0)),
+            Map::Activation(other) => map_each(x, |v| other.value(v)),
         };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
-struct Backward(Activation);
+struct ZipOp(Zip);
 
-impl CustomOp2 for Backward {
+impl CustomOp2 for ZipOp {
     fn name(&self) -> &'static str {
-        "pointwise-vjp"
+        "pointwise-zip"
     }
 
     fn cpu_fwd(
@@ -139,14 +153,21 @@ impl CustomOp2 for Backward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (f32_data(s1, l1, "activations")?, f32_data(s2, l2, "activations")?);
+        let (x, g) = (
+            f32_data(s1, l1, "element-wise zips")?,
+            f32_data(s2, l2, "element-wise zips")?,
+        );
         if l1.shape() != l2.shape() {
-            candle_core::bail!("activation gradient {:?} for input {:?}", l2.shape(), l1.shape());
+            candle_core::bail!("{:?} of shapes {:?} and {:?}", self.0, l1.shape(), l2.shape());
         }
         let out = match self.0 {
-            Activation::Relu => zip_each(x, g, |v, d| if v > 0.0 { d } else { 0.0 }),
-            Activation::Relu6 => zip_each(x, g, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 }),
-            other => zip_each(x, g, |v, d| d * other.derivative(v)),
+            Zip::Add => zip_each(x, g, |a, b| a + b),
+            Zip::Sub => zip_each(x, g, |a, b| a - b),
+            Zip::Mul => zip_each(x, g, |a, b| a * b),
+            Zip::Div => zip_each(x, g, |a, b| a / b),
+            Zip::ActivationVjp(Activation::Relu) => zip_each(x, g, |v, d| if v > 0.0 { d } else { 0.0 }),
+            Zip::ActivationVjp(Activation::Relu6) => zip_each(x, g, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 }),
+            Zip::ActivationVjp(other) => zip_each(x, g, |v, d| d * other.derivative(v)),
         };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -20,7 +20,7 @@ use candle_core::{DType, Tensor, D};
 use super::{BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
 use crate::error::Result;
 use depthwise::{depthwise_correlate, depthwise_transposed};
-use elementwise::{activation_forward, activation_vjp, channel_affine, on_cpu_f32};
+use elementwise::{channel_affine, on_cpu_f32};
 use im2col::{col2im_transpose, im2col_correlate, Sliding};
 
 /// A contiguous f32 candle tensor.
@@ -40,10 +40,6 @@ impl CandleStorage {
     fn is_cpu(&self) -> bool {
         on_cpu_f32(&self.0)
     }
-}
-
-fn mask(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_dtype(DType::F32)?)
 }
 
 impl BackendStorage for CandleStorage {
@@ -69,34 +65,17 @@ impl BackendStorage for CandleStorage {
     }
 
     fn map(&self, op: Map) -> Result<Self> {
-        let x = &self.0;
-        Self::wrap(match op {
-            Map::Affine { mul, add } => x.affine(mul as f64, add as f64)?,
-            Map::Abs => x.abs()?,
-            Map::Sqr => x.sqr()?,
-            Map::Clamp { low, high } => x.clamp(low, high)?,
-            Map::Stabilize { epsilon } => {
-                let sign = mask(&x.ge(0f64)?)?.affine(2.0, -1.0)?;
-                (x + sign.affine(epsilon as f64, 0.0)?)?
-            }
-            Map::PositiveMask => mask(&x.gt(0f32)?)?,
-            Map::NegativeMask => mask(&x.lt(0f32)?)?,
-            Map::Fill { value } => Tensor::full(value, x.dims(), x.device())?,
-            Map::Activation(a) if self.is_cpu() => activation_forward(a, x)?,
-            Map::Activation(a) => activation::forward(a, x)?,
-        })
+        match self.is_cpu() {
+            true => Self::wrap(elementwise::map(&self.0, op)?),
+            false => Self::wrap(composed::map(&self.0, op)?),
+        }
     }
 
     fn zip(&self, rhs: &Self, op: Zip) -> Result<Self> {
-        let (a, b) = (&self.0, &rhs.0);
-        Self::wrap(match op {
-            Zip::Add => (a + b)?,
-            Zip::Sub => (a - b)?,
-            Zip::Mul => (a * b)?,
-            Zip::Div => (a / b)?,
-            Zip::ActivationVjp(act) if self.is_cpu() => activation_vjp(act, a, b)?,
-            Zip::ActivationVjp(act) => (b * activation::derivative(act, a)?)?,
-        })
+        match self.is_cpu() {
+            true => Self::wrap(elementwise::zip(&self.0, &rhs.0, op)?),
+            false => Self::wrap(composed::zip(&self.0, &rhs.0, op)?),
+        }
     }
 
     fn channel_affine(&self, scale: Option<&Self>, shift: Option<&Self>) -> Result<Self> {
