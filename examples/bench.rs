@@ -138,6 +138,7 @@ fn median(sorted: &[f64]) -> f64 {
 
 fn main() -> candle_xai::Result<()> {
     candle_xai::allocator::keep_freed_memory();
+    candle_xai::threads::join_kernel_pool().expect("rayon's pool is built here first");
     let args = Args::parse();
     let reps = args.reps.max(1);
     let bytes = std::fs::read(&args.model).expect("cannot read --model");

@@ -9,6 +9,8 @@ pub mod graph;
 pub mod layers;
 pub mod limits;
 pub mod tensor;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod threads;
 
 pub use error::{Error, Result};
 pub use tensor::{Device, Tensor};

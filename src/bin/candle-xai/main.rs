@@ -210,6 +210,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn main() -> ExitCode {
     candle_xai::allocator::keep_freed_memory();
+    // Fails only if something built rayon's pool first; the loops then still run, handed over.
+    let _ = candle_xai::threads::join_kernel_pool();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
