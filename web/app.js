@@ -717,11 +717,15 @@ function heatmapStyle() {
   };
 }
 
-/** The scaling's number field: its meaning and range follow the kind chosen. */
+/**
+ * The scaling's number field: its meaning and range follow the kind chosen. "By method" has no
+ * one number (level 3 for LRP, 2 % of outliers otherwise), so the field is hidden then.
+ */
 function scalingKindChanged() {
   const kind = $('scaling').value;
   const field = $('scaling-value');
   field.disabled = kind === 'auto';
+  $('scaling-value-field').hidden = kind === 'auto';
   if (kind === 'outliers') Object.assign(field, { min: 0, max: 99.9, step: 0.5, value: 2 });
   if (kind === 'level') Object.assign(field, { min: 0.25, max: 100, step: 0.25, value: 3 });
   $('scaling-value-label').textContent = kind === 'level' ? 'Level' : 'Outliers clipped (%)';

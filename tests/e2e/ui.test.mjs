@@ -228,6 +228,7 @@ test('scaling: LRP at zennit\'s level 3 by default, the level and the outlier sh
   await page.selectOption('#scaling', 'auto');
   await page.waitForFunction((want) => Math.abs(Number(document.getElementById('bar-high').textContent) - want) <= 0.01 * want, largest / 3);
   assert.equal(await page.$eval('#scaling-value', (e) => e.disabled), true);
+  assert.equal(await page.$eval('#scaling-value-field', (e) => e.hidden), true, 'no number to set for "By method"');
   await page.selectOption('#method', 'gradient');
   await page.click('#explain');
   await page.waitForFunction(() => document.body.dataset.state === 'idle' && document.body.dataset.resultMethod === 'gradient');
