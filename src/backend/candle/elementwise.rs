@@ -1,11 +1,12 @@
 //! Single-pass CPU kernels for the element-wise work between convolutions: BatchNorm's
-//! per-channel affine map and the activations with their derivatives. Composed from candle
-//! ops these take two to five passes over the tensor, with broadcast indexing, and on
-//! MobileNetV2 they cost more than the convolutions. Other devices keep the candle ops.
+//! per-channel affine map, every [`Map`] and [`Zip`] (the activations and their derivatives,
+//! LRP's stabiliser, masks and sign splits, the arithmetic). Composed from candle ops these
+//! take two to five passes over the tensor, with broadcast indexing, and on MobileNetV2 they
+//! cost more than the convolutions. Other devices keep the candle ops (`composed.rs`).
 
-use super::fresh::written_in_chunks;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use super::fresh::written_in_chunks;
 use crate::backend::{Activation, Map, Zip};
 use crate::error::Result;
 
