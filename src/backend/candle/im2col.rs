@@ -5,9 +5,9 @@
 //! gathering (no padded copy), and for one image at a time the gemm writes straight into the
 //! output.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;
 
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
