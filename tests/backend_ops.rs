@@ -1123,6 +1123,10 @@ fn max_pool_and_its_vjp() {
         ([1, 1, 5, 5], pool_window((2, 2), (3, 3), (1, 0), (1, 1), true)),
         // Overlapping windows, more outputs than a 256-thread workgroup.
         ([2, 3, 17, 19], pool_window((3, 3), (1, 1), (1, 1), (1, 1), false)),
+        // Rows wide enough for the CPU kernel's column-parallel inside windows, at stride 2
+        // (phase-split rows, an odd width) and stride 3 (the general split).
+        ([1, 2, 9, 37], pool_window((3, 3), (2, 2), (1, 1), (1, 1), true)),
+        ([1, 2, 8, 40], pool_window((3, 2), (3, 3), (1, 1), (2, 1), false)),
     ];
     let mut rng = Rng::new(30);
     for (dims, window) in cases {
