@@ -6,7 +6,9 @@ mod affine;
 mod canonize;
 mod composites;
 mod rules;
+mod signs;
 
 pub use canonize::{merge_batch_norms, MergeConvention};
 pub use composites::{assign_rules, Composite, CompositeParams, Selector};
 pub use rules::{Bound, Rule, STABILIZER};
+pub(crate) use signs::nonnegative_outputs;

@@ -195,8 +195,17 @@ fn proportional(
 
 impl Rule {
     /// Relevance at the inputs of the node running `op`, given its inputs, its output and the
-    /// relevance at its output.
-    pub fn apply(&self, op: &Op, inputs: &[&Tensor], output: &Tensor, relevance: &Tensor) -> Result<Vec<Tensor>> {
+    /// relevance at its output. `nonnegative_input`: the first input is known never to be
+    /// negative (behind a ReLU), which spares the sign-split rules the products of its
+    /// negative part.
+    pub fn apply(
+        &self,
+        op: &Op,
+        inputs: &[&Tensor],
+        output: &Tensor,
+        relevance: &Tensor,
+        nonnegative_input: bool,
+    ) -> Result<Vec<Tensor>> {
         match (self, op) {
             (Rule::Pass, _) => return Ok(vec![relevance.clone(); inputs.len()]),
             (Rule::Norm { stabilizer }, _) => return proportional(op, inputs, output, relevance, *stabilizer, 1.0),
@@ -230,13 +239,23 @@ impl Rule {
         }
         let layer = Affine::of(op).ok_or_else(|| misapplied(self, op, "Conv2d and Linear layers"))?;
         let x = inputs[0];
-        Ok(vec![self.affine_relevance(&layer, x, output, relevance)?])
+        Ok(vec![self.affine_relevance(
+            &layer,
+            (x, nonnegative_input),
+            output,
+            relevance,
+        )?])
     }
 
     /// `z` is the layer's own output at `x` (the forward pass already made it): the rules that
     /// divide by it or read its signs do not compute it again.
-    fn affine_relevance(&self, layer: &Affine, x: &Tensor, z: &Tensor, r: &Tensor) -> Result<Tensor> {
-        let (xp, xn) = (positive(x)?, negative(x)?);
+    fn affine_relevance(
+        &self,
+        layer: &Affine,
+        (x, nonnegative_input): (&Tensor, bool),
+        z: &Tensor,
+        r: &Tensor,
+    ) -> Result<Tensor> {
         let ratio = |z: Tensor, s: f64| -> Result<Tensor> { r.div(&stabilize(&z, s)?) };
         Ok(match self {
             Rule::Epsilon { epsilon } => {
@@ -244,10 +263,9 @@ impl Rule {
                 x.mul(&layer.transpose_apply(&g, x)?)?
             }
             Rule::ZPlus { stabilizer } => {
-                let split = SignSplit::new(layer, x, z, positive, negative, false)?;
-                let (z, _) = split.forward(&xp, &xn)?;
-                let (at_xp, at_xn) = split.backward(&ratio(z, *stabilizer)?, None, x)?;
-                xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
+                let split = SignSplit::new(layer, (x, nonnegative_input), z, positive, negative, false)?;
+                let (z, _) = split.forward()?;
+                split.relevance(&ratio(z, *stabilizer)?, None)?
             }
             Rule::AlphaBeta {
                 alpha,
@@ -256,23 +274,21 @@ impl Rule {
             } => {
                 // alpha * (relevance through the positive contributions) - beta * (through the
                 // negative ones), both halves through one stacked product.
-                let split = SignSplit::new(layer, x, z, positive, negative, true)?;
-                let (z_pos, z_neg) = split.forward(&xp, &xn)?;
+                let split = SignSplit::new(layer, (x, nonnegative_input), z, positive, negative, true)?;
+                let (z_pos, z_neg) = split.forward()?;
                 let g_pos = ratio(z_pos, *stabilizer)?.affine(*alpha, 0.0)?;
                 let g_neg = ratio(z_neg.expect("both halves"), *stabilizer)?.affine(-*beta, 0.0)?;
-                let (at_xp, at_xn) = split.backward(&g_pos, Some(&g_neg), x)?;
-                xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
+                split.relevance(&g_pos, Some(&g_neg))?
             }
             Rule::Gamma { gamma, stabilizer } => {
                 let g = *gamma;
                 let up = |t: &Tensor| -> Result<Tensor> { t.add(&positive(t)?.affine(g, 0.0)?) };
                 let down = |t: &Tensor| -> Result<Tensor> { t.add(&negative(t)?.affine(g, 0.0)?) };
-                let split = SignSplit::new(layer, x, z, up, down, true)?;
-                let (z_pos, z_neg) = split.forward(&xp, &xn)?;
+                let split = SignSplit::new(layer, (x, nonnegative_input), z, up, down, true)?;
+                let (z_pos, z_neg) = split.forward()?;
                 let g_pos = ratio(z_pos, *stabilizer)?.mul(&z.map(Map::PositiveMask)?)?;
                 let g_neg = ratio(z_neg.expect("both halves"), *stabilizer)?.mul(&z.map(Map::NegativeMask)?)?;
-                let (at_xp, at_xn) = split.backward(&g_pos, Some(&g_neg), x)?;
-                xp.mul(&at_xp)?.add(&xn.mul(&at_xn)?)?
+                split.relevance(&g_pos, Some(&g_neg))?
             }
             Rule::ZBox { low, high, stabilizer } => {
                 let (low, high) = (low.like(x)?, high.like(x)?);

@@ -9,7 +9,10 @@ use super::probe::{one_hot, Probe, Progress};
 use super::{Attribution, Parameter, Scale};
 use crate::error::{Error, Result};
 use crate::layers::Layer;
-use crate::lrp::{assign_rules, merge_batch_norms, Bound, Composite, CompositeParams, MergeConvention, Rule, Selector};
+use crate::lrp::{
+    assign_rules, merge_batch_norms, nonnegative_outputs, Bound, Composite, CompositeParams, MergeConvention, Rule,
+    Selector,
+};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +155,7 @@ pub(crate) async fn relevance(
     progress.report(0, 1)?;
     let graph = merge_batch_norms(probe.model.graph(), params.merge_convention)?;
     let rules = assign_rules(&graph, params.composite, &params.params, &params.rules);
+    let nonnegative = nonnegative_outputs(&graph);
     let activations = graph.forward(input, None)?;
     let logits = activations.output();
     let classes = logits.dim(1)?;
@@ -165,7 +169,13 @@ pub(crate) async fn relevance(
         seed,
         probe.at,
         &mut |id, node, inputs, output, r| match &rules[id] {
-            Some(rule) => rule.apply(&node.op, inputs, output, r),
+            Some(rule) => rule.apply(
+                &node.op,
+                inputs,
+                output,
+                r,
+                node.inputs.first().is_some_and(|&i| nonnegative[i]),
+            ),
             None => node.op.input_vjp(inputs, output, r),
         },
     )?;
