@@ -66,6 +66,35 @@ fn row_len(t: &Tensor) -> usize {
 pub type BackwardStep<'a> = dyn FnMut(NodeId, &Node, &[&Tensor], &Tensor, &Tensor) -> Result<Vec<Tensor>> + 'a;
 
 impl Graph {
+    /// The same function with each ReLU or ReLU6 that alone reads a BatchNorm fused into it
+    /// ([`crate::layers::BatchNorm2d::then`]; the activation's node left as an identity): one
+    /// pass less over those activations forward and back, the same values bit for bit. Node ids
+    /// are unchanged, as is every node's output but the fused BatchNorms' (now the activation's).
+    pub fn with_fused_activations(&self) -> Result<Graph> {
+        let mut readers = vec![0usize; self.nodes.len()];
+        for node in &self.nodes {
+            for &i in &node.inputs {
+                readers[i] += 1;
+            }
+        }
+        let mut nodes = self.nodes.clone();
+        for id in 0..nodes.len() {
+            let Op::Activation(activation) = nodes[id].op else {
+                continue;
+            };
+            let [norm] = nodes[id].inputs[..] else { continue };
+            let Op::BatchNorm2d(bn) = &nodes[norm].op else { continue };
+            if readers[norm] != 1 {
+                continue;
+            }
+            if let Some(fused) = bn.then(activation) {
+                nodes[norm].op = Op::BatchNorm2d(fused);
+                nodes[id].op = Op::Identity;
+            }
+        }
+        Graph::new(nodes)
+    }
+
     /// Checks that node 0 is the input, every other node only reads earlier nodes, and names are unique.
     pub fn new(nodes: Vec<Node>) -> Result<Self> {
         match nodes.first() {

@@ -1,5 +1,7 @@
 //! A loaded model: its graph on a device, and the checks an input must pass before it runs.
 
+use std::sync::OnceLock;
+
 use candle_core::DType;
 
 use crate::error::{Error, Result};
@@ -23,6 +25,8 @@ pub struct LoadOptions {
 #[derive(Debug, Clone)]
 pub struct Model {
     graph: Graph,
+    /// [`Model::fused_graph`], built on first use.
+    fused: OnceLock<Graph>,
     architecture: String,
     input_channels: usize,
     min_input_size: usize,
@@ -109,6 +113,7 @@ impl Model {
         };
         Ok(Self {
             graph,
+            fused: OnceLock::new(),
             architecture,
             input_channels: spec.input_channels,
             min_input_size: spec.min_input_size.unwrap_or(1),
@@ -122,6 +127,7 @@ impl Model {
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         Ok(Self {
             graph: self.graph.to_device(device)?,
+            fused: OnceLock::new(),
             architecture: self.architecture.clone(),
             device: device.clone(),
             ..*self
@@ -140,7 +146,30 @@ impl Model {
     /// The same model with another graph of the same interface (the randomisation check's
     /// models with some layers' parameters drawn afresh).
     pub(crate) fn with_graph(&self, graph: Graph) -> Model {
-        Model { graph, ..self.clone() }
+        Model {
+            graph,
+            fused: OnceLock::new(),
+            ..self.clone()
+        }
+    }
+
+    /// [`Graph::with_fused_activations`] of the model's graph: the same values, one pass less
+    /// over each BatchNorm's output each way. Built on first use and kept (it shares the
+    /// parameters).
+    pub fn fused_graph(&self) -> Result<&Graph> {
+        if let Some(fused) = self.fused.get() {
+            return Ok(fused);
+        }
+        let fused = self.graph.with_fused_activations()?;
+        Ok(self.fused.get_or_init(|| fused))
+    }
+
+    /// The graph to take gradients at node `at` on: [`Model::fused_graph`], unless `at` is a
+    /// BatchNorm it fused (whose own output it no longer keeps).
+    pub fn graph_for_gradients_at(&self, at: NodeId) -> Result<&Graph> {
+        let fused = self.fused_graph()?;
+        let fused_away = matches!(&fused.node(at).op, Op::BatchNorm2d(bn) if bn.activation().is_some());
+        Ok(if fused_away { &self.graph } else { fused })
     }
 
     pub fn device(&self) -> &Device {

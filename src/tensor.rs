@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::backend::candle::CandleStorage;
-use crate::backend::{BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
+use crate::backend::{Activation, BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
 use crate::error::{Error, Result};
 
 /// Where a model's weights and activations live.
@@ -478,6 +478,61 @@ impl Tensor {
                 shift.map(|t| t.0.wgpu()).transpose()?,
             )?),
         }))
+    }
+
+    /// `activation(x * scale[c] + shift[c])` for x [N, C, ...] and [C] parameters: a BatchNorm
+    /// and the ReLU after it in one pass where the backend fuses them.
+    pub fn channel_affine_activation(&self, scale: &Tensor, shift: &Tensor, activation: Activation) -> Result<Tensor> {
+        self.check_channel_parameters(&[scale, shift])?;
+        Ok(Tensor(match &self.0 {
+            Storage::Candle(x) => {
+                Storage::Candle(x.channel_affine_activation(scale.0.candle()?, shift.0.candle()?, activation)?)
+            }
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(x) => {
+                Storage::Wgpu(x.channel_affine_activation(scale.0.wgpu()?, shift.0.wgpu()?, activation)?)
+            }
+        }))
+    }
+
+    /// The input-VJP of [`Tensor::channel_affine_activation`] from its output (this tensor), for
+    /// a ReLU or ReLU6, whose derivative the output gives.
+    pub fn channel_affine_activation_vjp(
+        &self,
+        grad: &Tensor,
+        scale: &Tensor,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        self.check_channel_parameters(&[scale])?;
+        if self.dims() != grad.dims() {
+            return Err(shape_error(format!(
+                "activation VJP of shapes {:?} and {:?}",
+                self.dims(),
+                grad.dims()
+            )));
+        }
+        Ok(Tensor(match (&self.0, &grad.0) {
+            (Storage::Candle(y), Storage::Candle(g)) => {
+                Storage::Candle(y.channel_affine_activation_vjp(g, scale.0.candle()?, activation)?)
+            }
+            #[cfg(feature = "wgpu")]
+            (Storage::Wgpu(y), Storage::Wgpu(g)) => {
+                Storage::Wgpu(y.channel_affine_activation_vjp(g, scale.0.wgpu()?, activation)?)
+            }
+            #[cfg(feature = "wgpu")]
+            _ => return Err(Error::DeviceMismatch),
+        }))
+    }
+
+    /// [C] per-channel parameters for this [N, C, ...] tensor.
+    fn check_channel_parameters(&self, parameters: &[&Tensor]) -> Result<()> {
+        match self.dims() {
+            [_, c, ..] if parameters.iter().all(|p| p.dims() == [*c]) => Ok(()),
+            dims => Err(shape_error(format!(
+                "per-channel parameters of shapes {:?} for a tensor of shape {dims:?}",
+                parameters.iter().map(|p| p.dims()).collect::<Vec<_>>()
+            ))),
+        }
     }
 
     pub fn reduce(&self, op: Reduce) -> Result<Tensor> {

@@ -190,6 +190,21 @@ pub trait BackendStorage: Sized + Clone + std::fmt::Debug {
     /// [C] (shared by all samples) or [N, C] (one row per sample).
     fn channel_affine(&self, scale: Option<&Self>, shift: Option<&Self>) -> Result<Self>;
 
+    /// `channel_affine` with [C] parameters, then `activation` (a BatchNorm and the ReLU after
+    /// it): one pass where the backend fuses them, the same values either way.
+    fn channel_affine_activation(&self, scale: &Self, shift: &Self, activation: Activation) -> Result<Self> {
+        self.channel_affine(Some(scale), Some(shift))?
+            .map(Map::Activation(activation))
+    }
+
+    /// The input-VJP of `channel_affine_activation` for an activation whose derivative its
+    /// output gives (ReLU, ReLU6): `grad` through the activation's derivative at `self` (the
+    /// output), then times `scale` per channel, as the two layers' VJPs would take it.
+    fn channel_affine_activation_vjp(&self, grad: &Self, scale: &Self, activation: Activation) -> Result<Self> {
+        self.zip(grad, Zip::ActivationVjp(activation))?
+            .channel_affine(Some(scale), None)
+    }
+
     fn reduce(&self, op: Reduce) -> Result<Self>;
 
     /// [M, K] x [K, N] -> [M, N], or [M, K] x [N, K]^T when `rhs_transposed`.

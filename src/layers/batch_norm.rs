@@ -1,6 +1,6 @@
 //! BatchNorm2d in eval mode: a per-channel affine map with the running statistics.
 
-use super::Layer;
+use super::{Activation, Layer};
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
@@ -11,6 +11,8 @@ pub struct BatchNorm2d {
     scale: Tensor,
     /// bias - mean * scale, [C].
     shift: Tensor,
+    /// A ReLU or ReLU6 fused after the affine map ([`BatchNorm2d::then`]).
+    activation: Option<Activation>,
 }
 
 impl BatchNorm2d {
@@ -37,6 +39,7 @@ impl BatchNorm2d {
             scale: Tensor::from_candle(scale)?,
             shift: Tensor::from_candle(shift)?,
             eps,
+            activation: None,
         })
     }
 
@@ -61,6 +64,7 @@ impl BatchNorm2d {
             scale: device.tensor(&vec![scale; channels], &[channels])?,
             shift: device.tensor(&vec![0.0; channels], &[channels])?,
             eps,
+            activation: None,
         })
     }
 
@@ -70,7 +74,25 @@ impl BatchNorm2d {
             scale: self.scale.to_device(device)?,
             shift: self.shift.to_device(device)?,
             eps: self.eps,
+            activation: self.activation,
         })
+    }
+
+    /// This BatchNorm followed by `activation` as one layer (one pass over memory each way
+    /// instead of two), for a ReLU or ReLU6: their derivative comes from the fused output
+    /// (0 < y < 6 exactly where 0 < x < 6), which the VJP reads in place of the activation's
+    /// input. None for other activations, or when one is already fused.
+    pub fn then(&self, activation: Activation) -> Option<Self> {
+        let fusable = matches!(activation, Activation::Relu | Activation::Relu6) && self.activation.is_none();
+        fusable.then(|| Self {
+            activation: Some(activation),
+            ..self.clone()
+        })
+    }
+
+    /// The activation fused after the affine map, if any.
+    pub fn activation(&self) -> Option<Activation> {
+        self.activation
     }
 }
 
@@ -84,10 +106,16 @@ impl Layer for BatchNorm2d {
                 x.dims()
             )));
         }
-        x.channel_affine(Some(&self.scale), Some(&self.shift))
+        match self.activation {
+            Some(activation) => x.channel_affine_activation(&self.scale, &self.shift, activation),
+            None => x.channel_affine(Some(&self.scale), Some(&self.shift)),
+        }
     }
 
-    fn input_vjp(&self, _inputs: &[&Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(vec![grad.channel_affine(Some(&self.scale), None)?])
+    fn input_vjp(&self, _inputs: &[&Tensor], output: &Tensor, grad: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![match self.activation {
+            Some(activation) => output.channel_affine_activation_vjp(grad, &self.scale, activation)?,
+            None => grad.channel_affine(Some(&self.scale), None)?,
+        }])
     }
 }

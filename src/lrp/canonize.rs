@@ -59,7 +59,8 @@ pub fn merge_batch_norms(graph: &Graph, convention: MergeConvention) -> Result<G
     for id in 0..nodes.len() {
         let Op::BatchNorm2d(bn) = &nodes[id].op else { continue };
         let source = nodes[id].inputs[0];
-        if readers[source] != 1 {
+        // A BatchNorm with an activation fused into it is not one affine map.
+        if readers[source] != 1 || bn.activation().is_some() {
             continue;
         }
         let Op::Conv2d(conv) = &nodes[source].op else { continue };

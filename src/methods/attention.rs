@@ -262,7 +262,7 @@ pub(crate) async fn generic_attention(
     activations: &Activations,
     input: &Tensor,
 ) -> Result<Attribution> {
-    let graph = probe.model.graph();
+    let graph = probe.graph;
     let nodes = attention_nodes(graph);
     if nodes.is_empty() {
         return Err(no_attention());

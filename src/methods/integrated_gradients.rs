@@ -115,7 +115,7 @@ pub(crate) async fn integrated_gradients(
     let baseline = input
         .device()
         .upload(&params.seeded_baseline().for_input(host_input)?)?;
-    let graph = probe.model.graph();
+    let graph = probe.graph;
     let at_layer = probe.at != 0;
     // The path runs between these two values of node `at`.
     let (start, end, start_logits) = if at_layer {

@@ -389,12 +389,12 @@ pub async fn explain_async(
     let host_input = model.check_input(input)?;
     let rows_in_memory = rows_in_memory(model, host_input.dims(), request.memory_limit)?;
     let input = model.device().upload(&host_input)?;
-    let graph = model.graph();
     let at = match (&request.layer, &request.method) {
-        (Some(name), _) => graph.find(name)?,
+        (Some(name), _) => model.graph().find(name)?,
         (None, Method::GradCam(_)) => model.default_cam_layer()?,
         (None, _) => 0,
     };
+    let graph = model.graph_for_gradients_at(at)?;
     // Methods made of one backward pass on the unperturbed input reuse the forward pass that
     // gives the logits (and the top-1 targets); the others perturb the input, or (LRP) run a
     // canonized graph, and only need the logits.
@@ -418,6 +418,7 @@ pub async fn explain_async(
     let targets = request.targets.resolve(&host_logits)?;
     let probe = Probe {
         model,
+        graph,
         targets: &targets,
         at,
         widest_row,

@@ -3,7 +3,7 @@
 //! only in which batches they build and how they combine what comes back.
 
 use crate::error::{Error, Result};
-use crate::graph::{Activations, NodeId};
+use crate::graph::{Activations, Graph, NodeId};
 use crate::layers::Layer;
 use crate::model::Model;
 use crate::tensor::{Device, Tensor};
@@ -42,6 +42,8 @@ impl<'a> Progress<'a> {
 
 pub(crate) struct Probe<'a> {
     pub model: &'a Model,
+    /// The model's graph the passes run on: [`Model::graph_for_gradients_at`] `at`.
+    pub graph: &'a Graph,
     /// One target class per sample of the batch.
     pub targets: &'a [usize],
     /// Where the gradient is taken: the input (node 0) or a layer's output.
@@ -67,13 +69,13 @@ impl Probe<'_> {
     /// Runs `input` = k stacked copies of the batch ([k*B, ...]); with `replace`, node `at`
     /// outputs it instead of its own value (layer IG).
     pub fn run(&self, input: &Tensor, replace: Option<&Tensor>) -> Result<Pass> {
-        let activations = self.model.graph().forward(input, replace.map(|t| (self.at, t)))?;
+        let activations = self.graph.forward(input, replace.map(|t| (self.at, t)))?;
         self.backward(&activations)
     }
 
     /// The backward half of `run`, from a forward pass already made.
     pub fn backward(&self, activations: &Activations) -> Result<Pass> {
-        let graph = self.model.graph();
+        let graph = self.graph;
         let logits = activations.output();
         let (rows, classes) = (logits.dim(0)?, logits.dim(1)?);
         check_targets(self.targets, classes)?;
@@ -92,7 +94,7 @@ impl Probe<'_> {
     /// d(target logit)/d(output of each of `nodes`), from one backward pass over a forward
     /// pass already made; zeros where the output does not depend on a node.
     pub fn gradients_at(&self, activations: &Activations, nodes: &[NodeId]) -> Result<Vec<Tensor>> {
-        let graph = self.model.graph();
+        let graph = self.graph;
         let logits = activations.output();
         let classes = logits.dim(1)?;
         check_targets(self.targets, classes)?;

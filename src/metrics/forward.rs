@@ -51,6 +51,7 @@ impl Rows<'_> {
             &[1, c, h, w],
             self.memory_limit,
         )?);
+        let graph = self.model.fused_graph()?;
         let mut logits = Vec::with_capacity(count);
         let mut start = 0;
         while start < count {
@@ -61,7 +62,7 @@ impl Rows<'_> {
                 make(start + k, row)?;
             }
             let batch = device.tensor(&data, &[rows, c, h, w])?;
-            let out = self.model.graph().predict(&batch)?.to_host_async().await?;
+            let out = graph.predict(&batch)?.to_host_async().await?;
             logits.extend(out.to_vec2::<f32>()?);
             start += rows;
         }

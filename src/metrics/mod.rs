@@ -438,7 +438,9 @@ pub async fn evaluate_async(
         }
         _ => {
             model.check_forward_memory(host_input.dims())?;
-            let (logits, widest_row) = model.graph().predict_sized(&model.device().upload(&host_input)?)?;
+            let clean = model.device().upload(&host_input)?;
+            // The graph the perturbed rows run on (metrics/forward.rs): the same values, fewer passes.
+            let (logits, widest_row) = model.fused_graph()?.predict_sized(&clean)?;
             let logits = logits.to_host_async().await?;
             let targets = request.targets.resolve(&logits)?;
             (Some(logits.to_vec2::<f32>()?), targets, widest_row)

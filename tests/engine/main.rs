@@ -8,6 +8,7 @@ mod common;
 
 mod bad_input;
 mod conv_accuracy;
+mod fused_graph;
 mod fuzz_corpora;
 mod import_layouts;
 mod layer_edge_cases;

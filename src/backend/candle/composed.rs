@@ -119,7 +119,7 @@ mod tests {
 
     use candle_core::{Device, Tensor};
 
-    use super::super::elementwise::{self, channel_affine as affine_kernel};
+    use super::super::elementwise;
     use super::super::im2col::{col2im_transpose, im2col_correlate, Sliding};
     use super::*;
     use crate::backend::{Activation, Map, Zip};
@@ -203,7 +203,8 @@ mod tests {
         let mut stream = SplitMix64::new(12);
         let x = random(&mut stream, &[2, 3, 4, 5]);
         let (scale, shift) = (random(&mut stream, &[3]), random(&mut stream, &[3]));
-        let kernel = affine_kernel(&x, &scale.to_vec1().unwrap(), &shift.to_vec1().unwrap()).unwrap();
+        let (s, t) = (scale.to_vec1().unwrap(), shift.to_vec1().unwrap());
+        let kernel = elementwise::channel_affine_activation(&x, &s, &t, None).unwrap();
         assert_close(
             "channel affine",
             &channel_affine(&x, Some(&scale), Some(&shift)).unwrap(),
@@ -287,6 +288,50 @@ mod tests {
                 &vjp,
                 &elementwise::zip(&x, &grad, Zip::ActivationVjp(activation)).unwrap(),
             );
+        }
+    }
+
+    /// A BatchNorm with its ReLU or ReLU6 fused (`Graph::with_fused_activations`) must give
+    /// what the two layers give in turn, bit for bit, forward and back; back, the fused VJP
+    /// reads the activation's derivative from the fused output, which must agree with the
+    /// derivative at the activation's input at the kinks (0, 6), signed zeros, infinities and NaN.
+    #[test]
+    fn fused_batch_norm_and_activation_equal_the_two_kernels_bit_for_bit() {
+        let mut values = vec![-3.0f32, -1e-3, 0.0, -0.0, 1e-3, 2.5, 6.0, 5.999_999_5, 6.000_000_5, 7.0];
+        values.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            -1e-30,
+        ]);
+        values.extend((0..48).map(|i| (i as f32 - 20.0) * 0.3));
+        let n = values.len();
+        // Channel 0 keeps the values; channel 1 moves them onto the kinks from elsewhere.
+        let x = Tensor::from_vec([values.clone(), values].concat(), (1, 2, 1, n), &Device::Cpu).unwrap();
+        let (scale, shift) = ([1.0f32, 0.5], [0.0f32, 3.0]);
+        let grad_values: Vec<f32> = (0..2 * n).map(|i| [1.5, -0.0, -2.25, 0.0][i % 4]).collect();
+        let grad = Tensor::from_vec(grad_values, (1, 2, 1, n), &Device::Cpu).unwrap();
+        let bits = |t: Tensor| -> Vec<u32> {
+            let canonical = |v: f32| if v.is_nan() { f32::NAN.to_bits() } else { v.to_bits() };
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(canonical)
+                .collect()
+        };
+        for activation in [Activation::Relu, Activation::Relu6] {
+            let normed = elementwise::channel_affine_activation(&x, &scale, &shift, None).unwrap();
+            let apart = elementwise::map(&normed, Map::Activation(activation)).unwrap();
+            let fused = elementwise::channel_affine_activation(&x, &scale, &shift, Some(activation)).unwrap();
+            assert_eq!(bits(apart.clone()), bits(fused.clone()), "{activation:?} forward");
+            let through = elementwise::zip(&normed, &grad, Zip::ActivationVjp(activation)).unwrap();
+            let apart_vjp = elementwise::channel_affine_activation(&through, &scale, &[0.0; 2], None).unwrap();
+            let fused_vjp = elementwise::activation_channel_scale_vjp(&fused, &grad, &scale, activation).unwrap();
+            assert_eq!(bits(apart_vjp), bits(fused_vjp), "{activation:?} VJP");
         }
     }
 }

@@ -23,18 +23,85 @@ pub fn on_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
-/// y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c] for [N, C, ...] inputs on CPU.
-pub fn channel_affine(x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+/// y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c] for [N, C, ...] inputs on CPU, then
+/// `activation` in the same pass (a BatchNorm and its ReLU: one pass over memory, not two).
+pub fn channel_affine_activation(
+    x: &Tensor,
+    scale: &[f32],
+    shift: &[f32],
+    activation: Option<Activation>,
+) -> Result<Tensor> {
     let op = ChannelAffine {
         scale: scale.to_vec(),
         shift: shift.to_vec(),
+        activation,
     };
     Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// The VJP of [`channel_affine_activation`] with a ReLU or ReLU6 from its output `y`: `grad`
+/// where the activation passes it (its derivative read from y: 0 < y < 6 exactly where
+/// 0 < x < 6), times scale[c], in one pass; the values the two layers' VJPs give in turn.
+pub fn activation_channel_scale_vjp(
+    y: &Tensor,
+    grad: &Tensor,
+    scale: &[f32],
+    activation: Activation,
+) -> Result<Tensor> {
+    let op = ActivationChannelScaleVjp {
+        scale: scale.to_vec(),
+        activation,
+    };
+    Ok(y.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?)
+}
+
+/// The plane size of an [N, C, ...] layout with `c` channels.
+fn channel_planes(layout: &Layout, c: usize, op: &str) -> candle_core::Result<usize> {
+    let dims = layout.shape().dims();
+    if dims.len() < 2 || dims[1] != c {
+        candle_core::bail!("{op}: {c} channels for a tensor of shape {dims:?}");
+    }
+    Ok(dims[2..].iter().product())
+}
+
+/// `f(x * scale[c] + shift[c])` for each element of x's [plane]-long channel planes.
+fn affine_planes(x: &[f32], plane: usize, (scale, shift): (&[f32], &[f32]), f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let c = scale.len();
+    // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
+    unsafe {
+        written_in_chunks(x, plane, |i, src, dst| {
+            let (a, b) = (scale[i % c], shift[i % c]);
+            for (o, &v) in dst.iter_mut().zip(src) {
+                o.write(f(v * a + b));
+            }
+        })
+    }
+}
+
+/// `vjp(y, g) * scale[c] + 0.0` for each element of the [plane]-long channel planes: the zero
+/// shift turns -0 into +0, as the affine map it stands for does.
+fn scaled_vjp_planes(
+    (y, g): (&[f32], &[f32]),
+    plane: usize,
+    scale: &[f32],
+    vjp: impl Fn(f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
+    let c = scale.len();
+    // SAFETY: the output chunk is as long as y's, and the zip writes each of its elements.
+    unsafe {
+        written_in_chunks(y, plane, |i, ys, dst| {
+            let (a, gs) = (scale[i % c], &g[i * plane..][..ys.len()]);
+            for (o, (&v, &d)) in dst.iter_mut().zip(ys.iter().zip(gs)) {
+                o.write(vjp(v, d) * a + 0.0);
+            }
+        })
+    }
 }
 
 struct ChannelAffine {
     scale: Vec<f32>,
     shift: Vec<f32>,
+    activation: Option<Activation>,
 }
 
 impl CustomOp1 for ChannelAffine {
@@ -45,22 +112,55 @@ impl CustomOp1 for ChannelAffine {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         // Only the layout's elements: a narrowed tensor's storage starts before them.
         let x = f32_data(storage, layout, "channel-affine")?;
-        let dims = layout.shape().dims();
         let c = self.scale.len();
-        if dims.len() < 2 || dims[1] != c {
-            candle_core::bail!("channel-affine: {c} channels for a tensor of shape {dims:?}");
-        }
-        let plane: usize = dims[2..].iter().product();
-        // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
-        let out = unsafe {
-            written_in_chunks(x, plane, |i, src, dst| {
-                let (a, b) = (self.scale[i % c], self.shift[i % c]);
-                for (o, v) in dst.iter_mut().zip(src) {
-                    o.write(v * a + b);
-                }
-            })
+        let plane = channel_planes(layout, c, "channel-affine")?;
+        let (scale, shift) = (&self.scale[..], &self.shift[..]);
+        // One loop per activation, each of which vectorises; the expressions are the affine
+        // map's and the activation maps' own, so the values are theirs bit for bit.
+        let out = match self.activation {
+            None => affine_planes(x, plane, (scale, shift), |v| v),
+            Some(Activation::Relu) => affine_planes(x, plane, (scale, shift), |v| v.max(0.0)),
+            Some(Activation::Relu6) => affine_planes(x, plane, (scale, shift), |v| v.clamp(0.0, 6.0)),
+            Some(other) => affine_planes(x, plane, (scale, shift), |v| other.value(v)),
         };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+struct ActivationChannelScaleVjp {
+    scale: Vec<f32>,
+    activation: Activation,
+}
+
+impl CustomOp2 for ActivationChannelScaleVjp {
+    fn name(&self) -> &'static str {
+        "activation-channel-scale-vjp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "activation-channel-scale-vjp";
+        let (y, g) = (f32_data(s1, l1, op)?, f32_data(s2, l2, op)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{op}: shapes {:?} and {:?}", l1.shape(), l2.shape());
+        }
+        let c = self.scale.len();
+        let plane = channel_planes(l1, c, op)?;
+        let scale = &self.scale[..];
+        // As Zip::ActivationVjp then channel_affine(scale, None) compute it.
+        let out = match self.activation {
+            Activation::Relu => scaled_vjp_planes((y, g), plane, scale, |v, d| if v > 0.0 { d } else { 0.0 }),
+            Activation::Relu6 => {
+                scaled_vjp_planes((y, g), plane, scale, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 })
+            }
+            other => scaled_vjp_planes((y, g), plane, scale, |v, d| d * other.derivative(v)),
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

@@ -17,10 +17,10 @@ mod padding;
 
 use candle_core::{DType, Tensor, D};
 
-use super::{BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
+use super::{Activation, BackendStorage, Map, PoolWindow, Reduce, StdTerm, WindowBins, WindowGeometry, Zip};
 use crate::error::Result;
 use depthwise::{depthwise_correlate, depthwise_transposed};
-use elementwise::{channel_affine, on_cpu_f32};
+use elementwise::on_cpu_f32;
 use im2col::{col2im_transpose, im2col_correlate, Sliding};
 
 /// A contiguous f32 candle tensor.
@@ -91,9 +91,36 @@ impl BackendStorage for CandleStorage {
                 Some(s) => s.to_vec()?,
                 None => vec![0.0; c],
             };
-            return Self::wrap(channel_affine(x, &scale, &shift)?);
+            return Self::wrap(elementwise::channel_affine_activation(x, &scale, &shift, None)?);
         }
         Self::wrap(composed::channel_affine(x, scale.map(|s| &s.0), shift.map(|s| &s.0))?)
+    }
+
+    fn channel_affine_activation(&self, scale: &Self, shift: &Self, activation: Activation) -> Result<Self> {
+        if !self.is_cpu() || scale.0.rank() != 1 || shift.0.rank() != 1 {
+            let affine = self.channel_affine(Some(scale), Some(shift))?;
+            return affine.map(Map::Activation(activation));
+        }
+        let (scale, shift) = (scale.to_vec()?, shift.to_vec()?);
+        Self::wrap(elementwise::channel_affine_activation(
+            &self.0,
+            &scale,
+            &shift,
+            Some(activation),
+        )?)
+    }
+
+    fn channel_affine_activation_vjp(&self, grad: &Self, scale: &Self, activation: Activation) -> Result<Self> {
+        if !self.is_cpu() || scale.0.rank() != 1 {
+            let through = self.zip(grad, Zip::ActivationVjp(activation))?;
+            return through.channel_affine(Some(scale), None);
+        }
+        Self::wrap(elementwise::activation_channel_scale_vjp(
+            &self.0,
+            &grad.0,
+            &scale.to_vec()?,
+            activation,
+        )?)
     }
 
     fn reduce(&self, op: Reduce) -> Result<Self> {
