@@ -503,6 +503,11 @@ impl Tensor {
         scale: &Tensor,
         activation: Activation,
     ) -> Result<Tensor> {
+        if !matches!(activation, Activation::Relu | Activation::Relu6) {
+            return Err(Error::InvalidGraph(format!(
+                "{activation:?}'s derivative cannot be read from its output"
+            )));
+        }
         self.check_channel_parameters(&[scale])?;
         if self.dims() != grad.dims() {
             return Err(shape_error(format!(

@@ -39,7 +39,7 @@ pub fn channel_affine_activation(
     Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
 }
 
-/// The VJP of [`channel_affine_activation`] with a ReLU or ReLU6 from its output `y`: `grad`
+/// The VJP of [`channel_affine_activation`] with a ReLU or ReLU6 (no other) from its output `y`: `grad`
 /// where the activation passes it (its derivative read from y: 0 < y < 6 exactly where
 /// 0 < x < 6), times scale[c], in one pass; the values the two layers' VJPs give in turn.
 pub fn activation_channel_scale_vjp(
@@ -158,7 +158,7 @@ impl CustomOp2 for ActivationChannelScaleVjp {
             Activation::Relu6 => {
                 scaled_vjp_planes((y, g), plane, scale, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 })
             }
-            other => scaled_vjp_planes((y, g), plane, scale, |v, d| d * other.derivative(v)),
+            other => candle_core::bail!("{op}: {other:?}'s derivative cannot be read from its output"),
         };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
