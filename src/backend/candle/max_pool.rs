@@ -70,8 +70,8 @@ impl MaxPool {
         }
     }
 
-    /// The winner of the window at column `ox` over the input rows `rows`, cell by cell.
-    fn border_winner(&self, plane: &[f32], w: usize, rows: &[usize], ox: usize) -> (f32, u32) {
+    /// The window's width, stride, padding and dilation along the columns.
+    fn columns(&self) -> (usize, usize, usize, usize) {
         let PoolWindow {
             kernel: (_, kw),
             stride: (_, sw),
@@ -79,6 +79,12 @@ impl MaxPool {
             dilation: (_, dw),
             ..
         } = self.window;
+        (kw, sw, pw, dw)
+    }
+
+    /// The winner of the window at column `ox` over the input rows `rows`, cell by cell.
+    fn border_winner(&self, plane: &[f32], w: usize, rows: &[usize], ox: usize) -> (f32, u32) {
+        let (kw, sw, pw, dw) = self.columns();
         let mut best: Option<(f32, usize)> = None;
         for &y in rows {
             for b in 0..kw {
@@ -107,13 +113,7 @@ impl MaxPool {
         (values, at): (&mut [f32], &mut [u32]),
         phases: &mut [f32],
     ) {
-        let PoolWindow {
-            kernel: (_, kw),
-            stride: (_, sw),
-            padding: (_, pw),
-            dilation: (_, dw),
-            ..
-        } = self.window;
+        let (kw, sw, pw, dw) = self.columns();
         if values.is_empty() {
             return;
         }
