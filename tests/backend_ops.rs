@@ -921,7 +921,11 @@ fn conv2d_grouped_and_depthwise() {
             .padding(0, 1, 2, 0)
             .groups(4),
         ConvCase::new([1, 3, 6, 5], 3, (1, 1)).groups(3),
+        // Stride 1 on CPU: one pass per tap over a padded plane, both ways; with more padding
+        // than the kernel reaches, the transpose takes the row-by-row loops.
         ConvCase::new([2, 3, 5, 4], 3, (2, 2)).padding(2, 0, 0, 2).groups(3),
+        ConvCase::new([2, 6, 14, 13], 6, (3, 3)).padding(1, 1, 1, 1).groups(6),
+        ConvCase::new([1, 4, 9, 7], 4, (3, 3)).padding(0, 2, 1, 0).groups(4),
     ];
     for (seed, case) in cases.iter().enumerate() {
         check_conv(case, 200 + seed as u64);

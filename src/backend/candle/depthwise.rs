@@ -126,6 +126,71 @@ impl Phases {
     }
 }
 
+/// A stride-1 pass over one plane as a correlation of a zero-padded copy laid out `width`
+/// columns wide: each tap is then one pass over the whole plane at a fixed offset, a loop long
+/// enough to vectorise even where the rows are 7 or 14 wide (MobileNetV2's late layers, where a
+/// pass per tap and output row ran mostly scalar in the browser). The kernel's reach in columns
+/// (2 for a 3x3) is computed past each output row and dropped. Adding a padding zero's product
+/// where the row loops skip the tap leaves every sum bit for bit the same (for finite weights).
+struct FlatPlane {
+    /// The padded copy's size: the output's plus the kernel's reach, (kh - 1) * d by (kw - 1) * d.
+    rows: usize,
+    width: usize,
+    /// The output's size.
+    out: (usize, usize),
+}
+
+impl FlatPlane {
+    fn new(out: (usize, usize), reach: (usize, usize)) -> Self {
+        FlatPlane {
+            rows: out.0 + reach.0,
+            width: out.1 + reach.1,
+            out,
+        }
+    }
+
+    /// Where a tap's first read sits in the padded copy, `rows` and `columns` below and right
+    /// of its top-left corner.
+    fn offset(&self, (rows, columns): (usize, usize)) -> usize {
+        rows * self.width + columns
+    }
+
+    /// `dst` (the output, [out.0, out.1]) from `source` ([h, w], placed at row and column `at`
+    /// of the padded copy, clipped to it) through `taps`: (offset, weight) pairs, summed in the
+    /// order given.
+    fn correlate(
+        &self,
+        source: &[f32],
+        (h, w): (usize, usize),
+        at: (usize, usize),
+        taps: impl Iterator<Item = (usize, f32)>,
+        scratch: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
+        let (oh, ow) = self.out;
+        let reach = self.width - ow;
+        scratch.clear();
+        // The padded copy, plus `reach` zeros read by the last row's dropped columns; then the
+        // sums, one row of `width` per output row.
+        scratch.resize(self.rows * self.width + reach + oh * self.width, 0.0);
+        let (padded, sums) = scratch.split_at_mut(self.rows * self.width + reach);
+        let columns = w.min(self.width.saturating_sub(at.1));
+        if columns > 0 {
+            for (row, padded_row) in source.chunks(w).take(h).zip(padded.chunks_mut(self.width).skip(at.0)) {
+                padded_row[at.1..][..columns].copy_from_slice(&row[..columns]);
+            }
+        }
+        for (offset, weight) in taps {
+            for (sum, v) in sums.iter_mut().zip(&padded[offset..offset + oh * self.width]) {
+                *sum += weight * v;
+            }
+        }
+        for (out_row, row_sums) in dst.chunks_mut(ow).zip(sums.chunks(self.width)) {
+            out_row.copy_from_slice(&row_sums[..ow]);
+        }
+    }
+}
+
 /// The sizes one depthwise pass works on, checked once for the CPU and the CUDA kernels.
 struct Planes {
     n: usize,
@@ -216,9 +281,39 @@ impl CustomOp2 for Depthwise {
                 (x_offset, first, end)
             })
             .collect();
+        // With stride 1, both directions are one correlation of a padded plane (`FlatPlane`):
+        // the forward's window reads the image at the padding's offset; the transpose's reads
+        // the gradient, placed so that tap (a, b) reaches back (kh - 1 - a) * d rows and
+        // (kw - 1 - b) * d columns (it needs no more padding than the kernel's reach).
+        let reach = ((kh - 1) * d, (kw - 1) * d);
+        let flat = match self.transposed_to {
+            _ if s != 1 => None,
+            None => Some((FlatPlane::new((oh, ow), reach), (h, w), (pad_top, pad_left))),
+            Some(_) => reach
+                .0
+                .checked_sub(pad_top)
+                .zip(reach.1.checked_sub(pad_left))
+                .map(|at| (FlatPlane::new((h, w), reach), (oh, ow), at)),
+        };
+        // Each tap's offset in the padded plane, in (a, b) order: the order the other loops
+        // and the CUDA kernel add the taps in.
+        let offsets: Vec<usize> = match &flat {
+            None => Vec::new(),
+            Some((plane, ..)) => (0..kh)
+                .flat_map(|a| (0..kw).map(move |b| (a, b)))
+                .map(|(a, b)| match self.transposed_to {
+                    None => plane.offset((a * d, b * d)),
+                    Some(_) => plane.offset(((kh - 1 - a) * d, (kw - 1 - b) * d)),
+                })
+                .collect(),
+        };
         let out = built_in_chunks(n * c * out_len, out_len, Vec::new, |scratch, plane, dst| {
             let filter = &k[(plane % c) * kh * kw..][..kh * kw];
             let src = &src[plane * in_len..(plane + 1) * in_len];
+            if let Some((flat, source_hw, at)) = &flat {
+                let taps = offsets.iter().copied().zip(filter.iter().copied());
+                return flat.correlate(src, *source_hw, *at, taps, scratch, dst);
+            }
             // Where tap (a, b) of output (i, first..end) sits in the phase planes.
             let taps = |i: usize, a: usize, b: usize| -> Option<(usize, usize, usize)> {
                 let y = (i * s + a * d) as isize - pad_top as isize;
