@@ -4,7 +4,7 @@
 // --model (a vision transformer: at its own size), the cat photo, in one run.
 //
 //   node scripts/bench_web.mjs [--reps N] [--methods gradient,lrp-epsilon-plus] [--out FILE] [--native-threads N]
-//       [--model FILE.safetensors --arch-name NAME] [--no-compare]
+//       [--model FILE.safetensors --arch-name NAME] [--no-compare] [--simd128]
 //
 // Needs dist/ (trunk build --release), the default model (scripts/setup-web.sh) and the native
 // bench binary (cargo build --release --example bench). Environment: XAI_DIST, CHROMIUM (as in
@@ -17,7 +17,8 @@
 // request to the engine's Web Worker, the wasm `explain` there, the attributions and logits
 // back; not the photo's decoding nor the heatmap's rendering, which `explain` does after it).
 // `wasm_worker_ms` is the wasm `explain` call alone, timed inside the worker (`engineMs`).
-// The wasm build is single-threaded (simd128, no wasm threads).
+// The wasm build is single-threaded (no wasm threads); Chromium loads the relaxed-SIMD build,
+// or with --simd128 the plain simd128 one (the relaxed files refused, as on a server without them).
 //
 // Native side: `target/release/examples/bench --input` on the page's own preprocessed input
 // (the Float32Array the page fed the engine, written to a temporary safetensors file as
@@ -44,7 +45,7 @@ import { join } from 'node:path';
 import { DIST, ROOT, serve, launch, fromBase64 } from '../tests/e2e/harness.mjs';
 
 const USAGE =
-  'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME] [--no-compare]';
+  'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME] [--no-compare] [--simd128]';
 const DEFAULT_MODEL = join(DIST, 'web/assets/model/mobilenet_v2.safetensors');
 // The page fetches the model from here, a copy of the file given in the served dist/ (a route
 // would carry it through the DevTools protocol, which a model of 100 MB breaks).
@@ -63,6 +64,7 @@ function parseArgs(argv) {
     model: DEFAULT_MODEL,
     arch: 'mobilenet_v2',
     compare: true,
+    simd128: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -77,6 +79,7 @@ function parseArgs(argv) {
     else if (flag === '--model') args.model = value();
     else if (flag === '--arch-name') args.arch = value();
     else if (flag === '--no-compare') args.compare = false;
+    else if (flag === '--simd128') args.simd128 = true;
     else if (flag === '-h' || flag === '--help') {
       console.log(USAGE);
       process.exit(0);
@@ -114,7 +117,7 @@ function safetensors(name, shape, data) {
 }
 
 /** The browser side: {chromium, input (Float32Array), shape, rows: {method: {...}}}. */
-async function benchBrowser(methods, reps, model, compare) {
+async function benchBrowser(methods, reps, model, compare, simd128) {
   const served = join(DIST, MODEL_URL.slice(1));
   copyFileSync(model, served);
   const server = await serve();
@@ -123,7 +126,8 @@ async function benchBrowser(methods, reps, model, compare) {
     const page = await browser.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-    page.on('console', (m) => m.type() === 'error' && errors.push(`console: ${m.text()}`));
+    page.on('console', (m) => m.type() === 'error' && !/Failed to load resource/.test(m.text()) && errors.push(`console: ${m.text()}`));
+    if (simd128) await page.route('**/candle-xai-relaxed*', (route) => route.abort());
     // A blank page of the served origin, so that nothing but the benchmark runs (the app and the
     // embedding example would load and explain on their own).
     const blank = `${server.url}__bench.html`;
@@ -140,7 +144,7 @@ async function benchBrowser(methods, reps, model, compare) {
       const u8 = new Uint8Array(prepared.input.buffer, prepared.input.byteOffset, prepared.input.byteLength);
       let binary = '';
       for (let i = 0; i < u8.length; i += 0x8000) binary += String.fromCharCode(...u8.subarray(i, i + 0x8000));
-      return { input: btoa(binary), shape: prepared.shape, architecture: explainer.architecture };
+      return { input: btoa(binary), shape: prepared.shape, architecture: explainer.architecture, build: await explainer.engineBuild() };
     }, { photo: PHOTO, url: MODEL_URL });
     const rows = {};
     for (const method of methods) {
@@ -168,7 +172,7 @@ async function benchBrowser(methods, reps, model, compare) {
     const compared = compare ? await benchCompareAll(page, reps) : null;
     if (errors.length) throw new Error(`errors in the page:\n${errors.join('\n')}`);
     const input = new Float32Array(fromBase64(setup.input).buffer);
-    return { chromium: browser.version(), input, shape: setup.shape, architecture: setup.architecture, rows, compared };
+    return { chromium: browser.version(), build: setup.build, input, shape: setup.shape, architecture: setup.architecture, rows, compared };
   } finally {
     await browser.close();
     await server.close();
@@ -272,7 +276,7 @@ async function main() {
     if (!existsSync(path)) throw new Error(`${path} is missing: ${hint}`);
   }
 
-  const web = await benchBrowser(args.methods, args.reps, args.model, args.compare);
+  const web = await benchBrowser(args.methods, args.reps, args.model, args.compare, args.simd128);
   log(`Chromium ${web.chromium}; input ${JSON.stringify(web.shape)}`);
 
   const work = mkdtempSync(join(tmpdir(), 'xai-bench-web-'));
@@ -361,7 +365,8 @@ async function main() {
   lines.push(
     '',
     `- **wasm**: headless Chromium ${web.chromium} (\`--disable-gpu\`, the e2e tests' flags), dist/ (\`trunk build --release\`, ` +
-      'simd128, single-threaded) served on 127.0.0.1; the JS API `Explainer.load(bytes)` then `explain(prepared, {method})` ' +
+      `the ${web.build} build, single-threaded) served on 127.0.0.1; ` +
+      'the JS API `Explainer.load(bytes)` then `explain(prepared, {method})` ' +
       "on the photo preprocessed once beforehand. \"wasm ms\" is the call as the page sees it (`result.elapsedMs`: the request to the " +
       "engine's Web Worker, the wasm explain, the attributions back; not the photo's decoding nor the heatmap's rendering); " +
       '"in the worker" is the wasm explain call alone.',

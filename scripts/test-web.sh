@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The browser build's tests (run scripts/setup-web.sh first):
 #   1. `trunk build --release` -> dist/
-#   2. the bindings' unit tests (wasm-bindgen-test) in headless Chromium
+#   2. the bindings' unit tests (wasm-bindgen-test) in headless Chromium, on the relaxed-SIMD build
 #   3. the page's end-to-end tests (tests/e2e/*.test.mjs, node --test + playwright-core) against
 #      dist/ served on 127.0.0.1, comparing every method's attributions with the native CLI's
 # Screenshots land in target/e2e-screenshots/. Each step prints its time and the load average.
@@ -21,7 +21,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     trunk build --release
     took "trunk build" "$t"
 fi
-for f in dist/index.html dist/candle-xai.js dist/candle-xai_bg.wasm dist/web/app.js; do
+for f in dist/index.html dist/candle-xai.js dist/candle-xai_bg.wasm dist/candle-xai-relaxed.js \
+    dist/candle-xai-relaxed_bg.wasm dist/web/app.js; do
     [ -s "$f" ] || { echo "error: $f is missing; did trunk build fail?" >&2; exit 1; }
 done
 [ -s web/assets/model/mobilenet_v2.safetensors ] || {
@@ -32,10 +33,13 @@ done
 if [ "${SKIP_WASM_TESTS:-0}" != 1 ]; then
     step "wasm-bindgen-test (headless Chromium)"
     t=$(date +%s)
+    # The relaxed-SIMD build (the one Chromium's page loads; its product kernel exists only
+    # there), in its target directory, where the page's build left its dependencies.
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
         CHROMEDRIVER=/usr/bin/chromedriver \
         WASM_BINDGEN_TEST_TIMEOUT=300 \
-        cargo test --release --target wasm32-unknown-unknown --lib
+        RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+        cargo test --release --target wasm32-unknown-unknown --lib --target-dir target/wasm-relaxed
     took "wasm tests" "$t"
 fi
 

@@ -368,7 +368,8 @@ async function useModel(source, options, description) {
     )}.`;
     if (!state.catalog.length) {
       state.catalog = await explainer.methods();
-      $('version').textContent = await explainer.version();
+      const build = await explainer.engineBuild();
+      $('version').textContent = `${await explainer.version()} (WebAssembly ${build === 'relaxed-simd' ? 'relaxed SIMD' : 'SIMD'})`;
       fillMetricParameters(await explainer.metricCatalog());
     }
     fillMethods(info.methods ?? state.catalog.map((m) => m.name));

@@ -18,8 +18,34 @@ export const DEFAULT_MODEL_URL = new URL('assets/model/mobilenet_v2.safetensors'
 export const DEFAULT_METRICS = ['abpc', 'morf', 'lerf', 'complexity'];
 export const IMAGENET_CLASSES_URL = new URL('assets/imagenet_classes.json', HERE).href;
 const WORKER_URL = new URL('worker.js', HERE).href;
-const GLUE_URL = new URL('candle-xai.js', ROOT).href;
-const WASM_URL = new URL('candle-xai_bg.wasm', ROOT).href;
+
+// The engine is built twice (scripts/build-relaxed-wasm.sh): with WebAssembly relaxed SIMD, whose
+// fused multiply-add speeds the convolutions' products, and with plain simd128 for browsers
+// without it. The first build the browser validates and serves is used.
+const BUILDS = [
+  { name: 'relaxed-simd', glue: 'candle-xai-relaxed.js', wasm: 'candle-xai-relaxed_bg.wasm' },
+  { name: 'simd128', glue: 'candle-xai.js', wasm: 'candle-xai_bg.wasm' },
+];
+// The smallest module using relaxed SIMD: (func (result v128) f32x4.relaxed_madd of three
+// f32x4.splat 1.0). It validates exactly where the browser has relaxed SIMD.
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of type 0
+  0x0a, 0x1c, 0x01, 0x1a, 0x00, // code: one body of 26 bytes, no locals
+  ...[0, 1, 2].flatMap(() => [0x43, 0x00, 0x00, 0x80, 0x3f, 0xfd, 0x13]), // f32.const 1, f32x4.splat
+  0xfd, 0x85, 0x02, // f32x4.relaxed_madd
+  0x0b, // end
+]);
+
+/** Whether this browser runs WebAssembly relaxed SIMD. */
+export function hasRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
 
 const EXPLAIN_OPTIONS = new Set(['method', 'params', 'target', 'layer', 'colormap', 'scaling', 'alpha', 'onProgress', 'signal', 'canvas']);
 
@@ -41,21 +67,39 @@ async function fetchOk(url, what) {
   return response;
 }
 
+/** The wasm-bindgen glue's text and the compiled module of `build`. */
+async function fetchBuild(build) {
+  const [glueText, module] = await Promise.all([
+    fetchOk(new URL(build.glue, ROOT).href, 'the engine bindings').then((r) => r.text()),
+    fetchOk(new URL(build.wasm, ROOT).href, 'the engine').then(async (r) => WebAssembly.compile(await r.arrayBuffer())),
+  ]);
+  return { glueText, module, build: build.name };
+}
+
+/** The fastest build this browser runs; the relaxed-SIMD one where it validates and is served
+ * (a page built without the hook has only the other). */
+async function fetchEngine() {
+  if (hasRelaxedSimd()) {
+    try {
+      return await fetchBuild(BUILDS[0]);
+    } catch (err) {
+      console.warn(`candle-xai: the relaxed-SIMD engine is unavailable (${err.message}); using the simd128 one`);
+    }
+  }
+  return fetchBuild(BUILDS[1]);
+}
+
 // The worker's code, the wasm-bindgen glue and the compiled module, fetched once per page.
 let runtimePromise = null;
 function runtime() {
   if (!runtimePromise) {
     runtimePromise = (async () => {
-      const [workerText, glueText, module] = await Promise.all([
+      const [workerText, { glueText, module, build }] = await Promise.all([
         fetchOk(WORKER_URL, 'the engine worker').then((r) => r.text()),
-        fetchOk(GLUE_URL, 'the engine bindings').then((r) => r.text()),
-        fetchOk(WASM_URL, 'the engine').then(async (r) => {
-          const bytes = await r.arrayBuffer();
-          return WebAssembly.compile(bytes);
-        }),
+        fetchEngine(),
       ]);
       const blobUrl = (text) => URL.createObjectURL(new Blob([text], { type: 'text/javascript' }));
-      return { workerUrl: blobUrl(workerText), glueUrl: blobUrl(glueText), module };
+      return { workerUrl: blobUrl(workerText), glueUrl: blobUrl(glueText), module, build };
     })();
     runtimePromise.catch(() => {
       runtimePromise = null;
@@ -95,7 +139,7 @@ class Engine {
       this.#failAll(new Error(`the engine worker failed: ${e.message || 'unknown error'}`));
     };
     this.#worker = worker;
-    this.meta = await this.#send('init', { glueUrl: rt.glueUrl, module: rt.module, backend: this.#backend });
+    this.meta = { ...(await this.#send('init', { glueUrl: rt.glueUrl, module: rt.module, backend: this.#backend })), build: rt.build };
     this.backend = backendOf(this.meta);
     if (this.#model) this.info = await this.#send('load', this.#model);
   }
@@ -504,6 +548,11 @@ export class Explainer {
   /** The engine's (the crate's) version. */
   async version() {
     return (await this.#painter.ready()).version;
+  }
+
+  /** Which build of the engine runs: 'relaxed-simd' (fused multiply-adds) or 'simd128'. */
+  async engineBuild() {
+    return (await this.#painter.ready()).build;
   }
 
   /** Colour map names, the default first. */

@@ -74,9 +74,11 @@ export async function launch({ webgpu = false } = {}) {
   });
 }
 
-/** A page of the app with console errors collected; waits until the model is loaded. */
-export async function openApp(browser, url, { viewport = { width: 1280, height: 900 } } = {}) {
+/** A page of the app with console errors collected; waits until the model is loaded. Requests
+ * to URLs matching `block` (a glob) fail, as on a server that does not have those files. */
+export async function openApp(browser, url, { viewport = { width: 1280, height: 900 }, block = null } = {}) {
   const page = await browser.newPage({ viewport });
+  if (block) await page.route(block, (route) => route.abort());
   const errors = [];
   page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
   page.on('console', (m) => {

@@ -33,9 +33,11 @@ after(async () => {
 test('the page loads only its own assets, from its own origin', () => {
   const own = server.requests.filter((url) => url.startsWith('/'));
   assert.equal(own.length, server.requests.length);
-  for (const asset of ['/candle-xai_bg.wasm', '/candle-xai.js', '/web/worker.js', '/web/assets/model/mobilenet_v2.safetensors', '/web/assets/imagenet_classes.json']) {
+  // Chromium has relaxed SIMD: the engine's relaxed-SIMD build is loaded, and only that one.
+  for (const asset of ['/candle-xai-relaxed_bg.wasm', '/candle-xai-relaxed.js', '/web/worker.js', '/web/assets/model/mobilenet_v2.safetensors', '/web/assets/imagenet_classes.json']) {
     assert.ok(server.requests.includes(asset), `${asset} was loaded`);
   }
+  for (const asset of ['/candle-xai_bg.wasm', '/candle-xai.js']) assert.ok(!server.requests.includes(asset), `${asset} was not loaded`);
 });
 
 test('using the page makes no request after load', async () => {

@@ -8,7 +8,6 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::elementwise::f32_data;
@@ -159,6 +158,25 @@ unsafe fn product(
 ) {
     // Runs of equal length: 576 taps as 5 runs of 116, not 4 of 128 and one of 64.
     let run = k.div_ceil(k.div_ceil(REDUCTION_RUN).max(1)).max(1);
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    super::simd128_product::product((m, n, k), dst, (lhs, lhs_rs, lhs_cs), (rhs, rhs_rs), run);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+    gemm_in_runs((m, n, k), dst, (lhs, lhs_rs, lhs_cs), (rhs, rhs_rs), run);
+}
+
+/// [`product`] through the gemm crate, one call per run.
+///
+/// # Safety
+/// As for [`product`].
+#[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+unsafe fn gemm_in_runs(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (lhs, lhs_rs, lhs_cs): (*const f32, isize, isize),
+    (rhs, rhs_rs): (*const f32, isize),
+    run: usize,
+) {
+    use gemm::{gemm, Parallelism};
     // k = 0 still makes one (empty) product, which writes the zeros.
     for start in (0..k.max(1)).step_by(run) {
         let len = run.min(k - start.min(k));

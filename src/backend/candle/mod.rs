@@ -14,6 +14,8 @@ mod fresh;
 mod im2col;
 mod max_pool;
 mod padding;
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+mod simd128_product;
 
 use candle_core::{DType, Tensor, D};
 
