@@ -1,16 +1,18 @@
 //! The convolutions' matrix product in the browser build with WebAssembly relaxed SIMD
 //! (`scripts/build-relaxed-wasm.sh`), in place of the gemm crate's. The gemm crate's wasm kernel
-//! multiplies, then adds: two instructions per four multiply-adds, and it runs at that bound
-//! (48 % of a MobileNetV2 gradient in the page, about 25 GFLOP/s on one core). Here each
-//! multiply-add is one fused `f32x4.relaxed_madd`: the page's gradient is 25 % faster. The
+//! multiplies, then adds: two instructions per four multiply-adds (it took 48 % of a
+//! MobileNetV2 gradient's time in the page). Here each multiply-add is one fused
+//! `f32x4.relaxed_madd`. With the stride-1 depthwise pass (depthwise.rs), the page's MobileNetV2
+//! gradient went from 93 to 66 ms, and its results equal the native CLI's (AVX FMA) more
+//! closely (BENCHMARKS.md). The
 //! plain simd128 build keeps the gemm crate, which beat this kernel without the fused add.
 //!
 //! Blocking: the reduction in runs of `run` taps (the caller's precision bound, see
-//! `im2col::REDUCTION_RUN`), each run's A rows packed into panels of [`ROWS`]; B's columns are
-//! read in place, [`COLUMNS`] at a time (only a ragged last panel is copied). One tile of
-//! ROWS x COLUMNS outputs sums its run in registers, then joins the output (written by the
-//! first run, added to by the later ones, in order). 4 x 8 beat 6 x 8 and 4 x 12, which run out
-//! of the 16 vector registers V8 gives a wasm function on x86-64.
+//! `im2col::REDUCTION_RUN`). One tile of [`ROWS`] x [`COLUMNS`] outputs sums its run in
+//! registers, then joins the output (written by the first run, added to by the later ones, in
+//! order). A and B are read in place (only a ragged last column panel is copied): packing A's
+//! rows into panels first took 6 % of a gradient and gained nothing. 4 x 8 beat 6 x 8 and
+//! 4 x 12, which run out of the 16 vector registers V8 gives a wasm function on x86-64.
 
 use std::arch::wasm32::*;
 use std::cell::RefCell;
@@ -28,8 +30,8 @@ fn multiply_add(a: v128, b: v128, c: v128) -> v128 {
 }
 
 thread_local! {
-    /// The packed panels, kept between products (the page explains on one thread).
-    static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The ragged last column panel, kept between products (the page explains on one thread).
+    static EDGE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// dst [m, n] (row-major) = lhs [m, k] @ rhs [k, n], lhs given as (pointer, row stride, column
@@ -50,11 +52,11 @@ pub(super) unsafe fn product(
         std::ptr::write_bytes(dst, 0, m * n);
         return;
     }
-    PANELS.with_borrow_mut(|(a_panels, b_edge)| {
+    EDGE.with_borrow_mut(|b_edge| {
         for start in (0..k).step_by(run) {
             let taps = run.min(k - start);
             let accumulate = start > 0;
-            pack_rows(a_panels, m, taps, lhs.offset(start as isize * lhs_cs), lhs_rs, lhs_cs);
+            let a_run = lhs.offset(start as isize * lhs_cs);
             let b_run = rhs.offset(start as isize * rhs_rs);
             // Whole column panels are read in place, tap after tap a row stride apart (they
             // stay in the L1 cache while every row panel passes them); the last, partial one
@@ -67,37 +69,23 @@ pub(super) unsafe fn product(
                     pack_edge(b_edge, columns, taps, b_run.add(column), rhs_rs);
                     (b_edge.as_ptr(), COLUMNS as isize)
                 };
-                for (row_panel, a) in a_panels.chunks_exact(taps * ROWS).enumerate() {
-                    let row = row_panel * ROWS;
+                for row in (0..m).step_by(ROWS) {
+                    let rows = ROWS.min(m - row);
+                    // A is read in place too: four rows, `lhs_cs` apart from tap to tap (the
+                    // filters' rows forward, four adjacent floats per tap in the transpose).
+                    // Past the last row the last one is read again, and its sums dropped.
+                    let a_rows = std::array::from_fn(|r| a_run.offset((row + r.min(rows - 1)) as isize * lhs_rs));
                     let tile = Tile {
                         dst: dst.add(row * n + column),
                         row_stride: n,
-                        rows: ROWS.min(m - row),
+                        rows,
                         columns,
                     };
-                    tile.store(sum_run(taps, a.as_ptr(), b, b_stride), accumulate);
+                    tile.store(sum_run(taps, (a_rows, lhs_cs), (b, b_stride)), accumulate);
                 }
             }
         }
     });
-}
-
-/// Packs rows [0, m) of the run's A ([m, taps] at `a`, strides `row_stride` and `tap_stride`)
-/// as panels of [`ROWS`] rows, tap-major within a panel; rows past m are zero.
-///
-/// # Safety
-/// `a` must address m rows of `taps` readable floats through the strides.
-unsafe fn pack_rows(panels: &mut Vec<f32>, m: usize, taps: usize, a: *const f32, row_stride: isize, tap_stride: isize) {
-    panels.clear();
-    panels.resize(m.div_ceil(ROWS) * taps * ROWS, 0.0);
-    for (panel, packed) in panels.chunks_exact_mut(taps * ROWS).enumerate() {
-        for r in 0..ROWS.min(m - panel * ROWS) {
-            let source = a.offset((panel * ROWS + r) as isize * row_stride);
-            for (p, value) in packed[r..].iter_mut().step_by(ROWS).enumerate() {
-                *value = *source.offset(p as isize * tap_stride);
-            }
-        }
-    }
 }
 
 /// Copies the run's last `columns` (< COLUMNS) columns of B (tap p's at `b + p * b_stride`) into
@@ -113,19 +101,24 @@ unsafe fn pack_edge(panel: &mut Vec<f32>, columns: usize, taps: usize, b: *const
     }
 }
 
-/// One tile's sums over a run: `a` is a row panel ([taps][ROWS]), `b` the tile's COLUMNS
-/// columns of B, tap p's at `b + p * b_stride`.
+/// One tile's sums over a run: row r of A's tap p at `a_rows[r] + p * a_stride`, the tile's
+/// COLUMNS columns of B's tap p at `b + p * b_stride`.
 ///
 /// # Safety
-/// `a` must hold `taps` taps of its panel, and `b` address COLUMNS floats at each stride.
+/// Each of `a_rows` must address `taps` floats through its stride, and `b` COLUMNS floats at
+/// each of its strides.
 #[inline(always)]
-unsafe fn sum_run(taps: usize, a: *const f32, b: *const f32, b_stride: isize) -> [[v128; VECTORS]; ROWS] {
+unsafe fn sum_run(
+    taps: usize,
+    (a_rows, a_stride): ([*const f32; ROWS], isize),
+    (b, b_stride): (*const f32, isize),
+) -> [[v128; VECTORS]; ROWS] {
     let mut sums = [[f32x4_splat(0.0); VECTORS]; ROWS];
     for p in 0..taps {
         let b_tap: [v128; VECTORS] =
             std::array::from_fn(|v| v128_load(b.offset(p as isize * b_stride).add(4 * v).cast()));
         for (r, row_sums) in sums.iter_mut().enumerate() {
-            let a_value = v128_load32_splat(a.add(p * ROWS + r).cast());
+            let a_value = v128_load32_splat(a_rows[r].offset(p as isize * a_stride).cast());
             for (sum, &b_vector) in row_sums.iter_mut().zip(&b_tap) {
                 *sum = multiply_add(a_value, b_vector, *sum);
             }
