@@ -3,15 +3,16 @@
 # SIMD, as dist/candle-xai-relaxed.js and candle-xai-relaxed_bg.wasm. Its convolutions multiply
 # and add in one fused instruction (src/backend/candle/simd128_product.rs); web/xai.js loads it
 # where the browser validates relaxed SIMD (Chrome and Edge since 114), and trunk's own
-# build (simd128 only) everywhere else. Its own target directory: other flags, other artifacts.
+# build (simd128 only) everywhere else.
 set -euo pipefail
 cd "${TRUNK_SOURCE_DIR:-$(dirname "$0")/..}"
 export PATH="$HOME/.cargo/bin:$PATH"
-profile=${TRUNK_PROFILE:-release}
-out=${TRUNK_STAGING_DIR:-dist}
+profile=debug
 release=()
-[ "$profile" = release ] && release=(--release)
-RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" cargo build "${release[@]}" --offline --quiet --lib \
-    --target wasm32-unknown-unknown --target-dir target/wasm-relaxed
-wasm-bindgen --target web --no-typescript --out-dir "$out" --out-name candle-xai-relaxed \
-    "target/wasm-relaxed/wasm32-unknown-unknown/$([ "$profile" = release ] && echo release || echo debug)/candle_xai.wasm"
+if [ "${TRUNK_PROFILE:-release}" = release ]; then
+    profile=release
+    release=(--release)
+fi
+scripts/cargo-relaxed-simd.sh build "${release[@]}" --offline --quiet --lib
+wasm-bindgen --target web --no-typescript --out-dir "${TRUNK_STAGING_DIR:-dist}" --out-name candle-xai-relaxed \
+    "target/wasm-relaxed/wasm32-unknown-unknown/$profile/candle_xai.wasm"

@@ -38,8 +38,7 @@ if [ "${SKIP_WASM_TESTS:-0}" != 1 ]; then
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
         CHROMEDRIVER=/usr/bin/chromedriver \
         WASM_BINDGEN_TEST_TIMEOUT=300 \
-        RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
-        cargo test --release --target wasm32-unknown-unknown --lib --target-dir target/wasm-relaxed
+        scripts/cargo-relaxed-simd.sh test --release --lib
     took "wasm tests" "$t"
 fi
 

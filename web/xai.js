@@ -22,10 +22,8 @@ const WORKER_URL = new URL('worker.js', HERE).href;
 // The engine is built twice (scripts/build-relaxed-wasm.sh): with WebAssembly relaxed SIMD, whose
 // fused multiply-add speeds the convolutions' products, and with plain simd128 for browsers
 // without it. The first build the browser validates and serves is used.
-const BUILDS = [
-  { name: 'relaxed-simd', glue: 'candle-xai-relaxed.js', wasm: 'candle-xai-relaxed_bg.wasm' },
-  { name: 'simd128', glue: 'candle-xai.js', wasm: 'candle-xai_bg.wasm' },
-];
+const RELAXED_SIMD_BUILD = { name: 'relaxed-simd', glue: 'candle-xai-relaxed.js', wasm: 'candle-xai-relaxed_bg.wasm' };
+const SIMD128_BUILD = { name: 'simd128', glue: 'candle-xai.js', wasm: 'candle-xai_bg.wasm' };
 // The smallest module using relaxed SIMD: (func (result v128) f32x4.relaxed_madd of three
 // f32x4.splat 1.0). It validates exactly where the browser has relaxed SIMD.
 const RELAXED_SIMD_PROBE = new Uint8Array([
@@ -81,12 +79,12 @@ async function fetchBuild(build) {
 async function fetchEngine() {
   if (hasRelaxedSimd()) {
     try {
-      return await fetchBuild(BUILDS[0]);
+      return await fetchBuild(RELAXED_SIMD_BUILD);
     } catch (err) {
       console.warn(`candle-xai: the relaxed-SIMD engine is unavailable (${err.message}); using the simd128 one`);
     }
   }
-  return fetchBuild(BUILDS[1]);
+  return fetchBuild(SIMD128_BUILD);
 }
 
 // The worker's code, the wasm-bindgen glue and the compiled module, fetched once per page.
