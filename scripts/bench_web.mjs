@@ -42,7 +42,7 @@ import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DIST, ROOT, serve, launch, fromBase64 } from '../tests/e2e/harness.mjs';
+import { DIST, ROOT, serve, launch, fromBase64, RELAXED_SIMD_FILES, isFailedLoad } from '../tests/e2e/harness.mjs';
 
 const USAGE =
   'usage: node scripts/bench_web.mjs [--reps N] [--methods a,b] [--out FILE] [--native-threads N] [--model FILE --arch-name NAME] [--no-compare] [--simd128]';
@@ -126,8 +126,8 @@ async function benchBrowser(methods, reps, model, compare, simd128) {
     const page = await browser.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-    page.on('console', (m) => m.type() === 'error' && !/Failed to load resource/.test(m.text()) && errors.push(`console: ${m.text()}`));
-    if (simd128) await page.route('**/candle-xai-relaxed*', (route) => route.abort());
+    page.on('console', (m) => m.type() === 'error' && !isFailedLoad(m.text()) && errors.push(`console: ${m.text()}`));
+    if (simd128) await page.route(RELAXED_SIMD_FILES, (route) => route.abort());
     // A blank page of the served origin, so that nothing but the benchmark runs (the app and the
     // embedding example would load and explain on their own).
     const blank = `${server.url}__bench.html`;

@@ -2,7 +2,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serve, launch, screenshot } from './harness.mjs';
+import { serve, launch, screenshot, isFailedLoad } from './harness.mjs';
 
 let server;
 let browser;
@@ -61,7 +61,7 @@ test('the JavaScript API: Explainer.load(bytes) and explain(image, options)', as
   }));
   assert.deepEqual(r, { method: 'smoothgrad', samples: 8, canvas: 224, n: 3 * 224 * 224, top5: 5 });
   await screenshot(page, 'embed-api');
-  assert.deepEqual(errors.filter((e) => !/Failed to load resource/.test(e)), []);
+  assert.deepEqual(errors.filter((e) => !isFailedLoad(e)), []);
 });
 
 // The explainer's pool of engine workers: requests made together run together, one per worker,

@@ -74,6 +74,14 @@ export async function launch({ webgpu = false } = {}) {
   });
 }
 
+/** The engine's relaxed-SIMD build, as a glob of its files: refusing them makes web/xai.js load
+ * the simd128 build, as on a server without them. */
+export const RELAXED_SIMD_FILES = '**/candle-xai-relaxed*';
+
+/** Whether a collected console error is the browser reporting a request that failed (a file
+ * refused or missing), rather than an error of the page. */
+export const isFailedLoad = (message) => /Failed to load resource/.test(message);
+
 /** A page of the app with console errors collected; waits until the model is loaded. Requests
  * to URLs matching `block` (a glob) fail, as on a server that does not have those files. */
 export async function openApp(browser, url, { viewport = { width: 1280, height: 900 }, block = null } = {}) {
