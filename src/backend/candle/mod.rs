@@ -5,6 +5,8 @@
 //! kernels).
 
 mod activation;
+#[cfg(target_arch = "x86_64")]
+mod avx512_product;
 mod composed;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -14,6 +16,7 @@ mod fresh;
 mod im2col;
 mod max_pool;
 mod padding;
+mod patches;
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 mod simd128_product;
 

@@ -1,0 +1,326 @@
+//! The forward convolutions' matrix product on x86-64 CPUs with AVX-512 (chosen at run time;
+//! other CPUs and the other products keep the gemm crate). Its right-hand side comes through
+//! [`Columns`], so a convolution's columns are gathered from the input images straight into
+//! the kernel's panels (`patches::PatchPanels`), never written out as a whole column matrix
+//! (nine times a 3x3 layer's input) and read back. On ResNet-18 that took the gradient from
+//! 73-84 to 65-70 ms and Grad-CAM from 37-42 to 29-32 ms (BENCHMARKS.md). For products whose
+//! B is a matrix already (the input-VJPs) the gemm crate stayed faster: it packs the filters,
+//! which this kernel reads in place.
+//!
+//! Blocking, as in Goto's GEMM: the output is cut into blocks, one task each, as many as keep
+//! every thread busy. A task takes the reduction run by run (the caller's precision bound,
+//! `im2col::REDUCTION_RUN`): it packs its columns of B, [`COLUMNS`] at a time, then each tile
+//! of [`ROWS`] x COLUMNS outputs sums the run in 24 registers, reading A's rows in place, and
+//! joins the output: written by the first run, added to by the later ones, in order. So each
+//! output element is the sum, in order, of its runs' sums, each a chain of fused multiply-adds
+//! tap after tap: what the gemm crate computes, bit for bit (the test below holds them equal).
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+/// Output rows per tile: one A value broadcast per row and tap.
+const ROWS: usize = 6;
+/// Vectors of 16 floats per tile row.
+const VECTORS: usize = 4;
+/// Output columns per tile.
+pub(super) const COLUMNS: usize = 16 * VECTORS;
+/// The most output rows one task owns: its block of the output (256 x 512 floats, 512 KB) and
+/// A's rows stay in the 2 MB L2 cache while the run's panels pass.
+const BLOCK_ROWS: usize = 256;
+/// The most output columns one task owns: its packed run of B (8 panels x 128 taps, 256 KB).
+const BLOCK_COLUMNS: usize = 8 * COLUMNS;
+
+/// Whether this CPU runs the kernel (AVX-512 Foundation); std caches the answer.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// The product's right-hand side B [k, n], handed to the kernel run by run and block by block.
+pub(super) trait Columns: Sync {
+    /// Writes B's rows `taps` and columns `columns` into `panels`, panel after panel of
+    /// [`COLUMNS`] columns, each [taps][COLUMNS]; lanes past the last column are zero.
+    fn pack(&self, taps: Range<usize>, columns: Range<usize>, panels: &mut [f32]);
+}
+
+/// A as (pointer, row stride, column stride).
+type Lhs = (*const f32, isize, isize);
+
+/// The output's pointer, shared by the tasks, each writing its own block.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: tasks write disjoint blocks of the output.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// The A pointer, likewise only read.
+#[derive(Clone, Copy)]
+struct Filters(Lhs);
+// SAFETY: A is only read, and outlives the product.
+unsafe impl Send for Filters {}
+unsafe impl Sync for Filters {}
+
+/// dst [m, n] (row-major) = lhs [m, k] @ rhs [k, n], the reduction in runs of at most `run`.
+///
+/// # Safety
+/// [`available`] must hold; every element the shapes and strides address must lie in its
+/// buffer (and `rhs` must pack only such elements), and `dst` must not overlap the inputs.
+pub(super) unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    lhs: Lhs,
+    rhs: &impl Columns,
+    run: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        std::ptr::write_bytes(dst, 0, m * n);
+        return;
+    }
+    // Every thread gets a few tasks. Cutting the columns finer comes first (down to two panels
+    // a task): each row block packs its columns of B again, and B may be gathered from images.
+    let wanted_tasks = 4 * rayon::current_num_threads();
+    let column_blocks = n.div_ceil(BLOCK_COLUMNS).max(wanted_tasks.min(n.div_ceil(2 * COLUMNS)));
+    let block_columns = n.div_ceil(column_blocks).next_multiple_of(COLUMNS);
+    let column_blocks = n.div_ceil(block_columns);
+    let block_rows = m
+        .div_ceil(wanted_tasks.div_ceil(column_blocks))
+        .next_multiple_of(ROWS)
+        .clamp(4 * ROWS, BLOCK_ROWS);
+    let row_blocks = m.div_ceil(block_rows);
+    let (output, filters) = (Output(dst), Filters(lhs));
+    let task = |index: usize| {
+        let (row_block, column_block) = (index / column_blocks, index % column_blocks);
+        let rows = row_block * block_rows..(m.min((row_block + 1) * block_rows));
+        let columns = column_block * block_columns..(n.min((column_block + 1) * block_columns));
+        PANELS.with_borrow_mut(|panels| {
+            // SAFETY: the caller's promises; the block lies in [m, n] and no other task writes it.
+            unsafe { product_block((output, n), filters, rhs, (rows, columns, k), run, panels) };
+        });
+    };
+    let tasks = row_blocks * column_blocks;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+thread_local! {
+    /// Each thread's packed runs of B, kept from product to product: fresh ones cost an
+    /// allocation and a memset per task.
+    static PANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One task: the output block `rows` x `columns`, through the whole reduction.
+///
+/// # Safety
+/// As for [`product`], and no other thread touches the block.
+unsafe fn product_block(
+    (Output(dst), dst_stride): (Output, usize),
+    Filters(lhs): Filters,
+    rhs: &impl Columns,
+    (rows, columns, k): (Range<usize>, Range<usize>, usize),
+    run: usize,
+    b_panels: &mut Vec<f32>,
+) {
+    let (lhs, row_stride, column_stride) = lhs;
+    let column_panels = columns.len().div_ceil(COLUMNS);
+    for start in (0..k).step_by(run) {
+        let taps = start..k.min(start + run);
+        let height = taps.len();
+        let b_panels = cache_aligned(b_panels, column_panels * height * COLUMNS);
+        rhs.pack(taps.clone(), columns.clone(), b_panels);
+        for (panel_index, b) in b_panels.chunks_exact(height * COLUMNS).enumerate() {
+            let first_column = columns.start + panel_index * COLUMNS;
+            let width = COLUMNS.min(columns.end - first_column);
+            for first_row in rows.clone().step_by(ROWS) {
+                let tile_rows = ROWS.min(rows.end - first_row);
+                // A is read in place, ROWS rows `column_stride` apart from tap to tap (the
+                // filters' rows forward, ROWS adjacent floats per tap in the transpose): packing
+                // it cost as much as the sums on thin blocks. Past the last row the last one is
+                // read again, and its sums dropped.
+                let a_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
+                    lhs.offset(
+                        (first_row + r.min(tile_rows - 1)) as isize * row_stride + start as isize * column_stride,
+                    )
+                });
+                let tile = Tile {
+                    dst: dst.add(first_row * dst_stride + first_column),
+                    stride: dst_stride,
+                    rows: tile_rows,
+                    columns: width,
+                };
+                // SAFETY: `available` holds (the caller's promise); A's rows hold the run's taps,
+                // B's panel `height` taps of COLUMNS values; the tile lies in the task's block.
+                unsafe { sum_tile(height, (a_rows, column_stride), b.as_ptr(), &tile, start > 0) };
+            }
+        }
+    }
+}
+
+/// `len` floats of `buffer` starting on a 64-byte boundary, so that no vector load of a panel
+/// straddles two cache lines.
+fn cache_aligned(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const LINE_FLOATS: usize = 16;
+    buffer.resize(len + LINE_FLOATS, 0.0);
+    let skip = buffer.as_ptr().align_offset(64).min(LINE_FLOATS);
+    &mut buffer[skip..skip + len]
+}
+
+/// Where one tile's sums land: `rows` x `columns` outputs (fewer than ROWS x COLUMNS at the
+/// block's bottom and right edges).
+struct Tile {
+    dst: *mut f32,
+    stride: usize,
+    rows: usize,
+    columns: usize,
+}
+
+/// One tile's sums over a run of `taps` taps (row r of A's tap p at `a_rows[r] + p * a_stride`,
+/// B's panel [taps][COLUMNS]), written into the tile, or added to it when `accumulate`.
+///
+/// # Safety
+/// AVX-512F must be present; A's rows and B's panel must hold `taps` taps; the tile must lie in
+/// the output.
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_tile(
+    taps: usize,
+    (a_rows, a_stride): ([*const f32; ROWS], isize),
+    b: *const f32,
+    tile: &Tile,
+    accumulate: bool,
+) {
+    let mut sums = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+    for p in 0..taps {
+        let b_tap = b.add(p * COLUMNS);
+        let mut b_vectors = [_mm512_setzero_ps(); VECTORS];
+        for (v, vector) in b_vectors.iter_mut().enumerate() {
+            *vector = _mm512_loadu_ps(b_tap.add(16 * v));
+        }
+        for (r, row_sums) in sums.iter_mut().enumerate() {
+            let a_value = _mm512_set1_ps(*a_rows[r].offset(p as isize * a_stride));
+            for (sum, &b_vector) in row_sums.iter_mut().zip(&b_vectors) {
+                *sum = _mm512_fmadd_ps(a_value, b_vector, *sum);
+            }
+        }
+    }
+    for (r, row_sums) in sums.iter().enumerate().take(tile.rows) {
+        let out = tile.dst.add(r * tile.stride);
+        for (v, &sum) in row_sums.iter().enumerate() {
+            let lanes = tile.columns.saturating_sub(16 * v).min(16);
+            if lanes == 0 {
+                break;
+            }
+            let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
+            let at = out.add(16 * v);
+            let value = if accumulate {
+                _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum)
+            } else {
+                sum
+            };
+            _mm512_mask_storeu_ps(at, mask, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// B stored as a matrix: row p at `start + p * row_stride`, its columns contiguous.
+    struct Matrix {
+        start: *const f32,
+        row_stride: usize,
+    }
+
+    // SAFETY: a Matrix only reads through its pointer, and the tests keep the buffer alive and
+    // unchanged for the whole product.
+    unsafe impl Sync for Matrix {}
+
+    impl Columns for Matrix {
+        fn pack(&self, taps: Range<usize>, columns: Range<usize>, panels: &mut [f32]) {
+            let height = taps.len();
+            for (index, panel) in panels.chunks_exact_mut(height * COLUMNS).enumerate() {
+                let first = columns.start + index * COLUMNS;
+                let width = COLUMNS.min(columns.end - first);
+                for (p, lanes) in panel.chunks_exact_mut(COLUMNS).enumerate() {
+                    // SAFETY: the tests' B [k, n] lies in its buffer.
+                    let row = unsafe {
+                        std::slice::from_raw_parts(self.start.add((taps.start + p) * self.row_stride + first), width)
+                    };
+                    lanes[..width].copy_from_slice(row);
+                    lanes[width..].fill(0.0);
+                }
+            }
+        }
+    }
+
+    /// Products of every edge against a float64 product, and against the gemm crate's (which
+    /// sums the same runs in the same order, so it must agree bit for bit): ragged tiles and
+    /// panels, more row and column blocks than threads, reductions longer than a run and of one
+    /// tap, A read through swapped strides, B's rows wider than the product.
+    #[test]
+    fn products_equal_a_float64_product_and_the_gemm_crates() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: the gemm crate's product runs instead");
+            return;
+        }
+        let cases = [
+            // (m, n, k, run, A transposed, extra columns in B's rows)
+            (8, 48, 16, 128, false, 0),
+            (7, 13, 300, 128, false, 0),
+            (1, 1, 1, 128, false, 0),
+            (9, 30, 129, 65, true, 5),
+            (300, 1000, 40, 16, false, 3),
+            (147, 500, 64, 128, true, 0),
+            (12, 17, 0, 128, false, 0),
+        ];
+        for (m, n, k, run, transposed, extra) in cases {
+            let value = |i: usize| ((i * 7919 % 211) as f32 - 105.0) / 37.0;
+            let a: Vec<f32> = (0..m * k).map(value).collect();
+            let b_stride = n + extra;
+            let b: Vec<f32> = (0..k * b_stride).map(|i| value(i + 31)).collect();
+            let (a_rs, a_cs) = if transposed { (1, m as isize) } else { (k as isize, 1) };
+            let a_at = |i: usize, p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize];
+            let mut ours = vec![f32::NAN; m * n];
+            let mut gemm_crate = vec![f32::NAN; m * n];
+            let rhs = Matrix {
+                start: b.as_ptr(),
+                row_stride: b_stride,
+            };
+            unsafe {
+                product((m, n, k), ours.as_mut_ptr(), (a.as_ptr(), a_rs, a_cs), &rhs, run);
+                super::super::im2col::gemm_in_runs(
+                    (m, n, k),
+                    gemm_crate.as_mut_ptr(),
+                    (a.as_ptr(), a_rs, a_cs),
+                    (b.as_ptr(), b_stride as isize),
+                    run,
+                );
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| a_at(i, p) as f64 * b[p * b_stride + j] as f64);
+                    let exact: f64 = terms.clone().sum();
+                    let scale: f64 = terms.map(f64::abs).sum();
+                    let got = ours[i * n + j];
+                    assert!(
+                        (got as f64 - exact).abs() <= 1e-6 * scale.max(1.0),
+                        "m={m} n={n} k={k} run={run}: [{i}, {j}] = {got}, expected {exact}"
+                    );
+                    assert_eq!(
+                        got.to_bits(),
+                        gemm_crate[i * n + j].to_bits(),
+                        "m={m} n={n} k={k} run={run}: [{i}, {j}] = {got}, the gemm crate's {}",
+                        gemm_crate[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+}
