@@ -3,9 +3,9 @@
 //! [`Columns`], so a convolution's columns are gathered from the input images straight into
 //! the kernel's panels (`patches::PatchPanels`), never written out as a whole column matrix
 //! (nine times a 3x3 layer's input) and read back. On ResNet-18 that took the gradient from
-//! 73-84 to 65-70 ms and Grad-CAM from 37-42 to 29-32 ms (BENCHMARKS.md). For products whose
-//! B is a matrix already (the input-VJPs) the gemm crate stayed faster: it packs the filters,
-//! which this kernel reads in place.
+//! 75-79 to 68-70 ms and SmoothGrad from 452-492 to 418-420 ms (BENCHMARKS.md). For products
+//! whose B is a matrix already (the input-VJPs) the gemm crate stayed faster: it packs the
+//! filters, which this kernel reads in place.
 //!
 //! Blocking, as in Goto's GEMM: the output is cut into blocks, one task each, as many as keep
 //! every thread busy. A task takes the reduction run by run (the caller's precision bound,
