@@ -36,6 +36,11 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// An integer in `low..=high` (modulo bias aside: for test cases, not statistics).
+    pub fn pick(&mut self, low: usize, high: usize) -> usize {
+        low + (self.next_u64() % (high - low + 1) as u64) as usize
+    }
+
     /// Uniform in [0, 1) with 53 random bits.
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -151,25 +151,21 @@ mod tests {
         );
     }
 
-    fn pick(stream: &mut SplitMix64, low: usize, high: usize) -> usize {
-        low + (stream.next_u64() % (high - low + 1) as u64) as usize
-    }
-
     #[test]
     fn convolutions_equal_the_cpu_kernels() {
         let mut stream = SplitMix64::new(11);
         for case in 0..60 {
             let groups = [1, 2, 3][case % 3];
-            let (kh, kw) = (pick(&mut stream, 1, 3), pick(&mut stream, 1, 3));
-            let (stride, dilation) = (pick(&mut stream, 1, 2), pick(&mut stream, 1, 2));
+            let (kh, kw) = (stream.pick(1, 3), stream.pick(1, 3));
+            let (stride, dilation) = (stream.pick(1, 2), stream.pick(1, 2));
             let padding = (
-                pick(&mut stream, 0, 2),
-                pick(&mut stream, 0, 2),
-                pick(&mut stream, 0, 2),
-                pick(&mut stream, 0, 2),
+                stream.pick(0, 2),
+                stream.pick(0, 2),
+                stream.pick(0, 2),
+                stream.pick(0, 2),
             );
-            let (c_in, c_out) = (groups * pick(&mut stream, 1, 3), groups * pick(&mut stream, 1, 2));
-            let (h, w) = (pick(&mut stream, 5, 9), pick(&mut stream, 5, 9));
+            let (c_in, c_out) = (groups * stream.pick(1, 3), groups * stream.pick(1, 2));
+            let (h, w) = (stream.pick(5, 9), stream.pick(5, 9));
             let geometry = WindowGeometry {
                 kernel: (kh, kw),
                 stride,

@@ -606,10 +606,6 @@ mod tests {
     use super::*;
     use crate::rng::SplitMix64;
 
-    fn pick(stream: &mut SplitMix64, low: usize, high: usize) -> usize {
-        low + (stream.next_u64() % (high - low + 1) as u64) as usize
-    }
-
     fn random(stream: &mut SplitMix64, len: usize) -> Vec<f32> {
         (0..len).map(|_| (stream.uniform() * 2.0 - 1.0) as f32).collect()
     }
@@ -633,22 +629,22 @@ mod tests {
             let (kh, kw) = if pointwise {
                 (1, 1)
             } else {
-                (pick(&mut stream, 1, 3), pick(&mut stream, 1, 3))
+                (stream.pick(1, 3), stream.pick(1, 3))
             };
             let (stride, dilation) = if pointwise {
                 (1, 1)
             } else {
-                (pick(&mut stream, 1, 2), pick(&mut stream, 1, 2))
+                (stream.pick(1, 2), stream.pick(1, 2))
             };
             let (pad_top, pad_left) = if pointwise {
                 (0, 0)
             } else {
-                (pick(&mut stream, 0, 2), pick(&mut stream, 0, 2))
+                (stream.pick(0, 2), stream.pick(0, 2))
             };
-            let (c, c_out) = (groups * pick(&mut stream, 1, 3), groups * pick(&mut stream, 1, 3));
+            let (c, c_out) = (groups * stream.pick(1, 3), groups * stream.pick(1, 3));
             let (h, w) = (
-                dilation * (kh - 1) + pick(&mut stream, 1, 6),
-                dilation * (kw - 1) + pick(&mut stream, 1, 6),
+                dilation * (kh - 1) + stream.pick(1, 6),
+                dilation * (kw - 1) + stream.pick(1, 6),
             );
             let out_hw = (
                 (h + 2 * pad_top - dilation * (kh - 1) - 1) / stride + 1,

@@ -17,6 +17,8 @@ mod im2col;
 mod max_pool;
 mod padding;
 mod patches;
+#[cfg(test)]
+mod product_check;
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 mod simd128_product;
 

@@ -207,10 +207,6 @@ mod panels {
         use super::*;
         use crate::rng::SplitMix64;
 
-        fn pick(stream: &mut SplitMix64, low: usize, high: usize) -> usize {
-            low + (stream.next_u64() % (high - low + 1) as u64) as usize
-        }
-
         /// Every panel the product could ask for (a random run of taps, a random block of
         /// columns, ragged at both ends) holds what `Sliding::gather` writes there: strides 1 to
         /// 3 (phase planes), dilation, padding on either side, a group's channels out of more,
@@ -219,15 +215,15 @@ mod panels {
         fn panels_hold_the_gathered_columns() {
             let mut stream = SplitMix64::new(5);
             for case in 0..60 {
-                let (kh, kw) = (pick(&mut stream, 1, 4), pick(&mut stream, 1, 4));
-                let (stride, dilation) = (pick(&mut stream, 1, 3), pick(&mut stream, 1, 2));
-                let (pad_top, pad_left) = (pick(&mut stream, 0, 2), pick(&mut stream, 0, 2));
+                let (kh, kw) = (stream.pick(1, 4), stream.pick(1, 4));
+                let (stride, dilation) = (stream.pick(1, 3), stream.pick(1, 2));
+                let (pad_top, pad_left) = (stream.pick(0, 2), stream.pick(0, 2));
                 let (h, w) = (
-                    dilation * (kh - 1) + pick(&mut stream, 1, 9),
-                    dilation * (kw - 1) + pick(&mut stream, 1, 40),
+                    dilation * (kh - 1) + stream.pick(1, 9),
+                    dilation * (kw - 1) + stream.pick(1, 40),
                 );
-                let c = pick(&mut stream, 1, 4);
-                let channels = pick(&mut stream, 0, c - 1)..c;
+                let c = stream.pick(1, 4);
+                let channels = stream.pick(0, c - 1)..c;
                 let out_hw = (
                     (h + 2 * pad_top - dilation * (kh - 1) - 1) / stride + 1,
                     (w + 2 * pad_left - dilation * (kw - 1) - 1) / stride + 1,
@@ -241,7 +237,7 @@ mod panels {
                     out_hw,
                 };
                 let block = ColumnBlock {
-                    images: pick(&mut stream, 1, 3),
+                    images: stream.pick(1, 3),
                     pixels: out_hw.0 * out_hw.1,
                 };
                 let images: Vec<f32> = (0..block.images * c * h * w).map(|i| i as f32 + 1.0).collect();
@@ -257,10 +253,10 @@ mod panels {
                 let mut columns = vec![f32::NAN; rows * width];
                 patches.gather(&mut columns);
                 let panels = PatchPanels::new(&patches);
-                let first_tap = pick(&mut stream, 0, rows - 1);
-                let taps = first_tap..pick(&mut stream, first_tap + 1, rows);
-                let first_column = pick(&mut stream, 0, width - 1);
-                let columns_range = first_column..pick(&mut stream, first_column + 1, width);
+                let first_tap = stream.pick(0, rows - 1);
+                let taps = first_tap..stream.pick(first_tap + 1, rows);
+                let first_column = stream.pick(0, width - 1);
+                let columns_range = first_column..stream.pick(first_column + 1, width);
                 let mut packed = vec![f32::NAN; columns_range.len().div_ceil(COLUMNS) * taps.len() * COLUMNS];
                 panels.pack(taps.clone(), columns_range.clone(), &mut packed);
                 for (index, panel) in packed.chunks_exact(taps.len() * COLUMNS).enumerate() {

@@ -171,51 +171,21 @@ impl Tile {
 mod tests {
     use wasm_bindgen_test::wasm_bindgen_test;
 
-    /// Products of every edge: rows and columns past the last whole tile, reductions longer than
-    /// a run and of one tap, A read transposed (as the transposed convolution reads its filters)
-    /// and B's rows wider than the product; against a float64 product.
+    /// The shared cases (`product_check`) against a float64 product.
     #[wasm_bindgen_test]
     fn products_equal_a_float64_product() {
-        let cases = [
-            // (m, n, k, run, A transposed, extra columns in B's rows)
-            (4, 8, 16, 128, false, 0),
-            (7, 13, 300, 128, false, 0),
-            (1, 1, 1, 128, false, 0),
-            (9, 30, 129, 65, true, 5),
-            (5, 8, 3, 2, true, 0),
-            (12, 17, 0, 128, false, 0),
-        ];
-        for (m, n, k, run, transposed, extra) in cases {
-            let value = |i: usize| ((i * 7919 % 211) as f32 - 105.0) / 37.0;
-            let a: Vec<f32> = (0..m * k).map(value).collect();
-            let b_stride = n + extra;
-            let b: Vec<f32> = (0..k * b_stride).map(|i| value(i + 31)).collect();
-            // A [m, k] row-major, or stored [k, m] and read through swapped strides.
-            let (a_rs, a_cs) = if transposed { (1, m as isize) } else { (k as isize, 1) };
-            let a_at = |i: usize, p: usize| a[(i as isize * a_rs + p as isize * a_cs) as usize];
-            let mut dst = vec![f32::NAN; m * n];
+        for case in super::super::product_check::cases() {
+            let mut dst = vec![f32::NAN; case.m * case.n];
             unsafe {
                 super::product(
-                    (m, n, k),
+                    (case.m, case.n, case.k),
                     dst.as_mut_ptr(),
-                    (a.as_ptr(), a_rs, a_cs),
-                    (b.as_ptr(), b_stride as isize),
-                    run,
+                    (case.a.as_ptr(), case.a_strides.0, case.a_strides.1),
+                    (case.b.as_ptr(), case.b_stride as isize),
+                    case.run,
                 )
             };
-            for i in 0..m {
-                for j in 0..n {
-                    let exact: f64 = (0..k).map(|p| a_at(i, p) as f64 * b[p * b_stride + j] as f64).sum();
-                    let scale: f64 = (0..k)
-                        .map(|p| (a_at(i, p) as f64 * b[p * b_stride + j] as f64).abs())
-                        .sum();
-                    let got = dst[i * n + j] as f64;
-                    assert!(
-                        (got - exact).abs() <= 1e-6 * scale.max(1.0),
-                        "m={m} n={n} k={k} run={run}: [{i}, {j}] = {got}, expected {exact}"
-                    );
-                }
-            }
+            case.assert_equals_float64(&dst);
         }
     }
 }
