@@ -205,6 +205,7 @@ mod panels {
     mod tests {
         use super::super::super::im2col::ColumnBlock;
         use super::*;
+        use crate::backend::WindowGeometry;
         use crate::rng::SplitMix64;
 
         /// Every panel the product could ask for (a random run of taps, a random block of
@@ -224,18 +225,15 @@ mod panels {
                 );
                 let c = stream.pick(1, 4);
                 let channels = stream.pick(0, c - 1)..c;
-                let out_hw = (
-                    (h + 2 * pad_top - dilation * (kh - 1) - 1) / stride + 1,
-                    (w + 2 * pad_left - dilation * (kw - 1) - 1) / stride + 1,
-                );
-                let sliding = Sliding {
+                let geometry = WindowGeometry {
+                    kernel: (kh, kw),
                     stride,
                     dilation,
+                    padding: (pad_top, pad_top, pad_left, pad_left),
                     groups: 1,
-                    pad_top,
-                    pad_left,
-                    out_hw,
                 };
+                let out_hw = geometry.output_hw((h, w)).expect("the window fits the padded image");
+                let sliding = super::super::super::sliding(&geometry, out_hw);
                 let block = ColumnBlock {
                     images: stream.pick(1, 3),
                     pixels: out_hw.0 * out_hw.1,
