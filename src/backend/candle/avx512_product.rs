@@ -1,20 +1,23 @@
-//! The forward convolutions' matrix product on x86-64 CPUs with AVX-512 (chosen at run time;
-//! other CPUs and the other products keep the gemm crate). Its right-hand side comes through
-//! [`Columns`], so a convolution's columns are gathered from the input images straight into
-//! the kernel's panels (`patches::PatchPanels`), never written out as a whole column matrix
-//! (nine times a 3x3 layer's input) and read back. On ResNet-18 that took the gradient from
-//! 75-79 to 68-70 ms and SmoothGrad from 452-492 to 418-420 ms (BENCHMARKS.md). For products
-//! whose B is a matrix already (the input-VJPs) the gemm crate stayed faster: it packs the
-//! filters, which this kernel reads in place.
+//! The convolutions' matrix product on x86-64 CPUs with AVX-512 (chosen at run time; other
+//! CPUs and the other products keep the gemm crate), for kernels larger than 1x1: the forward,
+//! and the stride-1 input-VJP as the forward correlation of the gradient with the flipped
+//! kernel. Its right-hand side comes through [`Columns`], so a convolution's columns are
+//! gathered from the input images straight into the kernel's panels (`patches::PatchPanels`),
+//! never written out as a whole column matrix (nine times a 3x3 layer's input) and read back;
+//! its left-hand side, the filters, is read in place through [`TapOffsets`], so the input-VJP
+//! reads the transposed, flipped kernel without copying it. BENCHMARKS.md has the figures.
 //!
 //! Blocking, as in Goto's GEMM: the output is cut into blocks, one task each, as many as keep
 //! every thread busy. A task takes the reduction run by run (the caller's precision bound,
-//! `im2col::REDUCTION_RUN`): it packs its columns of B, [`COLUMNS`] at a time, then each tile
-//! of [`ROWS`] x COLUMNS outputs sums the run in 24 registers, reading A's rows in place, and
-//! joins the output: written by the first run, added to by the later ones, in order. So each
-//! output element is the sum, in order, of its runs' sums, each a chain of fused multiply-adds
-//! tap after tap: what the gemm crate computes, bit for bit (the test below holds them equal;
-//! on a run of only two taps the gemm crate rounds another way, 1 ulp apart).
+//! `im2col::REDUCTION_RUN`): panel by panel, it packs [`COLUMNS`] columns of B, then each
+//! tile of [`ROWS`] x COLUMNS outputs sums the run in 24 registers, reading A's rows in place,
+//! and joins the output: written by the first run, added to by the later ones, in order. So
+//! each output element is the sum, in order, of its runs' sums, each a chain of fused
+//! multiply-adds tap after tap: what the gemm crate computes, bit for bit (the test below
+//! holds them equal; on a run of only two taps the gemm crate rounds another way, 1 ulp
+//! apart). A panel is packed just before its tiles use it, so it is still in the L1 cache:
+//! packing the whole block's panels first (256 KB) made layers with 64 filters, which use a
+//! panel only 11 times, 12 % slower.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -31,7 +34,7 @@ pub(super) const COLUMNS: usize = 16 * VECTORS;
 /// The most output rows one task owns: its block of the output (256 x 512 floats, 512 KB) and
 /// A's rows stay in the 2 MB L2 cache while the run's panels pass.
 const BLOCK_ROWS: usize = 256;
-/// The most output columns one task owns: its packed run of B (8 panels x 128 taps, 256 KB).
+/// The most output columns one task owns, 8 panels: A's block is read again for each panel.
 const BLOCK_COLUMNS: usize = 8 * COLUMNS;
 
 /// Whether this CPU runs the kernel (AVX-512 Foundation); std caches the answer.
@@ -46,8 +49,48 @@ pub(super) trait Columns: Sync {
     fn pack(&self, taps: Range<usize>, columns: Range<usize>, panels: &mut [f32]);
 }
 
-/// A as (pointer, row stride, column stride).
-type Lhs = (*const f32, isize, isize);
+/// Where tap p of each of A's rows lies, in floats from the row's start.
+pub(super) trait TapOffsets: Sync {
+    fn offset(&self, tap: usize) -> isize;
+}
+
+/// Taps a fixed distance apart: a matrix's column stride.
+pub(super) struct Stride(pub isize);
+
+impl TapOffsets for Stride {
+    #[inline(always)]
+    fn offset(&self, tap: usize) -> isize {
+        tap as isize * self.0
+    }
+}
+
+/// Taps anywhere in the row, one offset each: the filters of a convolution's input-VJP, read as
+/// the transposed, flipped kernel without copying it.
+impl TapOffsets for [isize] {
+    #[inline(always)]
+    fn offset(&self, tap: usize) -> isize {
+        self[tap]
+    }
+}
+
+/// The left-hand side A [m, k]: row i starts at `start + i * row_stride`, its taps at `taps`.
+pub(super) struct Lhs<'a, T: TapOffsets + ?Sized> {
+    pub start: *const f32,
+    pub row_stride: isize,
+    pub taps: &'a T,
+}
+
+// SAFETY: A is only read, and outlives the product.
+unsafe impl<T: TapOffsets + ?Sized> Send for Lhs<'_, T> {}
+unsafe impl<T: TapOffsets + ?Sized> Sync for Lhs<'_, T> {}
+
+impl<T: TapOffsets + ?Sized> Clone for Lhs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: TapOffsets + ?Sized> Copy for Lhs<'_, T> {}
 
 /// The output's pointer, shared by the tasks, each writing its own block.
 #[derive(Clone, Copy)]
@@ -56,22 +99,15 @@ struct Output(*mut f32);
 unsafe impl Send for Output {}
 unsafe impl Sync for Output {}
 
-/// The A pointer, likewise only read.
-#[derive(Clone, Copy)]
-struct Filters(Lhs);
-// SAFETY: A is only read, and outlives the product.
-unsafe impl Send for Filters {}
-unsafe impl Sync for Filters {}
-
 /// dst [m, n] (row-major) = lhs [m, k] @ rhs [k, n], the reduction in runs of at most `run`.
 ///
 /// # Safety
 /// [`available`] must hold; every element the shapes and strides address must lie in its
 /// buffer (and `rhs` must pack only such elements), and `dst` must not overlap the inputs.
-pub(super) unsafe fn product(
+pub(super) unsafe fn product<T: TapOffsets + ?Sized>(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
-    lhs: Lhs,
+    lhs: Lhs<T>,
     rhs: &impl Columns,
     run: usize,
 ) {
@@ -93,14 +129,14 @@ pub(super) unsafe fn product(
         .next_multiple_of(ROWS)
         .clamp(4 * ROWS, BLOCK_ROWS);
     let row_blocks = m.div_ceil(block_rows);
-    let (output, filters) = (Output(dst), Filters(lhs));
+    let output = Output(dst);
     let task = |index: usize| {
         let (row_block, column_block) = (index / column_blocks, index % column_blocks);
         let rows = row_block * block_rows..(m.min((row_block + 1) * block_rows));
         let columns = column_block * block_columns..(n.min((column_block + 1) * block_columns));
-        PANELS.with_borrow_mut(|panels| {
+        PANEL.with_borrow_mut(|panel| {
             // SAFETY: the caller's promises; the block lies in [m, n] and no other task writes it.
-            unsafe { product_block((output, n), filters, rhs, (rows, columns, k), run, panels) };
+            unsafe { product_block((output, n), lhs, rhs, (rows, columns, k), run, panel) };
         });
     };
     let tasks = row_blocks * column_blocks;
@@ -112,43 +148,39 @@ pub(super) unsafe fn product(
 }
 
 thread_local! {
-    /// Each thread's packed runs of B, kept from product to product: fresh ones cost an
+    /// Each thread's packed panel of B, kept from product to product: a fresh one cost an
     /// allocation and a memset per task.
-    static PANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One task: the output block `rows` x `columns`, through the whole reduction.
 ///
 /// # Safety
 /// As for [`product`], and no other thread touches the block.
-unsafe fn product_block(
+unsafe fn product_block<T: TapOffsets + ?Sized>(
     (Output(dst), dst_stride): (Output, usize),
-    Filters(lhs): Filters,
+    lhs: Lhs<T>,
     rhs: &impl Columns,
     (rows, columns, k): (Range<usize>, Range<usize>, usize),
     run: usize,
-    b_panels: &mut Vec<f32>,
+    panel: &mut Vec<f32>,
 ) {
-    let (lhs, row_stride, column_stride) = lhs;
     let column_panels = columns.len().div_ceil(COLUMNS);
     for start in (0..k).step_by(run) {
         let taps = start..k.min(start + run);
         let height = taps.len();
-        let b_panels = cache_aligned(b_panels, column_panels * height * COLUMNS);
-        rhs.pack(taps.clone(), columns.clone(), b_panels);
-        for (panel_index, b) in b_panels.chunks_exact(height * COLUMNS).enumerate() {
+        let b = cache_aligned(panel, height * COLUMNS);
+        for panel_index in 0..column_panels {
             let first_column = columns.start + panel_index * COLUMNS;
             let width = COLUMNS.min(columns.end - first_column);
+            rhs.pack(taps.clone(), first_column..first_column + width, b);
             for first_row in rows.clone().step_by(ROWS) {
                 let tile_rows = ROWS.min(rows.end - first_row);
-                // A is read in place, ROWS rows `column_stride` apart from tap to tap (the
-                // filters' rows forward, ROWS adjacent floats per tap in the transpose): packing
-                // it cost as much as the sums on thin blocks. Past the last row the last one is
-                // read again, and its sums dropped.
+                // A is read in place, ROWS rows at once: packing it cost as much as the sums on
+                // thin blocks. Past the last row the last one is read again, and its sums dropped.
                 let a_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
-                    lhs.offset(
-                        (first_row + r.min(tile_rows - 1)) as isize * row_stride + start as isize * column_stride,
-                    )
+                    lhs.start
+                        .offset((first_row + r.min(tile_rows - 1)) as isize * lhs.row_stride)
                 });
                 let tile = Tile {
                     dst: dst.add(first_row * dst_stride + first_column),
@@ -158,7 +190,7 @@ unsafe fn product_block(
                 };
                 // SAFETY: `available` holds (the caller's promise); A's rows hold the run's taps,
                 // B's panel `height` taps of COLUMNS values; the tile lies in the task's block.
-                unsafe { sum_tile(height, (a_rows, column_stride), b.as_ptr(), &tile, start > 0) };
+                unsafe { sum_tile(taps.clone(), (a_rows, lhs.taps), b.as_ptr(), &tile, start > 0) };
             }
         }
     }
@@ -182,29 +214,30 @@ struct Tile {
     columns: usize,
 }
 
-/// One tile's sums over a run of `taps` taps (row r of A's tap p at `a_rows[r] + p * a_stride`,
+/// One tile's sums over the run `taps` (row r of A's tap p at `a_rows[r] + a_taps.offset(p)`,
 /// B's panel [taps][COLUMNS]), written into the tile, or added to it when `accumulate`.
 ///
 /// # Safety
-/// AVX-512F must be present; A's rows and B's panel must hold `taps` taps; the tile must lie in
-/// the output.
+/// AVX-512F must be present; A's rows must hold the run's taps and B's panel as many; the tile
+/// must lie in the output.
 #[target_feature(enable = "avx512f")]
-unsafe fn sum_tile(
-    taps: usize,
-    (a_rows, a_stride): ([*const f32; ROWS], isize),
+unsafe fn sum_tile<T: TapOffsets + ?Sized>(
+    taps: Range<usize>,
+    (a_rows, a_taps): ([*const f32; ROWS], &T),
     b: *const f32,
     tile: &Tile,
     accumulate: bool,
 ) {
     let mut sums = [[_mm512_setzero_ps(); VECTORS]; ROWS];
-    for p in 0..taps {
-        let b_tap = b.add(p * COLUMNS);
+    for (index, p) in taps.enumerate() {
+        let b_tap = b.add(index * COLUMNS);
+        let a_offset = a_taps.offset(p);
         let mut b_vectors = [_mm512_setzero_ps(); VECTORS];
         for (v, vector) in b_vectors.iter_mut().enumerate() {
             *vector = _mm512_loadu_ps(b_tap.add(16 * v));
         }
         for (r, row_sums) in sums.iter_mut().enumerate() {
-            let a_value = _mm512_set1_ps(*a_rows[r].offset(p as isize * a_stride));
+            let a_value = _mm512_set1_ps(*a_rows[r].offset(a_offset));
             for (sum, &b_vector) in row_sums.iter_mut().zip(&b_vectors) {
                 *sum = _mm512_fmadd_ps(a_value, b_vector, *sum);
             }
@@ -272,7 +305,11 @@ mod tests {
         }
         for case in super::super::product_check::cases() {
             let (m, n, k, run) = (case.m, case.n, case.k, case.run);
-            let a = (case.a.as_ptr(), case.a_strides.0, case.a_strides.1);
+            let a = Lhs {
+                start: case.a.as_ptr(),
+                row_stride: case.a_strides.0,
+                taps: &Stride(case.a_strides.1),
+            };
             let mut ours = vec![f32::NAN; m * n];
             let mut gemm_crate = vec![f32::NAN; m * n];
             let rhs = Matrix {
@@ -282,6 +319,7 @@ mod tests {
             unsafe {
                 product((m, n, k), ours.as_mut_ptr(), a, &rhs, run);
                 let b = (case.b.as_ptr(), case.b_stride as isize);
+                let a = (case.a.as_ptr(), case.a_strides.0, case.a_strides.1);
                 super::super::im2col::gemm_in_runs((m, n, k), gemm_crate.as_mut_ptr(), a, b, run);
             }
             case.assert_equals_float64(&ours);
