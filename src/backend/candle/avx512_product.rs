@@ -195,9 +195,19 @@ unsafe fn product_block<T: TapOffsets + ?Sized>(
                     rows: tile_rows,
                     columns: width,
                 };
+                // A narrow last panel (ResNet-18's 7x7 layers: 49 columns an image) sums only
+                // the vectors it fills.
+                let a = (a_rows, lhs.taps);
                 // SAFETY: `available` holds (the caller's promise); A's rows hold the run's taps,
                 // B's panel `height` taps of COLUMNS values; the tile lies in the task's block.
-                unsafe { sum_tile(taps.clone(), (a_rows, lhs.taps), b.as_ptr(), &tile, start > 0) };
+                unsafe {
+                    match width.div_ceil(16) {
+                        1 => sum_tile::<T, 1>(taps.clone(), a, b.as_ptr(), &tile, start > 0),
+                        2 => sum_tile::<T, 2>(taps.clone(), a, b.as_ptr(), &tile, start > 0),
+                        3 => sum_tile::<T, 3>(taps.clone(), a, b.as_ptr(), &tile, start > 0),
+                        _ => sum_tile::<T, VECTORS>(taps.clone(), a, b.as_ptr(), &tile, start > 0),
+                    }
+                }
             }
         }
     }
@@ -222,24 +232,25 @@ struct Tile {
 }
 
 /// One tile's sums over the run `taps` (row r of A's tap p at `a_rows[r] + a_taps.offset(p)`,
-/// B's panel [taps][COLUMNS]), written into the tile, or added to it when `accumulate`.
+/// B's panel [taps][COLUMNS], of which the first `USED` vectors of 16 columns), written into
+/// the tile, or added to it when `accumulate`.
 ///
 /// # Safety
 /// AVX-512F must be present; A's rows must hold the run's taps and B's panel as many; the tile
 /// must lie in the output.
 #[target_feature(enable = "avx512f")]
-unsafe fn sum_tile<T: TapOffsets + ?Sized>(
+unsafe fn sum_tile<T: TapOffsets + ?Sized, const USED: usize>(
     taps: Range<usize>,
     (a_rows, a_taps): ([*const f32; ROWS], &T),
     b: *const f32,
     tile: &Tile,
     accumulate: bool,
 ) {
-    let mut sums = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+    let mut sums = [[_mm512_setzero_ps(); USED]; ROWS];
     for (index, p) in taps.enumerate() {
         let b_tap = b.add(index * COLUMNS);
         let a_offset = a_taps.offset(p);
-        let mut b_vectors = [_mm512_setzero_ps(); VECTORS];
+        let mut b_vectors = [_mm512_setzero_ps(); USED];
         for (v, vector) in b_vectors.iter_mut().enumerate() {
             *vector = _mm512_loadu_ps(b_tap.add(16 * v));
         }
