@@ -260,6 +260,28 @@ pub(super) unsafe fn gemm_in_runs(
     }
 }
 
+/// Runs `product` into the planes `channels` of `images` ([images, C, pixels], `layout`'s
+/// images): one image's product lands in its planes, several images' in `products`, copied
+/// out after. `product` gets the destination [channels, layout width] and must write it whole.
+fn product_into_planes(
+    layout: ColumnBlock,
+    (c, channels, images): (usize, std::ops::Range<usize>, &mut [MaybeUninit<f32>]),
+    products: &mut Vec<f32>,
+    product: impl FnOnce(*mut f32),
+) {
+    if layout.images == 1 {
+        product(
+            images[channels.start * layout.pixels..channels.end * layout.pixels]
+                .as_mut_ptr()
+                .cast(),
+        );
+    } else {
+        products.resize(channels.len() * layout.width(), 0.0);
+        product(products.as_mut_ptr());
+        from_block(products, layout, c, channels, images);
+    }
+}
+
 /// Copies channels `channels` of `images` ([images, C, pixels]) into `block`
 /// ([channels, images, pixels]).
 fn to_block(images: &[f32], c: usize, channels: std::ops::Range<usize>, layout: ColumnBlock, block: &mut [f32]) {
@@ -346,16 +368,6 @@ impl Sliding {
                     let channels = group * c_per_group..(group + 1) * c_per_group;
                     let filters = group * out_per_group..(group + 1) * out_per_group;
                     let lhs = (k[filters.start * rows..].as_ptr(), rows as isize, 1);
-                    // One image's product lands in its output planes, several images' in
-                    // `products`, copied out after.
-                    let dst: *mut f32 = if layout.images == 1 {
-                        images_out[filters.start * pixels..filters.end * pixels]
-                            .as_mut_ptr()
-                            .cast()
-                    } else {
-                        products.resize(out_per_group * layout.width(), 0.0);
-                        products.as_mut_ptr()
-                    };
                     let shape = (out_per_group, layout.width(), rows);
                     let patches = Patches {
                         sliding: *self,
@@ -365,21 +377,20 @@ impl Sliding {
                         kernel: (kh, kw),
                         block: layout,
                     };
-                    // SAFETY: dst is [out_per_group, width] (the image's planes of these filters,
-                    // or `products`), the filters [out_per_group, rows] row-major, the columns
-                    // [rows, width]: all in bounds as sliced above.
-                    unsafe {
-                        if pointwise && layout.images == 1 {
-                            // One pointwise image's columns are its input planes themselves.
-                            let planes = &images_in[patches.channels.start * pixels..];
-                            product(shape, dst, lhs, (planes.as_ptr(), pixels as isize));
-                        } else {
-                            product_of_patches(shape, dst, lhs, &patches, &mut columns);
+                    let out = (c_out, filters, &mut *images_out);
+                    product_into_planes(layout, out, &mut products, |dst| {
+                        // SAFETY: dst is [out_per_group, width], the filters [out_per_group,
+                        // rows] row-major, the columns [rows, width]: all in bounds.
+                        unsafe {
+                            if pointwise && layout.images == 1 {
+                                // One pointwise image's columns are its input planes themselves.
+                                let planes = &images_in[patches.channels.start * pixels..];
+                                product(shape, dst, lhs, (planes.as_ptr(), pixels as isize));
+                            } else {
+                                product_of_patches(shape, dst, lhs, &patches, &mut columns);
+                            }
                         }
-                    }
-                    if layout.images > 1 {
-                        from_block(&products, layout, c_out, filters, images_out);
-                    }
+                    });
                 }
             }
         };
@@ -562,37 +573,16 @@ impl Transposed {
         };
         let shape = (channels.len(), layout.width(), taps.len());
         let panels = PatchPanels::new(&patches, true);
-        // One image's product lands in its input planes, several images' in `products`.
-        // SAFETY: `correlates_back` checked the CPU; the taps address the group's filters, the
-        // destination is [channels, width] (the image's planes of these channels, or `products`).
-        unsafe {
-            if layout.images == 1 {
-                let dst = images_out[channels.start * layout.pixels..channels.end * layout.pixels].as_mut_ptr();
-                product(shape, dst.cast(), lhs, &panels, run_length(shape.2));
-            } else {
-                products.resize(shape.0 * shape.1, 0.0);
-                product(shape, products.as_mut_ptr(), lhs, &panels, run_length(shape.2));
-                from_block(products, layout, c, channels, images_out);
-            }
-        }
+        product_into_planes(layout, (c, channels, images_out), products, |dst| {
+            // SAFETY: `correlates_back` checked the CPU; the taps address the group's filters,
+            // the destination is [channels, width].
+            unsafe { product(shape, dst, lhs, &panels, run_length(shape.2)) }
+        });
     }
 
-    /// The input-VJP, `chunk` images per GEMM.
+    /// The input-VJP, `chunk` images per GEMM: as a correlation (`correlated`, where
+    /// `correlates_back` allows it) or as a product and a scatter.
     fn transpose(
-        &self,
-        grad: &[f32],
-        (n, c_out): (usize, usize),
-        k: &[f32],
-        (c, kh, kw): (usize, usize, usize),
-        chunk: usize,
-    ) -> Vec<f32> {
-        let correlated = self.sliding.correlates_back((kh, kw));
-        self.transpose_by(grad, (n, c_out), k, (c, kh, kw), chunk, correlated)
-    }
-
-    /// [`Self::transpose`], as a correlation (`correlated`, where `correlates_back` allows it)
-    /// or as a product and a scatter.
-    fn transpose_by(
         &self,
         grad: &[f32],
         (n, c_out): (usize, usize),
@@ -697,7 +687,8 @@ impl CustomOp2 for Transposed {
         let (h, w) = self.input_hw;
         let c = c_per_group * g;
         let chunk = images_per_gemm(n, c_per_group * kh * kw, oh * ow);
-        let out = self.transpose(grad, (n, c_out), k, (c, kh, kw), chunk);
+        let correlated = self.sliding.correlates_back((kh, kw));
+        let out = self.transpose(grad, (n, c_out), k, (c, kh, kw), chunk, correlated);
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }
@@ -764,8 +755,8 @@ mod tests {
         };
         let args = (&grad[..], (1, c_out), &k[..], (c, 3, 3), 1);
         let (correlated, scattered) = (
-            errors(&transposed.transpose_by(args.0, args.1, args.2, args.3, args.4, true)),
-            errors(&transposed.transpose_by(args.0, args.1, args.2, args.3, args.4, false)),
+            errors(&transposed.transpose(args.0, args.1, args.2, args.3, args.4, true)),
+            errors(&transposed.transpose(args.0, args.1, args.2, args.3, args.4, false)),
         );
         eprintln!("mean, worst error: correlated {correlated:?}, scattered {scattered:?}");
         assert!(
@@ -835,7 +826,8 @@ mod tests {
                 input_hw: (h, w),
             };
             let forward = |chunk| sliding.correlate(&x, (n, c, h, w), &k, (c_out, kh, kw), chunk);
-            let backward = |chunk| transposed.transpose(&grad, (n, c_out), &k, (c, kh, kw), chunk);
+            let correlated = sliding.correlates_back((kh, kw));
+            let backward = |chunk| transposed.transpose(&grad, (n, c_out), &k, (c, kh, kw), chunk, correlated);
             let (forward_alone, backward_alone) = (forward(1), backward(1));
             for chunk in [2, 5] {
                 let what = format!("case {case}: {sliding:?}, {c}->{c_out} on {h}x{w}, {chunk} per GEMM");
