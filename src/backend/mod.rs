@@ -8,10 +8,12 @@
 
 pub mod candle;
 mod geometry;
+mod smooth;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
 pub use geometry::{PoolWindow, WindowBins, WindowGeometry};
+use smooth::{sigmoid, tanh};
 
 use crate::error::Result;
 
@@ -48,7 +50,7 @@ pub enum Map {
 /// The activations a graph may hold. Values and derivatives follow PyTorch's, kinks included:
 /// ReLU passes the gradient where x > 0, ReLU6 (hardtanh) where 0 < x < 6, LeakyReLU uses the
 /// slope where x <= 0, Hardswish has slope x/3 + 1/2 on [-3, 3] and Hardsigmoid 1/6 on (-3, 3).
-/// The smooth ones are evaluated in f64 and rounded once.
+/// The smooth ones are evaluated in f64 (`smooth.rs`) and rounded once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     Relu,
@@ -74,16 +76,13 @@ pub enum Activation {
 const GELU_TANH_SCALE: f64 = 0.797_884_560_802_865_4;
 const GELU_TANH_CUBIC: f64 = 0.044_715;
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// The standard normal CDF.
 fn normal_cdf(x: f64) -> f64 {
     0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2))
 }
 
 impl Activation {
+    #[inline]
     pub fn value(self, x: f32) -> f32 {
         let v = x as f64;
         (match self {
@@ -92,14 +91,15 @@ impl Activation {
             Activation::LeakyRelu { negative_slope } => return if x > 0.0 { x } else { x * negative_slope },
             Activation::Silu => v * sigmoid(v),
             Activation::Gelu => v * normal_cdf(v),
-            Activation::GeluTanh => 0.5 * v * (1.0 + (GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v)).tanh()),
+            Activation::GeluTanh => 0.5 * v * (1.0 + tanh(GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v))),
             Activation::Sigmoid => sigmoid(v),
-            Activation::Tanh => v.tanh(),
+            Activation::Tanh => tanh(v),
             Activation::Hardswish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
             Activation::Hardsigmoid => (v + 3.0).clamp(0.0, 6.0) / 6.0,
         }) as f32
     }
 
+    #[inline]
     pub fn derivative(self, x: f32) -> f32 {
         let v = x as f64;
         (match self {
@@ -111,12 +111,12 @@ impl Activation {
                 s * (1.0 + v * (1.0 - s))
             }
             Activation::Gelu => {
-                let density = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let density = smooth::exp(-0.5 * v * v) / (2.0 * std::f64::consts::PI).sqrt();
                 normal_cdf(v) + v * density
             }
             Activation::GeluTanh => {
                 let inner = GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v);
-                let t = inner.tanh();
+                let t = tanh(inner);
                 let d_inner = GELU_TANH_SCALE * (1.0 + 3.0 * GELU_TANH_CUBIC * v * v);
                 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner
             }
@@ -124,7 +124,7 @@ impl Activation {
                 let s = sigmoid(v);
                 s * (1.0 - s)
             }
-            Activation::Tanh => 1.0 - v.tanh().powi(2),
+            Activation::Tanh => 1.0 - tanh(v).powi(2),
             Activation::Hardswish if v < -3.0 => 0.0,
             Activation::Hardswish if v <= 3.0 => v / 3.0 + 0.5,
             Activation::Hardswish => 1.0,
