@@ -4,8 +4,11 @@
 //! take two to five passes over the tensor, with broadcast indexing, and on MobileNetV2 they
 //! cost more than the convolutions. Other devices keep the candle ops (`composed.rs`).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use super::activation_pass::{self, Pass};
 use super::fresh::written_in_chunks;
 use crate::backend::{Activation, Map, Zip};
 use crate::error::Result;
@@ -64,18 +67,46 @@ fn channel_planes(layout: &Layout, c: usize, op: &str) -> candle_core::Result<us
     Ok(dims[2..].iter().product())
 }
 
+/// Runs `each(i, x's plane i, the output's plane i)` over x's [plane]-long planes, as many to a
+/// parallel chunk as fill [`CHUNK`]: one plane a chunk made a task of every element where the
+/// planes are short.
+///
+/// # Safety
+/// `each` must write every element of the output plane it is given.
+unsafe fn by_planes(x: &[f32], plane: usize, each: impl Fn(usize, &[f32], &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let plane = plane.max(1);
+    let per_chunk = (CHUNK / plane).max(1);
+    written_in_chunks(x, per_chunk * plane, |i, src, dst| {
+        for (j, (x, out)) in src.chunks(plane).zip(dst.chunks_mut(plane)).enumerate() {
+            each(i * per_chunk + j, x, out);
+        }
+    })
+}
+
 /// `f(x * scale[c] + shift[c])` for each element of x's [plane]-long channel planes.
 fn affine_planes(x: &[f32], plane: usize, (scale, shift): (&[f32], &[f32]), f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let c = scale.len();
-    // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
-    unsafe {
-        written_in_chunks(x, plane, |i, src, dst| {
-            let (a, b) = (scale[i % c], shift[i % c]);
-            wide(|| {
-                for (o, &v) in dst.iter_mut().zip(src) {
-                    o.write(f(v * a + b));
+    if plane == 1 {
+        // [rows, C] (a LayerNorm over the last axis): each row zipped with the scales and shifts.
+        // SAFETY: the output chunk is as long as x's and a whole number of rows; the zip
+        // writes each of its elements.
+        return unsafe {
+            written_in_chunks(x, (CHUNK / c).max(1) * c, |_, src, dst| {
+                for (x, out) in src.chunks(c).zip(dst.chunks_mut(c)) {
+                    for (o, ((&v, &a), &b)) in out.iter_mut().zip(x.iter().zip(scale).zip(shift)) {
+                        o.write(f(v * a + b));
+                    }
                 }
             })
+        };
+    }
+    // SAFETY: the zip writes each element of the output plane.
+    unsafe {
+        by_planes(x, plane, |i, x, out| {
+            let (a, b) = (scale[i % c], shift[i % c]);
+            for (o, &v) in out.iter_mut().zip(x) {
+                o.write(f(v * a + b));
+            }
         })
     }
 }
@@ -89,11 +120,11 @@ fn scaled_vjp_planes(
     vjp: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
     let c = scale.len();
-    // SAFETY: the output chunk is as long as y's, and the zip writes each of its elements.
+    // SAFETY: the zip writes each element of the output plane.
     unsafe {
-        written_in_chunks(y, plane, |i, ys, dst| {
+        by_planes(y, plane, |i, ys, out| {
             let (a, gs) = (scale[i % c], &g[i * plane..][..ys.len()]);
-            for (o, (&v, &d)) in dst.iter_mut().zip(ys.iter().zip(gs)) {
+            for (o, (&v, &d)) in out.iter_mut().zip(ys.iter().zip(gs)) {
                 o.write(vjp(v, d) * a + 0.0);
             }
         })
@@ -123,7 +154,23 @@ impl CustomOp1 for ChannelAffine {
             None => affine_planes(x, plane, (scale, shift), |v| v),
             Some(Activation::Relu) => affine_planes(x, plane, (scale, shift), |v| v.max(0.0)),
             Some(Activation::Relu6) => affine_planes(x, plane, (scale, shift), |v| v.clamp(0.0, 6.0)),
-            Some(other) => with_activation!(other, value, |f| affine_planes(x, plane, (scale, shift), f)),
+            // [rows, C]: the affine map, then the activation.
+            Some(other) if plane == 1 => {
+                let affine = affine_planes(x, plane, (scale, shift), |v| v);
+                // SAFETY: each chunk's pass writes its whole output chunk.
+                unsafe {
+                    written_in_chunks(&affine, CHUNK, |_, x, out| {
+                        activation_pass::run(other, Pass::Value { x }, out)
+                    })
+                }
+            }
+            // SAFETY: each plane's pass writes its whole output plane.
+            Some(other) => unsafe {
+                by_planes(x, plane, |i, x, out| {
+                    let (scale, shift) = (scale[i % c], shift[i % c]);
+                    activation_pass::run(other, Pass::AffineValue { x, scale, shift }, out)
+                })
+            },
         };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -180,68 +227,13 @@ pub fn zip(x: &Tensor, rhs: &Tensor, op: Zip) -> Result<Tensor> {
 
 const CHUNK: usize = 1 << 14;
 
-/// `$run` with `$f` bound to `$activation`'s `$which` (`value` or `derivative`) through a
-/// closure of its own for each smooth activation, so that the loop `$run` builds around `$f`
-/// is compiled for that activation alone and vectorises; through one closure matching on the
-/// activation, every element would pay the match.
-macro_rules! with_activation {
-    ($activation:expr, $which:ident, |$f:ident| $run:expr) => {
-        match $activation {
-            Activation::Silu => {
-                let $f = |v| Activation::Silu.$which(v);
-                $run
-            }
-            Activation::Sigmoid => {
-                let $f = |v| Activation::Sigmoid.$which(v);
-                $run
-            }
-            Activation::Tanh => {
-                let $f = |v| Activation::Tanh.$which(v);
-                $run
-            }
-            Activation::GeluTanh => {
-                let $f = |v| Activation::GeluTanh.$which(v);
-                $run
-            }
-            other => {
-                let $f = move |v| other.$which(v);
-                $run
-            }
-        }
-    };
-}
-use with_activation;
-
-/// Runs `kernel`, on x86-64 CPUs with AVX-512 as code compiled for them: the smooth
-/// activations' f64 arithmetic (`smooth.rs`) then takes 8 lanes a vector instead of the
-/// baseline build's 2. The other loops wait on memory and gain little.
-#[inline(always)]
-fn wide<R>(kernel: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        /// # Safety
-        /// The CPU must have AVX-512 Foundation.
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<R>(kernel: impl FnOnce() -> R) -> R {
-            kernel()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: checked just above.
-            return unsafe { avx512(kernel) };
-        }
-    }
-    kernel()
-}
-
 /// f(x) element by element, in parallel chunks.
 fn map_each(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
     unsafe {
         written_in_chunks(x, CHUNK, |_, src, dst| {
-            wide(|| {
-                dst.iter_mut().zip(src).for_each(|(o, &v)| {
-                    o.write(f(v));
-                })
+            dst.iter_mut().zip(src).for_each(|(o, &v)| {
+                o.write(f(v));
             })
         })
     }
@@ -253,10 +245,8 @@ fn zip_each(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
     unsafe {
         written_in_chunks(x, CHUNK, |i, xs, dst| {
             let gs = &g[i * CHUNK..][..xs.len()];
-            wide(|| {
-                dst.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (&v, &d))| {
-                    o.write(f(v, d));
-                })
+            dst.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (&v, &d))| {
+                o.write(f(v, d));
             })
         })
     }
@@ -293,7 +283,12 @@ impl CustomOp1 for MapOp {
             Map::Fill { value } => vec![value; x.len()],
             Map::Activation(Activation::Relu) => map_each(x, |v| v.max(0.0)),
             Map::Activation(Activation::Relu6) => map_each(x, |v| v.clamp(0.0, 6.0)),
-            Map::Activation(other) => with_activation!(other, value, |f| map_each(x, f)),
+            // SAFETY: each chunk's pass writes its whole output chunk.
+            Map::Activation(other) => unsafe {
+                written_in_chunks(x, CHUNK, |_, x, out| {
+                    activation_pass::run(other, Pass::Value { x }, out)
+                })
+            },
         };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -327,7 +322,13 @@ impl CustomOp2 for ZipOp {
             Zip::Div => zip_each(x, g, |a, b| a / b),
             Zip::ActivationVjp(Activation::Relu) => zip_each(x, g, |v, d| if v > 0.0 { d } else { 0.0 }),
             Zip::ActivationVjp(Activation::Relu6) => zip_each(x, g, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 }),
-            Zip::ActivationVjp(other) => with_activation!(other, derivative, |f| zip_each(x, g, |v, d| d * f(v))),
+            // SAFETY: each chunk's pass writes its whole output chunk.
+            Zip::ActivationVjp(other) => unsafe {
+                written_in_chunks(x, CHUNK, |i, x, out| {
+                    let grad = &g[i * CHUNK..][..x.len()];
+                    activation_pass::run(other, Pass::Vjp { x, grad }, out)
+                })
+            },
         };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

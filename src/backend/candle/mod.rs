@@ -5,6 +5,7 @@
 //! kernels).
 
 mod activation;
+mod activation_pass;
 #[cfg(target_arch = "x86_64")]
 mod avx512_product;
 mod composed;
