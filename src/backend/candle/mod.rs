@@ -16,6 +16,7 @@ mod elementwise;
 mod fresh;
 mod im2col;
 mod max_pool;
+mod normalize;
 mod padding;
 mod patches;
 #[cfg(test)]
@@ -226,6 +227,9 @@ impl BackendStorage for CandleStorage {
     }
 
     fn normalize(&self, axis: usize, eps: f32) -> Result<Self> {
+        if self.is_cpu() && axis + 1 == self.0.rank() {
+            return Self::wrap(normalize::normalize_last(&self.0, eps)?);
+        }
         let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
         Self::wrap(centred.broadcast_mul(&inv_std)?)
     }
@@ -233,6 +237,9 @@ impl BackendStorage for CandleStorage {
     /// dx = (g - mean(g) - y * mean(g * y)) / sqrt(var + eps), y the normalised x; without
     /// the y term when the standard deviation is held constant.
     fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: StdTerm) -> Result<Self> {
+        if self.is_cpu() && axis + 1 == self.0.rank() {
+            return Self::wrap(normalize::normalize_last_vjp(&self.0, &grad.0, eps, std)?);
+        }
         let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
         let g = &grad.0;
         let mut dx = g.broadcast_sub(&g.mean_keepdim(axis)?)?;
