@@ -13,6 +13,18 @@ use super::fresh::written_in_chunks;
 use crate::backend::{Activation, Map, Zip};
 use crate::error::Result;
 
+/// The f32 elements of two CPU tensors of one shape, for the kernels that zip them.
+pub(super) fn f32_pair<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    op: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("{op}: shapes {:?} and {:?}", l1.shape(), l2.shape());
+    }
+    Ok((f32_data(s1, l1, op)?, f32_data(s2, l2, op)?))
+}
+
 /// The f32 elements a contiguous CPU tensor's layout covers, for the CPU kernels.
 pub(super) fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     match storage {
@@ -194,10 +206,7 @@ impl CustomOp2 for ActivationChannelScaleVjp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = "activation-channel-scale-vjp";
-        let (y, g) = (f32_data(s1, l1, op)?, f32_data(s2, l2, op)?);
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{op}: shapes {:?} and {:?}", l1.shape(), l2.shape());
-        }
+        let (y, g) = f32_pair((s1, l1), (s2, l2), op)?;
         let c = self.scale.len();
         let plane = channel_planes(l1, c, op)?;
         let scale = &self.scale[..];
@@ -308,13 +317,8 @@ impl CustomOp2 for ZipOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (
-            f32_data(s1, l1, "element-wise zips")?,
-            f32_data(s2, l2, "element-wise zips")?,
-        );
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{:?} of shapes {:?} and {:?}", self.0, l1.shape(), l2.shape());
-        }
+        // `Tensor::zip` checked the shapes and names the op; this is a second line of defence.
+        let (x, g) = f32_pair((s1, l1), (s2, l2), "element-wise zips")?;
         let out = match self.0 {
             Zip::Add => zip_each(x, g, |a, b| a + b),
             Zip::Sub => zip_each(x, g, |a, b| a - b),

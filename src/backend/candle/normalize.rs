@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::elementwise::f32_data;
+use super::elementwise::{f32_data, f32_pair};
 use super::fresh::written_in_chunks;
 use crate::backend::StdTerm;
 use crate::error::Result;
@@ -99,10 +99,7 @@ impl CustomOp2 for NormalizeVjp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (f32_data(s1, l1, self.name())?, f32_data(s2, l2, self.name())?);
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shapes {:?} and {:?}", self.name(), l1.shape(), l2.shape());
-        }
+        let (x, g) = f32_pair((s1, l1), (s2, l2), self.name())?;
         let (width, chunk) = row_chunks(l1);
         let n = width as f64;
         // SAFETY: the rows of each chunk cover it, and each row's zip writes all its elements.
