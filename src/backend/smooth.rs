@@ -35,7 +35,7 @@ fn exp_minus_1(x: f64) -> f64 {
     saturated(x, scale * e_r_minus_1 + (scale - 1.0), -1.0)
 }
 
-/// `value`, or past ±[`EXP_LIMIT`] the limits of e^x (+ `below_limit` - 0).
+/// `value` within ±[`EXP_LIMIT`]; below it `below_limit` (0 for e^x, -1 for e^x - 1), above +∞.
 #[inline(always)]
 fn saturated(x: f64, value: f64, below_limit: f64) -> f64 {
     if x < -EXP_LIMIT {
@@ -110,7 +110,8 @@ const ERF_SERIES: [f64; 21] = {
 
 /// erfcx(z) = e^(z²) erfc(z) for 1 <= z <= 27 (beyond, e^(-z²) is 0) as a polynomial, highest
 /// degree first, in y = (56 t - 15) / 13 with t = 1 / (1 + z) (so y spans [-1, 1]): fitted to
-/// mpmath's erfcx by Chebyshev interpolation (`mpmath.chebyfit`, 50 digits), within 1.3e-15.
+/// mpmath's erfcx by Chebyshev interpolation (`mpmath.chebyfit`, 50 digits), within 1.3e-15;
+/// `scripts/fit_erfcx.py` prints them again.
 const ERFCX: [f64; 23] = [
     -6.268_554_187_608_541e-11,
     1.121_421_816_410_625_8e-10,
