@@ -166,16 +166,6 @@ impl CustomOp1 for ChannelAffine {
             None => affine_planes(x, plane, (scale, shift), |v| v),
             Some(Activation::Relu) => affine_planes(x, plane, (scale, shift), |v| v.max(0.0)),
             Some(Activation::Relu6) => affine_planes(x, plane, (scale, shift), |v| v.clamp(0.0, 6.0)),
-            // [rows, C]: the affine map, then the activation.
-            Some(other) if plane == 1 => {
-                let affine = affine_planes(x, plane, (scale, shift), |v| v);
-                // SAFETY: each chunk's pass writes its whole output chunk.
-                unsafe {
-                    written_in_chunks(&affine, CHUNK, |_, x, out| {
-                        activation_pass::run(other, Pass::Value { x }, out)
-                    })
-                }
-            }
             // SAFETY: each plane's pass writes its whole output plane.
             Some(other) => unsafe {
                 by_planes(x, plane, |i, x, out| {
