@@ -1,33 +1,36 @@
 #!/usr/bin/env python3
 """Prints the ERFCX coefficients of src/backend/smooth.rs: erfcx(z) = e^(z^2) erfc(z) for
-1 <= z <= 27 as a polynomial, highest degree first, in y = (56 t - 15) / 13 with t = 1 / (1 + z),
-by Chebyshev interpolation at 50 digits, and its worst relative error in f64 Horner evaluation.
+0 <= z <= 10.3 as a polynomial, highest degree first, in y = (t - mid) / half with
+t = 1 / (1 + 0.3 z) (y spans [-1, 1]), by Chebyshev interpolation at 50 digits, and its worst
+relative error in f64 Horner evaluation.
 
     python3 scripts/fit_erfcx.py        # needs mpmath (pip install mpmath)
 """
 import mpmath as mp
 
 mp.mp.dps = 50
-DEGREE = 22
-T_LOW, T_HIGH = mp.mpf(1) / 28, mp.mpf(1) / 2  # z = 27 and z = 1
-MID, HALF = (T_LOW + T_HIGH) / 2, (T_HIGH - T_LOW) / 2  # 15/56 and 13/56
+DEGREE = 20
+Z_HIGH, SCALE = mp.mpf("10.3"), mp.mpf("0.3")
+T_LOW, T_HIGH = 1 / (1 + SCALE * Z_HIGH), mp.mpf(1)
+MID, HALF = (T_LOW + T_HIGH) / 2, (T_HIGH - T_LOW) / 2
 
 
 def erfcx_at(y):
-    z = 1 / (y * HALF + MID) - 1
+    z = (1 / (y * HALF + MID) - 1) / SCALE
     return mp.exp(z * z) * mp.erfc(z)
 
 
 coefficients, _ = mp.chebyfit(erfcx_at, [-1, 1], DEGREE + 1, error=True)
 as_f64 = [float(c) for c in coefficients]
 worst = 0.0
-for i in range(2001):
-    y = -1 + i / 1000
+for i in range(4001):
+    y = -1 + i / 2000
     value = 0.0
     for c in as_f64:
         value = value * y + c
     exact = erfcx_at(mp.mpf(y))
     worst = max(worst, abs((value - float(exact)) / float(exact)))
+print("// y = t * %r + %r" % (float(1 / HALF), float(-MID / HALF)))
 print("const ERFCX: [f64; %d] = [" % len(as_f64))
 for c in as_f64:
     print("    %r," % c)

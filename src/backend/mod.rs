@@ -13,7 +13,7 @@ mod smooth;
 pub mod wgpu;
 
 pub use geometry::{PoolWindow, WindowBins, WindowGeometry};
-use smooth::{normal_cdf, sigmoid, tanh};
+use smooth::{normal_cdf, sigmoid, tanh, MulAdd, Separate};
 
 use crate::error::Result;
 
@@ -77,50 +77,69 @@ const GELU_TANH_SCALE: f64 = 0.797_884_560_802_865_4;
 const GELU_TANH_CUBIC: f64 = 0.044_715;
 
 impl Activation {
-    // Always inlined: with `self` known, as in the element-wise loops, only its arm remains.
-    #[inline(always)]
+    #[inline]
     pub fn value(self, x: f32) -> f32 {
+        self.value_with::<Separate>(x)
+    }
+
+    #[inline]
+    pub fn derivative(self, x: f32) -> f32 {
+        self.derivative_with::<Separate>(x)
+    }
+
+    /// [`Self::value`] with the polynomials' steps computed by `M` (fused in loops compiled for
+    /// FMA). Always inlined: with `self` known, as in the element-wise loops, only its arm
+    /// remains.
+    #[inline(always)]
+    pub(crate) fn value_with<M: MulAdd>(self, x: f32) -> f32 {
         let v = x as f64;
         (match self {
             Activation::Relu => return x.max(0.0),
             Activation::Relu6 => return x.clamp(0.0, 6.0),
             Activation::LeakyRelu { negative_slope } => return if x > 0.0 { x } else { x * negative_slope },
-            Activation::Silu => v * sigmoid(v),
-            Activation::Gelu => v * normal_cdf(v),
-            Activation::GeluTanh => 0.5 * v * (1.0 + tanh(GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v))),
-            Activation::Sigmoid => sigmoid(v),
-            Activation::Tanh => tanh(v),
+            Activation::Silu => v * sigmoid::<M>(v),
+            Activation::Gelu => v * normal_cdf::<M>(v),
+            // 0.5 (1 + tanh(u)) = sigmoid(2u), which does not cancel where tanh(u) nears -1.
+            Activation::GeluTanh => v * sigmoid::<M>(2.0 * GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v)),
+            Activation::Sigmoid => sigmoid::<M>(v),
+            Activation::Tanh => tanh::<M>(v),
             Activation::Hardswish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
             Activation::Hardsigmoid => (v + 3.0).clamp(0.0, 6.0) / 6.0,
         }) as f32
     }
 
+    /// [`Self::derivative`] with the polynomials' steps computed by `M`.
     #[inline(always)]
-    pub fn derivative(self, x: f32) -> f32 {
+    pub(crate) fn derivative_with<M: MulAdd>(self, x: f32) -> f32 {
         let v = x as f64;
         (match self {
             Activation::Relu => return (x > 0.0) as u8 as f32,
             Activation::Relu6 => return (x > 0.0 && x < 6.0) as u8 as f32,
             Activation::LeakyRelu { negative_slope } => return if x > 0.0 { 1.0 } else { negative_slope },
             Activation::Silu => {
-                let s = sigmoid(v);
+                let s = sigmoid::<M>(v);
                 s * (1.0 + v * (1.0 - s))
             }
             Activation::Gelu => {
-                let density = smooth::gaussian(v) / (2.0 * std::f64::consts::PI).sqrt();
-                normal_cdf(v) + v * density
+                let density = smooth::gaussian::<M>(v) / (2.0 * std::f64::consts::PI).sqrt();
+                normal_cdf::<M>(v) + v * density
             }
             Activation::GeluTanh => {
-                let inner = GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v);
-                let t = tanh(inner);
+                // With s = sigmoid(2u) = 0.5 (1 + tanh(u)): 1 - tanh(u)² = 4 s (1 - s).
+                let s = sigmoid::<M>(2.0 * GELU_TANH_SCALE * (v + GELU_TANH_CUBIC * v * v * v));
                 let d_inner = GELU_TANH_SCALE * (1.0 + 3.0 * GELU_TANH_CUBIC * v * v);
-                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * d_inner
+                s + 2.0 * v * s * (1.0 - s) * d_inner
             }
+            // s (1 - s) and 1 - tanh² as e / (1 + e)² with e = e^-|x| (e^-2|x|), which do not
+            // cancel in the tails.
             Activation::Sigmoid => {
-                let s = sigmoid(v);
-                s * (1.0 - s)
+                let e = smooth::exp::<M>(-v.abs());
+                e / ((1.0 + e) * (1.0 + e))
             }
-            Activation::Tanh => 1.0 - tanh(v).powi(2),
+            Activation::Tanh => {
+                let e = smooth::exp::<M>(-2.0 * v.abs());
+                4.0 * e / ((1.0 + e) * (1.0 + e))
+            }
             Activation::Hardswish if v < -3.0 => 0.0,
             Activation::Hardswish if v <= 3.0 => v / 3.0 + 0.5,
             Activation::Hardswish => 1.0,
