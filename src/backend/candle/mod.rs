@@ -19,6 +19,7 @@ mod max_pool;
 mod normalize;
 mod padding;
 mod patches;
+mod permute;
 #[cfg(test)]
 mod product_check;
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
@@ -214,6 +215,11 @@ impl BackendStorage for CandleStorage {
     }
 
     fn permute(&self, order: &[usize]) -> Result<Self> {
+        if self.is_cpu() {
+            if let Some(permuted) = permute::permute_as_transpose(&self.0, order)? {
+                return Ok(Self(permuted));
+            }
+        }
         Self::wrap(self.0.permute(order)?)
     }
 
