@@ -233,8 +233,8 @@ impl BackendStorage for CandleStorage {
     }
 
     fn normalize(&self, axis: usize, eps: f32) -> Result<Self> {
-        if self.is_cpu() && axis + 1 == self.0.rank() {
-            return Self::wrap(normalize::normalize_last(&self.0, eps)?);
+        if self.is_cpu() {
+            return Self::wrap(normalize::normalize(&self.0, axis, eps)?);
         }
         let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
         Self::wrap(centred.broadcast_mul(&inv_std)?)
@@ -243,8 +243,8 @@ impl BackendStorage for CandleStorage {
     /// dx = (g - mean(g) - y * mean(g * y)) / sqrt(var + eps), y the normalised x; without
     /// the y term when the standard deviation is held constant.
     fn normalize_vjp(&self, grad: &Self, axis: usize, eps: f32, std: StdTerm) -> Result<Self> {
-        if self.is_cpu() && axis + 1 == self.0.rank() {
-            return Self::wrap(normalize::normalize_last_vjp(&self.0, &grad.0, eps, std)?);
+        if self.is_cpu() {
+            return Self::wrap(normalize::normalize_vjp(&self.0, &grad.0, axis, eps, std)?);
         }
         let (centred, inv_std) = normalize_parts(&self.0, axis, eps)?;
         let g = &grad.0;
