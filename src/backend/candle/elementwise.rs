@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::activation_pass::{self, Pass};
-use super::fresh::written_in_chunks;
+use super::fresh::{rows_per_task, written_in_chunks, TASK_ELEMENTS};
 use crate::backend::{Activation, Map, Zip};
 use crate::error::Result;
 
@@ -80,14 +80,14 @@ fn channel_planes(layout: &Layout, c: usize, op: &str) -> candle_core::Result<us
 }
 
 /// Runs `each(i, x's plane i, the output's plane i)` over x's [plane]-long planes, as many to a
-/// parallel chunk as fill [`CHUNK`]: one plane a chunk made a task of every element where the
-/// planes are short.
+/// parallel chunk as fill a task ([`rows_per_task`]): one plane a chunk made a task of every
+/// element where the planes are short.
 ///
 /// # Safety
 /// `each` must write every element of the output plane it is given.
 unsafe fn by_planes(x: &[f32], plane: usize, each: impl Fn(usize, &[f32], &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     let plane = plane.max(1);
-    let per_chunk = (CHUNK / plane).max(1);
+    let per_chunk = rows_per_task(plane);
     written_in_chunks(x, per_chunk * plane, |i, src, dst| {
         for (j, (x, out)) in src.chunks(plane).zip(dst.chunks_mut(plane)).enumerate() {
             each(i * per_chunk + j, x, out);
@@ -103,7 +103,7 @@ fn affine_planes(x: &[f32], plane: usize, (scale, shift): (&[f32], &[f32]), f: i
         // SAFETY: the output chunk is as long as x's and a whole number of rows; the zip
         // writes each of its elements.
         return unsafe {
-            written_in_chunks(x, (CHUNK / c).max(1) * c, |_, src, dst| {
+            written_in_chunks(x, rows_per_task(c) * c, |_, src, dst| {
                 for (x, out) in src.chunks(c).zip(dst.chunks_mut(c)) {
                     for (o, ((&v, &a), &b)) in out.iter_mut().zip(x.iter().zip(scale).zip(shift)) {
                         o.write(f(v * a + b));
@@ -224,13 +224,11 @@ pub fn zip(x: &Tensor, rhs: &Tensor, op: Zip) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2_no_bwd(&rhs.contiguous()?, &ZipOp(op))?)
 }
 
-const CHUNK: usize = 1 << 14;
-
 /// f(x) element by element, in parallel chunks.
 fn map_each(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     // SAFETY: the output chunk is as long as x's, and the zip writes each of its elements.
     unsafe {
-        written_in_chunks(x, CHUNK, |_, src, dst| {
+        written_in_chunks(x, TASK_ELEMENTS, |_, src, dst| {
             dst.iter_mut().zip(src).for_each(|(o, &v)| {
                 o.write(f(v));
             })
@@ -242,8 +240,8 @@ fn map_each(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 fn zip_each(x: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     // SAFETY: the output chunk is as long as x's and g's, and the zip writes each element.
     unsafe {
-        written_in_chunks(x, CHUNK, |i, xs, dst| {
-            let gs = &g[i * CHUNK..][..xs.len()];
+        written_in_chunks(x, TASK_ELEMENTS, |i, xs, dst| {
+            let gs = &g[i * TASK_ELEMENTS..][..xs.len()];
             dst.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (&v, &d))| {
                 o.write(f(v, d));
             })
@@ -284,7 +282,7 @@ impl CustomOp1 for MapOp {
             Map::Activation(Activation::Relu6) => map_each(x, |v| v.clamp(0.0, 6.0)),
             // SAFETY: each chunk's pass writes its whole output chunk.
             Map::Activation(other) => unsafe {
-                written_in_chunks(x, CHUNK, |_, x, out| {
+                written_in_chunks(x, TASK_ELEMENTS, |_, x, out| {
                     activation_pass::run(other, Pass::Value { x }, out)
                 })
             },
@@ -318,8 +316,8 @@ impl CustomOp2 for ZipOp {
             Zip::ActivationVjp(Activation::Relu6) => zip_each(x, g, |v, d| if v > 0.0 && v < 6.0 { d } else { 0.0 }),
             // SAFETY: each chunk's pass writes its whole output chunk.
             Zip::ActivationVjp(other) => unsafe {
-                written_in_chunks(x, CHUNK, |i, x, out| {
-                    let grad = &g[i * CHUNK..][..x.len()];
+                written_in_chunks(x, TASK_ELEMENTS, |i, x, out| {
+                    let grad = &g[i * TASK_ELEMENTS..][..x.len()];
                     activation_pass::run(other, Pass::Vjp { x, grad }, out)
                 })
             },

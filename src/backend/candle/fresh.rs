@@ -8,6 +8,16 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+/// Elements per parallel task for the kernels that split a tensor into chunks: about 16k, enough
+/// to outweigh a task's start, small enough that both threads get several.
+pub(super) const TASK_ELEMENTS: usize = 1 << 14;
+
+/// Whole rows of `width` elements per task, for the kernels that work a row (or a plane) at a
+/// time: as many as make [`TASK_ELEMENTS`], at least one.
+pub(super) fn rows_per_task(width: usize) -> usize {
+    (TASK_ELEMENTS / width.max(1)).max(1)
+}
+
 /// `slots` set to zero, as initialised floats to accumulate into.
 pub(super) fn zeroed(slots: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     for slot in slots.iter_mut() {

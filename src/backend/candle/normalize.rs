@@ -13,12 +13,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::elementwise::{f32_data, f32_pair};
-use super::fresh::written_in_chunks;
+use super::fresh::{rows_per_task, written_in_chunks};
 use crate::backend::StdTerm;
 use crate::error::Result;
-
-/// Rows per parallel task: about 16k elements.
-const CHUNK_ELEMENTS: usize = 1 << 14;
 
 /// (x - mean) / sqrt(var + eps) along `axis` of a CPU f32 tensor.
 pub fn normalize(x: &Tensor, axis: usize, eps: f32) -> Result<Tensor> {
@@ -148,12 +145,12 @@ fn write_across(
     value: impl Fn(usize, f32, &LineStatistics) -> f32 + Sync,
 ) -> Vec<f32> {
     let Lines { length, inner } = lines;
-    let rows_per_task = (CHUNK_ELEMENTS / inner).max(1);
+    let rows = rows_per_task(inner);
     // SAFETY: each task's rows cover its chunk, and each row's zip writes all its elements.
     unsafe {
-        written_in_chunks(x, rows_per_task * inner, |task, x, out| {
+        written_in_chunks(x, rows * inner, |task, x, out| {
             for (r, (row, out)) in x.chunks(inner).zip(out.chunks_mut(inner)).enumerate() {
-                let index = (task * rows_per_task + r) * inner;
+                let index = (task * rows + r) * inner;
                 let block_stats = &stats[index / (length * inner) * inner..][..inner];
                 for (p, ((o, &v), st)) in out.iter_mut().zip(row).zip(block_stats).enumerate() {
                     o.write(value(index + p, v, st));
@@ -186,11 +183,6 @@ fn statistics(row: &[f32], eps: f32) -> (f64, f64) {
     (mean, 1.0 / (variance + eps as f64).sqrt())
 }
 
-/// The elements of as many whole rows of `width` as make a task.
-fn row_chunk(width: usize) -> usize {
-    (CHUNK_ELEMENTS / width).max(1) * width
-}
-
 struct Normalize {
     lines: Lines,
     eps: f32,
@@ -198,7 +190,7 @@ struct Normalize {
 
 impl CustomOp1 for Normalize {
     fn name(&self) -> &'static str {
-        "normalize-last-axis"
+        "normalize"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -213,7 +205,7 @@ impl CustomOp1 for Normalize {
         }
         // SAFETY: the rows of each chunk cover it, and each row's zip writes all its elements.
         let out = unsafe {
-            written_in_chunks(x, row_chunk(width), |_, x, out| {
+            written_in_chunks(x, rows_per_task(width) * width, |_, x, out| {
                 for (row, out) in x.chunks(width).zip(out.chunks_mut(width)) {
                     let (mean, inv_std) = statistics(row, self.eps);
                     for (o, &v) in out.iter_mut().zip(row) {
@@ -234,7 +226,7 @@ struct NormalizeVjp {
 
 impl CustomOp2 for NormalizeVjp {
     fn name(&self) -> &'static str {
-        "normalize-last-axis-vjp"
+        "normalize-vjp"
     }
 
     fn cpu_fwd(
@@ -254,7 +246,7 @@ impl CustomOp2 for NormalizeVjp {
             });
             return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
-        let chunk = row_chunk(width);
+        let chunk = rows_per_task(width) * width;
         let n = width as f64;
         // SAFETY: the rows of each chunk cover it, and each row's zip writes all its elements.
         let out = unsafe {
